@@ -1,0 +1,245 @@
+"""The `foresight` command line. Every command reads the same settings (see README, Configuration)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from infra.settings import ConfigFileError, Settings, load_settings
+
+app = typer.Typer(
+    help="Foresight: a predictive high-availability control plane.\n\n"
+    "Start with `foresight doctor`, then `foresight stack up` and `foresight demo`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+stack_app = typer.Typer(help="Start, stop and inspect the local stack of real servers.", no_args_is_help=True)
+db_app = typer.Typer(help="ClickHouse schema.", no_args_is_help=True)
+ingest_app = typer.Typer(help="Run an ingest source.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(db_app, name="db")
+app.add_typer(ingest_app, name="ingest")
+
+console = Console(width=max(Console().width, 110))
+err = Console(stderr=True, width=max(Console().width, 110))
+
+
+class Ctx:
+    def __init__(self, config: Path | None) -> None:
+        self.config = config
+        try:
+            self.settings: Settings = load_settings(config)
+        except ConfigFileError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from exc
+
+
+def _ctx(ctx: typer.Context) -> Ctx:
+    obj: Ctx = ctx.obj
+    return obj
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file "
+                                                "(default ./foresight.toml if present; env FORESIGHT_CONFIG).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "kafka", "aiokafka"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    ctx.obj = Ctx(config)
+
+
+def _say(message: str) -> None:
+    err.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}")
+
+
+def print_status(settings: Settings, as_json: bool) -> bool:
+    from infra.stack.launcher import status
+
+    rows = status(settings)
+    if as_json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        table = Table(title=f"Foresight stack ({settings.state})")
+        for col in ("component", "state", "pid", "address"):
+            table.add_column(col, overflow="fold")
+        colours = {"up": "green", "unhealthy": "yellow", "down": "red", "stopped": "dim"}
+        for r in rows:
+            table.add_row(r.name, f"[{colours[r.state]}]{r.state}[/]", str(r.pid or "-"), r.address)
+        console.print(table)
+        console.print(f"logs: {settings.state / 'logs'}/<component>.log")
+    return all(r.state == "up" for r in rows)
+
+
+@stack_app.command("up")
+def stack_up(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print status as JSON.")] = False
+             ) -> None:
+    """Start every component on loopback (idempotent) and wait until each answers a real request."""
+    from infra.stack.launcher import StackError, up
+
+    c = _ctx(ctx)
+    try:
+        timings = up(c.settings, _say, c.config)
+    except StackError as exc:
+        err.print(f"[red]stack up failed:[/] {exc}\n`foresight stack status` shows what runs; "
+                  "`foresight stack down` stops it.")
+        raise typer.Exit(1) from exc
+    _say(f"stack ready in {timings['total']:.1f} s")
+    print_status(c.settings, as_json)
+
+
+@stack_app.command("down")
+def stack_down(ctx: typer.Context) -> None:
+    """Stop exactly the processes `stack up` started."""
+    from infra.stack.launcher import down
+
+    stopped = down(_ctx(ctx).settings, _say)
+    _say(f"stopped {len(stopped)} component(s)" if stopped else "nothing was running")
+
+
+@stack_app.command("status")
+def stack_status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show each component: up, unhealthy (runs, does not answer), down (died) or stopped. Exit 1 unless all up."""
+    if not print_status(_ctx(ctx).settings, as_json):
+        raise typer.Exit(1)
+
+
+@app.command()
+def doctor(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Check binaries, versions, ports and the state folder; say how to fix each problem."""
+    from infra.doctor import run_checks
+
+    checks = run_checks(_ctx(ctx).settings)
+    if as_json:
+        print(json.dumps([c.__dict__ for c in checks], indent=2))
+    else:
+        table = Table(title="foresight doctor")
+        for col in ("check", "", "detail", "fix"):
+            table.add_column(col)
+        for c in checks:
+            table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]FAIL[/]", c.detail, c.fix)
+        console.print(table)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+@app.command("config")
+def config_cmd(
+    ctx: typer.Context,
+    reference: Annotated[bool, typer.Option("--reference", help="Every setting, its variable and default.")] = False,
+) -> None:
+    """Print the effective settings as JSON (file + environment + defaults)."""
+    if reference:
+        from infra.config_doc import markdown_table
+
+        print(markdown_table())
+        return
+    print(_ctx(ctx).settings.model_dump_json(indent=2))
+
+
+@db_app.command("migrate")
+def db_migrate(ctx: typer.Context) -> None:
+    """Apply the ClickHouse migrations not yet applied (idempotent)."""
+    from infra.db import migrate
+
+    applied = migrate(_ctx(ctx).settings.clickhouse)
+    _say(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@ingest_app.command("syslog")
+def ingest_syslog(ctx: typer.Context) -> None:
+    """Receive HAProxy logs over syslog (UDP), parse them and produce access events to Kafka."""
+    from ingest.pipeline import run_syslog_ingest
+
+    s = _ctx(ctx).settings
+    run_syslog_ingest(s.ingest, s.kafka)
+
+
+@app.command()
+def stream(ctx: typer.Context) -> None:
+    """Run a Faust stream worker: `fs.access` -> feature windows -> `fs.features` and ClickHouse."""
+    from infra.workers import run_stream_worker
+
+    run_stream_worker(_ctx(ctx).settings)
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    ray_address: Annotated[str | None, typer.Option(help="ray://host:port of a cluster; default starts local Ray.")
+                           ] = None,
+) -> None:
+    """Deploy the serving API (Ray Serve + FastAPI) and block until stopped."""
+    from serving.runner import run
+
+    s = _ctx(ctx).settings
+    ray_settings = s.ray.model_copy(update={"address": ray_address}) if ray_address else s.ray
+    run(s.serving, ray_settings, s.state)
+
+
+@app.command()
+def adapt(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Option(help="Service to weigh (default: the demo service).")] = None,
+    once: Annotated[bool, typer.Option("--once", help="One decision round, then exit.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between rounds.")] = 10.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and record, do not touch HAProxy.")] = False,
+) -> None:
+    """Run the weight adapter: latest features -> /v1/weights -> policy -> HAProxy runtime API."""
+    from infra.workers import build_weight_controller
+
+    s = _ctx(ctx).settings
+    if dry_run:
+        s = s.model_copy(update={"adapter": s.adapter.model_copy(update={"dry_run": True})})
+    controller = build_weight_controller(s)
+    target = service or s.demo.service
+    while True:
+        report = controller.step(target)
+        for d in report.decisions:
+            _say(f"{d.target}: weight {d.before} -> {d.after} ({d.reason}; {d.outcome})")
+        if report.note:
+            _say(report.note)
+        if once:
+            return
+        time.sleep(interval)
+
+
+@app.command()
+def demo(ctx: typer.Context) -> None:
+    """The main job: bring the stack up, send traffic through HAProxy, show every hop with timings."""
+    from infra.demo import run_demo
+
+    c = _ctx(ctx)
+    if not run_demo(c.settings, c.config, console, _say):
+        raise typer.Exit(1)
+
+
+@app.command("demo-backend", hidden=True)
+def demo_backend(
+    name: Annotated[str, typer.Option()],
+    port: Annotated[int, typer.Option()],
+    latency_ms: Annotated[float, typer.Option()] = 10.0,
+) -> None:
+    """One demo backend instance (started by the stack)."""
+    from infra.demo_backend import serve as serve_backend
+
+    serve_backend(name, "127.0.0.1", port, latency_ms)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The configuration reference: every setting with its environment variable and default."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from pydantic import BaseModel
+
+from infra.settings import Settings
+
+
+def rows(model: type[BaseModel] = Settings, prefix: str = "") -> Iterator[tuple[str, str, str, str]]:
+    """(toml key, env var, default, description) for every leaf setting."""
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from rows(annotation, f"{prefix}{name}.")
+            continue
+        key = f"{prefix}{name}"
+        default = field.get_default(call_default_factory=True)
+        shown = "none" if default is None else json.dumps(default if not hasattr(default, "__fspath__")
+                                                          else str(default))
+        env = "FORESIGHT_" + key.replace(".", "__").upper()
+        yield key, env, shown, field.description or ""
+
+
+def markdown_table() -> str:
+    lines = ["| setting (foresight.toml) | environment | default | meaning |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{k}` | `{e}` | `{d}` | {m} |" for k, e, d, m in rows()]
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""One settings object for every stage, read from `foresight.toml` and `FORESIGHT_*` variables.
+
+Precedence, highest first: explicit arguments, environment (`FORESIGHT_KAFKA__BOOTSTRAP_SERVERS`,
+nested sections joined by `__`), the TOML file, the defaults below. `infra/` builds each stage's
+objects from its own section; stages never read the environment themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+LOOPBACK = "127.0.0.1"
+
+
+class Section(BaseModel):
+    """A settings section; a misspelt key is an error, not a silently ignored line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(Section):
+    bootstrap_servers: str = Field(f"{LOOPBACK}:19092", description="Kafka bootstrap servers, comma-separated.")
+    partitions: int = Field(4, description="Partitions for the topics the stack creates.")
+    topic_access: str = Field("fs.access", description="Access events (single or batch records).")
+    topic_metrics: str = Field("fs.metrics", description="Metric samples.")
+    topic_dlq: str = Field("fs.dlq", description="Rejected input with its reason.")
+    topic_features: str = Field("fs.features", description="Closed feature windows.")
+    topic_decisions: str = Field("fs.decisions", description="Adapter decisions.")
+    compression: str = Field("gzip", description="Producer compression codec.")
+    linger_ms: int = Field(5, description="Producer linger; higher batches more.")
+
+    @property
+    def topics(self) -> list[str]:
+        return [self.topic_access, self.topic_metrics, self.topic_dlq, self.topic_features, self.topic_decisions]
+
+    @property
+    def port(self) -> int:
+        return int(self.bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
+
+
+class ClickHouseSettings(Section):
+    host: str = Field(LOOPBACK, description="ClickHouse server host.")
+    tcp_port: int = Field(19000, description="Native protocol port (clickhouse-driver).")
+    http_port: int = Field(18123, description="HTTP port (health checks).")
+    database: str = Field("foresight", description="Database of every Foresight table.")
+    user: str = Field("default", description="ClickHouse user.")
+    password: str = Field("", description="ClickHouse password.")
+
+
+class EtcdSettings(Section):
+    client_port: int = Field(12379, description="etcd client API.")
+    peer_port: int = Field(12380, description="etcd peer port (single member).")
+    metrics_port: int = Field(12381, description="etcd Prometheus metrics.")
+
+
+class HAProxySettings(Section):
+    frontend_port: int = Field(18080, description="Where clients send traffic.")
+    exporter_port: int = Field(18404, description="Built-in Prometheus exporter (/metrics).")
+    backend: str = Field("demo", description="Backend whose servers the adapter weighs.")
+    socket_name: str = Field("haproxy.sock", description="Runtime API socket, inside the state folder.")
+
+
+class DemoSettings(Section):
+    """Two small backends of ours behind HAProxy; one is slower, so learned weights differ."""
+
+    service: str = Field("demo", description="Service name of the demo backends (HAProxy backend).")
+    ports: list[int] = Field(default_factory=lambda: [18001, 18002], description="One demo backend per port.")
+    latencies_ms: list[float] = Field(default_factory=lambda: [5.0, 40.0], description="Latency of each backend.")
+    burst_requests: int = Field(400, description="Requests `foresight demo` sends through HAProxy.")
+
+
+class IngestSettings(Section):
+    syslog_host: str = Field(LOOPBACK, description="Where the syslog receiver listens.")
+    syslog_port: int = Field(15514, description="UDP port HAProxy sends its logs to.")
+    metrics_port: int = Field(19101, description="Prometheus metrics of the ingest process.")
+    log_timezone: str | None = Field(None, description="IANA zone of HAProxy's accept dates; None = this host's.")
+    batch_max: int = Field(500, description="Events per Kafka record (batch envelope) at most.")
+
+
+class StreamSettings(Section):
+    app_id: str = Field("foresight-features", description="Faust app id and consumer group.")
+    window_s: int = Field(10, description="Tumbling window length in seconds.")
+    allowed_lateness_s: float = Field(2.0, description="How long after its end a window waits for late events.")
+    idle_close_s: float = Field(1.0, description="With no new events for this long, close windows by wall clock.")
+    take_max: int = Field(2000, description="Events pulled per batch from the stream.")
+    take_within_s: float = Field(0.25, description="Longest wait to fill a batch.")
+    session_timeout_s: float = Field(6.0, description="Consumer-group session timeout; Tansu holds a join for half.")
+    heartbeat_interval_s: float = Field(1.0, description="Consumer heartbeat; must be under a third of the session.")
+    rebalance_timeout_s: float = Field(10.0, description="Consumer-group rebalance timeout.")
+    metrics_port: int = Field(19102, description="Prometheus metrics of the stream worker.")
+
+
+class RaySettings(Section):
+    address: str | None = Field(None, description="`ray://host:port` of a cluster; None starts a local head.")
+    num_cpus: int = Field(2, description="CPUs the local head offers.")
+
+
+class ServingSettings(Section):
+    host: str = Field(LOOPBACK, description="Serve HTTP bind address; loopback by default.")
+    port: int = Field(18000, description="Serve HTTP port.")
+    token: str | None = Field(None, description="Bearer token required by the API when set.")
+
+
+class AdapterSettings(Section):
+    min_weight: int = Field(1, description="Never drain an instance to 0 from latency alone.")
+    max_step: int = Field(128, description="Largest weight change per decision.")
+    deadband: int = Field(4, description="Ignore changes smaller than this.")
+    dry_run: bool = Field(False, description="Decide and record, but do not touch HAProxy.")
+    features_max_age_s: int = Field(300, description="Ignore feature windows older than this.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FORESIGHT_",
+        env_nested_delimiter="__",
+        toml_file="foresight.toml",
+        extra="forbid",
+    )
+
+    state_dir: Path = Field(Path(".foresight"), description="Data, logs and pid files of the local stack.")
+    kafka: KafkaSettings = KafkaSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    etcd: EtcdSettings = EtcdSettings()
+    haproxy: HAProxySettings = HAProxySettings()
+    demo: DemoSettings = DemoSettings()
+    ingest: IngestSettings = IngestSettings()
+    streams: StreamSettings = StreamSettings()
+    ray: RaySettings = RaySettings()
+    serving: ServingSettings = ServingSettings()
+    adapter: AdapterSettings = AdapterSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def state(self) -> Path:
+        return self.state_dir.resolve()
+
+    @property
+    def haproxy_socket(self) -> Path:
+        return self.state / self.haproxy.socket_name
+
+    @property
+    def serving_url(self) -> str:
+        return f"http://{self.serving.host}:{self.serving.port}"
+
+
+class ConfigFileError(ValueError):
+    """The configuration file named explicitly does not exist."""
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from `config` (or `$FORESIGHT_CONFIG`, or ./foresight.toml when present)."""
+    named = config or (Path(os.environ["FORESIGHT_CONFIG"]) if os.environ.get("FORESIGHT_CONFIG") else None)
+    if named is not None and not named.is_file():
+        raise ConfigFileError(f"configuration file {named} not found; create it or drop --config/FORESIGHT_CONFIG")
+    path = named or Path("foresight.toml")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+
+    return _FromFile(**overrides)

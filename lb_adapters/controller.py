@@ -1,0 +1,86 @@
+"""The weight controller loop: features + predictions -> policy -> HAProxy, every decision recorded.
+
+All I/O is in the injected objects; the decision itself is `policies.weights.decide_weights`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from infra.settings import AdapterSettings
+from lb_adapters.actuators.haproxy import HAProxyError
+from lb_adapters.policies.weights import decide_weights
+from lb_adapters.schemas import Decision
+from serving.schemas import InstanceFeatures, WeightsRequest, WeightsResponse
+
+log = logging.getLogger("foresight.adapter")
+
+
+class FeatureSource(Protocol):
+    def for_service(self, service: str, max_age_s: int) -> list[InstanceFeatures]: ...
+
+
+class WeightPredictor(Protocol):
+    def weights(self, request: WeightsRequest) -> WeightsResponse: ...
+
+
+class WeightActuator(Protocol):
+    def weights(self, backend: str) -> dict[str, int]: ...
+
+    def set_weight(self, backend: str, server: str, weight: int) -> None: ...
+
+
+class DecisionSink(Protocol):
+    def publish(self, decisions: list[Decision]) -> None: ...
+
+
+@dataclass
+class StepReport:
+    features: list[InstanceFeatures] = field(default_factory=list)
+    response: WeightsResponse | None = None
+    before: dict[str, int] = field(default_factory=dict)
+    decisions: list[Decision] = field(default_factory=list)
+    after: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+
+
+class WeightController:
+    def __init__(self, features: FeatureSource, predictor: WeightPredictor, actuator: WeightActuator,
+                 sink: DecisionSink, cfg: AdapterSettings, backend: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.features, self.predictor, self.actuator, self.sink = features, predictor, actuator, sink
+        self.cfg, self.backend, self.clock = cfg, backend, clock
+
+    def step(self, service: str) -> StepReport:
+        report = StepReport(features=self.features.for_service(service, self.cfg.features_max_age_s))
+        if not report.features:
+            report.note = f"no feature windows for {service} in the last {self.cfg.features_max_age_s} s"
+            return report
+        report.response = self.predictor.weights(WeightsRequest(service=service, instances=report.features))
+        report.before = self.actuator.weights(self.backend)
+        predicted = {w.instance: w.weight for w in report.response.weights}
+        ref = f"{report.response.model}@{report.response.model_version}"
+        for change in decide_weights(predicted, report.before, self.cfg):
+            decision = Decision(
+                ts=int(self.clock() * 1000), service=service, actuator="haproxy",
+                target=f"{self.backend}/{change.instance}", action="set_weight", before=change.before,
+                after=change.after, reason=change.reason, prediction_ref=ref, dry_run=self.cfg.dry_run,
+            )
+            decision.outcome = "dry_run" if self.cfg.dry_run else self._apply(change.instance, change.after)
+            report.decisions.append(decision)
+        if report.decisions:
+            self.sink.publish(report.decisions)
+        report.after = self.actuator.weights(self.backend)
+        return report
+
+    def _apply(self, server: str, weight: int) -> str:
+        try:
+            self.actuator.set_weight(self.backend, server, weight)
+        except HAProxyError as exc:
+            log.warning("weight change failed: %s", exc)
+            return f"failed: {exc}"
+        return "applied"

@@ -1,0 +1,21 @@
+"""Publishes decisions to `fs.decisions`, keyed by service."""
+
+from __future__ import annotations
+
+from kafka import KafkaProducer
+
+from lb_adapters.schemas import Decision
+
+
+class DecisionLog:
+    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+        self.topic = topic
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
+
+    def publish(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            self.producer.send(self.topic, key=d.service.encode(), value=d.model_dump_json().encode())
+        self.producer.flush(timeout=10)
+
+    def close(self) -> None:
+        self.producer.close(timeout=5)

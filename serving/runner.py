@@ -1,0 +1,170 @@
+"""Run the serving stage in the foreground: Ray, then Serve, then wait for SIGTERM.
+
+The stack launcher owns this process (its own session, SIGTERM then SIGKILL), so everything Ray
+starts must be torn down here, and the wait must be interruptible by a signal at any point,
+including while Ray is still starting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import psutil
+import ray
+from ray import serve
+
+from infra.settings import RaySettings, ServingSettings
+from serving.app import build_app
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "foresight"
+# Ray puts unix sockets at <temp>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store, and
+# AF_UNIX paths stop at 107 bytes: that leaves about 40 for the temp dir itself.
+MAX_RAY_TEMP_DIR_CHARS = 40
+# Payloads are a few KB; Ray's default (30% of RAM) would only reserve shared memory for nothing.
+OBJECT_STORE_BYTES = 128 * 1024**2
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# When a group SIGTERM has already taken the GCS down, the driver otherwise waits 5s at
+# ray.shutdown trying to flush task events (dashboard data we do not use) to it.
+SYSTEM_CONFIG = {"task_events_shutdown_flush_timeout_ms": 500}
+# Serve drains replicas in a few seconds; past this the launcher's SIGKILL would come first.
+SERVE_SHUTDOWN_TIMEOUT_S = 10.0
+
+
+class Stop(Exception):
+    """Raised by the signal handler, so it also breaks out of a Ray call that is still blocking."""
+
+
+def ray_temp_dir(state_dir: Path) -> Path:
+    """Ray's temp dir: in the state folder when its path is short enough, else in /tmp per user."""
+    inside = state_dir.resolve() / "ray"
+    if len(str(inside)) <= MAX_RAY_TEMP_DIR_CHARS:
+        return inside
+    return Path("/tmp") / f"foresight-ray-{os.getuid()}"
+
+
+def run(serving: ServingSettings, ray_settings: RaySettings, state_dir: Path) -> None:
+    """Serve the API until SIGTERM or SIGINT, then stop Serve and Ray and return."""
+    started = time.monotonic()
+    _handle_signals(_raise_stop)
+    try:
+        _init_ray(ray_settings, state_dir)
+        # ray.init replaces the SIGTERM handler with its own `sys.exit`; take it back.
+        _handle_signals(_raise_stop)
+        serve.start(http_options={"host": serving.host, "port": serving.port})
+        serve.run(build_app(serving), name=APP_NAME, route_prefix="/")
+        logger.info(
+            "serving ready on http://%s:%d (%.1fs after start)", serving.host, serving.port, time.monotonic() - started
+        )
+        while True:
+            signal.pause()
+    except Stop as stop:
+        logger.info("serving stopping on %s", stop)
+    finally:
+        _handle_signals(_ignore_while_stopping)
+        logger.info("children at stop: %s", [(c.pid, c.name(), c.status()) for c in psutil.Process().children()])
+        _shutdown(local_head=ray_settings.address is None)
+
+
+def _init_ray(ray_settings: RaySettings, state_dir: Path) -> None:
+    if ray_settings.address is not None:
+        ray.init(address=ray_settings.address, include_dashboard=False)
+        return
+    temp_dir = ray_temp_dir(state_dir)
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    ray.init(
+        address="local",  # a new head even if RAY_ADDRESS or a previous cluster is around
+        num_cpus=ray_settings.num_cpus,
+        object_store_memory=OBJECT_STORE_BYTES,
+        include_dashboard=False,
+        _temp_dir=str(temp_dir),
+        _system_config=SYSTEM_CONFIG,
+    )
+
+
+def _shutdown(local_head: bool) -> None:
+    started = time.monotonic()
+    try:
+        if not ray.is_initialized():
+            pass
+        elif local_head and _head_going_down():
+            # Serve's graceful shutdown would wait for actors the dying raylet can no longer reach.
+            logger.info("local Ray head already going down with us; skipping Serve's graceful shutdown")
+        else:
+            asyncio.run(_shutdown_serve())
+    except Exception:
+        logger.exception("serve shutdown failed; stopping Ray anyway")
+    finally:
+        serve_done = time.monotonic()
+        # Kills what ray.init started (raylet, GCS, agents, workers) and waits until they are gone.
+        ray.shutdown(wait_for_processes=True)
+    logger.info("serving stopped in %.1fs (serve %.1fs)", time.monotonic() - started, serve_done - started)
+
+
+async def _shutdown_serve() -> None:
+    try:
+        await asyncio.wait_for(serve.shutdown_async(), SERVE_SHUTDOWN_TIMEOUT_S)
+    except TimeoutError:
+        logger.warning("serve did not shut down within %.0fs; stopping Ray anyway", SERVE_SHUTDOWN_TIMEOUT_S)
+
+
+def _head_going_down(settle_s: float = 0.5) -> bool:
+    """Whether processes ray.init started under us are exiting on their own.
+
+    They only do when the stop signal went to our whole process group (the launcher's way, and
+    Ctrl-C's), so none of them is left to carry out a graceful Serve shutdown.
+    """
+    children = psutil.Process().children()
+    deadline = time.monotonic() + settle_s
+    while True:
+        if not all(_running(child) for child in children):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _handle_signals(handler: Callable[[int, FrameType | None], None]) -> None:
+    for signum in SIGNALS:
+        signal.signal(signum, handler)
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def _ignore_while_stopping(signum: int, _frame: FrameType | None) -> None:
+    # A handler, not SIG_IGN: an ignored disposition would be inherited by anything spawned now.
+    logger.info("already stopping; %s ignored", signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m serving.runner [--config foresight.toml]`: settings from the usual sources."""
+    from infra.settings import load_settings
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--config", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(args.config)
+    run(settings.serving, settings.ray, settings.state)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Prometheus metrics of a stream worker, in a registry of its own (one per app object)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class StreamMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.ready = Gauge("foresight_stream_ready", "1 once partitions are assigned and the agent runs.",
+                           registry=r)
+        self.startup_seconds = Gauge("foresight_stream_startup_seconds",
+                                     "Seconds from process start to ready.", registry=r)
+        self.first_event_seconds = Gauge("foresight_stream_first_event_seconds",
+                                         "Seconds from process start to the first processed event.", registry=r)
+        self.records = Counter("foresight_stream_records", "Kafka records consumed.", registry=r)
+        self.events = Counter("foresight_stream_events", "Access events aggregated.", registry=r)
+        self.late = Counter("foresight_stream_late_events", "Events for already closed windows.", registry=r)
+        self.rejected = Counter("foresight_stream_rejected", "Records sent to the dead-letter topic.",
+                                ["reason"], registry=r)
+        self.windows = Counter("foresight_stream_windows_emitted", "Closed windows written.", registry=r)
+        self.open_windows = Gauge("foresight_stream_open_windows", "Windows still open.", registry=r)
+        self.sink_errors = Counter("foresight_stream_sink_errors", "Failed ClickHouse writes (retried).",
+                                   registry=r)
+        self.unsent = Gauge("foresight_stream_unsent_windows", "Closed windows waiting for ClickHouse.",
+                            registry=r)

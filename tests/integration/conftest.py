@@ -1,0 +1,42 @@
+"""The real local stack, started once per test session and stopped at its end.
+
+A stack that was already fully up before the session (a developer's) is used and left running.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from infra.settings import Settings, load_settings
+from infra.stack.launcher import status
+
+
+def foresight(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "infra.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"foresight {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Settings]:
+    settings = load_settings()
+    was_up = all(c.state == "up" for c in status(settings))
+    if not was_up:
+        foresight("stack", "up")
+    try:
+        yield settings
+    finally:
+        if not was_up:
+            foresight("stack", "down")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)

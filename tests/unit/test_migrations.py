@@ -1,0 +1,27 @@
+from pathlib import Path
+
+import pytest
+
+from infra.db import load_migrations
+
+
+def test_shipped_migrations_are_numbered_and_templated() -> None:
+    migrations = load_migrations("fsdb")
+    assert [m.version for m in migrations] == sorted({m.version for m in migrations})
+    features = migrations[0]
+    assert features.version == 1
+    assert any("fsdb.features" in st and "ReplacingMergeTree(emitted_at)" in st for st in features.statements)
+    assert all("{db}" not in st and not st.rstrip().endswith(";") for m in migrations for st in m.statements)
+
+
+def test_statements_split_and_comments_dropped(tmp_path: Path) -> None:
+    (tmp_path / "0001_two.sql").write_text("-- a; comment\nCREATE TABLE {db}.a (x UInt8) ENGINE = Memory;\n"
+                                           "CREATE TABLE {db}.b (x UInt8) ENGINE = Memory;\n")
+    (m,) = load_migrations("d", tmp_path)
+    assert m.statements == ["CREATE TABLE d.a (x UInt8) ENGINE = Memory", "CREATE TABLE d.b (x UInt8) ENGINE = Memory"]
+
+
+def test_badly_named_file_rejected(tmp_path: Path) -> None:
+    (tmp_path / "features.sql").write_text("SELECT 1;")
+    with pytest.raises(ValueError, match="NNNN_description"):
+        load_migrations("d", tmp_path)

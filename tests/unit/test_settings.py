@@ -1,0 +1,35 @@
+from pathlib import Path
+
+import pytest
+
+from infra.settings import ConfigFileError, load_settings
+
+
+def test_defaults_are_loopback_and_documented_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert s.kafka.bootstrap_servers.startswith("127.0.0.1:")
+    assert s.serving.host == "127.0.0.1"
+    assert s.state == tmp_path / ".foresight"
+
+
+def test_file_then_env_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cfg = tmp_path / "f.toml"
+    cfg.write_text('state_dir = "/srv/fs"\n[streams]\nwindow_s = 30\n[kafka]\npartitions = 8\n')
+    monkeypatch.setenv("FORESIGHT_KAFKA__PARTITIONS", "2")
+    s = load_settings(cfg)
+    assert s.streams.window_s == 30  # from the file
+    assert s.kafka.partitions == 2  # the environment wins over the file
+    assert s.state == Path("/srv/fs")
+
+
+def test_unknown_key_is_an_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "f.toml"
+    cfg.write_text("[kafka]\nbootstrap = 'x'\n")
+    with pytest.raises(ValueError, match="bootstrap"):
+        load_settings(cfg)
+
+
+def test_missing_named_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match="not found"):
+        load_settings(tmp_path / "nope.toml")

@@ -1,0 +1,68 @@
+import random
+
+import numpy as np
+import pytest
+
+from streams.windows import SERVICE_WIDE, SKETCH_RELATIVE_ACCURACY, WindowAggregator
+
+
+def ev(ts: int, instance: str = "s1", status: int = 200, latency: float = 10.0, size: int = 100) -> dict:
+    return {"ts": ts, "service": "web", "instance": instance, "status": status, "latency_ms": latency,
+            "bytes_sent": size}
+
+
+def test_counts_per_instance_and_service_wide() -> None:
+    agg = WindowAggregator(window_s=10, allowed_lateness_s=0)
+    agg.add_events([ev(1_000, "s1", 200), ev(2_000, "s1", 503), ev(9_999, "s2", 404), ev(10_000, "s2", 301)])
+    closed = {(w.instance, w.window_start): w for w in agg.close(agg.watermark(), emitted_at=1)}
+    assert set(closed) == {("s1", 0), ("s2", 0), (SERVICE_WIDE, 0)}  # [10 000, 20 000) still open
+    s1, s2, every = closed[("s1", 0)], closed[("s2", 0)], closed[(SERVICE_WIDE, 0)]
+    assert (s1.requests, s1.status_2xx, s1.status_5xx) == (2, 1, 1)
+    assert (s2.requests, s2.status_4xx) == (1, 1)
+    assert every.requests == 3 and every.bytes_sent == 300
+    assert every.rate == pytest.approx(0.3)
+    assert agg.open_windows == 2
+
+
+def test_window_waits_for_allowed_lateness() -> None:
+    agg = WindowAggregator(window_s=10, allowed_lateness_s=2)
+    agg.add_events([ev(5_000), ev(11_000)])
+    assert agg.close(agg.watermark(), emitted_at=1) == []  # watermark 9 000 < end 10 000
+    agg.add_events([ev(12_000)])
+    assert [w.window_start for w in agg.close(agg.watermark(), emitted_at=1) if w.instance == "s1"] == [0]
+
+
+def test_late_events_are_counted_not_dropped_silently() -> None:
+    agg = WindowAggregator(window_s=10, allowed_lateness_s=0)
+    agg.add_events([ev(1_000), ev(25_000)])
+    agg.close(agg.watermark(), emitted_at=1)
+    late = agg.add_events([ev(3_000), ev(4_000)])
+    assert late == 2 and agg.late_total == 2
+    agg.add_events([ev(40_000)])
+    nxt = [w for w in agg.close(agg.watermark(), emitted_at=2) if w.instance == "s1"]
+    assert [w.window_start for w in nxt] == [20_000]
+    assert nxt[0].late_events == 2 and nxt[0].requests == 1  # late ones reported, not counted as requests
+
+
+def test_idle_wall_clock_closes_windows() -> None:
+    agg = WindowAggregator(window_s=10, allowed_lateness_s=1)
+    agg.add_events([ev(1_000)])
+    assert agg.close(agg.watermark(), emitted_at=1) == []
+    assert len(agg.close(agg.watermark(now_ms=11_500), emitted_at=1)) == 2
+
+
+def test_quantiles_within_sketch_error() -> None:
+    rng = random.Random(7)
+    latencies = [rng.lognormvariate(3, 1) for _ in range(5_000)]
+    agg = WindowAggregator(window_s=60, allowed_lateness_s=0)
+    agg.add_events([ev(i, latency=lat) for i, lat in enumerate(latencies)])
+    (w, _) = agg.close(10**9, emitted_at=1)
+    for q, got in [(0.5, w.latency_p50_ms), (0.9, w.latency_p90_ms), (0.99, w.latency_p99_ms)]:
+        exact = float(np.quantile(latencies, q, method="lower"))
+        assert abs(got - exact) <= 2 * SKETCH_RELATIVE_ACCURACY * exact + 1e-9, (q, got, exact)
+
+
+def test_bad_event_raises_for_the_caller_to_dead_letter() -> None:
+    agg = WindowAggregator(window_s=10, allowed_lateness_s=0)
+    with pytest.raises(KeyError):
+        agg.add_events([{"ts": 1, "service": "x"}])
