@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
@@ -79,12 +79,38 @@ class DemoSettings(Section):
     burst_requests: int = Field(400, description="Requests `foresight demo` sends through HAProxy.")
 
 
+class RouteRule(Section):
+    """Names the service/instance of log lines that do not carry them (Common/Combined, JSON)."""
+
+    match: Literal["host", "path_prefix", "file"] = Field(description="What the rule looks at.")
+    value: str = Field(description="Host name, path prefix or file glob to match.")
+    service: str
+    instance: str = Field("*", description="Instance name; `*` keeps the host (or file stem) as instance.")
+
+
 class IngestSettings(Section):
-    syslog_host: str = Field(LOOPBACK, description="Where the syslog receiver listens.")
+    syslog_host: str = Field(LOOPBACK, description="Where the syslog receivers listen.")
     syslog_port: int = Field(15514, description="UDP port HAProxy sends its logs to.")
+    syslog_tcp_port: int = Field(15515, description="TCP syslog port (RFC 6587 framing).")
     metrics_port: int = Field(19101, description="Prometheus metrics of the ingest process.")
-    log_timezone: str | None = Field(None, description="IANA zone of HAProxy's accept dates; None = this host's.")
+    log_timezone: str | None = Field(None, description="IANA zone of log dates without one; None = this host's.")
     batch_max: int = Field(500, description="Events per Kafka record (batch envelope) at most.")
+    http_host: str = Field(LOOPBACK, description="Bind address of the ingest HTTP endpoint.")
+    http_port: int = Field(19103, description="Port of `POST /v1/logs` and `POST /v1/metrics`.")
+    http_token: str | None = Field(None, description="Bearer token the HTTP endpoint requires when set.")
+    http_max_body_bytes: int = Field(10 * 1024 * 1024, description="Larger bodies get 413 (after gunzip).")
+    spool_max_bytes: int = Field(256 * 1024 * 1024,
+                                 description="Disk spool for when Kafka is down; full = back-pressure.")
+    scrape_targets: list[str] = Field(default_factory=list,
+                                      description="Prometheus URLs to scrape; empty = the stack's HAProxy exporter.")
+    scrape_interval_s: float = Field(10.0, description="Seconds between scrapes of each target.")
+    default_service: str = Field("unknown", description="Service of lines no rule and no field names.")
+    routes: list[RouteRule] = Field(default_factory=list, description="Service/instance rules, first match wins.")
+    json_fields: dict[str, str] = Field(
+        default_factory=lambda: {"ts": "time", "method": "method", "route": "path", "status": "status",
+                                 "latency_ms": "latency_ms", "bytes_sent": "bytes", "service": "service",
+                                 "instance": "instance", "host": "host"},
+        description="JSON-lines mapping: event field -> key (dotted for nesting) in the input.")
 
 
 class StreamSettings(Section):
@@ -157,6 +183,14 @@ class Settings(BaseSettings):
     @property
     def haproxy_socket(self) -> Path:
         return self.state / self.haproxy.socket_name
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state / "ingest" / "spool"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.state / "ingest" / "checkpoints"
 
     @property
     def serving_url(self) -> str:
