@@ -77,12 +77,14 @@ async def guard_and_measure(request: Request, call_next: RequestResponseEndpoint
     if not isinstance(replica, ServingApi):
         raise TypeError(f"guard_and_measure expects a ServingApi replica, got {type(replica).__name__}")
     started = time.perf_counter()
-    denied = replica.deny(request)
-    response = denied or await call_next(request)
-    path = request.url.path
-    endpoint = path if path in ENDPOINTS else "other"
-    replica.metrics.observe(endpoint, request.method, response.status_code, time.perf_counter() - started)
-    return response
+    status = 500  # what the client sees if the endpoint raises
+    try:
+        response = replica.deny(request) or await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        endpoint = request.url.path if request.url.path in ENDPOINTS else "other"
+        replica.metrics.observe(endpoint, request.method, status, time.perf_counter() - started)
 
 
 class ServingApi:
@@ -139,7 +141,11 @@ class ServingApi:
 
 # Call form rather than decorators: `ServingApi` stays the plain class the middleware checks for.
 ServingApiDeployment = serve.deployment(
-    name="ServingApi", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=256
+    name="ServingApi",
+    ray_actor_options={"num_cpus": 0.5},
+    max_ongoing_requests=256,
+    graceful_shutdown_wait_loop_s=0.5,
+    graceful_shutdown_timeout_s=5.0,
 )(serve.ingress(fastapi_app)(ServingApi))
 
 

@@ -24,7 +24,7 @@ from ray import serve
 from infra.settings import RaySettings, ServingSettings
 from serving.app import build_app
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("serving.runner")  # not __name__: that is "__main__" under `python -m`
 
 APP_NAME = "foresight"
 # Ray puts unix sockets at <temp>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store, and
@@ -33,15 +33,24 @@ MAX_RAY_TEMP_DIR_CHARS = 40
 # Payloads are a few KB; Ray's default (30% of RAM) would only reserve shared memory for nothing.
 OBJECT_STORE_BYTES = 128 * 1024**2
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# When a group SIGTERM has already taken the GCS down, the driver otherwise waits 5s at
-# ray.shutdown trying to flush task events (dashboard data we do not use) to it.
-SYSTEM_CONFIG = {"task_events_shutdown_flush_timeout_ms": 500}
+SYSTEM_CONFIG = {
+    # After a group SIGTERM has taken the GCS down, ray.shutdown would otherwise wait 5s trying
+    # to flush task events (dashboard data we do not use) to it.
+    "task_events_shutdown_flush_timeout_ms": 500,
+    # No idle workers before Serve asks for them: a stop while ray.init is still running then
+    # has only processes of our own process group to take down, none that could be orphaned.
+    "prestart_worker_first_driver": False,
+}
 # Serve drains replicas in a few seconds; past this the launcher's SIGKILL would come first.
 SERVE_SHUTDOWN_TIMEOUT_S = 10.0
 
 
-class Stop(Exception):
-    """Raised by the signal handler, so it also breaks out of a Ray call that is still blocking."""
+class Stop(KeyboardInterrupt):
+    """Raised by the signal handler to break out of whatever Ray call is blocking.
+
+    A KeyboardInterrupt because that is the one exception Ray's blocking calls (`ray.get` waits
+    in C++) turn into an interruption; any other would be swallowed and the wait go on.
+    """
 
 
 def ray_temp_dir(state_dir: Path) -> Path:
@@ -53,7 +62,11 @@ def ray_temp_dir(state_dir: Path) -> Path:
 
 
 def run(serving: ServingSettings, ray_settings: RaySettings, state_dir: Path) -> None:
-    """Serve the API until SIGTERM or SIGINT, then stop Serve and Ray and return."""
+    """Serve the API until SIGTERM or SIGINT, then stop Serve and Ray and return.
+
+    Blocks; meant to be the whole life of its process. With no `ray_settings.address` it starts
+    a local Ray head of its own and leaves no Ray process behind when it returns.
+    """
     started = time.monotonic()
     _handle_signals(_raise_stop)
     try:
@@ -67,17 +80,16 @@ def run(serving: ServingSettings, ray_settings: RaySettings, state_dir: Path) ->
         )
         while True:
             signal.pause()
-    except Stop as stop:
-        logger.info("serving stopping on %s", stop)
+    except KeyboardInterrupt as stop:  # a Stop, or Ray's re-raise of one from inside a blocking call
+        logger.info("serving stopping on %s", stop or "a signal")
     finally:
-        _handle_signals(_ignore_while_stopping)
-        logger.info("children at stop: %s", [(c.pid, c.name(), c.status()) for c in psutil.Process().children()])
+        _handle_signals(_ignore_while_stopping)  # also when leaving on an error, not a signal
         _shutdown(local_head=ray_settings.address is None)
 
 
 def _init_ray(ray_settings: RaySettings, state_dir: Path) -> None:
     if ray_settings.address is not None:
-        ray.init(address=ray_settings.address, include_dashboard=False)
+        ray.init(address=ray_settings.address)
         return
     temp_dir = ray_temp_dir(state_dir)
     temp_dir.mkdir(parents=True, exist_ok=True)
@@ -94,12 +106,10 @@ def _init_ray(ray_settings: RaySettings, state_dir: Path) -> None:
 def _shutdown(local_head: bool) -> None:
     started = time.monotonic()
     try:
-        if not ray.is_initialized():
-            pass
-        elif local_head and _head_going_down():
+        if ray.is_initialized() and local_head and _head_going_down():
             # Serve's graceful shutdown would wait for actors the dying raylet can no longer reach.
             logger.info("local Ray head already going down with us; skipping Serve's graceful shutdown")
-        else:
+        elif ray.is_initialized():
             asyncio.run(_shutdown_serve())
     except Exception:
         logger.exception("serve shutdown failed; stopping Ray anyway")
@@ -146,6 +156,9 @@ def _handle_signals(handler: Callable[[int, FrameType | None], None]) -> None:
 
 
 def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    # First signal only: the launcher signals the group and then each process, so a second
+    # SIGTERM follows at once and must not interrupt the shutdown the first one started.
+    _handle_signals(_ignore_while_stopping)
     raise Stop(signal.Signals(signum).name)
 
 
