@@ -22,10 +22,14 @@ app = typer.Typer(
 )
 stack_app = typer.Typer(help="Start, stop and inspect the local stack of real servers.", no_args_is_help=True)
 db_app = typer.Typer(help="ClickHouse schema.", no_args_is_help=True)
-ingest_app = typer.Typer(help="Run an ingest source.", no_args_is_help=True)
+ingest_app = typer.Typer(help="Ingest sources: files, syslog, HTTP, Prometheus scrape.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: figures against a baseline measured in the same run.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(db_app, name="db")
 app.add_typer(ingest_app, name="ingest")
+app.add_typer(bench_app, name="bench")
+
+DEFAULT_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nasa-http-1995-sample.log"
 
 console = Console(width=max(Console().width, 110))
 err = Console(stderr=True, width=max(Console().width, 110))
@@ -159,11 +163,131 @@ def db_migrate(ctx: typer.Context) -> None:
 
 @ingest_app.command("syslog")
 def ingest_syslog(ctx: typer.Context) -> None:
-    """Receive HAProxy logs over syslog (UDP), parse them and produce access events to Kafka."""
-    from ingest.pipeline import run_syslog_ingest
+    """Receive syslog on UDP and TCP (RFC 3164/5424, as HAProxy sends it) into `fs.access`.
+
+    Bad lines go to `fs.dlq` with their reason; while Kafka is down events wait in a disk spool.
+    """
+    from infra.workers import run_syslog
+
+    run_syslog(_ctx(ctx).settings)
+
+
+@ingest_app.command("file")
+def ingest_file(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="Log file (plain, .gz or .bz2).")],
+    fmt: Annotated[str, typer.Option("--format", help="auto | clf | combined | haproxy | json")] = "auto",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Parse and count; send nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Last line: {parsed, rejected, reasons}.")] = False,
+) -> None:
+    """Parse a log file once and send its events (and rejections) to Kafka."""
+    from ingest.file_ingest import ingest_file_command
 
     s = _ctx(ctx).settings
-    run_syslog_ingest(s.ingest, s.kafka)
+    try:
+        summary = ingest_file_command(path, fmt=fmt, ingest=s.ingest, kafka=s.kafka, dry_run=dry_run)
+    except (FileNotFoundError, ValueError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    result = summary.as_dict()
+    if as_json:
+        print(json.dumps(result))
+    else:
+        console.print(f"{'parsed (dry run)' if dry_run else 'sent'} {result['parsed']} events, "
+                      f"rejected {result['rejected']} lines: {result['reasons'] or 'none'}")
+
+
+@ingest_app.command("tail")
+def ingest_tail(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="Files to follow (rotation and truncation handled).")],
+    fmt: Annotated[str, typer.Option("--format", help="auto | clf | combined | haproxy | json")] = "auto",
+    from_end: Annotated[bool, typer.Option("--from-end", help="Without a checkpoint, start at the end.")] = False,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port.")] = None,
+) -> None:
+    """Follow log files with a durable checkpoint: a restart neither loses nor repeats a line."""
+    from infra.workers import run_tail
+
+    run_tail(_ctx(ctx).settings, paths, fmt, from_end, metrics_port)
+
+
+@ingest_app.command("http")
+def ingest_http(ctx: typer.Context) -> None:
+    """Serve `POST /v1/logs` and `POST /v1/metrics` (bearer token, size limit, gzip; docs at /docs)."""
+    from infra.workers import run_http
+
+    run_http(_ctx(ctx).settings)
+
+
+@ingest_app.command("scrape")
+def ingest_scrape(
+    ctx: typer.Context,
+    target: Annotated[list[str] | None, typer.Option("--target", help="Prometheus URL (repeatable); "
+                                                     "default: settings, else the stack's HAProxy exporter.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port.")] = None,
+) -> None:
+    """Scrape Prometheus endpoints every `ingest.scrape_interval_s` into `fs.metrics`."""
+    from infra.workers import run_scrape
+
+    run_scrape(_ctx(ctx).settings, target or [], metrics_port)
+
+
+@app.command()
+def replay(
+    ctx: typer.Context,
+    trace: Annotated[Path, typer.Option("--trace", help="Requests per second, space-separated (plain/bz2/gz).")],
+    speedup: Annotated[float, typer.Option(help="Trace seconds per wall second.")] = 1.0,
+    to: Annotated[str, typer.Option(help="http: real requests through HAProxy; kafka: log lines into fs.access.")
+                  ] = "http",
+    start: Annotated[int, typer.Option(help="Index of the first trace second.")] = 0,
+    duration: Annotated[float, typer.Option(help="Stop after this many wall seconds.")] = 60.0,
+    max_rps: Annotated[float, typer.Option(help="Cap on requests per wall second.")] = 500.0,
+    base_url: Annotated[str | None, typer.Option(help="Default: the stack's HAProxy frontend.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Replay a real request-rate trace (e.g. NASA 1995) as traffic, bounded in rate and duration."""
+    from infra.workers import kafka_sink
+    from ingest.replay import replay as run_replay
+
+    s = _ctx(ctx).settings
+    if to not in ("http", "kafka"):
+        err.print("[red]error:[/] --to must be http or kafka")
+        raise typer.Exit(2)
+    sink = kafka_sink(s, "replay") if to == "kafka" else None
+    try:
+        summary = run_replay(trace, speedup=speedup, to=to, start=start,  # type: ignore[arg-type]
+                             base_url=base_url or f"http://127.0.0.1:{s.haproxy.frontend_port}", sink=sink,
+                             duration_s=duration, max_rps=max_rps, progress=not as_json)
+    except (FileNotFoundError, ValueError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    finally:
+        if sink is not None:
+            sink.close()
+    print(json.dumps(summary.as_dict()) if as_json else summary.as_dict())
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    ctx: typer.Context,
+    lines: Annotated[int, typer.Option(help="Replicated NASA sample lines per run.")] = 300_000,
+    repeat: Annotated[int, typer.Option(help="Runs of each side; medians are reported.")] = 3,
+    sample: Annotated[Path, typer.Option(help="Seed log.")] = DEFAULT_SAMPLE,
+    profile: Annotated[Path | None, typer.Option(help="Write a cProfile of one pipeline run here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Ingest throughput against the naive shipper (one raw line per record), same producer settings.
+
+    Needs a broker (`foresight stack up`). Prints {"events_per_s", "raw_producer_per_s", "ratio"} last.
+    """
+    from ingest.bench import run_ingest_bench
+
+    s = _ctx(ctx).settings
+    result = run_ingest_bench(s.kafka, sample, lines, repeat=repeat, batch_max=s.ingest.batch_max,
+                              profile_path=profile)
+    if not as_json:
+        console.print(result)
+    print(json.dumps({k: result[k] for k in ("events_per_s", "raw_producer_per_s", "ratio")}))
 
 
 @app.command()

@@ -36,7 +36,7 @@ class KafkaSettings(Section):
     topic_dlq: str = Field("fs.dlq", description="Rejected input with its reason.")
     topic_features: str = Field("fs.features", description="Closed feature windows.")
     topic_decisions: str = Field("fs.decisions", description="Adapter decisions.")
-    compression: str = Field("gzip", description="Producer compression codec.")
+    compression: str = Field("zstd", description="Producer compression codec (zstd is ~5x cheaper than gzip here).")
     linger_ms: int = Field(5, description="Producer linger; higher batches more.")
 
     @property
@@ -104,6 +104,7 @@ class IngestSettings(Section):
     scrape_targets: list[str] = Field(default_factory=list,
                                       description="Prometheus URLs to scrape; empty = the stack's HAProxy exporter.")
     scrape_interval_s: float = Field(10.0, description="Seconds between scrapes of each target.")
+    scrape_metrics_port: int = Field(19104, description="Prometheus metrics of the scrape process.")
     default_service: str = Field("unknown", description="Service of lines no rule and no field names.")
     routes: list[RouteRule] = Field(default_factory=list, description="Service/instance rules, first match wins.")
     json_fields: dict[str, str] = Field(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 
 from infra.db import client as clickhouse_client
 from infra.settings import Settings
+from ingest.sinks.kafka import KafkaSink
+from ingest.spool import Spool
 from lb_adapters.actuators.haproxy import HAProxyRuntime
 from lb_adapters.controller import WeightController
 from lb_adapters.decision_log import DecisionLog
@@ -36,3 +40,61 @@ def build_weight_controller(s: Settings) -> WeightController:
         cfg=s.adapter,
         backend=s.haproxy.backend,
     )
+
+
+def kafka_sink(s: Settings, name: str) -> KafkaSink:
+    """A sink with its own disk spool (one per process: a spool is locked by its writer)."""
+    spool = Spool(s.spool_dir / name, s.ingest.spool_max_bytes)
+    return KafkaSink(s.kafka, s.ingest.batch_max, spool=spool, client_id=f"foresight-ingest-{name}")
+
+
+def haproxy_exporter_url(s: Settings) -> str:
+    return f"http://127.0.0.1:{s.haproxy.exporter_port}/metrics"
+
+
+def run_syslog(s: Settings) -> None:
+    """UDP and TCP syslog in one process, one sink (the stack's `ingest-syslog`)."""
+    from ingest.pipeline import serve_syslog_ingest
+    from ingest.runtime import run_until_signalled
+    from ingest.sources.syslog_tcp import serve_syslog_tcp_ingest
+
+    sink = kafka_sink(s, "syslog")
+
+    async def serve(stop: asyncio.Event) -> None:
+        await asyncio.gather(serve_syslog_ingest(s.ingest, sink, stop), serve_syslog_tcp_ingest(s.ingest, sink, stop))
+
+    try:
+        run_until_signalled(serve, metrics_port=s.ingest.metrics_port)
+    finally:
+        sink.close()
+
+
+def run_tail(s: Settings, paths: list[Path], fmt: str, from_end: bool, metrics_port: int | None) -> None:
+    from ingest.sources.tail import run_tail_ingest
+
+    sink = kafka_sink(s, "tail")
+    try:
+        run_tail_ingest(paths, s.ingest, sink, s.checkpoint_dir, fmt=fmt, from_end=from_end, metrics_port=metrics_port)
+    finally:
+        sink.close()
+
+
+def run_http(s: Settings) -> None:
+    from ingest.sources.http_api import run_http_ingest
+
+    sink = kafka_sink(s, "http")
+    try:
+        run_http_ingest(s.ingest, sink, sink)
+    finally:
+        sink.close()
+
+
+def run_scrape(s: Settings, targets: list[str], metrics_port: int | None) -> None:
+    from ingest.sources.scrape import run_scrape_ingest
+
+    sink = kafka_sink(s, "scrape")
+    ingest = s.ingest.model_copy(update={"scrape_targets": targets}) if targets else s.ingest
+    try:
+        run_scrape_ingest(ingest, sink, default_targets=[haproxy_exporter_url(s)], metrics_port=metrics_port)
+    finally:
+        sink.close()

@@ -20,3 +20,6 @@ REJECTIONS = Counter(
     "foresight_ingest_rejections", "Lines that could not become events, sent to the DLQ.", ["source", "reason"])
 SEND_ERRORS = Counter(
     "foresight_ingest_send_errors", "Kafka records that failed to send, after the producer's retries.", ["topic"])
+EVENTS_DROPPED = Counter(
+    "foresight_ingest_events_dropped",
+    "Events given up, by reason (UDP sources under back-pressure past their hold limit).", ["reason"])

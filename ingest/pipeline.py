@@ -10,30 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from prometheus_client import start_http_server
-
-from infra.settings import LOOPBACK, IngestSettings, KafkaSettings
+from infra.settings import IngestSettings
 from ingest import metrics
 from ingest.parsers.base import LineParser, now_ms
 from ingest.parsers.haproxy import HAProxyParser
 from ingest.schemas import AccessEvent, Rejection
-from ingest.sinks.kafka import KafkaSink
+from ingest.sinks.base import EventSink
+from ingest.sinks.kafka import BackPressure
 from ingest.sources.syslog import SyslogUDPSource
 
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 0.1
-
-
-class EventSink(Protocol):
-    def send_events(self, events: list[AccessEvent]) -> None: ...
-    def send_rejection(self, rej: Rejection) -> None: ...
-    def flush(self, timeout: float | None = None) -> None: ...
-    def close(self, timeout: float | None = None) -> None: ...
+MAX_HELD_EVENTS = 100_000  # held under back-pressure before the oldest are dropped (and counted)
 
 
 class IngestPipeline:
@@ -46,6 +37,7 @@ class IngestPipeline:
         self.flush_events = flush_events
         self.flush_interval_s = flush_interval_s
         self._buffer: list[AccessEvent] = []
+        self._held = False  # the sink pushed back: only the periodic flush retries
         self._lines = metrics.LINES_RECEIVED.labels(source=parser.source)
 
     def on_line(self, raw: bytes) -> None:
@@ -55,14 +47,29 @@ class IngestPipeline:
             self.sink.send_rejection(result)
             return
         self._buffer.append(result)
-        if len(self._buffer) >= self.flush_events:
+        if len(self._buffer) >= self.flush_events and not self._held:
             self.flush()
 
     def flush(self) -> None:
-        """Hand buffered events to the sink (which sends asynchronously)."""
+        """Hand buffered events to the sink (which sends asynchronously).
+
+        The buffer is emptied only once the sink took the events: under back-pressure they stay
+        and are offered again on the next flush (UDP cannot push back; the kernel drops instead).
+        """
         if self._buffer:
-            events, self._buffer = self._buffer, []
-            self.sink.send_events(events)
+            try:
+                self.sink.send_events(self._buffer)
+            except BackPressure as exc:
+                self._held = True
+                excess = len(self._buffer) - MAX_HELD_EVENTS
+                if excess > 0:
+                    del self._buffer[:excess]
+                    metrics.EVENTS_DROPPED.labels("backpressure").inc(excess)
+                log.warning("ingest: sink back-pressure, holding %d events (%d dropped): %s",
+                            len(self._buffer), max(excess, 0), exc)
+                return
+            self._buffer = []
+            self._held = False
 
     async def flush_periodically(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -84,27 +91,3 @@ async def serve_syslog_ingest(ingest: IngestSettings, sink: EventSink, stop: asy
         source.close()
         pipeline.flush()
         sink.flush(timeout=10.0)
-
-
-def run_syslog_ingest(ingest: IngestSettings, kafka: KafkaSettings, *, metrics_addr: str = LOOPBACK) -> None:
-    """The `ingest syslog` process: runs until SIGTERM/SIGINT, then sends what it holds and exits."""
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        sink = KafkaSink(kafka, ingest.batch_max)
-        try:
-            await serve_syslog_ingest(ingest, sink, stop)
-        finally:
-            sink.close()
-
-    server, thread = start_http_server(ingest.metrics_port, addr=metrics_addr)
-    log.info("ingest: metrics on http://%s:%d/metrics", metrics_addr, ingest.metrics_port)
-    try:
-        asyncio.run(main())
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
-    log.info("ingest: stopped")

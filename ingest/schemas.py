@@ -6,9 +6,10 @@ envelope `{"v": 1, "count": N, "events": [...]}` of events sharing the record's 
 
 from __future__ import annotations
 
-import json
+from operator import attrgetter
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, Field
 
 SCHEMA_VERSION = 1
@@ -64,17 +65,24 @@ def truncate_raw(raw: bytes | str) -> str:
     return raw[:RAW_LIMIT]
 
 
-def encode_access_batch(events: list[AccessEvent]) -> bytes:
-    """One Kafka record for several events of the same key."""
-    if len(events) == 1:
-        return events[0].model_dump_json().encode()
-    body = ",".join(e.model_dump_json() for e in events)
-    return f'{{"v":1,"count":{len(events)},"events":[{body}]}}'.encode()
+_fields_of = attrgetter("__dict__")
+
+
+def encode_batch(items: list[AccessEvent] | list[MetricSample]) -> bytes:
+    """One Kafka record for several events (or metric samples) of the same key; a lone one is sent bare.
+
+    Hot path: orjson over each model's `__dict__` (its fields, in declaration order) writes the same
+    JSON as `model_dump_json`, several times faster; events come from parsers, already validated.
+    """
+    if len(items) == 1:
+        return orjson.dumps(items[0].__dict__)
+    return orjson.dumps({"v": SCHEMA_VERSION, "count": len(items), "events": list(map(_fields_of, items))})
+
 
 
 def decode_access_record(value: bytes) -> list[dict[str, Any]]:
-    """Events of one `fs.access` record, single or batch, as plain dicts (hot path: no model)."""
-    obj = json.loads(value)
+    """Events of one `fs.access` (or samples of one `fs.metrics`) record, single or batch, as plain dicts."""
+    obj = orjson.loads(value)
     if "events" in obj:
         events: list[dict[str, Any]] = obj["events"]
         return events

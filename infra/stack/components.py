@@ -48,7 +48,9 @@ def tansu_binary() -> Path | None:
 
 
 def _python(*args: str) -> list[str]:
-    return [sys.executable, "-m", "infra.cli", *args]
+    # -P: children run with the state folder as working directory, whose `ingest/` (the spool)
+    # would otherwise shadow the package of that name.
+    return [sys.executable, "-P", "-m", "infra.cli", *args]
 
 
 def _render(template: str, dest: Path, **values: object) -> None:
@@ -145,10 +147,28 @@ def build_components(s: Settings) -> list[Component]:
             name="ingest-syslog",
             argv=_python("ingest", "syslog"),
             probe=probes.http_ok(f"http://127.0.0.1:{s.ingest.metrics_port}/metrics"),
-            address=f"udp://{s.ingest.syslog_host}:{s.ingest.syslog_port} (metrics :{s.ingest.metrics_port})",
-            tcp_ports=[s.ingest.metrics_port],
+            address=f"udp+tcp://{s.ingest.syslog_host}:{s.ingest.syslog_port}/{s.ingest.syslog_tcp_port} "
+                    f"(metrics :{s.ingest.metrics_port})",
+            tcp_ports=[s.ingest.metrics_port, s.ingest.syslog_tcp_port],
             udp_ports=[s.ingest.syslog_port],
             needs=["kafka"],
+        ),
+        Component(
+            name="ingest-http",
+            argv=_python("ingest", "http"),
+            probe=probes.http_ok(f"http://{s.ingest.http_host}:{s.ingest.http_port}/healthz"),
+            address=f"http://{s.ingest.http_host}:{s.ingest.http_port}/v1/logs (docs /docs)",
+            tcp_ports=[s.ingest.http_port],
+            needs=["kafka"],
+        ),
+        Component(
+            name="ingest-scrape",
+            argv=_python("ingest", "scrape", "--metrics-port", str(s.ingest.scrape_metrics_port)),
+            probe=probes.http_ok(f"http://127.0.0.1:{s.ingest.scrape_metrics_port}/metrics"),
+            address=f"every {s.ingest.scrape_interval_s:g} s -> {s.kafka.topic_metrics} "
+                    f"(metrics :{s.ingest.scrape_metrics_port})",
+            tcp_ports=[s.ingest.scrape_metrics_port],
+            needs=["kafka", "haproxy"],
         ),
         Component(
             name="stream-worker",

@@ -10,7 +10,7 @@ import pytest
 
 from ingest.parsers.haproxy import HAProxyParser, parse_haproxy_line, route_of
 from ingest.parsers.syslog_framing import syslog_message
-from ingest.schemas import RAW_LIMIT, AccessEvent, Rejection, encode_access_batch
+from ingest.schemas import RAW_LIMIT, AccessEvent, Rejection, encode_batch
 
 UTC_PARSER = HAProxyParser(UTC)
 
@@ -73,7 +73,7 @@ def test_real_line_becomes_event_with_every_field() -> None:
     assert e.key == "demo/s1"
     # model_construct skipped validation: what we built must still pass it, and serialize.
     assert AccessEvent.model_validate_json(e.model_dump_json()) == e
-    assert encode_access_batch([e, e]).startswith(b'{"v":1,"count":2,"events":[{')
+    assert encode_batch([e, e]).startswith(b'{"v":1,"count":2,"events":[{')
 
 
 @pytest.mark.parametrize(

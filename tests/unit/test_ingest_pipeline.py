@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from infra.settings import IngestSettings
 from ingest.parsers.haproxy import HAProxyParser
 from ingest.pipeline import IngestPipeline, serve_syslog_ingest
-from ingest.schemas import AccessEvent, Rejection
 from ingest.sources.syslog import SyslogUDPSource, serve_syslog
+from tests.unit.fakes import RecordingSink
 
 LINE = (b'<134>Nov 28 21:36:07 haproxy[3905]: 127.0.0.1:40408 [28/Nov/2026:21:36:07.277] fe_demo demo/s1 '
         b'0/0/0/5/5 200 182 - - ---- 1/1/0/0/0 0/0 "GET /index.html?x=1 HTTP/1.1"')
@@ -20,25 +19,6 @@ LINE = (b'<134>Nov 28 21:36:07 haproxy[3905]: 127.0.0.1:40408 [28/Nov/2026:21:36
 
 def line(n: int) -> bytes:
     return LINE.replace(b".277]", f".{n:03d}]".encode())
-
-
-@dataclass
-class RecordingSink:
-    batches: list[list[AccessEvent]] = field(default_factory=list)
-    rejections: list[Rejection] = field(default_factory=list)
-    flushed: int = 0
-
-    def send_events(self, events: list[AccessEvent]) -> None:
-        self.batches.append(events)
-
-    def send_rejection(self, rej: Rejection) -> None:
-        self.rejections.append(rej)
-
-    def flush(self, timeout: float | None = None) -> None:
-        self.flushed += 1
-
-    def close(self, timeout: float | None = None) -> None:
-        pass
 
 
 def send_udp(port: int, *datagrams: bytes) -> None:
