@@ -29,8 +29,6 @@ app.add_typer(db_app, name="db")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(bench_app, name="bench")
 
-DEFAULT_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nasa-http-1995-sample.log"
-
 console = Console(width=max(Console().width, 110))
 err = Console(stderr=True, width=max(Console().width, 110))
 
@@ -272,7 +270,8 @@ def bench_ingest(
     ctx: typer.Context,
     lines: Annotated[int, typer.Option(help="Replicated NASA sample lines per run.")] = 300_000,
     repeat: Annotated[int, typer.Option(help="Runs of each side; medians are reported.")] = 3,
-    sample: Annotated[Path, typer.Option(help="Seed log.")] = DEFAULT_SAMPLE,
+    sample: Annotated[Path | None, typer.Option(help="Seed log (default: the NASA sample, see FORESIGHT_DATASETS).")
+                      ] = None,
     profile: Annotated[Path | None, typer.Option(help="Write a cProfile of one pipeline run here.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -280,11 +279,12 @@ def bench_ingest(
 
     Needs a broker (`foresight stack up`). Prints {"events_per_s", "raw_producer_per_s", "ratio"} last.
     """
+    from infra.datasets import NASA_SAMPLE, dataset_path
     from ingest.bench import run_ingest_bench
 
     s = _ctx(ctx).settings
-    result = run_ingest_bench(s.kafka, sample, lines, repeat=repeat, batch_max=s.ingest.batch_max,
-                              profile_path=profile)
+    result = run_ingest_bench(s.kafka, sample or dataset_path(NASA_SAMPLE), lines, repeat=repeat,
+                              batch_max=s.ingest.batch_max, profile_path=profile)
     if not as_json:
         console.print(result)
     print(json.dumps({k: result[k] for k in ("events_per_s", "raw_producer_per_s", "ratio")}))

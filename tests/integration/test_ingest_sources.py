@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from infra.datasets import NASA_SAMPLE, dataset_path
 from infra.settings import Settings
 from infra.thin_path import end_offsets, read_records
 from ingest.parsers.auto import parser_for
@@ -16,7 +17,7 @@ from ingest.schemas import AccessEvent, decode_access_record
 
 from .conftest import foresight
 
-NASA = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "nasa-http-1995-sample.log"
+NASA = dataset_path(NASA_SAMPLE)
 
 
 def events_after(s: Settings, topic: str, offsets: dict[int, int], want: int, match: str,

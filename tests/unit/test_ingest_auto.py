@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.datasets import NASA_SAMPLE, dataset_path
 from infra.settings import IngestSettings, KafkaSettings, RouteRule
 from ingest import file_ingest
 from ingest.file_ingest import ingest_file, ingest_file_command, open_log
@@ -19,7 +20,7 @@ from ingest.parsers.haproxy import HAProxyParser
 from ingest.parsers.jsonlines import JSONLinesParser
 from ingest.schemas import AccessEvent, Rejection
 
-NASA = Path("/work/shared/datasets/nasa-http-1995-sample.log")
+NASA = dataset_path(NASA_SAMPLE)
 SETTINGS = IngestSettings(log_timezone="UTC", default_service="web")
 HAPROXY_RAW = (b'127.0.0.1:40408 [28/Nov/2026:21:36:07.277] fe_demo demo/s1 0/0/0/5/5 200 182 - - ---- '
                b'1/1/0/0/0 0/0 "GET /index.html?x=1 HTTP/1.1"')

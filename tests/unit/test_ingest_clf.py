@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from infra.datasets import NASA_SAMPLE, dataset_path
 from infra.settings import RouteRule
 from ingest.parsers import clf
 from ingest.parsers.base import event_id
@@ -15,7 +15,7 @@ from ingest.parsers.clf import CLFParser, clf_date_ms, latency_ms, make_event, s
 from ingest.routing import Router
 from ingest.schemas import AccessEvent, Rejection
 
-NASA = Path("/work/shared/datasets/nasa-http-1995-sample.log")
+NASA = dataset_path(NASA_SAMPLE)
 PARSER = CLFParser(Router([], "nasa"), UTC)
 
 LINE = b'mjv.lib.uconn.edu - - [06/Jul/1995:13:34:03 -0400] "GET /shuttle/missions/sts-71/movies/sts-71-launch-2.mpg HTTP/1.0" 200 543680\n'  # noqa: E501

@@ -11,9 +11,10 @@ import json
 import random
 import time
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
+
+from infra.datasets import NASA_SAMPLE, dataset_path
 
 pytest.importorskip("hypothesis")
 
@@ -28,7 +29,7 @@ from ingest.schemas import AccessEvent, Rejection
 SETTINGS = IngestSettings(log_timezone="UTC", default_service="svc")
 PARSERS: dict[str, LineParser] = {fmt: parser_for(fmt, SETTINGS) for fmt in ("haproxy", "clf", "json", "auto")}
 NAMES = sorted(PARSERS)
-NASA = Path("/work/shared/datasets/nasa-http-1995-sample.log")
+NASA = dataset_path(NASA_SAMPLE)
 REAL = [
     *NASA.read_bytes().splitlines(keepends=True)[:12],
     b'2001:db8::1 - frank [10/Oct/2000:13:55:36 -0700] "GET /a\\"b?x=1 HTTP/1.0" 200 2326 "http://r/" '

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from infra.datasets import NASA_RPS as NASA_RPS_NAME
+from infra.datasets import dataset_path
 from ingest import replay as replay_mod
 from ingest.replay import _Pacer, read_trace, replay
 from ingest.schemas import AccessEvent, Rejection
 
-NASA_RPS = Path("/work/shared/datasets/nasa-http-1995-rps.txt.bz2")
+NASA_RPS = dataset_path(NASA_RPS_NAME)
 
 
 class FakeSink:
