@@ -43,6 +43,7 @@ from infra.settings import KafkaSettings, RouteRule
 from ingest.parsers.base import LineParser, now_ms
 from ingest.parsers.clf import CLFParser
 from ingest.routing import Router
+from ingest.runtime import tune_gc
 from ingest.schemas import AccessEvent, Rejection
 from ingest.sinks.kafka import BATCH_SIZE, KafkaSink, producer_config
 from ingest.spool import Spool
@@ -168,9 +169,9 @@ def run_ingest_bench(
     runs: list[dict[str, float]] = []
     detail: dict[str, Any] = {}
     _create_topics(bench, topics)
-    # The input list and the imports are long-lived: keep the collector from walking them every time.
-    gc.collect()
-    gc.freeze()
+    # As the ingest services do (and for both sides alike): the input list and the imports are
+    # long-lived, and the collector runs less often.
+    tune_gc()
     try:
         with tempfile.TemporaryDirectory(prefix="foresight-bench-spool-") as spool_dir:
             spool = Spool(Path(spool_dir), 256 * 1024 * 1024)
