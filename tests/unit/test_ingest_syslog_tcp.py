@@ -235,17 +235,7 @@ def _listening(port: int) -> bool:
 
 def test_sink_back_pressure_holds_the_connection_and_loses_nothing() -> None:
     settings_ = IngestSettings(syslog_tcp_port=free_tcp_port(), batch_max=1)
-    sink = RecordingSink()
-    refusals = 3
-
-    def send_events(events: list[AccessEvent]) -> None:
-        nonlocal refusals
-        if refusals:
-            refusals -= 1
-            raise RuntimeError("spool full")  # as KafkaSink's BackPressure: nothing of the call taken
-        sink.batches.append(events)
-
-    sink.send_events = send_events  # type: ignore[method-assign]
+    sink = RecordingSink(refusals=3)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -257,5 +247,5 @@ def test_sink_back_pressure_holds_the_connection_and_loses_nothing() -> None:
         await asyncio.wait_for(task, 10)
 
     asyncio.run(main())
-    assert refusals == 0
+    assert sink.refusals == 0
     assert [e.instance for b in sink.batches for e in b] == ["s1", "s2"]

@@ -20,7 +20,6 @@ import pytest
 
 from infra.settings import IngestSettings
 from ingest.checkpoint import CheckpointStore, atomic_write
-from ingest.schemas import AccessEvent
 from ingest.sources.tail import FileTailer, serve_tail_ingest
 from tests.unit.fakes import RecordingSink
 
@@ -396,17 +395,7 @@ def test_run_tail_ingest_commits_and_returns_on_sigterm(tmp_path: Path) -> None:
 def test_back_pressure_from_the_sink_delays_lines_without_losing_them(tmp_path: Path) -> None:
     log = tmp_path / "haproxy.log"
     log.write_bytes(LINE + b"\n")
-    sink = RecordingSink()
-    refusals = 2
-
-    def send_events(events: list[AccessEvent]) -> None:
-        nonlocal refusals
-        if refusals:
-            refusals -= 1
-            raise RuntimeError("spool full")  # as KafkaSink's BackPressure: nothing of the call taken
-        sink.batches.append(events)
-
-    sink.send_events = send_events  # type: ignore[method-assign]
+    sink = RecordingSink(refusals=2)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -417,4 +406,4 @@ def test_back_pressure_from_the_sink_delays_lines_without_losing_them(tmp_path: 
         await asyncio.wait_for(task, 10)
 
     asyncio.run(main())
-    assert refusals == 0 and [len(b) for b in sink.batches] == [1]
+    assert sink.refusals == 0 and [len(b) for b in sink.batches] == [1]
