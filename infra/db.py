@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from clickhouse_driver import Client
@@ -61,5 +63,54 @@ def migrate(ch: ClickHouseSettings) -> list[str]:
             cl.execute(f"INSERT INTO {ch.database}.schema_migrations (version, name) VALUES", [(m.version, m.name)])
             applied.append(m.name)
         return applied
+    finally:
+        cl.disconnect()
+
+
+def _partition_day(partition: str) -> date | None:
+    """The day of a `toDate(...)` partition ('2026-11-28', quoted or not); None for any other key."""
+    try:
+        return date.fromisoformat(partition.strip("'"))
+    except ValueError:
+        return None
+
+
+def stale_partitions(parts: Iterable[tuple[str, str]], days: int, today: date) -> list[tuple[str, str]]:
+    """The (table, partition) pairs of day partitions strictly older than `today - days`, deduplicated
+    (system.parts has one row per part) and sorted. Non-day partitions ('tuple()') are never stale."""
+    if days < 1:
+        raise ValueError(f"retention must keep at least 1 day, got {days}")
+    cutoff = today - timedelta(days=days)
+    stale = set()
+    for table, partition in parts:
+        day = _partition_day(partition)
+        if day is not None and day < cutoff:
+            stale.add((table, partition))
+    return sorted(stale)
+
+
+def drop_partition_sql(database: str, table: str, partition: str) -> str:
+    """`ALTER TABLE ... DROP PARTITION '<day>'`: a Date partition key takes its value as a quoted literal."""
+    literal = "'" + partition.strip("'").replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return f"ALTER TABLE {database}.{table} DROP PARTITION {literal}"
+
+
+def retain(ch: ClickHouseSettings, days: int, *, today: date | None = None) -> list[tuple[str, str]]:
+    """Drop day partitions older than `days` days (before `today - days`, UTC) from every table of
+    the database; ClickHouse 18.16 has no TTL, so this is the retention. Returns what was dropped.
+    Tables not partitioned by day (model_versions, schema_migrations) are left alone."""
+    if days < 1:
+        raise ValueError(f"retention must keep at least 1 day, got {days}")
+    today = today or datetime.now(timezone.utc).date()
+    cl = client(ch)
+    try:
+        parts = cl.execute(
+            "SELECT table, partition FROM system.parts WHERE active AND database = %(db)s",
+            {"db": ch.database},
+        )
+        dropped = stale_partitions(parts, days, today)
+        for table, partition in dropped:
+            cl.execute(drop_partition_sql(ch.database, table, partition))
+        return dropped
     finally:
         cl.disconnect()
