@@ -159,6 +159,21 @@ def db_migrate(ctx: typer.Context) -> None:
     _say(f"applied {', '.join(applied)}" if applied else "schema is up to date")
 
 
+@db_app.command("retain")
+def db_retain(
+    ctx: typer.Context,
+    days: Annotated[int, typer.Option(min=1, help="Keep this many whole days; older day partitions are dropped.")],
+) -> None:
+    """Drop day partitions older than N days from every Foresight table (ClickHouse 18.16 has no TTL)."""
+    from infra.db import retain
+
+    dropped = retain(_ctx(ctx).settings.clickhouse, days)
+    for table, partition in dropped:
+        console.print(f"dropped {table} {partition}")
+    if not dropped:
+        _say("nothing to drop")
+
+
 @ingest_app.command("syslog")
 def ingest_syslog(ctx: typer.Context) -> None:
     """Receive syslog on UDP and TCP (RFC 3164/5424, as HAProxy sends it) into `fs.access`.

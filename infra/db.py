@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from clickhouse_driver import Client
@@ -101,7 +101,7 @@ def retain(ch: ClickHouseSettings, days: int, *, today: date | None = None) -> l
     Tables not partitioned by day (model_versions, schema_migrations) are left alone."""
     if days < 1:
         raise ValueError(f"retention must keep at least 1 day, got {days}")
-    today = today or datetime.now(timezone.utc).date()
+    today = today or datetime.now(UTC).date()
     cl = client(ch)
     try:
         parts = cl.execute(

@@ -1,0 +1,151 @@
+"""Every migration on a current ClickHouse engine (chDB, in-process); 18.16 is covered by
+tests/integration/test_db.py against the real server."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from infra.db import drop_partition_sql, load_migrations, retain, stale_partitions
+from infra.settings import ClickHouseSettings
+
+chdb_session = pytest.importorskip("chdb.session")
+
+DB = "fsdb"
+TABLES = ["access_events", "decisions", "features", "metric_samples", "model_versions", "predictions"]
+
+
+class Chdb:
+    """Just enough of clickhouse_driver.Client.execute (with %(name)s parameters) over a chDB session."""
+
+    def __init__(self, path: Path) -> None:
+        self.session = chdb_session.Session(str(path))
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
+        def literal(match: re.Match[str]) -> str:
+            value = (params or {})[match.group(1)]
+            return str(value) if isinstance(value, int | float) else "'" + str(value).replace("'", "\\'") + "'"
+
+        sql = re.sub(r"%\((\w+)\)s", literal, sql)
+        result = self.session.query(sql, "JSONCompact")
+        text = result.bytes().decode()
+        return json.loads(text)["data"] if text.strip() else []
+
+
+@pytest.fixture(scope="module")
+def ch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chdb]:
+    db = Chdb(tmp_path_factory.mktemp("chdb"))
+    db.execute(f"CREATE DATABASE IF NOT EXISTS {DB}")
+    for migration in load_migrations(DB):
+        for statement in migration.statements:
+            db.execute(statement)
+    yield db
+    db.session.close()
+
+
+def test_every_table_created_and_takes_a_row(ch: Chdb) -> None:
+    tables = [r[0] for r in ch.execute(f"SELECT name FROM system.tables WHERE database = '{DB}' ORDER BY name")]
+    assert tables == TABLES
+    ms = 1_764_288_000_123  # 2025-11-28 00:00:00.123 UTC
+    ch.execute(f"INSERT INTO {DB}.access_events (ts_ms, id, service, instance, method, route, status, latency_ms,"
+               f" bytes_sent, source) VALUES ({ms}, 'e1', 'web', 's1', 'GET', '/a', 200, 5.5, 120, 'syslog')")
+    ch.execute(f"INSERT INTO {DB}.metric_samples (ts_ms, service, instance, name, value, label_keys, label_values)"
+               f" VALUES ({ms}, 'web', 's1', 'haproxy_backend_up', 1, ['backend', 'proxy'], ['web', 'fe'])")
+    ch.execute(f"INSERT INTO {DB}.predictions (ts_ms, kind, service, instance, model, model_version, horizon_s,"
+               f" quantile, value) VALUES ({ms}, 'load', 'web', '*', 'tcn', 'v3', 60, 0.9, 42.0)")
+    ch.execute(f"INSERT INTO {DB}.decisions (ts_ms, service, actuator, target, action, before, after, reason,"
+               f" prediction_refs, dry_run, outcome) VALUES ({ms}, 'web', 'haproxy', 'web/s2', 'set_weight', NULL,"
+               f" 40, 'p99 rising', ['load/v3'], 1, 'applied')")
+    ch.execute(f"INSERT INTO {DB}.model_versions VALUES ('load', 'v3', '2025-11-28 00:00:00', 'sha256:ab',"
+               " '{\"mae\": 1.5}', 'models/load/v3')")
+    ch.execute(f"INSERT INTO {DB}.features (window_start, window_end, service, instance, requests, emitted_at)"
+               " VALUES ('2025-11-28 00:00:00', '2025-11-28 00:00:10', 'web', 's1', 1, 1)")
+    for table in TABLES:
+        assert ch.execute(f"SELECT count() FROM {DB}.{table}") == [[1]], table
+    # ts is derived from the contract's epoch ms, in UTC, and target_ts from the horizon.
+    assert ch.execute(f"SELECT toString(ts, 'UTC'), toDate(ts, 'UTC') FROM {DB}.access_events") == [
+        ["2025-11-28 00:00:00", "2025-11-28"]]
+    assert ch.execute(f"SELECT toString(target_ts, 'UTC') FROM {DB}.predictions") == [["2025-11-28 00:01:00"]]
+    assert ch.execute(f"SELECT label_values[indexOf(label_keys, 'proxy')] FROM {DB}.metric_samples") == [["fe"]]
+    assert ch.execute(f"SELECT before, after, dry_run FROM {DB}.decisions") == [[None, 40, 1]]
+    # A re-delivered access event (same key) collapses.
+    ch.execute(f"INSERT INTO {DB}.access_events (ts_ms, id, service, instance, status) VALUES ({ms}, 'e1', 'web',"
+               " 's1', 200)")
+    assert ch.execute(f"SELECT count() FROM {DB}.access_events FINAL") == [[1]]
+    # ...but another event in the same millisecond does not.
+    ch.execute(f"INSERT INTO {DB}.access_events (ts_ms, id, service, instance, status) VALUES ({ms}, 'e2', 'web',"
+               " 's1', 200)")
+    assert ch.execute(f"SELECT count() FROM {DB}.access_events FINAL") == [[2]]
+
+
+def test_reemitted_feature_window_replaces_itself(ch: Chdb) -> None:
+    insert = (f"INSERT INTO {DB}.features (window_start, window_end, service, instance, requests, latency_p99_ms,"
+              " emitted_at) VALUES ('2025-11-27 10:00:00', '2025-11-27 10:00:10', 'api', 'i1', {}, {}, {})")
+    ch.execute(insert.format(10, 50.0, 2_000))  # inserted first, but emitted later: it must win
+    ch.execute(insert.format(7, 90.0, 1_000))
+    rows = ch.execute(f"SELECT requests, latency_p99_ms, emitted_at FROM {DB}.features FINAL WHERE service = 'api'")
+    assert rows == [[10, 50, 2000]]
+    assert ch.execute(f"SELECT count() FROM {DB}.features WHERE service = 'api'") == [[2]]  # not merged yet
+
+
+def test_latest_features_query_runs_on_chdb(ch: Chdb) -> None:
+    from lb_adapters.features import LatestFeatures
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = []
+    for instance, age_s, p99, requests, errors, emitted in [
+        ("s1", 30, 10.0, 100, 0, 1), ("s1", 20, 12.0, 100, 10, 1),  # the latest window wins
+        ("s1", 20, 99.0, 1, 1, 0),                                  # ...and its earlier emission loses
+        ("s2", 25, 40.0, 50, 0, 1),
+        ("s2", 5000, 400.0, 50, 50, 1),                             # too old
+        ("*", 20, 30.0, 150, 10, 1),                                # service-wide row is excluded
+    ]:
+        start = (now - timedelta(seconds=age_s)).strftime("%Y-%m-%d %H:%M:%S")
+        rows.append(f"(toDateTime('{start}', 'UTC'), toDateTime('{start}', 'UTC') + 10, 'lat', '{instance}',"
+                    f" {requests}, {errors}, {p99}, {p99 / 2}, {emitted})")
+    ch.execute(f"INSERT INTO {DB}.features (window_start, window_end, service, instance, requests, status_5xx,"
+               f" latency_p99_ms, latency_p50_ms, emitted_at) VALUES {', '.join(rows)}")
+    got = LatestFeatures(cast(Any, ch), DB).for_service("lat", max_age_s=600)
+    assert [(f.instance, f.latency_p99_ms, f.requests, f.error_rate) for f in got] == [
+        ("s1", 12.0, 100, 0.1), ("s2", 40.0, 50, 0.0)]
+
+
+def test_retention_drops_only_old_day_partitions(ch: Chdb) -> None:
+    today = datetime.now(UTC).date()
+    for age in (40, 31, 30, 0):
+        ms = int(datetime.combine(today - timedelta(days=age), datetime.min.time(), UTC).timestamp() * 1000)
+        ch.execute(f"INSERT INTO {DB}.metric_samples (ts_ms, service, instance, name, value) VALUES"
+                   f" ({ms + 43_200_000}, 'ret', 'i', 'age', {age})")  # midday UTC: same day in any server zone
+    parts = [(t, p) for t, p in ch.execute(f"SELECT table, partition FROM system.parts WHERE active AND"
+                                           f" database = '{DB}'")]
+    stale = stale_partitions(parts, 30, today)
+    assert ("metric_samples", str(today - timedelta(days=40))) in stale
+    assert ("metric_samples", str(today - timedelta(days=31))) in stale
+    assert all(t != "model_versions" for t, _ in stale)
+    for table, partition in stale:
+        ch.execute(drop_partition_sql(DB, table, partition))
+    left = ch.execute(f"SELECT value FROM {DB}.metric_samples WHERE service = 'ret' ORDER BY value")
+    assert left == [[0], [30]]
+    assert ch.execute(f"SELECT count() FROM {DB}.model_versions") == [[1]]
+
+
+def test_stale_partitions_pure() -> None:
+    today = date(2026, 11, 28)
+    parts = [("a", "2026-10-28"), ("a", "2026-10-28"), ("a", "2026-10-29"), ("b", "'2026-10-01'"),
+             ("m", "tuple()"), ("x", "202610")]
+    assert stale_partitions(parts, 30, today) == [("a", "2026-10-28"), ("b", "'2026-10-01'")]
+    # days=1 keeps today and yesterday: only a day wholly older than 1 day goes.
+    assert stale_partitions(parts, 1, date(2026, 10, 30)) == [("a", "2026-10-28"), ("b", "'2026-10-01'")]
+    assert drop_partition_sql("d", "t", "'2026-10-01'") == "ALTER TABLE d.t DROP PARTITION '2026-10-01'"
+
+
+@pytest.mark.parametrize("days", [0, -3])
+def test_retain_refuses_less_than_a_day(days: int) -> None:
+    with pytest.raises(ValueError, match="at least 1 day"):
+        retain(ClickHouseSettings(host="127.0.0.1", tcp_port=1), days)
