@@ -88,7 +88,8 @@ class PrometheusScraper:
         self.on_samples = on_samples
         self.interval_s = interval_s
         self.service = service
-        self.timeout_s = timeout_s if timeout_s is not None else min(10.0, interval_s)
+        # Like Prometheus: the timeout follows the interval, but never so short that a busy target fails.
+        self.timeout_s = timeout_s if timeout_s is not None else min(10.0, max(1.0, interval_s))
         self.batch_max = batch_max
         self.max_body_bytes = max_body_bytes
         self._client = client

@@ -251,7 +251,8 @@ def test_run_keeps_scraping_good_targets_while_others_fail(server: tuple[str, li
 
     async def main() -> None:
         stop = asyncio.Event()
-        scraper = PrometheusScraper([good, bad, refused], batches.append, interval_s=0.02, service="svc")
+        scraper = PrometheusScraper([good, bad, refused], batches.append, interval_s=0.02, service="svc",
+                                    timeout_s=5.0)  # a loaded CI machine may take longer than the interval
         task = asyncio.create_task(scraper.run(stop))
         deadline = asyncio.get_running_loop().time() + 10
         while hits.count("/metrics") < 3 or counter(refused, "failed") - start.get(refused, 0) < 2:
