@@ -343,12 +343,26 @@ def adapt(
         s = s.model_copy(update={"adapter": s.adapter.model_copy(update={"dry_run": True})})
     controller = build_weight_controller(s)
     target = service or s.demo.service
+    if not once:
+        from prometheus_client import start_http_server
+
+        start_http_server(s.adapter.metrics_port, addr="127.0.0.1")
+    from lb_adapters.metrics import ROUNDS
+
     while True:
-        report = controller.step(target)
-        for d in report.decisions:
-            _say(f"{d.target}: weight {d.before} -> {d.after} ({d.reason}; {d.outcome})")
-        if report.note:
-            _say(report.note)
+        try:
+            report = controller.step(target)
+        except Exception as exc:  # one failed round (serving or ClickHouse away) must not end the loop
+            ROUNDS.labels("failed").inc()
+            _say(f"[red]round failed:[/] {exc}")
+            if once:
+                raise typer.Exit(1) from exc
+        else:
+            ROUNDS.labels("ok").inc()
+            for d in report.decisions:
+                _say(f"{d.target}: weight {d.before} -> {d.after} ({d.reason}; {d.outcome})")
+            if report.note:
+                _say(report.note)
         if once:
             return
         time.sleep(interval)

@@ -144,6 +144,7 @@ class AdapterSettings(Section):
     deadband: int = Field(4, description="Ignore changes smaller than this.")
     dry_run: bool = Field(False, description="Decide and record, but do not touch HAProxy.")
     features_max_age_s: int = Field(300, description="Ignore feature windows older than this.")
+    metrics_port: int = Field(19105, description="Prometheus metrics of the `foresight adapt` loop.")
 
 
 class Settings(BaseSettings):

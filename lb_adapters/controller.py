@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from infra.settings import AdapterSettings
+from lb_adapters import metrics
 from lb_adapters.actuators.haproxy import HAProxyError
 from lb_adapters.policies.weights import decide_weights
 from lb_adapters.schemas import Decision
@@ -71,10 +72,13 @@ class WeightController:
                 after=change.after, reason=change.reason, prediction_ref=ref, dry_run=self.cfg.dry_run,
             )
             decision.outcome = "dry_run" if self.cfg.dry_run else self._apply(change.instance, change.after)
+            metrics.DECISIONS.labels("haproxy", decision.outcome.split(":")[0]).inc()
             report.decisions.append(decision)
         if report.decisions:
             self.sink.publish(report.decisions)
         report.after = self.actuator.weights(self.backend)
+        for server, weight in report.after.items():
+            metrics.WEIGHT.labels(self.backend, server).set(weight)
         return report
 
     def _apply(self, server: str, weight: int) -> str:
