@@ -19,7 +19,7 @@ from starlette.middleware.base import RequestResponseEndpoint
 from infra.settings import ServingSettings
 from serving.metrics import ApiMetrics
 from serving.schemas import InstanceWeight, WeightsRequest, WeightsResponse
-from serving.weights_model import ModelInfo, Weighed, WeightsModel
+from serving.weights_model import DEPLOYMENT_OPTIONS, ModelInfo, Weighed, WeightsModel
 
 # Metric labels: known paths only, so scanners probing random URLs cannot blow up cardinality.
 ENDPOINTS = frozenset({"/v1/weights", "/v1/models", "/healthz", "/metrics"})
@@ -140,13 +140,8 @@ class ServingApi:
 
 
 # Call form rather than decorators: `ServingApi` stays the plain class the middleware checks for.
-ServingApiDeployment = serve.deployment(
-    name="ServingApi",
-    ray_actor_options={"num_cpus": 0.5},
-    max_ongoing_requests=256,
-    graceful_shutdown_wait_loop_s=0.5,
-    graceful_shutdown_timeout_s=5.0,
-)(serve.ingress(fastapi_app)(ServingApi))
+ServingApiDeployment = serve.deployment(name="ServingApi", **DEPLOYMENT_OPTIONS)(  # type: ignore[arg-type]
+    serve.ingress(fastapi_app)(ServingApi))
 
 
 def build_app(serving: ServingSettings) -> Application:

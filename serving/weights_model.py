@@ -55,10 +55,11 @@ class WeightsModelReplica:
 # Call form, not a decorator: type checkers then see a Deployment (with `.bind`), not the class.
 # max_ongoing_requests is above max_batch_size, or batches could never fill. Requests take
 # milliseconds, so stopping need not wait Serve's default 2s poll / 20s drain.
-WeightsModel = serve.deployment(
-    name="WeightsModel",
-    ray_actor_options={"num_cpus": 0.5},
-    max_ongoing_requests=256,
-    graceful_shutdown_wait_loop_s=0.5,
-    graceful_shutdown_timeout_s=5.0,
-)(WeightsModelReplica)
+# Shared by every deployment of the app: half a CPU each on the 2-core default head.
+DEPLOYMENT_OPTIONS: dict[str, object] = {
+    "ray_actor_options": {"num_cpus": 0.5},
+    "max_ongoing_requests": 256,
+    "graceful_shutdown_wait_loop_s": 0.5,
+    "graceful_shutdown_timeout_s": 5.0,
+}
+WeightsModel = serve.deployment(name="WeightsModel", **DEPLOYMENT_OPTIONS)(WeightsModelReplica)  # type: ignore[arg-type]
