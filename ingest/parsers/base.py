@@ -6,14 +6,14 @@ so one bad line cannot stop a source; later formats plug in by matching `LinePar
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Protocol
+
+import xxhash
 
 from ingest.schemas import AccessEvent, Rejection, truncate_raw
 
 ParseResult = AccessEvent | Rejection
-ID_BYTES = 10  # 20 hex chars: collisions are negligible at any realistic log volume
 
 
 class LineParser(Protocol):
@@ -27,8 +27,12 @@ def now_ms() -> int:
 
 
 def event_id(message: bytes) -> str:
-    """Same message bytes, same id: a re-read or re-sent line is dropped downstream as a duplicate."""
-    return hashlib.blake2b(message, digest_size=ID_BYTES).hexdigest()
+    """Same message bytes, same id: a re-read or re-sent line is dropped downstream as a duplicate.
+
+    128-bit XXH3 (32 hex chars): collisions are negligible at any log volume, and it costs a
+    quarter of blake2b's time, which showed as a tenth of a parse.
+    """
+    return xxhash.xxh3_128_hexdigest(message)
 
 
 def reject(source: str, reason: str, detail: str, raw: bytes | str, received_ms: int | None) -> Rejection:
