@@ -1,0 +1,33 @@
+"""`foresight backtest` end to end on a small synthetic trace (no server needed, but minutes of CPU)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.test_training_ray import write_trace
+
+
+def test_backtest_prints_the_result_json_last_and_writes_plots(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.txt"
+    write_trace(trace, days=6, seed=3)
+    report = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "backtest", "--trace", str(trace), "--scale", "20", "--capacity", "10",
+         "--startup", "120", "--epochs", "2", "--report", str(report)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result["forecast"]) == {"1", "5", "15", "30"}
+    row = result["forecast"]["5"]
+    assert {"model", "seasonal_naive", "ewma", "holt_winters"} <= set(row)
+    assert set(row["model"]) >= {"mase", "smape", "pinball_p90", "coverage_p90"}
+    auto = result["autoscale"]
+    assert auto["oracle"]["underprov_pct"] == 0.0
+    assert result["summary"]["replica_seconds_predictive_vs_hpa"] > 0
+    for name in ("predictive", "hpa"):
+        assert set(auto[name]) >= {"underprov_pct", "replica_seconds", "actions", "knob", "knob_value"}
+        assert auto[name]["replica_seconds"] >= auto["oracle"]["replica_seconds"]
+    assert (report / "forecast.png").stat().st_size > 10_000
+    assert (report / "replicas.png").stat().st_size > 10_000

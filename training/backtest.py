@@ -1,0 +1,217 @@
+"""Backtest: train on the past, judge forecasts and autoscaling policies on the test range.
+
+Everything tunable (the forecaster's epoch, EWMA's factor, each policy's knob) is chosen on the
+training or validation range; the test range is only ever scored.
+
+By default (`refit`) the forecaster judged on the test range is then retrained on train + validation
+(everything before the test range) with the same configuration, seed and the epoch count validation
+chose, so it has seen the most recent regime. Only the validation-phase model ever predicts the
+validation range (to tune the predictive headroom); the refit model only predicts the test range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from training import baselines
+from training.autoscale import (
+    HPAPolicy,
+    OraclePolicy,
+    Policy,
+    PredictivePolicy,
+    ScalingSpec,
+    SimResult,
+    simulate,
+    tune,
+)
+from training.fit import OnEpoch, TrainConfig, TrainResult, forecast, script, targets, train
+from training.metrics import horizon_table, mase_scale
+from training.series import RateSeries
+from training.splits import Splits
+
+Say = Callable[[str], None]
+
+
+def _grid(lo: float, hi: float, step: float) -> tuple[float, ...]:
+    return tuple(round(float(v), 4) for v in np.arange(lo, hi + step / 2, step))
+
+
+class BacktestConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scale: float = Field(1.0, gt=0, description="Multiplies the trace's rate for the autoscaling runs.")
+    spec: ScalingSpec
+    slo_pct: float = Field(0.5, ge=0, description="Most under-provisioned minutes (%) a tuned policy may have.")
+    horizons: tuple[int, ...] = (1, 5, 15, 30)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    predictive_quantile: float = Field(0.99, description="Forecast quantile the predictive policy scales for.")
+    hpa_targets: tuple[float, ...] = _grid(0.2, 1.0, 0.02)
+    headrooms: tuple[float, ...] = _grid(-0.4, 1.0, 0.02)
+    ma_window: int = Field(10, gt=0)
+    refit: bool = Field(True, description="Retrain the forecaster on train + validation, for the epoch count "
+                                          "validation chose, before scoring it on the test range.")
+
+
+@dataclass
+class Backtest:
+    """What a backtest found, plus the arrays the plots draw."""
+
+    result: dict[str, Any]
+    trained: TrainResult  # the model scored on the test range (the refit one when there is one)
+    scripted: torch.jit.ScriptModule
+    test_origins: np.ndarray
+    test_forecast: np.ndarray
+    replicas: dict[str, list[int]]
+    demand: np.ndarray
+
+
+def forecast_table(series: RateSeries, splits: Splits, cfg: BacktestConfig, module: torch.nn.Module, history: int,
+                   say: Say) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Per-horizon metrics of the model and the baselines on the test range."""
+    y, h, qs = series.values, cfg.train.horizon, cfg.train.quantiles
+    origins = np.arange(splits.test_start, splits.end - h + 1)
+    if len(origins) == 0:
+        raise ValueError("the test range is shorter than the forecast horizon")
+    fit_origins = np.arange(max(1440, 1), splits.val_start - h + 1)
+    say("forecasting the test range: model")
+    model_fc = forecast(module, series, origins, history)
+
+    def calibrated(make: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        offsets = baselines.residual_quantiles(y, make(fit_origins), fit_origins, qs)
+        return baselines.with_quantiles(make(origins), offsets, qs)
+
+    say("baselines: seasonal naive, moving average, EWMA")
+    alpha = baselines.tune_ewma(y, splits.train)
+    fc = {
+        "model": model_fc,
+        "seasonal_naive": calibrated(lambda o: baselines.seasonal_naive(y, o, h)),
+        "ewma": calibrated(lambda o: baselines.ewma(y, o, h, alpha)),
+    }
+    say("baselines: Holt-Winters (statsmodels fit)")
+    hw = baselines.HoltWinters(y, splits.train)
+    hw_fit = fit_origins[fit_origins >= hw.start + 1]
+    hw_offsets = baselines.residual_quantiles(y, hw.forecast(hw_fit, h), hw_fit, qs)
+    fc["holt_winters"] = baselines.with_quantiles(hw.forecast(origins, h), hw_offsets, qs)
+    fc[f"moving_average_{cfg.ma_window}"] = calibrated(lambda o: baselines.moving_average(y, o, h, cfg.ma_window))
+    table = horizon_table(targets(y, origins, h).astype(np.float64), fc, qs, mase_scale(y[: splits.val_start]),
+                          cfg.horizons)
+    params = {"ewma_alpha": alpha, "holt_winters": {"alpha": hw.alpha, "beta": hw.beta, "gamma": hw.gamma,
+                                                    "phi": hw.phi}}
+    return {"table": table, "params": params}, origins, model_fc
+
+
+def _upper(module: torch.nn.Module, series: RateSeries, lo: int, hi: int, history: int, q_index: int,
+           scale: float) -> np.ndarray:
+    """[minutes, horizon] forecast quantile of demand, made at the start of each minute of [lo, hi)."""
+    return forecast(module, series, np.arange(lo, hi), history)[:, :, q_index] * scale
+
+
+def autoscale_table(series: RateSeries, splits: Splits, cfg: BacktestConfig, module: torch.nn.Module, history: int,
+                    say: Say, test_module: torch.nn.Module | None = None,
+                    ) -> tuple[dict[str, Any], dict[str, list[int]], np.ndarray]:
+    """Tune each policy's knob on the validation range, judge it on the test range.
+
+    `module` must not have been trained on the validation range: it makes the forecasts the
+    headroom is tuned on. A model refit on train + validation would forecast validation minutes it
+    was fitted to, look better calibrated there than it is on unseen minutes, and the tuned
+    headroom would come out too small. So the headroom is tuned with the validation-phase model
+    and then applied, unchanged, to `test_module` (the refit model; default: `module`) on the
+    test range, where both models forecast unseen minutes."""
+    spec, slo = cfg.spec, cfg.slo_pct
+    demand = series.values * cfg.scale
+    val_d, test_d = demand[slice(*splits.val)], demand[slice(*splits.test)]
+    q_index = cfg.train.quantiles.index(cfg.predictive_quantile)
+    val_up = _upper(module, series, *splits.val, history, q_index, cfg.scale)
+    test_up = _upper(module if test_module is None else test_module, series, *splits.test, history, q_index,
+                     cfg.scale)
+
+    def hpa(d: np.ndarray) -> Callable[[float], Policy]:
+        return lambda target: HPAPolicy(d, spec.capacity, target)
+
+    def predictive(up: np.ndarray) -> Callable[[float], Policy]:
+        return lambda headroom: PredictivePolicy(up, spec.capacity, headroom, spec.delay_min)
+
+    say("tuning HPA's target utilization on the validation range")
+    hpa_knob, hpa_val = tune(hpa(val_d), cfg.hpa_targets, val_d, spec, slo)
+    say("tuning the predictive headroom on the validation range")
+    pred_knob, pred_val = tune(predictive(val_up), cfg.headrooms, val_d, spec, slo)
+    say("judging the policies on the test range")
+    replicas: dict[str, list[int]] = {"predictive": [], "hpa": [], "oracle": []}
+    out: dict[str, Any] = {}
+    runs: list[tuple[str, Policy, ScalingSpec, str | None, float | None, SimResult | None]] = [
+        ("predictive", predictive(test_up)(pred_knob), spec, "headroom", pred_knob, pred_val),
+        ("hpa", hpa(test_d)(hpa_knob), spec, "target_utilization", hpa_knob, hpa_val),
+        ("oracle", OraclePolicy(test_d, spec.capacity), spec.model_copy(update={"startup_s": 0.0}), None, None, None),
+    ]
+    for name, policy, run_spec, knob, value, val_result in runs:
+        res = simulate(test_d, policy, run_spec, replicas[name])
+        row = res.model_dump(exclude={"knob", "knob_value"})
+        if knob is not None:
+            row.update({"knob": knob, "knob_value": value})
+        if val_result is not None:
+            row["val_underprov_pct"] = val_result.underprov_pct
+            row["val_replica_seconds"] = val_result.replica_seconds
+        out[name] = row
+    oracle_rs = out["oracle"]["replica_seconds"]
+    for row in out.values():
+        row["vs_oracle"] = round(row["replica_seconds"] / oracle_rs, 3) if oracle_rs else None
+    return out, replicas, test_d
+
+
+def _ratio(rows: dict[str, Any], a: str, b: str, key: str) -> float | None:
+    if a not in rows or b not in rows or not rows[b][key]:
+        return None
+    return round(rows[a][key] / rows[b][key], 3)
+
+
+def run_backtest(series: RateSeries, splits: Splits, cfg: BacktestConfig, say: Say,
+                 on_epoch: OnEpoch | None = None) -> Backtest:
+    say(f"training on minutes {splits.train}, validating on {splits.val}")
+    trained = train(series, splits.train, splits.val, cfg.train, on_epoch)
+    say(f"trained in {trained.seconds:.1f}s on {trained.samples} origins ({trained.device}), "
+        f"best epoch {trained.best_epoch}")
+    val_scripted = script(trained.module)
+    history = trained.module.history_len
+    final, scripted = trained, val_scripted
+    before_test = (0, splits.test_start)
+    if cfg.refit:
+        say(f"refitting on minutes {before_test} for {trained.best_epoch} epochs")
+        final = train(series, before_test, None, cfg.train, on_epoch, stop_after=trained.best_epoch)
+        say(f"refit in {final.seconds:.1f}s on {final.samples} origins")
+        scripted = script(final.module)
+    fc, origins, model_fc = forecast_table(series, splits, cfg, scripted, history, say)
+    # Headroom tuned with the validation-phase model, applied with the refit one (see autoscale_table).
+    scaling, replicas, demand = autoscale_table(series, splits, cfg, val_scripted, history, say, scripted)
+    unix = series.unix_of(np.array([0, splits.val_start, splits.test_start, splits.end]))
+    h5 = fc["table"].get("5", {})
+    result = {
+        "forecast": fc["table"],
+        "autoscale": scaling,
+        "summary": {
+            "mase5_model_vs_seasonal_naive": _ratio(h5, "model", "seasonal_naive", "mase"),
+            "mase5_model_vs_ewma": _ratio(h5, "model", "ewma", "mase"),
+            "mase5_model_vs_holt_winters": _ratio(h5, "model", "holt_winters", "mase"),
+            "replica_seconds_predictive_vs_hpa": _ratio(scaling, "predictive", "hpa", "replica_seconds"),
+        },
+        "setup": {
+            "scale": cfg.scale, "capacity": cfg.spec.capacity, "startup_s": cfg.spec.startup_s,
+            "slo_pct": cfg.slo_pct, "predictive_quantile": cfg.predictive_quantile,
+            "minutes": {"train": list(splits.train), "val": list(splits.val), "test": list(splits.test)},
+            "unix_s": [None if not np.isfinite(u) else float(u) for u in unix],
+            "train_seconds": round(trained.seconds, 1), "best_epoch": trained.best_epoch,
+            "baseline_params": fc["params"],
+            "refit": cfg.refit,
+            "refit_epochs": final.best_epoch if cfg.refit else None,
+            "refit_minutes": list(before_test) if cfg.refit else None,
+            "refit_samples": final.samples if cfg.refit else None,
+            "refit_seconds": round(final.seconds, 1) if cfg.refit else None,
+        },
+    }
+    return Backtest(result=result, trained=final, scripted=scripted, test_origins=origins, test_forecast=model_fc,
+                    replicas=replicas, demand=demand)

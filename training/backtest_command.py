@@ -1,0 +1,69 @@
+"""`foresight backtest`: load a trace, run the backtest, print tables and the JSON result."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from training.autoscale import ScalingSpec
+from training.backtest import BacktestConfig, run_backtest
+from training.fit import TrainConfig
+from training.plots import write_report
+from training.progress import epoch_bar, say
+from training.series import load_trace
+from training.splits import split_by_index
+
+
+def parse_start(start: str | None) -> float | None:
+    """An ISO 8601 timestamp as Unix seconds; without an offset it is taken as UTC."""
+    if start is None:
+        return None
+    moment = datetime.fromisoformat(start)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def backtest_command(trace: Path, *, test_from: int | None, val_from: int | None, scale: float, capacity: float,
+                     startup_s: float, slo_pct: float, start: str | None, report: Path | None, epochs: int,
+                     seed: int, threads: int, as_json: bool, refit: bool = True) -> dict[str, Any]:
+    say(f"reading {trace}")
+    series = load_trace(trace, parse_start(start))
+    splits = split_by_index(series, test_from, val_from)
+    cfg = BacktestConfig(scale=scale, spec=ScalingSpec(capacity=capacity, startup_s=startup_s), slo_pct=slo_pct,
+                         train=TrainConfig(epochs=epochs, seed=seed, torch_threads=threads), refit=refit)
+    with epoch_bar(epochs) as on_epoch:
+        bt = run_backtest(series, splits, cfg, say, on_epoch)
+    if report is not None:
+        for path in write_report(bt, series, report):
+            say(f"wrote {path}")
+    if not as_json:
+        print_tables(bt.result)
+    print(json.dumps(bt.result))
+    return bt.result
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    console = Console()
+    table = Table(title="forecast, test range (MASE vs seasonal-naive scale; p90 pinball in req/s)")
+    for col in ("horizon", "model", "MASE", "sMAPE %", "pinball p90", "coverage p90"):
+        table.add_column(col)
+    for h, row in result["forecast"].items():
+        for name, m in row.items():
+            table.add_row(h, name, f"{m['mase']:.3f}", f"{m['smape']:.1f}", f"{m['pinball_p90']:.4f}",
+                          f"{m['coverage_p90']:.3f}")
+    console.print(table)
+    auto = Table(title="autoscaling, test range")
+    for col in ("policy", "under-provisioned %", "replica-seconds", "x oracle", "actions", "knob"):
+        auto.add_column(col)
+    for name in ("predictive", "hpa", "oracle"):
+        r = result["autoscale"][name]
+        knob = f"{r['knob']}={r['knob_value']}" if r.get("knob") else ""
+        auto.add_row(name, f"{r['underprov_pct']:.3f}", f"{r['replica_seconds']:.0f}", str(r["vs_oracle"]),
+                     str(r["actions"]), knob)
+    console.print(auto)

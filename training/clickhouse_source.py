@@ -1,0 +1,48 @@
+"""Request-rate series of one service from ClickHouse `features` (the stream's windows)."""
+
+from __future__ import annotations
+
+import numpy as np
+from clickhouse_driver import Client
+
+from training.series import STEP_S, RateSeries
+
+# The stream emits no window for a quiet stretch, so a short hole is zero traffic; a long one is
+# more likely the pipeline being down, which must not teach the model a lull.
+DEFAULT_MAX_QUIET_MIN = 5
+
+
+def minute_rows_query(database: str) -> str:
+    """Requests per minute of a service's service-wide windows (instance `*`), re-emissions collapsed."""
+    return (
+        f"SELECT toUInt32(toStartOfMinute(window_start)) AS minute, sum(requests) AS requests "
+        f"FROM {database}.features FINAL WHERE service = %(service)s AND instance = '*' "
+        f"GROUP BY minute ORDER BY minute"
+    )
+
+
+def minutes_to_series(rows: list[tuple[int, int]], max_quiet_min: int = DEFAULT_MAX_QUIET_MIN) -> RateSeries:
+    """Place (minute start unix s, requests) rows on a minute grid: holes up to `max_quiet_min`
+    minutes are quiet (0 req/s), longer ones missing (NaN)."""
+    if not rows:
+        raise ValueError("no feature windows for this service")
+    minutes = np.array([r[0] for r in rows], dtype=np.int64)
+    requests = np.array([r[1] for r in rows], dtype=np.float64)
+    first = int(minutes[0])
+    idx = (minutes - first) // STEP_S
+    n = int(idx[-1]) + 1
+    values = np.full(n, np.nan)
+    values[idx] = requests / STEP_S
+    gap_start = np.flatnonzero(np.diff(idx) > 1)
+    for g in gap_start:
+        lo, hi = int(idx[g]) + 1, int(idx[g + 1])
+        if hi - lo <= max_quiet_min:
+            values[lo:hi] = 0.0
+    second_index = np.arange(n, dtype=np.int64) * STEP_S
+    return RateSeries(values=values, start_unix_s=float(first), second_index=second_index, n_seconds=n * STEP_S)
+
+
+def load_service(client: Client, database: str, service: str, max_quiet_min: int = DEFAULT_MAX_QUIET_MIN
+                 ) -> RateSeries:
+    rows = client.execute(minute_rows_query(database), {"service": service})
+    return minutes_to_series([(int(m), int(r)) for m, r in rows], max_quiet_min)

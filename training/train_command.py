@@ -1,0 +1,80 @@
+"""`foresight train`: read a series, train through Ray, write a registry version, mirror it in ClickHouse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from infra.settings import ClickHouseSettings
+from training.backtest_command import parse_start
+from training.fit import TrainConfig
+from training.progress import epoch_bar, say
+from training.publish import data_fingerprint, publish
+from training.ray_job import run_on_ray
+from training.registry import registry_root
+from training.series import RateSeries, load_trace
+
+FILE_PREFIX = "file:"
+
+
+def load_source(source: str, service: str, start: str | None, ch: ClickHouseSettings) -> tuple[RateSeries,
+                                                                                                dict[str, Any]]:
+    """`file:PATH` (a per-second trace) or `clickhouse` (the service's feature windows)."""
+    if source.startswith(FILE_PREFIX):
+        path = Path(source[len(FILE_PREFIX) :])
+        return load_trace(path, parse_start(start)), {"source": "file", "path": str(path.resolve())}
+    if source == "clickhouse":
+        from infra.db import client
+        from training.clickhouse_source import load_service
+
+        cl = client(ch, ch.database)
+        try:
+            series = load_service(cl, ch.database, service)
+        finally:
+            cl.disconnect()
+        return series, {"source": "clickhouse", "database": ch.database, "service": service}
+    raise ValueError(f"--source must be file:PATH or clickhouse, not {source!r}")
+
+
+def record_in_clickhouse(ch: ClickHouseSettings, manifest: Any, path: Path) -> str | None:
+    """Write the `model_versions` row; returns why not when ClickHouse cannot be reached."""
+    import logging
+
+    from infra.db import client
+    from training.model_versions import record_version
+
+    driver_log = logging.getLogger("clickhouse_driver")
+    level = driver_log.level
+    driver_log.setLevel(logging.CRITICAL)  # it logs a traceback per failed connect; one line below says why
+    cl = client(ch, ch.database)
+    try:
+        record_version(cl, ch.database, manifest, path)
+        return None
+    except Exception as exc:  # the registry folder is the record; ClickHouse is its mirror
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    finally:
+        cl.disconnect()
+        driver_log.setLevel(level)
+
+
+def train_command(*, source: str, service: str, start: str | None, cfg: TrainConfig, val_frac: float,
+                  ray_address: str | None, ray_num_cpus: int, state_dir: Path, ch: ClickHouseSettings,
+                  workers: int = 0) -> dict[str, Any]:
+    series, description = load_source(source, service, start, ch)
+    how = f"Ray Train, {workers} worker(s)" if workers else "a Ray task"
+    say(f"{len(series)} minutes of data ({description['source']}); training as {how} on "
+        f"{ray_address or 'a local Ray'}")
+    with epoch_bar(cfg.epochs) as on_epoch:
+        module, result = run_on_ray(series, cfg, val_frac, ray_address, ray_num_cpus, state_dir, on_epoch, workers)
+    fp = data_fingerprint(series, description)
+    path, manifest = publish(registry_root(state_dir), module, result["history_len"], cfg, fp, result["metrics"],
+                             series, extra_config={"val_frac": val_frac, "data": description, "workers": workers})
+    say(f"wrote {path}")
+    why_not = record_in_clickhouse(ch, manifest, path)
+    if why_not:
+        say(f"[yellow]model_versions not written (ClickHouse unreachable): {why_not}[/]")
+    summary = {"kind": manifest.kind, "version": manifest.version, "path": str(path),
+               "model_versions": why_not is None, "metrics": manifest.metrics}
+    print(json.dumps(summary))
+    return summary
