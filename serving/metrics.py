@@ -31,6 +31,14 @@ class ApiMetrics:
             registry=self.registry,
         )
 
+        self.model_call = Histogram(
+            "foresight_serving_model_call_duration_seconds",
+            "Time from the ingress's call on a model deployment to its answer (Ray hop and batching included).",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint=endpoint, method=method, status=str(status)).inc()
         self.latency.labels(endpoint=endpoint).observe(seconds)

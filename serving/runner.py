@@ -21,8 +21,9 @@ import psutil
 import ray
 from ray import serve
 
-from infra.settings import RaySettings, ServingSettings
+from infra.settings import ClickHouseSettings, RaySettings, ServingSettings
 from serving.app import build_app
+from training.registry import registry_root
 
 logger = logging.getLogger("serving.runner")  # not __name__: that is "__main__" under `python -m`
 
@@ -41,6 +42,7 @@ SYSTEM_CONFIG = {
     # has only processes of our own process group to take down, none that could be orphaned.
     "prestart_worker_first_driver": False,
 }
+SERVE_LOGGING = {"enable_access_log": False}
 # Serve drains replicas in a few seconds; past this the launcher's SIGKILL would come first.
 SERVE_SHUTDOWN_TIMEOUT_S = 10.0
 
@@ -61,20 +63,21 @@ def ray_temp_dir(state_dir: Path) -> Path:
     return Path("/tmp") / f"foresight-ray-{os.getuid()}"
 
 
-def run(serving: ServingSettings, ray_settings: RaySettings, state_dir: Path) -> None:
+def run(serving: ServingSettings, ray_settings: RaySettings, state_dir: Path, clickhouse: ClickHouseSettings) -> None:
     """Serve the API until SIGTERM or SIGINT, then stop Serve and Ray and return.
 
     Blocks; meant to be the whole life of its process. With no `ray_settings.address` it starts
-    a local Ray head of its own and leaves no Ray process behind when it returns.
+    a local Ray head of its own and leaves no Ray process behind when it returns. Models come
+    from the registry under `state_dir`; `clickhouse` is where forecasts read recent history.
     """
     started = time.monotonic()
     _handle_signals(_raise_stop)
     try:
-        _init_ray(ray_settings, state_dir)
+        init_ray(ray_settings, state_dir)
         # ray.init replaces the SIGTERM handler with its own `sys.exit`; take it back.
         _handle_signals(_raise_stop)
-        serve.start(http_options={"host": serving.host, "port": serving.port})
-        serve.run(build_app(serving), name=APP_NAME, route_prefix="/")
+        start_serve(serving)
+        serve.run(build_app(serving, clickhouse, registry_root(state_dir)), name=APP_NAME, route_prefix="/")
         logger.info(
             "serving ready on http://%s:%d (%.1fs after start)", serving.host, serving.port, time.monotonic() - started
         )
@@ -84,10 +87,20 @@ def run(serving: ServingSettings, ray_settings: RaySettings, state_dir: Path) ->
         logger.info("serving stopping on %s", stop or "a signal")
     finally:
         _handle_signals(_ignore_while_stopping)  # also when leaving on an error, not a signal
-        _shutdown(local_head=ray_settings.address is None)
+        shutdown(local_head=ray_settings.address is None)
 
 
-def _init_ray(ray_settings: RaySettings, state_dir: Path) -> None:
+def start_serve(serving: ServingSettings) -> None:
+    """Serve's HTTP proxy on the configured address, without per-request access logs.
+
+    Access log lines cost the proxy and every replica a formatted, flushed record per request;
+    the API's Prometheus metrics already count requests by endpoint and status.
+    """
+    serve.start(http_options={"host": serving.host, "port": serving.port}, logging_config=SERVE_LOGGING)
+
+
+def init_ray(ray_settings: RaySettings, state_dir: Path) -> None:
+    """Connect to `ray_settings.address`, or start a local head with its temp dir under the state."""
     if ray_settings.address is not None:
         ray.init(address=ray_settings.address)
         return
@@ -103,7 +116,8 @@ def _init_ray(ray_settings: RaySettings, state_dir: Path) -> None:
     )
 
 
-def _shutdown(local_head: bool) -> None:
+def shutdown(local_head: bool) -> None:
+    """Stop Serve (unless the local head is already dying with us), then Ray."""
     started = time.monotonic()
     try:
         if ray.is_initialized() and local_head and _head_going_down():
@@ -176,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.config)
-    run(settings.serving, settings.ray, settings.state)
+    run(settings.serving, settings.ray, settings.state, settings.clickhouse)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
 
 MAX_INSTANCES = 1000
 HAPROXY_MAX_WEIGHT = 256
@@ -34,3 +36,88 @@ class WeightsResponse(BaseModel):
     model: str = Field(description="Which model answered.")
     model_version: str = Field(description="Registry version of the model, or `baseline`.")
     weights: list[InstanceWeight]
+
+
+# A week of minutes: more history than any forecast model reads; longer requests get 422.
+MAX_HISTORY_MINUTES = 10080
+MAX_HORIZON_MINUTES = 1440
+
+
+class ForecastRequest(BaseModel):
+    """A service's recent rate, or only its name (the history is then read from ClickHouse)."""
+
+    service: str = Field(min_length=1, max_length=256, examples=["demo"])
+    history: list[float | None] | None = Field(
+        None, min_length=1, max_length=MAX_HISTORY_MINUTES,
+        description="Requests per second averaged per minute, oldest first; null marks a missing minute. "
+                    "Omit to read the service's recent history from ClickHouse `features`.")
+    next_minute: float | None = Field(
+        None, description="Unix time (s) of the first forecast minute; lets a model use time of day. "
+                          "Defaults to the minute after the ClickHouse history when that is used.")
+    horizon: int = Field(60, ge=1, le=MAX_HORIZON_MINUTES,
+                         description="Minutes to forecast; at most the answering model's horizon.")
+
+    @field_validator("history")
+    @classmethod
+    def _some_minute_observed(cls, history: list[float | None] | None) -> list[float | None] | None:
+        if history is not None and all(v is None for v in history):
+            raise ValueError("history has no observed minute (every value is null)")
+        if history is not None and any(v is not None and (v < 0 or v != v or v == float("inf")) for v in history):
+            raise ValueError("history values must be finite and >= 0 (requests per second)")
+        return history
+
+
+class ForecastResponse(BaseModel):
+    service: str
+    model: str = Field(description="Which model answered.")
+    model_version: str = Field(description="Registry version of the model, or `baseline`.")
+    quantiles: list[float] = Field(description="Quantile levels, in the order of each forecast row.")
+    step_s: int = Field(description="Seconds per forecast step.")
+    next_minute: float | None = Field(description="Unix time (s) of the first forecast step, when known.")
+    history_source: Literal["request", "clickhouse"]
+    history_minutes: int = Field(description="Minutes of history given or read (the model uses its own length "
+                                             "of the newest, padding older missing minutes).")
+    forecast: list[list[float]] = Field(description="Requests per second: one row per step, one value per quantile.")
+
+
+class RiskRequest(BaseModel):
+    service: str = Field(min_length=1, max_length=256, examples=["demo"])
+    instances: list[InstanceFeatures] = Field(min_length=1, max_length=MAX_INSTANCES)
+
+
+class InstanceRisk(BaseModel):
+    instance: str
+    risk: float = Field(ge=0, le=1, description="0 = like its peers; towards 1 = far worse than them.")
+    reasons: list[str] = Field(description="The signals that drove the score, worst first.")
+
+
+class RiskResponse(BaseModel):
+    service: str
+    model: str = Field(description="Which model answered.")
+    model_version: str = Field(description="Registry version of the model, or `baseline`.")
+    risks: list[InstanceRisk]
+
+
+class RefusedModel(BaseModel):
+    version: str
+    reason: str
+    refused_at: float = Field(description="Unix time of the refusal.")
+
+
+class ModelStatus(BaseModel):
+    """What answers for one model kind, and which registry versions were refused and why."""
+
+    kind: str
+    model: str
+    version: str = Field(description="Registry version in service, or `baseline`.")
+    loaded_at: float | None = Field(None, description="Unix time the version went into service.")
+    horizon: int | None = Field(None, description="Forecast models: longest horizon in minutes.")
+    history_len: int | None = Field(None, description="Forecast models: minutes of history read.")
+    quantiles: list[float] | None = None
+    refused: list[RefusedModel] = Field(default_factory=list)
+
+
+class ReloadResponse(BaseModel):
+    models: list[ModelStatus]
+    loaded: list[str] = Field(description="`kind/version` put into service by this reload.")
+    refused: list[RefusedModel] = Field(description="Versions this reload refused.")

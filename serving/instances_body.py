@@ -1,0 +1,106 @@
+"""Reading `{"service", "instances": [...]}` bodies (weights, risk) straight into one array.
+
+FastAPI would parse the JSON with the standard library, then build and validate 1,000 pydantic
+objects: ~2.7 ms, against a model call of ~0.1 ms. The common case (plain numbers in range) is
+checked in bulk on an array instead (~1 ms); any body that fails a bulk check goes through the
+pydantic model, which accepts what it accepts (numeric strings, say) and words the 422 errors in
+FastAPI's shape. The endpoints then declare their body in OpenAPI themselves (`request_body_doc`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import orjson
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.models import Example
+from pydantic import BaseModel, ValidationError
+
+from serving.schemas import MAX_INSTANCES, InstanceFeatures
+
+Body = TypeVar("Body", bound=BaseModel)
+REF = "#/components/schemas/{model}"
+MAX_NAME = 256
+# Numeric fields of InstanceFeatures with their defaults (None: required), in array column order.
+COLUMNS: tuple[tuple[str, float | None], ...] = (
+    ("latency_p99_ms", None), ("latency_p50_ms", 0.0), ("requests", 0.0), ("error_rate", 0.0), ("queue", 0.0))
+COLUMN = {name: i for i, (name, _) in enumerate(COLUMNS)}
+
+
+@dataclass(frozen=True)
+class InstancesBody:
+    service: str
+    names: list[str]
+    features: np.ndarray  # float32 [n, len(COLUMNS)]
+
+    def columns(self, names: tuple[str, ...]) -> np.ndarray:
+        return np.ascontiguousarray(self.features[:, [COLUMN[name] for name in names]])
+
+
+def parse_instances_body(raw: bytes, model: type[BaseModel]) -> InstancesBody:
+    """The body's instances as one array; RequestValidationError (422) with pydantic's messages."""
+    fast = _bulk_checked(raw)
+    if fast is not None:
+        return fast
+    body = validated(raw, model)
+    instances: list[InstanceFeatures] = body.instances  # type: ignore[attr-defined]
+    return InstancesBody(body.service, [i.instance for i in instances],  # type: ignore[attr-defined]
+                         instances_array(instances, tuple(name for name, _ in COLUMNS)))
+
+
+def _bulk_checked(raw: bytes) -> InstancesBody | None:
+    """The body when it is plainly valid, else None (the pydantic path then decides)."""
+    try:
+        data: Any = orjson.loads(raw)
+        service, instances = data["service"], data["instances"]
+        if not (type(service) is str and 0 < len(service) <= MAX_NAME and type(instances) is list
+                and 0 < len(instances) <= MAX_INSTANCES):
+            return None
+        names = [i["instance"] for i in instances]
+        rows = [[i[name] if default is None else i.get(name, default) for name, default in COLUMNS]
+                for i in instances]
+        x = np.asarray(rows, dtype=np.float64)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    if not all(type(n) is str and 0 < len(n) <= MAX_NAME for n in names):
+        return None
+    requests, error_rate = x[:, COLUMN["requests"]], x[:, COLUMN["error_rate"]]
+    if not (np.isfinite(x).all() and (x >= 0).all() and (error_rate <= 1).all()
+            and (requests == np.floor(requests)).all()):
+        return None
+    return InstancesBody(service, names, x.astype(np.float32))
+
+
+def validated(raw: bytes, model: type[Body]) -> Body:
+    """`model` from the raw JSON body; RequestValidationError (422, FastAPI's format) when invalid."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from exc
+
+
+def instances_array(instances: list[InstanceFeatures], columns: tuple[str, ...]) -> np.ndarray:
+    """One row per instance, the named fields as float32 columns."""
+    rows = [[getattr(instance, name) for name in columns] for instance in instances]
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(columns))
+
+
+def request_body_doc(model: type[BaseModel], examples: dict[str, Example]) -> dict[str, Any]:
+    """`openapi_extra` for an endpoint that reads its body itself: schema reference and examples."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": REF.format(model=model.__name__)},
+        "examples": {name: dict(ex) for name, ex in examples.items()},
+    }}}}
+
+
+def component_schemas(*models: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI component schemas of `models` and the models they contain."""
+    out: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template=REF)
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    return out
