@@ -305,9 +305,69 @@ def bench_ingest(
     print(json.dumps({k: result[k] for k in ("events_per_s", "raw_producer_per_s", "ratio")}))
 
 
+@bench_app.command("serving")
+def bench_serving(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(help="Bench a running app (e.g. the stack's serving URL); "
+                                            "default: start one on a fresh local Ray head.")] = None,
+    instances: Annotated[int, typer.Option(help="Instances per /v1/weights request.")] = 1000,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 4,
+    requests: Annotated[int, typer.Option(help="Measured requests (after the warm-up).")] = 1000,
+    warmup: Annotated[int, typer.Option(help="Requests sent first and not measured.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """/v1/weights latency for 1,000-instance requests against the bare model call, same tensors, same run.
+
+    Prints {"p50_ms", "p99_ms", "rps", "bare_ms", "overhead_ratio"} last (overhead = p99 / bare).
+    """
+    from serving.bench import run_serving_bench
+
+    s = _ctx(ctx).settings
+    result = run_serving_bench(s.serving, s.ray, s.clickhouse, s.state, url, instances=instances,
+                               concurrency=concurrency, requests=requests, warmup=warmup)
+    if not as_json:
+        console.print(result.as_dict())
+    print(json.dumps(result.summary()))
+
+
+@bench_app.command("streams")
+def bench_streams(
+    ctx: typer.Context,
+    events: Annotated[int, typer.Option(help="Backlog of replicated NASA events per run.")] = 600_000,
+    repeat: Annotated[int, typer.Option(help="Runs (fresh backlog and worker each); medians are reported.")] = 3,
+    instances: Annotated[int, typer.Option(help="Instances (keys) the events are spread over.")] = 8,
+    freshness_s: Annotated[float, typer.Option(help="Seconds of events stamped now, for freshness.")] = 30.0,
+    sample: Annotated[Path | None, typer.Option(help="Seed log (default: the NASA sample).")] = None,
+    profile: Annotated[Path | None, typer.Option(help="py-spy an extra, uncounted run's worker here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Faust worker throughput against a bare aiokafka consumer (same records, same run), and freshness.
+
+    Needs a broker and ClickHouse (`foresight stack up`); uses its own topics, group and database.
+    Prints {"events_per_s", "raw_consumer_per_s", "ratio", "freshness_p99_s"} last.
+    """
+    from infra.datasets import NASA_SAMPLE, dataset_path
+    from streams.bench import result_json, run_stream_bench, worker_command
+
+    s = _ctx(ctx).settings
+    result = run_stream_bench(s, sample or dataset_path(NASA_SAMPLE), worker_command(), events=events,
+                              repeat=repeat, instances=instances, freshness_s=freshness_s, profile=profile,
+                              say=_say)
+    if not as_json:
+        runs = Table(title="foresight bench streams: throughput runs")
+        names = list(type(result.runs[0]).model_fields)
+        for name in names:
+            runs.add_column(name, justify="right")
+        for r in result.runs:
+            runs.add_row(*(f"{v:,.2f}" if isinstance(v, float) else str(v) for v in r.model_dump().values()))
+        console.print(runs)
+        console.print({k: v for k, v in result.model_dump().items() if k != "runs"})
+    print(result_json(result))
+
+
 @app.command()
 def stream(ctx: typer.Context) -> None:
-    """Run a Faust stream worker: `fs.access` -> feature windows -> `fs.features` and ClickHouse."""
+    """Run a Faust stream worker: `fs.access` + `fs.metrics` -> feature windows -> `fs.features` and ClickHouse."""
     from infra.workers import run_stream_worker
 
     run_stream_worker(_ctx(ctx).settings)
@@ -324,7 +384,7 @@ def serve(
 
     s = _ctx(ctx).settings
     ray_settings = s.ray.model_copy(update={"address": ray_address}) if ray_address else s.ray
-    run(s.serving, ray_settings, s.state)
+    run(s.serving, ray_settings, s.state, s.clickhouse)
 
 
 @app.command()
@@ -366,6 +426,80 @@ def adapt(
         if once:
             return
         time.sleep(interval)
+
+
+@app.command()
+def backtest(
+    trace: Annotated[Path, typer.Option(help="Per-second request counts, space-separated (plain, .bz2, .gz).",
+                                        exists=True, dir_okay=False)],
+    test_from: Annotated[int | None, typer.Option(help="Trace index (second) where the test range starts; "
+                                                  "default: the last 25%.")] = None,
+    val_from: Annotated[int | None, typer.Option(help="Trace index where validation starts; default: the 15% "
+                                                 "of the trace before the test range.")] = None,
+    scale: Annotated[float, typer.Option(help="Multiply the trace's rate by this for the autoscaling runs.")] = 1.0,
+    capacity: Annotated[float, typer.Option(help="Requests/s one replica serves.")] = 20.0,
+    startup: Annotated[float, typer.Option(help="Seconds a new replica takes to become ready.")] = 120.0,
+    slo: Annotated[float, typer.Option(help="Most under-provisioned minutes (%) a tuned policy may have.")] = 0.5,
+    start: Annotated[str | None, typer.Option(help="ISO time of the trace's first second (enables calendar "
+                                              "features); the NASA trace's is known.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Folder to write PNG plots into.")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the forecaster.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the forecaster's training.")] = 0,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Only the JSON result on stdout.")] = False,
+    refit: Annotated[bool, typer.Option("--refit/--no-refit", help="Retrain the forecaster on train + validation "
+                                        "for the epoch count validation chose before scoring it on the test "
+                                        "range (--no-refit: score the validation-phase model).")] = True,
+) -> None:
+    """Train on the past of a trace, then score forecaster, baselines and autoscaling policies on its test range.
+
+    Prints the JSON result as the last line of stdout; progress goes to stderr.
+    """
+    from training.backtest_command import backtest_command
+
+    try:
+        backtest_command(trace, test_from=test_from, val_from=val_from, scale=scale, capacity=capacity,
+                         startup_s=startup, slo_pct=slo, start=start, report=report, epochs=epochs, seed=seed,
+                         threads=threads, as_json=as_json, refit=refit)
+    except ValueError as exc:  # a trace too short or splits out of order: say which, no traceback
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Option(help="Model kind; only `forecast` is trained here.")] = "forecast",
+    source: Annotated[str, typer.Option(help="`file:PATH` (per-second trace) or `clickhouse` (feature windows "
+                                        "of --service).")] = "clickhouse",
+    service: Annotated[str | None, typer.Option(help="Service to read from ClickHouse (default: the demo "
+                                                "service).")] = None,
+    start: Annotated[str | None, typer.Option(help="ISO time of a trace file's first second.")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 8,
+    members: Annotated[int, typer.Option(help="MLPs trained side by side and averaged.")] = 1,
+    hidden: Annotated[int, typer.Option(help="Width of each MLP's hidden layers.")] = 256,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    val_frac: Annotated[float, typer.Option(help="Tail of the data held out for epoch choice and metrics.")] = 0.15,
+    ray_address: Annotated[str | None, typer.Option(help="ray://host:port of a cluster; default: the configured "
+                                                    "ray.address, else a local Ray.")] = None,
+    workers: Annotated[int, typer.Option(help="0: one Ray task; N: Ray Train's TorchTrainer with N data-parallel "
+                                         "workers.")] = 0,
+) -> None:
+    """Train a forecaster on Ray and write it to the model registry (and ClickHouse `model_versions`)."""
+    from training.fit import TrainConfig
+    from training.train_command import train_command
+
+    if kind != "forecast":
+        raise typer.BadParameter("only --kind forecast is trained by this command", param_hint="--kind")
+    s = _ctx(ctx).settings
+    try:
+        train_command(source=source, service=service or s.demo.service, start=start,
+                      cfg=TrainConfig(epochs=epochs, members=members, hidden=hidden, seed=seed), val_frac=val_frac,
+                      ray_address=ray_address or s.ray.address, ray_num_cpus=s.ray.num_cpus, state_dir=s.state,
+                      ch=s.clickhouse, workers=workers)
+    except ValueError as exc:  # no data for the service, too little history, a bad --source
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
 
 
 @app.command()

@@ -119,6 +119,8 @@ class StreamSettings(Section):
     window_s: int = Field(10, description="Tumbling window length in seconds.")
     allowed_lateness_s: float = Field(2.0, description="How long after its end a window waits for late events.")
     idle_close_s: float = Field(1.0, description="With no new events for this long, close windows by wall clock.")
+    service_retain_s: float = Field(300.0, description="How long a service-wide (`*`) window takes late "
+                                    "instance windows (and re-emits itself) before it is retired.")
     take_max: int = Field(2000, description="Events pulled per batch from the stream.")
     take_within_s: float = Field(0.25, description="Longest wait to fill a batch.")
     session_timeout_s: float = Field(6.0, description="Consumer-group session timeout; Tansu holds a join for half.")
@@ -136,6 +138,16 @@ class ServingSettings(Section):
     host: str = Field(LOOPBACK, description="Serve HTTP bind address; loopback by default.")
     port: int = Field(18000, description="Serve HTTP port.")
     token: str | None = Field(None, description="Bearer token required by the API when set.")
+    ingress_replicas: int = Field(1, ge=1, description="Replicas of the HTTP ingress deployment.")
+    model_min_replicas: int = Field(1, ge=1, description="Serve autoscaling: fewest replicas per model deployment.")
+    model_max_replicas: int = Field(1, ge=1, description="Serve autoscaling: most replicas per model deployment.")
+    target_ongoing_requests: float = Field(
+        32.0, gt=0, description="Serve autoscaling: requests in flight per model replica before it scales up.")
+    registry_poll_s: float = Field(
+        30.0, ge=0, description="Seconds between checks of the model registry for new versions; 0 = reload only.")
+    forecast_history_max_minutes: int = Field(
+        2880, ge=1, description="For a forecast by service name: the model's history length is read from "
+                                "ClickHouse, up to this many minutes.")
 
 
 class AdapterSettings(Section):

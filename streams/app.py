@@ -1,8 +1,23 @@
-"""The Faust app that turns `fs.access` into closed feature windows on `fs.features` and in ClickHouse.
+"""The Faust app: `fs.access` + `fs.metrics` -> feature windows on `fs.features` and in ClickHouse.
 
-Events are pulled in batches (`stream.take`) and aggregated locally; producers already key by
-service/instance, so no repartitioning (`group_by`) is needed. Consumer-group timeouts come from
-the settings: Tansu holds a join for half the session timeout, 30 s with Faust's defaults.
+Two stages, each with its state in a Faust table (changelog topic, recovered on assignment):
+
+1. per instance, on the input partitions: a `stream.take_events` batch is aggregated locally into
+   `InstanceState`s, then each touched state is written to the table once, followed by a position
+   mark (last input offset of the batch) on the same changelog partition. A state records the
+   highest input offset it holds, so a replayed record is skipped: never counted twice. The batch
+   is acked only once its changelog writes are durable. The group's committed offsets can still be
+   ahead of the recovered table (a revoked worker still writing while the next owner recovers was
+   seen on Tansu): a worker compares them with the mark and reads from the mark again, and a record
+   arriving past the mark does the same, so nothing is skipped either: exactly once per window.
+2. per service: each closed instance window (with its DDSketch) goes to an internal topic keyed
+   by service, where `ServiceWindow`s merge them by instance name into the `*` window. Instances
+   of one service may sit on partitions of different workers; this is where they meet.
+
+Closed windows go to `fs.features` at once and stay `pending` in their table state until
+ClickHouse acknowledged them (a writer task retries while it is down), so nothing is lost if it
+is down or the worker dies: the recovered state writes them again, and ReplacingMergeTree keeps
+one row. Consumer-group timeouts come from the settings (Tansu holds a join for half the session).
 """
 
 from __future__ import annotations
@@ -10,20 +25,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import faust
+import orjson
+from faust.types import TP
 
 from infra.settings import KafkaSettings, StreamSettings
 from ingest.schemas import Rejection, decode_access_record, truncate_raw
 from streams.metrics import StreamMetrics
-from streams.schemas import FeatureWindow
+from streams.schemas import FeatureWindow, WindowPartial
 from streams.sinks.clickhouse import FeatureSink
-from streams.windows import WindowAggregator
+from streams.state import InstanceState, PartitionClock, ServiceWindow, pending_windows, window_id
 
 log = logging.getLogger("foresight.streams")
+MARK_PREFIX = b"__position__/"
+MAX_SEEKS = 5  # times a gap in the input is read again before it is given up
+FORGET_DONE_S = 86_400.0  # a retired service window is remembered (to ignore stragglers) for a day
+
+
+def _mark_key(partition: int) -> bytes:
+    return MARK_PREFIX + str(partition).encode()
 
 
 def faust_broker_url(bootstrap_servers: str) -> str:
@@ -39,11 +63,28 @@ class FeatureStream:
         self.clock = clock
         self.started_at = started_at or time.monotonic()
         self.metrics = metrics or StreamMetrics()
-        self.agg = WindowAggregator(cfg.window_s, cfg.allowed_lateness_s)
-        self.unsent: list[FeatureWindow] = []
+        self.window_ms = cfg.window_s * 1000
+        self.lateness_ms = int(cfg.allowed_lateness_s * 1000)
+        self.topic_access, self.topic_metrics = kafka.topic_access, kafka.topic_metrics
         self.last_event_wall = 0.0
         self._seen_first_event = False
-        self._emit_lock = asyncio.Lock()
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        # In-memory views of the tables for the partitions this worker owns, loaded on first use.
+        self._instances: dict[int, dict[bytes, InstanceState]] = {}
+        self._clocks: dict[int, PartitionClock] = {}
+        self._services: dict[int, dict[bytes, ServiceWindow]] = {}
+        self._next_offset: dict[TP, int] = {}
+        self._writer: asyncio.Future[None] | None = None
+        self._settled = False  # tables recovered for the current assignment
+        self._seeks: dict[tuple[TP, int], int] = {}
+        self._checked: set[TP] = set()  # partitions compared with the group's committed offsets
+        self._marks: dict[int, dict[str, int]] = {}
+        # Windows on fs.features (and partials on their topic) in this process: only those go to
+        # ClickHouse, so an acknowledged window was always published first. Recovered pending
+        # windows are published again (`_republish`); their consumers take a repeat.
+        self._published: set[tuple[str, str, int, int]] = set()
+        self._republish: list[tuple[FeatureWindow, WindowPartial | None]] = []
         self.app = faust.App(
             cfg.app_id,
             broker=faust_broker_url(kafka.bootstrap_servers),
@@ -55,78 +96,429 @@ class FeatureStream:
             broker_session_timeout=cfg.session_timeout_s,
             broker_heartbeat_interval=cfg.heartbeat_interval_s,
             broker_rebalance_timeout=cfg.rebalance_timeout_s,
+            table_standby_replicas=0,  # recovery replays the changelog; standbys would double the reads
         )
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.access = self.app.topic(kafka.topic_access, **raw)
+        source = self.app.topic(kafka.topic_access, kafka.topic_metrics, **raw)
         self.features = self.app.topic(kafka.topic_features, **raw)
         self.dlq = self.app.topic(kafka.topic_dlq, **raw)
-        self.app.agent(self.access, name=f"{cfg.app_id}.windows")(self._process)
-        self.app.timer(interval=0.5, name=f"{cfg.app_id}.idle-close")(self._tick)
+        self.partials = self.app.topic(f"{cfg.app_id}-service-partials", partitions=kafka.partitions,
+                                       internal=True, **raw)
+        table: dict[str, Any] = {"partitions": kafka.partitions, "key_type": bytes, "value_type": bytes}
+        self.instance_table = self.app.Table("instance-windows", **table)
+        self.service_table = self.app.Table("service-windows", **table)
+        self.app.agent(source, name=f"{cfg.app_id}.windows")(self._process)
+        self.app.agent(self.partials, name=f"{cfg.app_id}.services")(self._merge_services)
+        self.app.timer(interval=0.5, name=f"{cfg.app_id}.tick")(self._tick)
         self.app.task(self._on_start)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_revoked)
+        self.app.on_rebalance_complete.connect(self._on_settled)
 
     async def _on_start(self) -> None:
         self.metrics.ready.set(1)
         self.metrics.startup_seconds.set(time.monotonic() - self.started_at)
         log.info("stream worker ready %.1f s after start", time.monotonic() - self.started_at)
+        self._writer = asyncio.ensure_future(self._write_clickhouse())
+
+    async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """Forget the in-memory views: whoever owns a partition next recovers it from the changelog.
+        Until that recovery completed, the timer must not load (and so freeze) a half-read table."""
+        self._settled = False
+        async with self._lock:
+            self._instances.clear()
+            self._clocks.clear()
+            self._services.clear()
+            self._next_offset.clear()
+            self._checked.clear()
+            self._marks.clear()
+            self._published.clear()
+            self._republish.clear()
+
+    async def _on_settled(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        self.last_event_wall = self.clock()  # a rebalance is a pause, not an idle stream
+        self._settled = True
+
+    # -- stage 1: instance windows -------------------------------------------------------------
+
+    def _instances_of(self, partition: int) -> dict[bytes, InstanceState]:
+        states = self._instances.get(partition)
+        if states is None:
+            states = self._instances[partition] = {}
+            for key, raw in list(self.instance_table.data.items()):
+                if key.startswith(MARK_PREFIX):
+                    continue
+                st = InstanceState.loads(raw)
+                if st.partition == partition:
+                    states[key] = st
+                    self._republish.extend(st.pending_closed())
+            self._clocks[partition] = PartitionClock(self.lateness_ms, max((s.max_ts for s in states.values()),
+                                                                           default=0))
+        return states
+
+    def _instance(self, partition: int, service: str, instance: str) -> InstanceState:
+        states = self._instances_of(partition)
+        key = f"{service}/{instance}".encode()
+        st = states.get(key)
+        if st is None:
+            st = states[key] = InstanceState(service, instance, partition)
+        return st
 
     async def _process(self, stream: Any) -> None:
-        async for values in stream.take(self.cfg.take_max, within=self.cfg.take_within_s):
+        async for events in stream.take_events(self.cfg.take_max, within=self.cfg.take_within_s):
             if not self._seen_first_event:
                 self._seen_first_event = True
                 self.metrics.first_event_seconds.set(time.monotonic() - self.started_at)
                 log.info("first event processed %.1f s after start", time.monotonic() - self.started_at)
-            self.metrics.records.inc(len(values))
-            for value in values:
-                await self._add_record(value)
+            self.metrics.records.inc(len(events))
+            gaps: dict[TP, int] = {}
+            async with self._lock:
+                rejects, touched, marks = self._apply(events, gaps)
+                closed_states, closed = self._close({st.partition for st in touched}, None)
+                futures = self._persist(self.instance_table, touched | closed_states)
+                futures += self._persist_marks(marks)  # after the states: same changelog partition, in order
             self.last_event_wall = self.clock()
-            await self._emit(self.agg.watermark())
+            await self._finish(futures, closed, rejects)
+            if gaps:
+                await self.app.consumer.seek_wait(gaps)
 
-    async def _add_record(self, value: bytes) -> None:
-        try:
-            events = decode_access_record(value)
-        except (ValueError, TypeError) as exc:
-            await self._reject(value, "bad_record", str(exc))
-            return
-        for ev in events:
-            try:
-                late = self.agg.add_events([ev])
-            except (KeyError, TypeError, ValueError) as exc:
-                await self._reject(value, "bad_event", f"{type(exc).__name__}: {exc}")
+    def _marks_of(self, partition: int) -> dict[str, int]:
+        """Per input partition, the last offset whose batch is wholly in the changelog. Written after
+        the batch's states to the same changelog partition, so when it is there, they are."""
+        marks = self._marks.get(partition)
+        if marks is None:
+            raw = self.instance_table.data.get(_mark_key(partition))
+            marks = self._marks[partition] = orjson.loads(raw) if raw else {}
+        return marks
+
+    def _persist_marks(self, batch: dict[int, dict[str, int]]) -> list[Any]:
+        futures = []
+        for partition, offsets in batch.items():
+            marks = self._marks_of(partition)
+            for tp_key, offset in offsets.items():
+                marks[tp_key] = max(marks.get(tp_key, -1), offset)
+            raw = orjson.dumps(marks)
+            self.instance_table.data[_mark_key(partition)] = raw
+            futures.append(self.instance_table.send_changelog(partition, _mark_key(partition), raw))
+        return futures
+
+    def _position(self, tp: TP, tp_key: str) -> int | None:
+        """The next input offset this partition's table state needs (None: nothing recorded yet)."""
+        pos = self._next_offset.get(tp)
+        if pos is None:
+            mark = self._marks_of(tp.partition).get(tp_key)
+            pos = None if mark is None else mark + 1
+        return pos
+
+    def _gap(self, tp: TP, expected: int, got: int) -> bool:
+        """A record past the next one needed: the records between were never delivered (the consumer
+        group committed past them, e.g. a worker resumed from offsets ahead of the changelog it
+        recovered). Read them again rather than lose them; after MAX_SEEKS tries, give them up."""
+        self.metrics.offset_gaps.inc()
+        tries = self._seeks.get((tp, expected), 0) + 1
+        self._seeks[(tp, expected)] = tries
+        if tries > MAX_SEEKS:
+            log.error("%s: records %d..%d are not delivered after %d seeks; going on without them", tp,
+                      expected, got - 1, MAX_SEEKS)
+            return False
+        log.warning("%s: records %d..%d were not delivered; reading from %d again", tp, expected, got - 1,
+                    expected)
+        return True
+
+    async def _finish(self, futures: list[Any], closed: list[tuple[FeatureWindow, WindowPartial | None]],
+                      rejects: list[tuple[bytes, str, str]]) -> None:
+        """Wait until the states are in the changelog (only then may the batch be acked), then publish
+        the closed windows; once delivered they may go to ClickHouse."""
+        if futures:
+            await asyncio.gather(*futures)
+        sent = []
+        for window, partial in closed:
+            sent.append(await self.features.send(key=f"{window.service}/{window.instance}".encode(),
+                                                 value=window.model_dump_json().encode()))
+            if partial is not None:
+                sent.append(await self.partials.send(key=window.service.encode(),
+                                                     value=partial.model_dump_json().encode()))
+        for raw, reason, detail in rejects:
+            await self._reject(raw, reason, detail)
+        if sent:
+            await asyncio.gather(*sent)
+            self._published.update((w.service, w.instance, w.window_start, w.emitted_at) for w, _ in closed)
+            self._wake.set()
+
+    def _apply(self, events: Iterable[Any], gaps: dict[TP, int]
+               ) -> tuple[list[tuple[bytes, str, str]], set[InstanceState], dict[int, dict[str, int]]]:
+        """Fold a batch in. A partition that shows a gap is left alone for the rest of the batch, and
+        `gaps` says where to read it again."""
+        rejects: list[tuple[bytes, str, str]] = []
+        touched: set[InstanceState] = set()
+        window_ms = self.window_ms
+        counted = late_access = late_metric = 0
+        marks: dict[int, dict[str, int]] = {}
+        for event in events:
+            msg = event.message
+            value: bytes = event.value
+            tp_key = f"{msg.topic}:{msg.partition}"
+            if msg.tp in gaps:
                 continue
-            self.metrics.events.inc()
-            if late:
-                self.metrics.late.inc(late)
+            expected = self._position(msg.tp, tp_key)
+            if expected is not None and msg.offset > expected and self._gap(msg.tp, expected, msg.offset):
+                gaps[msg.tp] = expected  # input topics have no holes of their own (no transactions)
+                self._next_offset[msg.tp] = expected
+                continue
+            self._next_offset[msg.tp] = max(expected or 0, msg.offset + 1)
+            marks.setdefault(msg.partition, {})[tp_key] = msg.offset
+            try:
+                items = decode_access_record(value)
+            except (ValueError, TypeError) as exc:
+                rejects.append((value, "bad_record", str(exc)))
+                continue
+            access = msg.topic == self.topic_access
+            if msg.partition not in self._clocks:
+                self._instances_of(msg.partition)
+            clock = self._clocks[msg.partition]
+            record_states: list[InstanceState] = []
+            last: tuple[str, str] | None = None
+            st: InstanceState | None = None
+            for item in items:
+                try:
+                    key = (item["service"], item["instance"])
+                    if key != last:
+                        last = key
+                        st = self._instance(msg.partition, *key)
+                        if st.applied(tp_key, msg.offset):  # a replay: this state already holds it
+                            st = None
+                        elif st not in record_states:
+                            record_states.append(st)
+                    if st is None:
+                        continue
+                    if access:
+                        if st.add_access(item, window_ms, clock):
+                            counted += 1
+                        else:
+                            late_access += 1
+                    elif st.add_sample(item, window_ms, clock) is False:
+                        late_metric += 1
+                except (KeyError, TypeError, ValueError) as exc:
+                    rejects.append((value, "bad_event", f"{type(exc).__name__}: {exc}"))
+            for st in record_states:
+                st.offsets[tp_key] = msg.offset
+            touched.update(record_states)
+        self.metrics.events.inc(counted)  # once per batch: a Prometheus increment per event costs more
+        if late_access:
+            self.metrics.late.labels("access").inc(late_access)
+        if late_metric:
+            self.metrics.late.labels("metric").inc(late_metric)
+        return rejects, touched, marks
+
+    def _close(self, partitions: Iterable[int], wall_ms: int | None
+               ) -> tuple[set[InstanceState], list[tuple[FeatureWindow, WindowPartial | None]]]:
+        """Close what the partition watermark (or, when idle, the wall clock) has passed."""
+        states: set[InstanceState] = set()
+        out: list[tuple[FeatureWindow, WindowPartial | None]] = []
+        emitted_at = int(self.clock() * 1000)
+        for p in partitions:
+            mark = self._clocks[p].watermark if wall_ms is None else max(self._clocks[p].watermark,
+                                                                         wall_ms - self.lateness_ms)
+            for st in self._instances_of(p).values():
+                if st.windows and min(st.windows) + self.window_ms <= mark:
+                    out.extend(st.close(mark, self.window_ms, emitted_at))
+                    states.add(st)
+        self.metrics.open_windows.set(sum(len(st.windows) for by_key in self._instances.values()
+                                          for st in by_key.values()))
+        return states, out
+
+    def _persist(self, table: Any, states: Iterable[InstanceState | ServiceWindow]) -> list[Any]:
+        """Write each state to the table once, its changelog on the state's own partition."""
+        futures = []
+        for st in states:
+            raw = st.dumps()
+            table.data[st.key] = raw
+            futures.append(table.send_changelog(st.partition, st.key, raw))
+        return futures
+
+    # -- stage 2: service-wide windows ----------------------------------------------------------
+
+    def _services_of(self, partition: int) -> dict[bytes, ServiceWindow]:
+        states = self._services.get(partition)
+        if states is None:
+            states = self._services[partition] = {}
+            for key, raw in list(self.service_table.data.items()):
+                st = ServiceWindow.loads(raw)
+                if st.partition == partition:
+                    states[key] = st
+                    if st.pending is not None:
+                        self._republish.append((FeatureWindow.model_validate(st.pending), None))
+        return states
+
+    async def _merge_services(self, stream: Any) -> None:
+        """Replays are harmless here (a partial replaces itself), so plain at-least-once suffices."""
+        async for events in stream.take_events(self.cfg.take_max, within=self.cfg.take_within_s):
+            now = self.clock()
+            async with self._lock:
+                touched = []
+                for event in events:
+                    try:
+                        partial = WindowPartial.model_validate_json(event.value)
+                    except ValueError as exc:  # not ours to fix here; never stop the merge for it
+                        self.metrics.rejected.labels("bad_partial").inc()
+                        log.warning("skipping an undecodable service partial: %s", exc)
+                        continue
+                    states = self._services_of(event.message.partition)
+                    key = f"{partial.service}|{partial.window_start}".encode()
+                    st = states.get(key)
+                    if st is None:
+                        st = states[key] = ServiceWindow(partial.service, partial.window_start,
+                                                         event.message.partition)
+                    if st.add(partial, now):
+                        touched.append(st)
+                    elif st.done:
+                        self.metrics.late.labels("service").inc()
+                futures = self._persist(self.service_table, touched)
+            if futures:
+                await asyncio.gather(*futures)
+
+    async def _emit_services(self) -> None:
+        now = self.clock()
+        async with self._lock:
+            out, changed = [], []
+            for states in self._services.values():
+                for key in [k for k, st in states.items() if st.done and now - st.updated > FORGET_DONE_S]:
+                    st = states.pop(key)
+                    self.service_table.data.pop(key, None)
+                    self.service_table.send_changelog(st.partition, key, None, value_serializer="raw")
+                for st in states.values():
+                    if st.due(now, self.cfg.idle_close_s):
+                        out.append(st.emit(self.window_ms, int(now * 1000)))
+                        changed.append(st)
+                    elif st.retire(now, self.cfg.service_retain_s):
+                        changed.append(st)
+            futures = self._persist(self.service_table, changed)
+        await self._finish(futures, [(w, None) for w in out], [])
+
+    # -- wall clock: idle close, service emission ------------------------------------------------
+
+    def _owned(self, topics: set[str]) -> set[int]:
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic in topics}
+
+    def _caught_up(self) -> bool:
+        """True when every input partition has been *processed* to its end: only then may the wall clock
+        close windows (a worker catching up on a backlog would otherwise make that backlog late).
+        Not the fetch position: a worker that just took a partition over has fetched far ahead of
+        what it processed. Faust keeps the committed offsets (next to read) in a private mapping."""
+        consumer = self.app.consumer
+        committed = getattr(consumer, "_committed_offset", {})
+        for tp in consumer.assignment():
+            if tp.topic not in (self.topic_access, self.topic_metrics):
+                continue
+            high = consumer.highwater(tp)
+            done = self._position(tp, f"{tp.topic}:{tp.partition}")
+            if done is None:
+                done = committed.get(tp) or 0
+            if high is None or done < high:
+                return False
+        return True
+
+    async def _seek_behind_commits(self) -> None:
+        """Once per assignment: where the group committed past what the recovered table holds, read
+        from the table's position (replays are skipped per state; missing records are not lost)."""
+        consumer = self.app.consumer
+        committed = getattr(consumer, "_committed_offset", {})
+        seeks: dict[TP, int] = {}
+        async with self._lock:
+            for tp in consumer.assignment():
+                if tp.topic not in (self.topic_access, self.topic_metrics) or tp in self._checked:
+                    continue
+                self._checked.add(tp)
+                pos, done = self._position(tp, f"{tp.topic}:{tp.partition}"), committed.get(tp)
+                if pos is not None and done is not None and done > pos and self._gap(tp, pos, done):
+                    seeks[tp] = pos
+                    self._next_offset[tp] = pos
+        if seeks:
+            await consumer.seek_wait(seeks)
+
+    async def _tick(self) -> None:
+        """Load every owned partition's state (pending windows of a recovered one must go out), close
+        windows by wall clock when the input is idle, and emit settled service-wide windows."""
+        if not self._settled:
+            return
+        try:
+            owned_in = self._owned({self.topic_access, self.topic_metrics})
+            owned_partials = self._owned({self.partials.get_topic_name()})
+        except Exception:  # consumer not started / rebalancing: next tick
+            return
+        async with self._lock:
+            for p in owned_in:
+                self._instances_of(p)
+            for p in owned_partials:
+                self._services_of(p)
+            again, self._republish = self._republish, []
+        await self._seek_behind_commits()
+        if again:
+            await self._finish([], again, [])
+        now = self.clock()
+        if now - self.last_event_wall >= self.cfg.idle_close_s and self._caught_up():
+            async with self._lock:
+                closed_states, closed = self._close(list(self._instances), int(now * 1000))
+                futures = self._persist(self.instance_table, closed_states)
+            await self._finish(futures, closed, [])
+        await self._emit_services()
+        if any(pending_windows(self._all_states())):
+            self._wake.set()
+
+    # -- ClickHouse ------------------------------------------------------------------------------
+
+    def _all_states(self) -> list[InstanceState | ServiceWindow]:
+        out: list[InstanceState | ServiceWindow] = [st for s in self._instances.values() for st in s.values()]
+        out.extend(st for s in self._services.values() for st in s.values())
+        return out
+
+    async def _write_clickhouse(self) -> None:
+        """Write pending windows; only what ClickHouse acknowledged leaves the table state."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            async with self._lock:
+                batch = [w for w in pending_windows(self._all_states()) if window_id(w) in self._published]
+            self.metrics.unsent.set(len(batch))
+            if not batch:
+                continue
+            windows = [FeatureWindow.model_validate(w) for w in batch]
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.sink.write, windows)
+            except Exception as exc:  # ClickHouse down or refusing: keep them, retry shortly
+                self.metrics.sink_errors.inc()
+                log.warning("ClickHouse write of %d windows failed, will retry: %s", len(windows), exc)
+                await asyncio.sleep(1.0)
+                self._wake.set()
+                continue
+            self.metrics.windows.inc(len(windows))
+            try:
+                await self._acknowledge(batch)
+            except Exception:  # the windows stay pending and are written again: harmless, keep going
+                log.exception("acknowledging %d written windows failed", len(batch))
+
+    async def _acknowledge(self, written: list[dict[str, Any]]) -> None:
+        done = {window_id(w) for w in written}
+        self._published.difference_update(done)
+        async with self._lock:
+            inst, serv = [], []
+            for st in self._all_states():
+                if isinstance(st, InstanceState):
+                    acked = [s for s, p in st.pending.items() if window_id(p["w"]) in done]
+                    for s in acked:
+                        del st.pending[s]
+                    if acked:
+                        inst.append(st)
+                elif st.pending is not None and (st.service, "*", st.window_start, st.emitted_at) in done:
+                    st.pending = None
+                    serv.append(st)
+            futures = self._persist(self.instance_table, inst) + self._persist(self.service_table, serv)
+        if futures:
+            await asyncio.gather(*futures)
+        self.metrics.unsent.set(len(pending_windows(self._all_states())))
 
     async def _reject(self, raw: bytes, reason: str, detail: str) -> None:
         self.metrics.rejected.labels(reason).inc()
         rej = Rejection(source="streams", reason=reason, detail=detail[:500], raw=truncate_raw(raw),
                         ts_received=int(self.clock() * 1000))
         await self.dlq.send(key=b"streams", value=rej.model_dump_json().encode())
-
-    async def _tick(self) -> None:
-        """Close windows by wall clock when the stream is idle, and retry unsent windows."""
-        now = self.clock()
-        if self.agg.open_windows and now - self.last_event_wall >= self.cfg.idle_close_s:
-            await self._emit(self.agg.watermark(int(now * 1000)))
-        elif self.unsent:
-            await self._emit(None)
-
-    async def _emit(self, watermark: int | None) -> None:
-        async with self._emit_lock:
-            if watermark is not None:
-                windows = self.agg.close(watermark, emitted_at=int(self.clock() * 1000))
-                for w in windows:
-                    await self.features.send(key=w.key.encode(), value=w.model_dump_json().encode())
-                self.unsent.extend(windows)
-            self.metrics.open_windows.set(self.agg.open_windows)
-            if not self.unsent:
-                return
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.sink.write, self.unsent)
-            except Exception as exc:  # ClickHouse down or refusing: keep the windows, retry on the next tick
-                self.metrics.sink_errors.inc()
-                log.warning("ClickHouse write of %d windows failed, will retry: %s", len(self.unsent), exc)
-            else:
-                self.metrics.windows.inc(len(self.unsent))
-                self.unsent = []
-            self.metrics.unsent.set(len(self.unsent))

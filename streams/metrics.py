@@ -16,12 +16,16 @@ class StreamMetrics:
                                          "Seconds from process start to the first processed event.", registry=r)
         self.records = Counter("foresight_stream_records", "Kafka records consumed.", registry=r)
         self.events = Counter("foresight_stream_events", "Access events aggregated.", registry=r)
-        self.late = Counter("foresight_stream_late_events", "Events for already closed windows.", registry=r)
+        self.late = Counter("foresight_stream_late_events",
+                            "Events for already closed windows, by kind (access, metric; service: an instance "
+                            "window after its service window retired).", ["kind"], registry=r)
         self.rejected = Counter("foresight_stream_rejected", "Records sent to the dead-letter topic.",
                                 ["reason"], registry=r)
         self.windows = Counter("foresight_stream_windows_emitted", "Closed windows written.", registry=r)
         self.open_windows = Gauge("foresight_stream_open_windows", "Windows still open.", registry=r)
         self.sink_errors = Counter("foresight_stream_sink_errors", "Failed ClickHouse writes (retried).",
                                    registry=r)
+        self.offset_gaps = Counter("foresight_stream_offset_gaps",
+                                   "Input offsets skipped by the consumer (records never delivered).", registry=r)
         self.unsent = Gauge("foresight_stream_unsent_windows", "Closed windows waiting for ClickHouse.",
                             registry=r)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -23,9 +23,24 @@ class FeatureWindow(BaseModel):
     latency_p90_ms: float
     latency_p99_ms: float
     bytes_sent: int
+    sessions_max: float = Field(0.0, description="Peak HAProxy current sessions (service: sum of instance peaks).")
+    queue_max: float = Field(0.0, description="Peak HAProxy queue (service: sum of instance peaks).")
+    conn_errors: float = Field(0.0, description="Increase of HAProxy connection errors over the window.")
     late_events: int = Field(0, description="Events that arrived after the window closed (not in the counts).")
     emitted_at: int = Field(description="Epoch ms when the worker closed the window; the replace version.")
 
     @property
     def key(self) -> str:
         return f"{self.service}/{self.instance}"
+
+
+class WindowPartial(BaseModel):
+    """One instance's closed window on the internal partials topic, keyed by service, for the
+    service-wide (`*`) merge; `acc` is a serialised `WindowAcc` (counts and the DDSketch)."""
+
+    v: Literal[1] = 1
+    service: str
+    instance: str
+    window_start: int
+    late_events: int = 0
+    acc: dict[str, Any]

@@ -1,6 +1,8 @@
-"""Event-time tumbling windows per service/instance and per service (`*`), closed by a watermark.
+"""Event-time tumbling windows: the accumulator of one window, and an in-process aggregator.
 
-Pure state and arithmetic, no I/O, so the Faust agent, tests and offline reference all share it.
+Pure state and arithmetic, no I/O. `WindowAcc` is what the Faust worker keeps per open window
+(serialisable, mergeable across instances); `WindowAggregator` is the single-process form over
+every key at once (per instance and per service `*`), for tests and offline comparisons.
 A window [start, end) closes once the watermark (latest event time minus the allowed lateness,
 or the wall clock when the stream is idle) passes its end. Events for a closed window are
 counted as late on their key and reported with that key's next window, never dropped silently.
@@ -9,23 +11,60 @@ counted as late on their key and reported with that key's next window, never dro
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from ddsketch import DDSketch
-
 from streams.schemas import FeatureWindow
+from streams.sketch import SKETCH_RELATIVE_ACCURACY, new_sketch, quantile, sketch_from_dict, sketch_to_dict
 
 SERVICE_WIDE = "*"
-SKETCH_RELATIVE_ACCURACY = 0.01
+__all__ = [
+    "SATURATION_METRICS",
+    "SERVICE_WIDE",
+    "SKETCH_RELATIVE_ACCURACY",
+    "WindowAcc",
+    "WindowAggregator",
+    "counter_delta",
+]
+
+# HAProxy exporter samples (per server: `proxy` = service, `server` = instance) -> window signal.
+SATURATION_METRICS = {
+    "haproxy_server_current_sessions": "sessions",
+    "haproxy_server_current_queue": "queue",
+    "haproxy_server_connection_errors_total": "conn_errors",
+    "haproxy_server_connection_errors": "conn_errors",
+}
 
 
-@dataclass
-class _Acc:
-    requests: int = 0
-    by_class: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # 2xx 3xx 4xx 5xx
-    bytes_sent: int = 0
-    latency: DDSketch = field(default_factory=lambda: DDSketch(SKETCH_RELATIVE_ACCURACY))
+def counter_delta(previous: float | None, value: float) -> float:
+    """Increase of a monotonic counter since the previous sample; a reset counts from 0."""
+    if previous is None:
+        return 0.0
+    return value - previous if value >= previous else value
+
+
+class WindowAcc:
+    """Counts, latency sketch and saturation signals of one window of one key."""
+
+    __slots__ = (
+        "by_class",
+        "bytes_sent",
+        "conn_errors",
+        "late",
+        "latency",
+        "queue_max",
+        "requests",
+        "sessions_max",
+    )
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.by_class = [0, 0, 0, 0]  # 2xx 3xx 4xx 5xx
+        self.bytes_sent = 0
+        self.latency = new_sketch()
+        self.sessions_max = 0.0
+        self.queue_max = 0.0
+        self.conn_errors = 0.0
+        self.late = 0  # late events of this key reported with this window (service-wide merge only)
 
     def add(self, status: int, latency_ms: float, bytes_sent: int) -> None:
         self.requests += 1
@@ -33,18 +72,76 @@ class _Acc:
         if 0 <= cls < 4:
             self.by_class[cls] += 1
         self.bytes_sent += bytes_sent
-        self.latency.add(max(latency_ms, 0.0))
+        self.latency.add(latency_ms if latency_ms > 0 else 0.0)
+
+    def add_signal(self, signal: str, value: float) -> None:
+        """A gauge sample (keep the window's peak) or a counter increase (sum)."""
+        if signal == "sessions":
+            self.sessions_max = max(self.sessions_max, value)
+        elif signal == "queue":
+            self.queue_max = max(self.queue_max, value)
+        else:
+            self.conn_errors += value
+
+    def merge(self, other: WindowAcc) -> None:
+        """Fold another key's window in (the service-wide window: peaks of instances add up)."""
+        self.requests += other.requests
+        self.by_class = [a + b for a, b in zip(self.by_class, other.by_class, strict=True)]
+        self.bytes_sent += other.bytes_sent
+        self.latency.merge(other.latency)
+        self.sessions_max += other.sessions_max
+        self.queue_max += other.queue_max
+        self.conn_errors += other.conn_errors
+        self.late += other.late
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"r": self.requests, "c": self.by_class, "b": self.bytes_sent, "l": sketch_to_dict(self.latency),
+                "s": self.sessions_max, "q": self.queue_max, "e": self.conn_errors, "late": self.late}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> WindowAcc:
+        acc = cls()
+        acc.requests, acc.by_class, acc.bytes_sent = d["r"], list(d["c"]), d["b"]
+        acc.latency = sketch_from_dict(d["l"])
+        acc.sessions_max, acc.queue_max, acc.conn_errors, acc.late = d["s"], d["q"], d["e"], d.get("late", 0)
+        return acc
+
+    def to_window(self, service: str, instance: str, start: int, window_ms: int, late: int,
+                  emitted_at: int) -> FeatureWindow:
+        q = self.latency
+        return FeatureWindow(
+            window_start=start, window_end=start + window_ms, service=service, instance=instance,
+            requests=self.requests, rate=self.requests / (window_ms / 1000),
+            status_2xx=self.by_class[0], status_3xx=self.by_class[1], status_4xx=self.by_class[2],
+            status_5xx=self.by_class[3],
+            latency_p50_ms=quantile(q, 0.5), latency_p90_ms=quantile(q, 0.9), latency_p99_ms=quantile(q, 0.99),
+            bytes_sent=self.bytes_sent, sessions_max=self.sessions_max, queue_max=self.queue_max,
+            conn_errors=self.conn_errors, late_events=late, emitted_at=emitted_at,
+        )
 
 
 class WindowAggregator:
+    """Every key's windows in one process, closed by one watermark (the offline/single-process form)."""
+
     def __init__(self, window_s: int, allowed_lateness_s: float) -> None:
         self.window_ms = window_s * 1000
         self.lateness_ms = int(allowed_lateness_s * 1000)
-        self._open: dict[tuple[str, str, int], _Acc] = {}
+        self._open: dict[tuple[str, str, int], WindowAcc] = {}
         self._closed_before: dict[tuple[str, str], int] = {}  # per key: windows starting before this are closed
         self._late: dict[tuple[str, str], int] = {}
+        self._counters: dict[tuple[str, str], float] = {}
         self.max_event_ts = 0
         self.late_total = 0
+
+    def _acc(self, key: tuple[str, str], start: int) -> WindowAcc | None:
+        """The open window of `key` at `start`, or None (counted late) when it has closed."""
+        if start < self._closed_before.get(key, 0):
+            self._late[key] = self._late.get(key, 0) + 1
+            return None
+        acc = self._open.get((*key, start))
+        if acc is None:
+            acc = self._open[(*key, start)] = WindowAcc()
+        return acc
 
     def add_events(self, events: Iterable[Mapping[str, Any]]) -> int:
         """Add decoded access events; returns how many were late."""
@@ -53,19 +150,38 @@ class WindowAggregator:
             ts = int(ev["ts"])
             start = ts - ts % self.window_ms
             service, instance = ev["service"], ev["instance"]
+            status, latency, size = int(ev["status"]), float(ev["latency_ms"]), int(ev["bytes_sent"])
             for key in ((service, instance), (service, SERVICE_WIDE)):
-                if start < self._closed_before.get(key, 0):
-                    self._late[key] = self._late.get(key, 0) + 1
-                    if key[1] != SERVICE_WIDE:
-                        late += 1
-                    continue
-                acc = self._open.get((*key, start))
+                acc = self._acc(key, start)
                 if acc is None:
-                    acc = self._open[(*key, start)] = _Acc()
-                acc.add(int(ev["status"]), float(ev["latency_ms"]), int(ev["bytes_sent"]))
-            if ts > self.max_event_ts:
-                self.max_event_ts = ts
+                    late += key[1] != SERVICE_WIDE
+                    continue
+                acc.add(status, latency, size)
+            self.max_event_ts = max(self.max_event_ts, ts)
         self.late_total += late
+        return late
+
+    def add_samples(self, samples: Iterable[Mapping[str, Any]]) -> int:
+        """Add decoded metric samples (saturation signals only, the rest ignored); returns how many were late."""
+        late = 0
+        for sample in samples:
+            signal = SATURATION_METRICS.get(sample["name"])
+            if signal is None:
+                continue
+            ts, value = int(sample["ts"]), float(sample["value"])
+            key = (sample["service"], sample["instance"])
+            if signal == "conn_errors":
+                value, self._counters[key] = counter_delta(self._counters.get(key), value), value
+            start = ts - ts % self.window_ms
+            acc = self._acc(key, start)
+            if acc is None:
+                late += 1
+                continue
+            acc.add_signal(signal, value)
+            service_acc = self._acc((key[0], SERVICE_WIDE), start)
+            if service_acc is not None:  # peaks of the service: sum of the instances' peaks, as in a merge
+                service_acc.add_signal(signal, value if signal == "conn_errors" else 0.0)
+            self.max_event_ts = max(self.max_event_ts, ts)
         return late
 
     def watermark(self, now_ms: int | None = None) -> int:
@@ -78,28 +194,21 @@ class WindowAggregator:
     def close(self, watermark: int, emitted_at: int) -> list[FeatureWindow]:
         """Remove and return every window whose end is at or before `watermark`."""
         done = sorted(k for k in self._open if k[2] + self.window_ms <= watermark)
-        out = []
+        closed: dict[tuple[str, str, int], WindowAcc] = {}
         for service, instance, start in done:
-            acc = self._open.pop((service, instance, start))
+            closed[(service, instance, start)] = self._open.pop((service, instance, start))
             key = (service, instance)
             self._closed_before[key] = max(self._closed_before.get(key, 0), start + self.window_ms)
-            out.append(self._to_window(service, instance, start, acc, self._late.pop(key, 0), emitted_at))
+        out = []
+        for (service, instance, start), acc in closed.items():
+            if instance == SERVICE_WIDE:  # peaks: sum of the instances' peaks closed with it
+                peers = [a for (s, i, st), a in closed.items() if s == service and st == start and i != SERVICE_WIDE]
+                acc.sessions_max = sum(a.sessions_max for a in peers)
+                acc.queue_max = sum(a.queue_max for a in peers)
+            out.append(acc.to_window(service, instance, start, self.window_ms, self._late.pop((service, instance), 0),
+                                     emitted_at))
         return out
 
     @property
     def open_windows(self) -> int:
         return len(self._open)
-
-    def _to_window(self, service: str, instance: str, start: int, acc: _Acc, late: int,
-                   emitted_at: int) -> FeatureWindow:
-        q = acc.latency
-        return FeatureWindow(
-            window_start=start, window_end=start + self.window_ms, service=service, instance=instance,
-            requests=acc.requests, rate=acc.requests / (self.window_ms / 1000),
-            status_2xx=acc.by_class[0], status_3xx=acc.by_class[1], status_4xx=acc.by_class[2],
-            status_5xx=acc.by_class[3],
-            latency_p50_ms=float(q.get_quantile_value(0.5) or 0.0),
-            latency_p90_ms=float(q.get_quantile_value(0.9) or 0.0),
-            latency_p99_ms=float(q.get_quantile_value(0.99) or 0.0),
-            bytes_sent=acc.bytes_sent, late_events=late, emitted_at=emitted_at,
-        )

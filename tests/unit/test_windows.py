@@ -66,3 +66,21 @@ def test_bad_event_raises_for_the_caller_to_dead_letter() -> None:
     agg = WindowAggregator(window_s=10, allowed_lateness_s=0)
     with pytest.raises(KeyError):
         agg.add_events([{"ts": 1, "service": "x"}])
+
+
+def test_saturation_samples_per_instance_and_service() -> None:
+    agg = WindowAggregator(window_s=10, allowed_lateness_s=0)
+    agg.add_events([ev(1_000, "s1"), ev(1_000, "s2")])
+    samples = [{"ts": 2_000, "service": "web", "instance": i, "name": n, "value": v} for i, n, v in [
+        ("s1", "haproxy_server_current_sessions", 4), ("s1", "haproxy_server_current_sessions", 9),
+        ("s2", "haproxy_server_current_sessions", 5), ("s2", "haproxy_server_current_queue", 2),
+        ("s1", "haproxy_server_connection_errors_total", 10), ("s1", "haproxy_server_connection_errors_total", 12),
+        ("s1", "haproxy_frontend_bytes_in_total", 999)]]
+    assert agg.add_samples(samples) == 0
+    agg.add_events([ev(25_000)])
+    closed = {w.instance: w for w in agg.close(agg.watermark(), emitted_at=1) if w.window_start == 0}
+    assert (closed["s1"].sessions_max, closed["s1"].conn_errors, closed["s2"].queue_max) == (9.0, 2.0, 2.0)
+    assert (closed[SERVICE_WIDE].sessions_max, closed[SERVICE_WIDE].queue_max) == (14.0, 2.0)
+    assert closed[SERVICE_WIDE].conn_errors == 2.0
+    assert agg.add_samples([{"ts": 3_000, "service": "web", "instance": "s1", "name":
+                             "haproxy_server_current_queue", "value": 1}]) == 1  # window closed: late

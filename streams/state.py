@@ -1,0 +1,245 @@
+"""What the stream worker keeps in its Faust tables, one value per key, serialised with orjson.
+
+`InstanceState` (key `service/instance`) is one instance's open windows plus the highest offset
+of every input partition already folded in: a record at or below that offset is a replay after a
+crash and is skipped, so a state recovered from the changelog plus re-read offsets never counts
+an event twice. Closed windows stay in `pending` until ClickHouse acknowledged them.
+`ServiceWindow` (key `service|window_start`) collects the instances' closed windows of one
+service-wide window by instance name, so a partial delivered twice replaces itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from streams.schemas import FeatureWindow, WindowPartial
+from streams.windows import SATURATION_METRICS, SERVICE_WIDE, WindowAcc, counter_delta
+
+
+class PartitionClock:
+    """Event-time watermark of one input partition: its latest access-event time minus the lateness.
+
+    Per partition (not per worker), so how partitions are spread over workers changes nothing."""
+
+    __slots__ = ("lateness_ms", "max_ts")
+
+    def __init__(self, lateness_ms: int, max_ts: int = 0) -> None:
+        self.max_ts = max_ts
+        self.lateness_ms = lateness_ms
+
+    @property
+    def watermark(self) -> int:
+        return self.max_ts - self.lateness_ms
+
+
+class InstanceState:
+    __slots__ = (
+        "closed_before",
+        "counter",
+        "instance",
+        "late",
+        "max_ts",
+        "offsets",
+        "partition",
+        "pending",
+        "service",
+        "windows",
+    )
+
+    def __init__(self, service: str, instance: str, partition: int) -> None:
+        self.service, self.instance, self.partition = service, instance, partition
+        self.windows: dict[int, WindowAcc] = {}
+        self.closed_before = 0  # windows starting before this are closed: their events are late
+        self.late = 0  # late access events not yet reported (they go with the next closed window)
+        self.offsets: dict[str, int] = {}  # "topic:partition" -> highest offset applied
+        # window_start -> {"w": closed FeatureWindow, "p": its WindowPartial}, until ClickHouse has it
+        self.pending: dict[int, dict[str, Any]] = {}
+        self.counter: float | None = None  # last connection-errors counter sample
+        self.max_ts = 0
+
+    @property
+    def key(self) -> bytes:
+        return f"{self.service}/{self.instance}".encode()
+
+    def applied(self, tp: str, offset: int) -> bool:
+        return offset <= self.offsets.get(tp, -1)
+
+    def _acc(self, ts: int, window_ms: int, watermark: int) -> WindowAcc | None:
+        start = ts - ts % window_ms
+        if start < self.closed_before or start + window_ms <= watermark:
+            return None
+        acc = self.windows.get(start)
+        if acc is None:
+            acc = self.windows[start] = WindowAcc()
+        return acc
+
+    def add_access(self, ev: Mapping[str, Any], window_ms: int, clock: PartitionClock) -> bool:
+        """Fold one access event in; False when it was late (counted, reported with the next window).
+
+        Lateness is decided per event against the partition watermark *before* it, so the answer
+        depends only on the partition's order, not on how records were batched."""
+        ts = int(ev["ts"])
+        status, latency, size = int(ev["status"]), float(ev["latency_ms"]), int(ev["bytes_sent"])
+        acc = self._acc(ts, window_ms, clock.watermark)
+        if ts > self.max_ts:
+            self.max_ts = ts
+        if ts > clock.max_ts:
+            clock.max_ts = ts
+        if acc is None:
+            self.late += 1
+            return False
+        acc.add(status, latency, size)
+        return True
+
+    def add_sample(self, sample: Mapping[str, Any], window_ms: int, clock: PartitionClock) -> bool | None:
+        """Fold a saturation sample in (None: not a signal we keep; False: late). Samples never move
+        the watermark: scrape time is wall time, and a replay of old logs must not look late."""
+        signal = SATURATION_METRICS.get(sample["name"])
+        if signal is None:
+            return None
+        value = float(sample["value"])
+        if signal == "conn_errors":
+            value, self.counter = counter_delta(self.counter, value), value
+        acc = self._acc(int(sample["ts"]), window_ms, clock.watermark)
+        if acc is None:
+            return False
+        acc.add_signal(signal, value)
+        return True
+
+    def close(self, watermark: int, window_ms: int, emitted_at: int) -> list[tuple[FeatureWindow, WindowPartial]]:
+        """Close every window ending at or before `watermark`; each goes to `pending` (for ClickHouse)
+        and comes back with its partial (for the service-wide merge)."""
+        out = []
+        for start in sorted(s for s in self.windows if s + window_ms <= watermark):
+            acc = self.windows.pop(start)
+            late, self.late = self.late, 0
+            window = acc.to_window(self.service, self.instance, start, window_ms, late, emitted_at)
+            partial = WindowPartial(service=self.service, instance=self.instance, window_start=start,
+                                    late_events=late, acc=acc.to_dict())
+            self.pending[start] = {"w": window.model_dump(), "p": partial.model_dump()}
+            self.closed_before = max(self.closed_before, start + window_ms)
+            out.append((window, partial))
+        return out
+
+    def pending_closed(self) -> list[tuple[FeatureWindow, WindowPartial]]:
+        """The closed windows not yet acknowledged, to publish again after a recovery."""
+        return [(FeatureWindow.model_validate(p["w"]), WindowPartial.model_validate(p["p"]))
+                for p in self.pending.values()]
+
+    def dumps(self) -> bytes:
+        return orjson.dumps({
+            "sv": self.service, "in": self.instance, "p": self.partition, "cb": self.closed_before, "late": self.late,
+            "o": self.offsets, "pd": list(self.pending.values()), "ctr": self.counter, "mt": self.max_ts,
+            "w": [[start, acc.to_dict()] for start, acc in self.windows.items()],
+        })
+
+    @classmethod
+    def loads(cls, raw: bytes) -> InstanceState:
+        d = orjson.loads(raw)
+        st = cls(d["sv"], d["in"], d["p"])
+        st.closed_before, st.late, st.offsets, st.counter, st.max_ts = d["cb"], d["late"], d["o"], d["ctr"], d["mt"]
+        st.pending = {p["w"]["window_start"]: p for p in d["pd"]}
+        st.windows = {start: WindowAcc.from_dict(acc) for start, acc in d["w"]}
+        return st
+
+
+class ServiceWindow:
+    """One service-wide window: the instances' closed windows, merged into `*` whenever they change.
+
+    The `*` row is (re-)emitted once no instance window arrived for a grace period; an instance
+    window arriving later re-emits it with a later version (ReplacingMergeTree keeps the last).
+    After the retention the instance data is dropped and the window only remembers it is done."""
+
+    __slots__ = (
+        "done",
+        "emitted_at",
+        "emitted_version",
+        "partition",
+        "parts",
+        "pending",
+        "service",
+        "updated",
+        "version",
+        "window_start",
+    )
+
+    def __init__(self, service: str, window_start: int, partition: int) -> None:
+        self.service, self.window_start, self.partition = service, window_start, partition
+        self.parts: dict[str, dict[str, Any]] = {}  # instance -> {"late": n, "acc": WindowAcc dict}
+        self.version = 0
+        self.emitted_version = 0
+        self.emitted_at = 0
+        self.pending: dict[str, Any] | None = None  # the `*` FeatureWindow not yet in ClickHouse
+        self.updated = 0.0  # wall time of the last change
+        self.done = False
+
+    @property
+    def key(self) -> bytes:
+        return f"{self.service}|{self.window_start}".encode()
+
+    def add(self, partial: WindowPartial, now: float) -> bool:
+        """Take an instance's closed window; False if it changes nothing (a replay) or comes too late."""
+        part = {"late": partial.late_events, "acc": partial.acc}
+        if self.done or self.parts.get(partial.instance) == part:
+            return False
+        self.parts[partial.instance] = part
+        self.version += 1
+        self.updated = now
+        return True
+
+    def due(self, now: float, grace_s: float) -> bool:
+        return not self.done and self.version > self.emitted_version and now - self.updated >= grace_s
+
+    def emit(self, window_ms: int, now_ms: int) -> FeatureWindow:
+        merged = WindowAcc()
+        late = 0
+        for part in self.parts.values():
+            merged.merge(WindowAcc.from_dict(part["acc"]))
+            late += part["late"]
+        self.emitted_at = max(now_ms, self.emitted_at + 1)  # a correction must replace the earlier row
+        self.emitted_version = self.version
+        window = merged.to_window(self.service, SERVICE_WIDE, self.window_start, window_ms, late, self.emitted_at)
+        self.pending = window.model_dump()
+        return window
+
+    def retire(self, now: float, retain_s: float) -> bool:
+        """Forget the instance data once settled and acknowledged; True if the state changed."""
+        if self.done or self.pending is not None or self.version > self.emitted_version:
+            return False
+        if now - self.updated < retain_s:
+            return False
+        self.parts, self.done = {}, True
+        return True
+
+    def dumps(self) -> bytes:
+        return orjson.dumps({
+            "sv": self.service, "ws": self.window_start, "p": self.partition, "parts": self.parts,
+            "v": self.version, "ev": self.emitted_version, "ea": self.emitted_at, "pd": self.pending,
+            "u": self.updated, "done": self.done,
+        })
+
+    @classmethod
+    def loads(cls, raw: bytes) -> ServiceWindow:
+        d = orjson.loads(raw)
+        st = cls(d["sv"], d["ws"], d["p"])
+        st.parts, st.version, st.emitted_version, st.emitted_at = d["parts"], d["v"], d["ev"], d["ea"]
+        st.pending, st.updated, st.done = d["pd"], d["u"], d["done"]
+        return st
+
+
+def window_id(w: Mapping[str, Any]) -> tuple[str, str, int, int]:
+    """One emission of one window: what ClickHouse acknowledges."""
+    return (w["service"], w["instance"], w["window_start"], w["emitted_at"])
+
+
+def pending_windows(states: Iterable[InstanceState | ServiceWindow]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for st in states:
+        if isinstance(st, InstanceState):
+            out.extend(p["w"] for p in st.pending.values())
+        elif st.pending is not None:
+            out.append(st.pending)
+    return out

@@ -1,0 +1,153 @@
+"""The table states of the stream worker: replay safety, pending windows, service-wide merge."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from streams.schemas import WindowPartial
+from streams.sketch import new_sketch, quantile, sketch_from_dict, sketch_to_dict
+from streams.state import InstanceState, PartitionClock, ServiceWindow, pending_windows
+from streams.windows import SERVICE_WIDE, SKETCH_RELATIVE_ACCURACY, WindowAcc, WindowAggregator, counter_delta
+
+W = 10_000
+
+
+def ev(ts: int, status: int = 200, latency: float = 10.0, size: int = 100, instance: str = "s1") -> dict:
+    return {"ts": ts, "service": "web", "instance": instance, "status": status, "latency_ms": latency,
+            "bytes_sent": size}
+
+
+def sample(ts: int, name: str, value: float, instance: str = "s1") -> dict:
+    return {"ts": ts, "service": "web", "instance": instance, "name": name, "value": value}
+
+
+def test_sketch_round_trip_keeps_quantiles_and_merges() -> None:
+    rng = random.Random(3)
+    sk = new_sketch()
+    for _ in range(2_000):
+        sk.add(rng.lognormvariate(3, 1))
+    back = sketch_from_dict(sketch_to_dict(sk))
+    assert [quantile(back, q) for q in (0.5, 0.9, 0.99)] == [quantile(sk, q) for q in (0.5, 0.9, 0.99)]
+    back.merge(sk)
+    assert back.count == 2 * sk.count and quantile(back, 0.5) == quantile(sk, 0.5)
+    assert quantile(sketch_from_dict(sketch_to_dict(new_sketch())), 0.5) == 0.0
+
+
+def test_instance_state_survives_serialisation() -> None:
+    clock = PartitionClock(lateness_ms=0)
+    st = InstanceState("web", "s1", partition=2)
+    for i in range(50):
+        st.add_access(ev(1_000 + i, status=200 + 100 * (i % 4), latency=float(i)), W, clock)
+    st.add_sample(sample(2_000, "haproxy_server_current_sessions", 7), W, clock)
+    st.offsets["fs.access:2"] = 41
+    back = InstanceState.loads(st.dumps())
+    assert back.dumps() == st.dumps()
+    (w, _), = back.close(20_000, W, emitted_at=5)
+    assert (w.requests, w.status_2xx, w.status_5xx, w.sessions_max) == (50, 13, 12, 7.0)
+    assert back.applied("fs.access:2", 41) and not back.applied("fs.access:2", 42)
+
+
+def test_lateness_is_decided_per_event_against_the_partition_watermark() -> None:
+    clock = PartitionClock(lateness_ms=2_000)
+    a, b = InstanceState("web", "a", 0), InstanceState("web", "b", 0)
+    assert a.add_access(ev(1_000, instance="a"), W, clock)
+    assert a.add_access(ev(12_500, instance="a"), W, clock)  # watermark 10 500: window [0, 10 000) is over
+    assert not b.add_access(ev(9_000, instance="b"), W, clock)  # same partition: late, whatever the batching
+    assert b.late == 1
+    assert a.add_access(ev(9_999, instance="a"), W, PartitionClock(2_000, max_ts=11_999))  # within lateness
+
+
+def test_closed_windows_stay_pending_until_acknowledged_and_late_ones_are_reported() -> None:
+    clock = PartitionClock(lateness_ms=0)
+    st = InstanceState("web", "s1", 0)
+    st.add_access(ev(1_000), W, clock)
+    st.add_access(ev(25_000), W, clock)
+    (first, partial), = st.close(clock.watermark, W, emitted_at=9)
+    assert first.window_start == 0 and partial.acc["r"] == 1
+    assert not st.add_access(ev(3_000), W, clock)  # closed: late, not counted, not reopened
+    assert pending_windows([st]) == [first.model_dump()]
+    st.add_access(ev(31_000), W, clock)
+    (second, _), = st.close(30_000, W, emitted_at=10)
+    assert (second.window_start, second.requests, second.late_events) == (20_000, 1, 1)
+    back = InstanceState.loads(st.dumps())
+    assert [w["window_start"] for w in pending_windows([back])] == [0, 20_000]
+    assert back.pending_closed()[0] == (first, partial)  # republished as they were after a recovery
+
+
+def test_non_signal_samples_are_ignored_and_counters_become_increases() -> None:
+    clock = PartitionClock(lateness_ms=0)
+    st = InstanceState("web", "s1", 0)
+    assert st.add_sample(sample(1_000, "haproxy_server_bytes_in_total", 5), W, clock) is None
+    for ts, value in [(1_000, 10), (2_000, 13), (12_000, 20), (13_000, 4)]:  # 4: the counter was reset
+        assert st.add_sample(sample(ts, "haproxy_server_connection_errors_total", value), W, clock)
+    st.add_sample(sample(12_000, "haproxy_server_current_queue", 3), W, clock)
+    windows = [w for w, _ in st.close(30_000, W, emitted_at=1)]
+    assert [(w.conn_errors, w.queue_max) for w in windows] == [(3.0, 0.0), (11.0, 3.0)]
+    assert (counter_delta(None, 5), counter_delta(5, 7), counter_delta(7, 2)) == (0.0, 2.0, 2.0)
+
+
+def partial(instance: str, requests: int, latency: float = 5.0) -> WindowPartial:
+    acc = WindowAcc()
+    for _ in range(requests):
+        acc.add(200, latency, 10)
+    acc.sessions_max = requests
+    return WindowPartial(service="web", instance=instance, window_start=0, acc=acc.to_dict(), late_events=1)
+
+
+def test_service_window_merges_instances_and_ignores_replays() -> None:
+    sw = ServiceWindow("web", 0, partition=1)
+    assert sw.add(partial("a", 3), now=100.0)
+    assert not sw.due(now=100.5, grace_s=1.0)  # waits for the other instances
+    assert sw.add(partial("b", 2, latency=50.0), now=100.2)
+    assert not sw.add(partial("b", 2, latency=50.0), now=100.4)  # a replayed partial replaces itself
+    assert sw.due(now=101.3, grace_s=1.0)
+    w = sw.emit(W, now_ms=101_300)
+    assert (w.instance, w.requests, w.bytes_sent, w.sessions_max, w.late_events) == (SERVICE_WIDE, 5, 50, 5.0, 2)
+    assert abs(w.latency_p90_ms - 50.0) <= 50.0 * 2 * SKETCH_RELATIVE_ACCURACY
+    assert not sw.due(now=200.0, grace_s=1.0) and pending_windows([sw]) == [w.model_dump()]
+    assert sw.add(partial("c", 1), now=102.0)  # a late instance window corrects the `*` row ...
+    again = sw.emit(W, now_ms=101_300)
+    assert again.requests == 6 and again.emitted_at > w.emitted_at  # ... and replaces it
+
+
+def test_service_window_retires_only_when_settled_and_acknowledged() -> None:
+    sw = ServiceWindow("web", 0, partition=1)
+    sw.add(partial("a", 1), now=0.0)
+    sw.emit(W, now_ms=1)
+    assert not sw.retire(now=1_000.0, retain_s=60)  # still pending for ClickHouse
+    sw.pending = None
+    assert not sw.retire(now=30.0, retain_s=60) and sw.retire(now=61.0, retain_s=60)
+    back = ServiceWindow.loads(sw.dumps())
+    assert back.done and not back.add(partial("b", 1), now=62.0)
+
+
+def test_instance_and_service_stages_equal_the_single_process_aggregator() -> None:
+    """Split over partitions and merged by service, the windows equal the one-process computation."""
+    rng = random.Random(11)
+    events = sorted((ev(rng.randrange(0, 60_000), status=rng.choice([200, 302, 404, 500]),
+                        latency=rng.uniform(1, 300), size=rng.randrange(1, 999), instance=f"s{rng.randrange(5)}")
+                     for _ in range(3_000)), key=lambda e: e["ts"])
+    single = WindowAggregator(window_s=10, allowed_lateness_s=0)
+    single.add_events(events)
+    want = {(w.instance, w.window_start): w for w in single.close(10**9, emitted_at=1)}
+
+    states = {f"s{i}": InstanceState("web", f"s{i}", partition=i % 2) for i in range(5)}
+    clocks = [PartitionClock(0), PartitionClock(0)]
+    for e in events:
+        st = states[e["instance"]]
+        assert st.add_access(e, W, clocks[st.partition])
+    services: dict[int, ServiceWindow] = {}
+    got = {}
+    for st in states.values():
+        for w, p in st.close(10**9, W, emitted_at=1):
+            got[(w.instance, w.window_start)] = w
+            services.setdefault(p.window_start, ServiceWindow("web", p.window_start, 0)).add(p, now=0.0)
+    for start, sw in services.items():
+        got[(SERVICE_WIDE, start)] = sw.emit(W, now_ms=1)
+    assert set(got) == set(want)
+    for key, w in want.items():
+        fields = ("requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx", "bytes_sent")
+        assert [getattr(got[key], f) for f in fields] == [getattr(w, f) for f in fields], key
+        assert got[key].latency_p99_ms == pytest.approx(w.latency_p99_ms)
