@@ -26,9 +26,16 @@ class Migration:
     statements: list[str]
 
 
+# ClickHouse 18.16 gives each column of each part it reads a buffer of this size (1 MiB by default),
+# even for a part of a few rows. `FINAL` reads every part at once: a few hundred small parts (day
+# partitions of windows written as they close) then took the 4 GB query limit. Our rows are small.
+READ_BUFFER_BYTES = 64 * 1024
+
+
 def client(ch: ClickHouseSettings, database: str | None = None) -> Client:
     return Client(host=ch.host, port=ch.tcp_port, user=ch.user, password=ch.password,
-                  database=database or "default", connect_timeout=3, send_receive_timeout=30)
+                  database=database or "default", connect_timeout=3, send_receive_timeout=30,
+                  settings={"max_read_buffer_size": READ_BUFFER_BYTES})
 
 
 def load_migrations(db: str, folder: Path = MIGRATIONS) -> list[Migration]:

@@ -99,3 +99,27 @@ def test_retain_drops_old_day_partitions(scratch: ClickHouseSettings) -> None:
         assert cl.execute(f"SELECT count() FROM {scratch.database}.metric_samples") == [(2,)]
     finally:
         cl.disconnect()
+
+
+def test_final_over_hundreds_of_small_parts_stays_within_the_memory_limit(scratch: ClickHouseSettings) -> None:
+    """18.16 gives every column of every part a read buffer; with its 1 MiB default, `SELECT * ... FINAL`
+    over 400 one-row parts needs ~10 GiB and fails. `infra.db.client` sets a small buffer."""
+    migrate(scratch)
+    cl = client(scratch)
+    day0 = datetime(1995, 7, 1, tzinfo=UTC)
+    cl.execute(f"SYSTEM STOP MERGES {scratch.database}.features")
+    try:
+        for i in range(400):  # one part each, spread over 60 day partitions, as windows written when they close
+            start = int((day0 + timedelta(days=i % 60, seconds=10 * i)).timestamp() * 1000)
+            cl.execute(f"INSERT INTO {scratch.database}.features (window_start, window_end, service, instance, "
+                       "requests, emitted_at) VALUES",
+                       [{"window_start": datetime.fromtimestamp(start / 1000, UTC),
+                         "window_end": datetime.fromtimestamp(start / 1000 + 10, UTC), "service": "s",
+                         "instance": "i", "requests": 1, "emitted_at": i}])
+        parts = cl.execute("SELECT count() FROM system.parts WHERE database = %(db)s AND table = 'features' AND active",
+                           {"db": scratch.database})[0][0]
+        assert parts >= 300
+        assert len(cl.execute(f"SELECT * FROM {scratch.database}.features FINAL")) == 400
+    finally:
+        cl.execute(f"SYSTEM START MERGES {scratch.database}.features")
+        cl.disconnect()
