@@ -10,13 +10,24 @@ service-wide window by instance name, so a partial delivered twice replaces itse
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
+import numpy as np
 import orjson
 
 from streams.schemas import FeatureWindow, WindowPartial
 from streams.windows import SATURATION_METRICS, SERVICE_WIDE, WindowAcc, counter_delta
+
+_ACCESS_FIELDS = itemgetter("service", "instance", "ts", "status", "latency_ms", "bytes_sent")
+_SAFE = 2**62  # event times and state integers within this stay exact in int64 (with a window added)
+
+
+def _int_column(values: tuple[Any, ...]) -> np.ndarray | None:
+    """The values as int64 when `int()` of each is the value itself (ints, bools), else None."""
+    a = np.array(values)
+    return a if a.dtype == np.int64 else None
 
 
 class PartitionClock:
@@ -93,6 +104,67 @@ class InstanceState:
             return False
         acc.add(status, latency, size)
         return True
+
+    def add_access_many(self, items: Sequence[Any], window_ms: int, clock: PartitionClock
+                        ) -> tuple[int, int] | None:
+        """`add_access` for every event of a record at once, in numpy: (counted, late), or None (and
+        nothing changed) unless every event is this state's and well-typed, so the caller folds
+        the record in event by event instead, with its per-event rejections.
+
+        The per-event rules, for the whole record: each event's lateness is against the watermark
+        before it (the running maximum of the times before it, seeded with the partition's), windows
+        open in the order of their first on-time event, and each window gets its events in order.
+        Only int ts/status/bytes and int or finite float latencies take this path (a string, float
+        time or NaN keeps `int()`/`float()`'s own answer), and only values small enough for int64."""
+        try:
+            services, instances, ts_v, status_v, latency_v, size_v = zip(*map(_ACCESS_FIELDS, items), strict=True)
+        except (KeyError, TypeError, ValueError):  # no events, a non-dict, a missing field
+            return None
+        n = len(ts_v)
+        if services.count(self.service) != n or instances.count(self.instance) != n:
+            return None
+        ts, status, size = _int_column(ts_v), _int_column(status_v), _int_column(size_v)
+        latency = np.array(latency_v)
+        if ts is None or status is None or size is None or latency.dtype.kind not in "fi":
+            return None
+        latency = latency.astype(np.float64, copy=False)
+        ts_lo, ts_hi = int(ts.min()), int(ts.max())
+        if (not np.isfinite(latency).all() or max(-ts_lo, ts_hi, abs(clock.max_ts), abs(self.closed_before)) >= _SAFE
+                or max(-int(size.min()), int(size.max())) * n >= _SAFE or not 0 <= clock.lateness_ms < _SAFE):
+            return None
+        before = np.empty(n, dtype=np.int64)  # partition max time before each event
+        before[0] = clock.max_ts
+        before[1:] = ts[:-1]
+        np.maximum.accumulate(before, out=before)
+        starts = ts - ts % window_ms
+        on_time = (starts >= self.closed_before) & (starts + window_ms > before - clock.lateness_ms)
+        if ts_hi > self.max_ts:
+            self.max_ts = ts_hi
+        if ts_hi > clock.max_ts:
+            clock.max_ts = ts_hi
+        counted = int(np.count_nonzero(on_time))
+        self.late += n - counted
+        if counted == 0:
+            return 0, n
+        if counted < n:
+            starts, status, latency, size = starts[on_time], status[on_time], latency[on_time], size[on_time]
+        first = int(starts[0])
+        if (starts == first).all():
+            self._window(first).add_many(status, latency, size)
+            return counted, n - counted
+        keys, first_at, group, sizes = np.unique(starts, return_index=True, return_inverse=True, return_counts=True)
+        order = np.argsort(group, kind="stable")  # by window, each in event order
+        ends = np.cumsum(sizes)
+        for g in np.argsort(first_at).tolist():  # windows open in the order of their first event
+            idx = order[ends[g] - sizes[g]:ends[g]]
+            self._window(int(keys[g])).add_many(status[idx], latency[idx], size[idx])
+        return counted, n - counted
+
+    def _window(self, start: int) -> WindowAcc:
+        acc = self.windows.get(start)
+        if acc is None:
+            acc = self.windows[start] = WindowAcc()
+        return acc
 
     def add_sample(self, sample: Mapping[str, Any], window_ms: int, clock: PartitionClock) -> bool | None:
         """Fold a saturation sample in (None: not a signal we keep; False: late). Samples never move

@@ -13,8 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from streams.schemas import FeatureWindow
 from streams.sketch import SKETCH_RELATIVE_ACCURACY, new_sketch, quantile, sketch_from_dict, sketch_to_dict
+from streams.sketch_batch import add_many
 
 SERVICE_WIDE = "*"
 __all__ = [
@@ -73,6 +76,16 @@ class WindowAcc:
             self.by_class[cls] += 1
         self.bytes_sent += bytes_sent
         self.latency.add(latency_ms if latency_ms > 0 else 0.0)
+
+    def add_many(self, status: np.ndarray, latency_ms: np.ndarray, bytes_sent: np.ndarray) -> None:
+        """`add` for each event of the arrays (int64, finite float64, int64), in their order: the same
+        state, at a fraction of the cost per event. The caller keeps the byte sum within int64."""
+        self.requests += len(status)
+        cls = status // 100 - 2
+        counts = np.bincount(cls[(cls >= 0) & (cls < 4)], minlength=4).tolist()
+        self.by_class = [a + b for a, b in zip(self.by_class, counts, strict=True)]
+        self.bytes_sent += int(bytes_sent.sum())
+        add_many(self.latency, latency_ms)
 
     def add_signal(self, signal: str, value: float) -> None:
         """A gauge sample (keep the window's peak) or a counter increase (sum)."""
