@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ import aiohttp
 import orjson
 import torch
 
+from infra.ports import free_port
 from infra.settings import ClickHouseSettings, RaySettings, ServingSettings
 from serving.models.latency_weights import LatencyWeights, features_tensor
 from serving.schemas import InstanceFeatures
@@ -113,12 +113,6 @@ def measure(url: str, token: str | None, instances: int, concurrency: int, reque
                         bare_ms=round(bare, 3), overhead_ratio=round(p99 / bare, 1))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_serving_bench(serving: ServingSettings, ray_settings: RaySettings, clickhouse: ClickHouseSettings,
                       state_dir: Path, url: str | None, instances: int, concurrency: int, requests: int,
                       warmup: int) -> ServingBench:
@@ -131,7 +125,7 @@ def run_serving_bench(serving: ServingSettings, ray_settings: RaySettings, click
     from serving.runner import init_ray, shutdown, start_serve
     from training.registry import registry_root
 
-    own = serving.model_copy(update={"port": _free_port(), "registry_poll_s": 0.0})
+    own = serving.model_copy(update={"port": free_port(), "registry_poll_s": 0.0})
     init_ray(ray_settings.model_copy(update={"address": None}), state_dir)
     try:
         start_serve(own)

@@ -34,7 +34,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,7 @@ from pydantic import BaseModel, Field
 from infra.db import client as clickhouse_client
 from infra.db import migrate
 from infra.kafka_admin import ensure_topics
+from infra.ports import free_port
 from infra.settings import RouteRule, Settings
 from ingest.bench import replicate_sample
 from ingest.parsers.clf import CLFParser, make_event
@@ -112,13 +112,6 @@ def replicated_trace(sample_path: Path, events: int, instances: int, seed: int =
 
 
 # -- an isolated pipeline: topics, database, worker ----------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def isolated_settings(base: Settings, run_id: str, state_dir: Path, metrics_port: int) -> Settings:

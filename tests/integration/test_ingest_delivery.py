@@ -8,7 +8,6 @@ is empty; the topics are created again, and only events sent after the first sto
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections import Counter, defaultdict
@@ -20,6 +19,7 @@ from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
 from infra.kafka_admin import ensure_topics
+from infra.ports import free_port
 from infra.settings import KafkaSettings
 from infra.stack import probes
 from infra.stack.components import tansu_binary
@@ -30,12 +30,6 @@ from ingest.spool import Spool
 
 pytestmark = pytest.mark.timeout(180)
 DELIVERY_TIMEOUT_MS = 2_000  # the producer's own retries; the outage below lasts longer, so the spool must act
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Broker:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import pytest
 import torch
 from ray import serve
 
+from infra.ports import free_port
 from infra.settings import ClickHouseSettings, RaySettings, ServingSettings
 from serving.app import build_app
 from serving.runner import init_ray, shutdown, start_serve
@@ -48,12 +48,6 @@ class Served:
 
     def get(self, path: str) -> httpx.Response:
         return httpx.get(self.url + path, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def series(minutes: int, phase: float = 0.0) -> torch.Tensor:

@@ -6,7 +6,6 @@ import gzip
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from infra.ports import free_port
 from infra.settings import IngestSettings
 from ingest.parsers.base import ParseResult, event_id, reject
 from ingest.schemas import AccessEvent, MetricSample, Rejection
@@ -304,13 +304,6 @@ class Sink:
 run_http_ingest(IngestSettings(http_port=int(sys.argv[1])), Sink(), Sink())
 note("returned")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_run_http_ingest_serves_then_flushes_and_returns_on_sigterm(tmp_path: Path) -> None:
