@@ -31,8 +31,8 @@ from training.autoscale import (
     tune,
 )
 from training.fit import OnEpoch, TrainConfig, TrainResult, forecast, script, targets, train
-from training.metrics import horizon_table, mase_scale
-from training.series import RateSeries
+from training.metrics import centred_mean, floor_table, horizon_table, mase_scale
+from training.series import STEP_S, RateSeries
 from training.splits import Splits
 
 Say = Callable[[str], None]
@@ -54,6 +54,8 @@ class BacktestConfig(BaseModel):
     hpa_targets: tuple[float, ...] = _grid(0.2, 1.0, 0.02)
     headrooms: tuple[float, ...] = _grid(-0.4, 1.0, 0.02)
     ma_window: int = Field(10, gt=0)
+    floor_half_window: int = Field(5, gt=0, description="Minutes each side of the two-sided moving average "
+                                                        "reported as a reference (it sees the future).")
     refit: bool = Field(True, description="Retrain the forecaster on train + validation, for the epoch count "
                                           "validation chose, before scoring it on the test range.")
 
@@ -99,11 +101,14 @@ def forecast_table(series: RateSeries, splits: Splits, cfg: BacktestConfig, modu
     hw_offsets = baselines.residual_quantiles(y, hw.forecast(hw_fit, h), hw_fit, qs)
     fc["holt_winters"] = baselines.with_quantiles(hw.forecast(origins, h), hw_offsets, qs)
     fc[f"moving_average_{cfg.ma_window}"] = calibrated(lambda o: baselines.moving_average(y, o, h, cfg.ma_window))
-    table = horizon_table(targets(y, origins, h).astype(np.float64), fc, qs, mase_scale(y[: splits.val_start]),
-                          cfg.horizons)
+    actual = targets(y, origins, h).astype(np.float64)
+    table = horizon_table(actual, fc, qs, mase_scale(y[: splits.val_start]), cfg.horizons)
+    minutes = origins[:, None] + np.arange(h)[None, :]
+    floor = floor_table(actual, fc["seasonal_naive"][:, :, qs.index(0.5)],
+                        centred_mean(y, cfg.floor_half_window)[minutes], STEP_S, cfg.horizons)
     params = {"ewma_alpha": alpha, "holt_winters": {"alpha": hw.alpha, "beta": hw.beta, "gamma": hw.gamma,
                                                     "phi": hw.phi}}
-    return {"table": table, "params": params}, origins, model_fc
+    return {"table": table, "floor": floor, "params": params}, origins, model_fc
 
 
 def _upper(module: torch.nn.Module, series: RateSeries, lo: int, hi: int, history: int, q_index: int,
@@ -193,11 +198,15 @@ def run_backtest(series: RateSeries, splits: Splits, cfg: BacktestConfig, say: S
     result = {
         "forecast": fc["table"],
         "autoscale": scaling,
+        # Not forecasters: how low the error can go on this range (see `training.metrics.floor_table`).
+        "reference": fc["floor"],
         "summary": {
             "mase5_model_vs_seasonal_naive": _ratio(h5, "model", "seasonal_naive", "mase"),
             "mase5_model_vs_ewma": _ratio(h5, "model", "ewma", "mase"),
             "mase5_model_vs_holt_winters": _ratio(h5, "model", "holt_winters", "mase"),
             "replica_seconds_predictive_vs_hpa": _ratio(scaling, "predictive", "hpa", "replica_seconds"),
+            "mase5_poisson_floor_vs_seasonal_naive": fc["floor"].get("5", {}).get("poisson_floor"),
+            "mase5_centred_ma_vs_seasonal_naive": fc["floor"].get("5", {}).get("centred_ma"),
         },
         "setup": {
             "scale": cfg.scale, "capacity": cfg.spec.capacity, "startup_s": cfg.spec.startup_s,

@@ -58,6 +58,12 @@ def print_tables(result: dict[str, Any]) -> None:
             table.add_row(h, name, f"{m['mase']:.3f}", f"{m['smape']:.1f}", f"{m['pinball_p90']:.4f}",
                           f"{m['coverage_p90']:.3f}")
     console.print(table)
+    floor = Table(title="how low MASE can go, test range (x seasonal naive; not forecasters)")
+    for col in ("horizon", "Poisson floor (rate known)", "centred MA (sees the future)"):
+        floor.add_column(col)
+    for h, ref in result.get("reference", {}).items():
+        floor.add_row(h, f"{ref['poisson_floor']:.3f}", f"{ref['centred_ma']:.3f}")
+    console.print(floor)
     auto = Table(title="autoscaling, test range")
     for col in ("policy", "under-provisioned %", "replica-seconds", "x oracle", "actions", "knob"):
         auto.add_column(col)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 SEASON_MIN = 1440
@@ -67,4 +69,56 @@ def horizon_table(
                 "n": int(ok.sum()),
             }
         out[str(h)] = row
+    return out
+
+
+def poisson_mad(mean: np.ndarray) -> np.ndarray:
+    """E|X - m| for X ~ Poisson(m), elementwise: 2 e^-m m^(k+1) / k! with k = floor(m)."""
+    m = np.asarray(mean, dtype=np.float64)
+    k = np.floor(m)
+    lgamma = np.vectorize(math.lgamma, otypes=[np.float64])
+    with np.errstate(divide="ignore"):
+        log_mad = math.log(2.0) - m + (k + 1.0) * np.log(m) - lgamma(k + 1.0)
+    return np.where(m > 0, np.exp(log_mad), 0.0)
+
+
+def centred_mean(values: np.ndarray, half: int) -> np.ndarray:
+    """Mean of the `half` minutes before and the `half` after each minute, itself left out (NaN-aware).
+
+    It reads the future, so it is no forecaster: it shows how much of a minute two-sided
+    smoothing can explain."""
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    cum = np.concatenate([[0.0], np.cumsum(np.where(ok, v, 0.0))])
+    cnt = np.concatenate([[0], np.cumsum(ok)])
+    i = np.arange(len(v))
+    lo, hi = np.maximum(i - half, 0), np.minimum(i + half + 1, len(v))
+    total = cum[hi] - cum[lo] - np.where(ok, v, 0.0)
+    count = cnt[hi] - cnt[lo] - ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def floor_table(actual: np.ndarray, naive: np.ndarray, centred: np.ndarray, step_s: int,
+                horizons: tuple[int, ...] = (1, 5, 15, 30)) -> dict[str, dict[str, float]]:
+    """How low MASE can go, as ratios to seasonal naive's error on the same minutes.
+
+    `actual`, `naive` (its point forecast) and `centred` (`centred_mean` at each target minute) are
+    [origins, horizon] in requests per second. `poisson_floor`: the error of a forecaster that knew
+    each minute's rate exactly, if requests were Poisson around it (rate plugged in from the
+    minute itself; real traffic is burstier, so this is a lower bound). `centred_ma`: the error of
+    the two-sided moving average, which sees the minutes after the target."""
+    out: dict[str, dict[str, float]] = {}
+    for h in horizons:
+        y, sn, cm = actual[:, h - 1], naive[:, h - 1], centred[:, h - 1]
+        ok = np.isfinite(y) & np.isfinite(sn) & np.isfinite(cm)
+        naive_mae = float(np.mean(np.abs(y[ok] - sn[ok]))) if ok.any() else 0.0
+        if naive_mae == 0.0:
+            continue
+        counts = np.clip(y[ok], 0.0, None) * step_s
+        out[str(h)] = {
+            "poisson_floor": round(float(np.mean(poisson_mad(counts))) / step_s / naive_mae, 4),
+            "centred_ma": round(float(np.mean(np.abs(y[ok] - cm[ok]))) / naive_mae, 4),
+            "n": int(ok.sum()),
+        }
     return out

@@ -23,6 +23,13 @@ def test_backtest_prints_the_result_json_last_and_writes_plots(tmp_path: Path) -
     row = result["forecast"]["5"]
     assert {"model", "seasonal_naive", "ewma", "holt_winters"} <= set(row)
     assert set(row["model"]) >= {"mase", "smape", "pinball_p90", "coverage_p90"}
+    # The floor references sit apart from the forecasters: below the model, never in the table.
+    h5 = result["reference"]["5"]
+    assert "centred_ma" not in row
+    model_ratio = row["model"]["mase"] / row["seasonal_naive"]["mase"]
+    assert 0 < h5["poisson_floor"] < model_ratio
+    assert result["summary"]["mase5_poisson_floor_vs_seasonal_naive"] == h5["poisson_floor"]
+    assert "how low MASE" in proc.stdout
     auto = result["autoscale"]
     assert auto["oracle"]["underprov_pct"] == 0.0
     assert result["summary"]["replica_seconds_predictive_vs_hpa"] > 0
