@@ -121,7 +121,7 @@ class StreamSettings(Section):
     idle_close_s: float = Field(1.0, description="With no new events for this long, close windows by wall clock.")
     service_retain_s: float = Field(300.0, description="How long a service-wide (`*`) window takes late "
                                     "instance windows (and re-emits itself) before it is retired.")
-    take_max: int = Field(2000, description="Events pulled per batch from the stream.")
+    take_max: int = Field(2000, description="Kafka records (one event, or an envelope of many) per batch at most.")
     take_within_s: float = Field(0.25, description="Longest wait to fill a batch.")
     session_timeout_s: float = Field(6.0, description="Consumer-group session timeout; Tansu holds a join for half.")
     heartbeat_interval_s: float = Field(1.0, description="Consumer heartbeat; must be under a third of the session.")

@@ -35,6 +35,7 @@ from faust.types import TP
 
 from infra.settings import KafkaSettings, StreamSettings
 from ingest.schemas import Rejection, decode_access_record, truncate_raw
+from streams.access_columns import access_columns
 from streams.metrics import StreamMetrics
 from streams.schemas import FeatureWindow, WindowPartial
 from streams.sinks.clickhouse import FeatureSink
@@ -267,15 +268,28 @@ class FeatureStream:
                 continue
             self._next_offset[msg.tp] = max(expected or 0, msg.offset + 1)
             marks.setdefault(msg.partition, {})[tp_key] = msg.offset
+            access = msg.topic == self.topic_access
+            if msg.partition not in self._clocks:
+                self._instances_of(msg.partition)
+            clock = self._clocks[msg.partition]
+            cols = access_columns(value) if access else None
+            if cols is not None:  # the common case, decoded straight into columns
+                whole = self._instance(msg.partition, cols.service, cols.instance)
+                if whole.applied(tp_key, msg.offset):  # a replay: this state already holds it
+                    continue
+                folded = whole.add_access_columns(cols.ts, cols.status, cols.latency_ms, cols.bytes_sent,
+                                                  window_ms, clock)
+                if folded is not None:
+                    counted += folded[0]
+                    late_access += folded[1]
+                    whole.offsets[tp_key] = msg.offset
+                    touched.add(whole)
+                    continue
             try:
                 items = decode_access_record(value)
             except (ValueError, TypeError) as exc:
                 rejects.append((value, "bad_record", str(exc)))
                 continue
-            access = msg.topic == self.topic_access
-            if msg.partition not in self._clocks:
-                self._instances_of(msg.partition)
-            clock = self._clocks[msg.partition]
             if access and type(items) is list and items:
                 # Ingest keys by instance, so a batch is usually one instance's: fold it in at once.
                 # Anything else (mixed, ill-typed, a replay) takes the per-event loop below.

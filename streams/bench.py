@@ -10,7 +10,9 @@ Throughput, `repeat` times (medians reported, each run's own ratio kept):
    `KafkaSink`), spread over a few instances, hence over every partition.
 2. A bare aiokafka consumer reads and decodes (`decode_access_record`) the whole backlog, and the
    real worker (`foresight stream`, a subprocess) consumes the same topic; which goes first
-   alternates between runs. The worker's speed comes from its own metrics: all events over the time
+   alternates between runs; afterwards the bare consumer reads it once more, decoding only the
+   columns the worker needs (`access_columns`, as the worker does), reported beside the ratio so
+   the share of the gap that is decoding shows. The worker's speed comes from its own metrics: all events over the time
    from its first event (`foresight_stream_first_event_seconds`) to the poll (every 0.1 s) at which
    its counter of aggregated events (`foresight_stream_events_total`) held them all. The bare
    consumer is timed from its first fetch to its last decode. The counter says when the work is
@@ -62,6 +64,7 @@ from ingest.parsers.clf import CLFParser, make_event
 from ingest.routing import Router
 from ingest.schemas import AccessEvent, decode_access_record
 from ingest.sinks.kafka import KafkaSink
+from streams.access_columns import access_columns
 from streams.reference import ROW_COLUMNS, WindowRow
 
 EVENTS_METRIC = "foresight_stream_events_total"
@@ -326,6 +329,7 @@ class ThroughputRun(BaseModel):
     ratio: float
     worker_events_per_cpu_s: float
     raw_consumer_per_cpu_s: float
+    columns_consumer_per_s: float = Field(description="The bare consumer decoding only the worker's columns.")
     events_in_clickhouse: int
     late_events: int
     first_event_s: float | None = Field(description="Worker's own gauge: process start to first event.")
@@ -335,6 +339,8 @@ class StreamBenchResult(BaseModel):
     events_per_s: float = Field(description="Median over the runs.")
     raw_consumer_per_s: float = Field(description="Median over the runs.")
     ratio: float = Field(description="Median of each run's own ratio.")
+    columns_consumer_per_s: float = Field(description="Median over the runs: the bare consumer decoding only "
+                                                      "the worker's columns (for comparison; not the ratio's base).")
     freshness_p99_s: float | None = Field(description="None when a window never showed in ClickHouse.")
     events: int
     runs: list[ThroughputRun]
@@ -363,8 +369,12 @@ def produce_backlog(p: IsolatedPipeline, sample_path: Path, events: int, instanc
     return sent
 
 
-async def _raw_consume(p: IsolatedPipeline, events: int, timeout_s: float) -> tuple[float, float]:
-    """Bare aiokafka: read and decode every record of the access topic; (events/s, events/CPU s)."""
+async def _raw_consume(p: IsolatedPipeline, events: int, timeout_s: float, columns: bool = False
+                       ) -> tuple[float, float]:
+    """Bare aiokafka: read and decode every record of the access topic; (events/s, events/CPU s).
+
+    Decoded whole (`decode_access_record`, what any consumer of the contract does), or with
+    `columns` only the fields the worker reads, as the worker does (`access_columns`)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     kafka = p.settings.kafka
@@ -384,7 +394,8 @@ async def _raw_consume(p: IsolatedPipeline, events: int, timeout_s: float) -> tu
                 raise TimeoutError(f"bare consumer read {seen}/{events} events in {timeout_s:.0f} s")
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for rec in records:
-                    seen += len(decode_access_record(rec.value))
+                    cols = access_columns(rec.value) if columns else None
+                    seen += len(cols.ts) if cols is not None else len(decode_access_record(rec.value))
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         await consumer.stop()
@@ -520,9 +531,12 @@ def throughput_run(base: Settings, sample_path: Path, worker_argv: Sequence[str]
         if raw is None:
             raw = asyncio.run(_raw_consume(p, sent, timeout_s=300))
             say(f"bare consumer: {raw[0]:,.0f} events/s")
+        lean = asyncio.run(_raw_consume(p, sent, timeout_s=300, columns=True))
+        say(f"bare consumer decoding columns only: {lean[0]:,.0f} events/s")
         in_clickhouse = p.wait_requests(sent, timeout_s=60)
         return ThroughputRun(events_per_s=worker_per_s, raw_consumer_per_s=raw[0], ratio=worker_per_s / raw[0],
                              worker_events_per_cpu_s=worker_per_cpu, raw_consumer_per_cpu_s=raw[1],
+                             columns_consumer_per_s=lean[0],
                              events_in_clickhouse=in_clickhouse, late_events=p.late_access_events(),
                              first_event_s=p.metric(FIRST_EVENT_METRIC))
 
@@ -552,6 +566,7 @@ def run_stream_bench(base: Settings, sample_path: Path, worker_argv: Sequence[st
         events_per_s=statistics.median(r.events_per_s for r in runs),
         raw_consumer_per_s=statistics.median(r.raw_consumer_per_s for r in runs),
         ratio=statistics.median(r.ratio for r in runs),
+        columns_consumer_per_s=statistics.median(r.columns_consumer_per_s for r in runs),
         freshness_p99_s=percentile(values, 0.99) if values and not missing else None,
         events=events, runs=runs, freshness_windows=len(fresh), freshness_missing=missing,
         freshness_median_s=percentile(values, 0.5) if values else None,

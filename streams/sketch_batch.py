@@ -18,9 +18,33 @@ from collections.abc import Sequence
 import numpy as np
 from ddsketch import DDSketch
 from ddsketch.mapping import LogarithmicMapping
+from ddsketch.store import DenseStore
 
 _VECTOR_FROM = 32
 _LN2 = math.log(2)
+
+
+def _add_dense(store: DenseStore, keys: np.ndarray, counts: np.ndarray) -> None:
+    """`store.add(key, count)` for each pair in order, without a Python call per bucket.
+
+    The range grows at the same keys in the same order as one add at a time would grow it (those
+    below, or above, every key before them): the bins' layout depends on that. Growing only moves
+    the counts already in range, so the counts can then land all at once; they are whole numbers,
+    exact in float64 whatever the order they are summed in."""
+    empty = not store.bins  # its min/max keys (0, 0) are placeholders: the first key sets the range
+    bounds = np.empty(len(keys) + 1, dtype=np.int64)
+    bounds[1:] = keys
+    bounds[0] = keys[0] if empty else store.min_key
+    grows = keys < np.minimum.accumulate(bounds)[:-1]
+    bounds[0] = keys[0] if empty else store.max_key
+    grows |= keys > np.maximum.accumulate(bounds)[:-1]
+    grows[0] |= empty
+    for key in keys[grows].tolist():
+        store._extend_range(key)
+    bins = np.asarray(store.bins, dtype=np.float64)
+    bins[keys - store.offset] += counts
+    store.bins = bins.tolist()
+    store.count += float(counts.sum())
 
 
 def add_many(sketch: DDSketch, values: Sequence[float] | np.ndarray) -> None:
@@ -46,8 +70,11 @@ def add_many(sketch: DDSketch, values: Sequence[float] | np.ndarray) -> None:
         unique, first, counts = np.unique(keys.astype(np.int64), return_index=True, return_counts=True)
         order = np.argsort(first, kind="stable")
         store = sketch._store
-        for key, count in zip(unique[order].tolist(), counts[order].tolist(), strict=True):
-            store.add(key, float(count))
+        if type(store) is DenseStore:
+            _add_dense(store, unique[order], counts[order])
+        else:
+            for key, count in zip(unique[order].tolist(), counts[order].tolist(), strict=True):
+                store.add(key, float(count))
     sketch._count += float(n)
     sums = np.empty(n + 1)
     sums[0] = sketch._sum

@@ -127,7 +127,16 @@ class InstanceState:
         latency = np.array(latency_v)
         if ts is None or status is None or size is None or latency.dtype.kind not in "fi":
             return None
-        latency = latency.astype(np.float64, copy=False)
+        return self.add_access_columns(ts, status, latency.astype(np.float64, copy=False), size, window_ms, clock)
+
+    def add_access_columns(self, ts: np.ndarray, status: np.ndarray, latency: np.ndarray, size: np.ndarray,
+                           window_ms: int, clock: PartitionClock) -> tuple[int, int] | None:
+        """The fold of `add_access_many` on a record already in columns (int64 ts/status/size, float64
+        latency, event order): (counted, late), or None (nothing changed) when a value is out of the
+        range the arithmetic is exact in."""
+        n = len(ts)
+        if n == 0:
+            return None
         ts_lo, ts_hi = int(ts.min()), int(ts.max())
         if (not np.isfinite(latency).all() or max(-ts_lo, ts_hi, abs(clock.max_ts), abs(self.closed_before)) >= _SAFE
                 or max(-int(size.min()), int(size.max())) * n >= _SAFE or not 0 <= clock.lateness_ms < _SAFE):

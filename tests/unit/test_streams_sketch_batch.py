@@ -28,6 +28,9 @@ def assert_same(a: DDSketch, b: DDSketch) -> None:
     assert (a.count, a._zero_count, a._min, a._max) == (b.count, b._zero_count, b._min, b._max)
     assert a.sum == pytest.approx(b.sum, rel=1e-12)
     assert buckets(a) == buckets(b)
+    sa, sb = a._store, b._store  # the layout too: it is what the changelog carries
+    assert (sa.offset, sa.bins, sa.min_key, sa.max_key, sa.count) == (sb.offset, sb.bins, sb.min_key, sb.max_key,
+                                                                      sb.count)
     for q in (0.0, 0.5, 0.9, 0.99, 1.0):
         assert a.get_quantile_value(q) == b.get_quantile_value(q)
 
