@@ -137,6 +137,15 @@ class RaySettings(Section):
 class ServingSettings(Section):
     host: str = Field(LOOPBACK, description="Serve HTTP bind address; loopback by default.")
     port: int = Field(18000, description="Serve HTTP port.")
+    front: Literal["haproxy", "proxy"] = Field(
+        "haproxy", description="What answers on `port`: `haproxy` (HAProxy, started by Serve, in front of ingress "
+                               "replicas that serve HTTP themselves) or `proxy` (Serve's Python proxy, one more "
+                               "Ray hop and about three times the CPU per request).")
+    haproxy_binary: str = Field("haproxy", description="HAProxy executable (on PATH, or a path) for `front = haproxy`.")
+    internal_ports: str | None = Field(
+        None, pattern=r"^\d+-\d+$",
+        description="`FIRST-LAST` ports for Serve besides `port` (Serve's own proxy, HAProxy's stats page and "
+                    "exporter, one per ingress replica and restart); none = `port`+10 to `port`+29.")
     token: str | None = Field(None, description="Bearer token required by the API when set.")
     ingress_replicas: int = Field(1, ge=1, description="Replicas of the HTTP ingress deployment.")
     model_min_replicas: int = Field(1, ge=1, description="Serve autoscaling: fewest replicas per model deployment.")
@@ -148,6 +157,16 @@ class ServingSettings(Section):
     forecast_history_max_minutes: int = Field(
         2880, ge=1, description="For a forecast by service name: the model's history length is read from "
                                 "ClickHouse, up to this many minutes.")
+
+    @property
+    def internal_port_range(self) -> tuple[int, int]:
+        """`internal_ports` as (first, last), both included; at least the 4 that one ingress replica needs."""
+        if self.internal_ports is None:
+            return self.port + 10, self.port + 29
+        first, last = (int(p) for p in self.internal_ports.split("-"))
+        if last - first < 3:
+            raise ValueError(f"serving.internal_ports {self.internal_ports!r}: need at least 4 ports")
+        return first, last
 
 
 class AdapterSettings(Section):

@@ -131,9 +131,10 @@ class ServingApi:
         self._token = serving.token
         self._history_max_minutes = serving.forecast_history_max_minutes
         self._clickhouse = clickhouse
-        self._weights = weights
-        self._forecast = forecast
-        self._risk = risk
+        # By value: a call goes straight to the model replica's gRPC server (every replica runs one)
+        # instead of a Ray actor call and the object store, ~2 ms less CPU per 1,000-instance request.
+        self._weights, self._forecast, self._risk = (handle.options(_by_reference=False)
+                                                     for handle in (weights, forecast, risk))
         self.metrics = ApiMetrics()
 
     def deny(self, request: Request) -> JSONResponse | None:

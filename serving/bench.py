@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -44,6 +45,32 @@ class ServingBench:
 
     def summary(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in ("p50_ms", "p99_ms", "rps", "bare_ms", "overhead_ratio")}
+
+
+def free_ports(count: int, tries: int = 50) -> int:
+    """First of `count` consecutive loopback ports nothing listens on right now (for a Serve of its own)."""
+    for _ in range(tries):
+        first = free_port()
+        held: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports found in {tries} tries")
+
+
+def own_serving(serving: ServingSettings) -> ServingSettings:
+    """`serving` on free ports (the API's and the internal ones), with registry polling off."""
+    first = free_ports(21)
+    return serving.model_copy(update={"port": first, "internal_ports": f"{first + 1}-{first + 20}",
+                                      "registry_poll_s": 0.0})
 
 
 def request_body(n: int, seed: int = 0) -> dict[str, Any]:
@@ -125,7 +152,7 @@ def run_serving_bench(serving: ServingSettings, ray_settings: RaySettings, click
     from serving.runner import init_ray, shutdown, start_serve
     from training.registry import registry_root
 
-    own = serving.model_copy(update={"port": free_port(), "registry_poll_s": 0.0})
+    own = own_serving(serving)
     init_ray(ray_settings.model_copy(update={"address": None}), state_dir)
     try:
         start_serve(own)

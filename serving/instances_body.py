@@ -2,7 +2,7 @@
 
 FastAPI would parse the JSON with the standard library, then build and validate 1,000 pydantic
 objects: ~2.7 ms, against a model call of ~0.1 ms. The common case (plain numbers in range) is
-checked in bulk on an array instead (~1 ms); any body that fails a bulk check goes through the
+checked in bulk on an array instead (~0.6 ms); any body that fails a bulk check goes through the
 pydantic model, which accepts what it accepts (numeric strings, say) and words the 422 errors in
 FastAPI's shape. The endpoints then declare their body in OpenAPI themselves (`request_body_doc`).
 """
@@ -10,6 +10,7 @@ FastAPI's shape. The endpoints then declare their body in OpenAPI themselves (`r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import numpy as np
@@ -27,6 +28,9 @@ MAX_NAME = 256
 COLUMNS: tuple[tuple[str, float | None], ...] = (
     ("latency_p99_ms", None), ("latency_p50_ms", 0.0), ("requests", 0.0), ("error_rate", 0.0), ("queue", 0.0))
 COLUMN = {name: i for i, (name, _) in enumerate(COLUMNS)}
+# A body's 1,000 rows are read with these (C loops); per-row Python would cost ~0.6 ms more.
+ROW = itemgetter(*COLUMN)
+NAME = itemgetter("instance")
 
 
 @dataclass(frozen=True)
@@ -58,13 +62,16 @@ def _bulk_checked(raw: bytes) -> InstancesBody | None:
         if not (type(service) is str and 0 < len(service) <= MAX_NAME and type(instances) is list
                 and 0 < len(instances) <= MAX_INSTANCES):
             return None
-        names = [i["instance"] for i in instances]
-        rows = [[i[name] if default is None else i.get(name, default) for name, default in COLUMNS]
-                for i in instances]
+        names = list(map(NAME, instances))
+        try:
+            rows = list(map(ROW, instances))  # every field given, the usual case: no Python loop
+        except KeyError:
+            rows = [[i[name] if default is None else i.get(name, default) for name, default in COLUMNS]
+                    for i in instances]
         x = np.asarray(rows, dtype=np.float64)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
-    if not all(type(n) is str and 0 < len(n) <= MAX_NAME for n in names):
+    if not (set(map(type, names)) == {str} and min(map(len, names)) > 0 and max(map(len, names)) <= MAX_NAME):
         return None
     requests, error_rate = x[:, COLUMN["requests"]], x[:, COLUMN["error_rate"]]
     if not (np.isfinite(x).all() and (x >= 0).all() and (error_rate <= 1).all()

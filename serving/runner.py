@@ -23,6 +23,7 @@ from ray import serve
 
 from infra.settings import ClickHouseSettings, RaySettings, ServingSettings
 from serving.app import build_app
+from serving.front import remove_node_files, serve_env
 from training.registry import registry_root
 
 logger = logging.getLogger("serving.runner")  # not __name__: that is "__main__" under `python -m`
@@ -76,7 +77,7 @@ def run(serving: ServingSettings, ray_settings: RaySettings, state_dir: Path, cl
         init_ray(ray_settings, state_dir)
         # ray.init replaces the SIGTERM handler with its own `sys.exit`; take it back.
         _handle_signals(_raise_stop)
-        start_serve(serving)
+        start_serve(serving, local_head=ray_settings.address is None)
         serve.run(build_app(serving, clickhouse, registry_root(state_dir)), name=APP_NAME, route_prefix="/")
         logger.info(
             "serving ready on http://%s:%d (%.1fs after start)", serving.host, serving.port, time.monotonic() - started
@@ -90,13 +91,16 @@ def run(serving: ServingSettings, ray_settings: RaySettings, state_dir: Path, cl
         shutdown(local_head=ray_settings.address is None)
 
 
-def start_serve(serving: ServingSettings) -> None:
-    """Serve's HTTP proxy on the configured address, without per-request access logs.
+def start_serve(serving: ServingSettings, local_head: bool = True) -> None:
+    """Serve on the configured address, with the front `serving.front` names, without access logs.
 
-    Access log lines cost the proxy and every replica a formatted, flushed record per request;
-    the API's Prometheus metrics already count requests by endpoint and status.
+    The front's switches go into the controller's runtime env (see serving.front), so they reach
+    Serve's processes on a local head and on a cluster (not `local_head`) alike. Access log lines
+    cost the front and every replica a formatted, flushed record per request; the API's Prometheus
+    metrics already count requests by endpoint and status.
     """
-    serve.start(http_options={"host": serving.host, "port": serving.port}, logging_config=SERVE_LOGGING)
+    serve.start(http_options={"host": serving.host, "port": serving.port}, logging_config=SERVE_LOGGING,
+                controller_options={"runtime_env": {"env_vars": serve_env(serving, local_head)}})
 
 
 def init_ray(ray_settings: RaySettings, state_dir: Path) -> None:
@@ -119,6 +123,7 @@ def init_ray(ray_settings: RaySettings, state_dir: Path) -> None:
 def shutdown(local_head: bool) -> None:
     """Stop Serve (unless the local head is already dying with us), then Ray."""
     started = time.monotonic()
+    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() and local_head else None
     try:
         if ray.is_initialized() and local_head and _head_going_down():
             # Serve's graceful shutdown would wait for actors the dying raylet can no longer reach.
@@ -131,6 +136,8 @@ def shutdown(local_head: bool) -> None:
         serve_done = time.monotonic()
         # Kills what ray.init started (raylet, GCS, agents, workers) and waits until they are gone.
         ray.shutdown(wait_for_processes=True)
+        if node_id is not None:
+            remove_node_files(node_id)
     logger.info("serving stopped in %.1fs (serve %.1fs)", time.monotonic() - started, serve_done - started)
 
 

@@ -139,8 +139,10 @@ def build_components(s: Settings) -> list[Component]:
             name="serving",
             argv=_python("serve"),
             probe=probes.http_ok(f"{s.serving_url}/healthz"),
-            address=f"{s.serving_url} (Ray Serve)",
-            tcp_ports=[s.serving.port],
+            address=f"{s.serving_url} (Ray Serve, {s.serving.front} in front)",
+            # And Serve's fixed internal ports (its proxy, HAProxy's stats and exporter); an ingress replica
+            # whose port is taken moves on to the next of `serving.internal_ports` by itself.
+            tcp_ports=[s.serving.port, *range(s.serving.internal_port_range[0], s.serving.internal_port_range[0] + 3)],
             ready_timeout_s=120.0,
         ),
         Component(

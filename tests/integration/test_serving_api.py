@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import torch
 from ray import serve
 
 from infra.ports import free_port
 from infra.settings import ClickHouseSettings, RaySettings, ServingSettings
+from serving import front
 from serving.app import build_app
+from serving.bench import own_serving
 from serving.runner import init_ray, shutdown, start_serve
 from tests.unit.test_serving_loader import QUANTILES, QuantileMLP, register_broken
 from training.registry import new_version, registry_root, write_version
@@ -41,6 +44,7 @@ class Served:
     root: Path  # registry root (<state>/models)
     staging: Path
     modules: dict[str, torch.jit.ScriptModule]
+    settings: ServingSettings
 
     def post(self, path: str, body: Any, token: str | None = TOKEN) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -91,13 +95,13 @@ def register_trained(root: Path, module: torch.jit.ScriptModule, offset_s: int) 
 def served() -> Iterator[Served]:
     state = Path(tempfile.mkdtemp(prefix="fs-sv-", dir="/tmp"))  # short: Ray's socket paths live under it
     root = registry_root(state)
-    serving = ServingSettings(port=free_port(), token=TOKEN, registry_poll_s=POLL_S)
+    serving = own_serving(ServingSettings(token=TOKEN)).model_copy(update={"registry_poll_s": POLL_S})
     closed_port = ClickHouseSettings(tcp_port=free_port())  # no ClickHouse here: name-only forecasts get 503
     init_ray(RaySettings(num_cpus=2), state)
     try:
         start_serve(serving)
         serve.run(build_app(serving, closed_port, root), name="serving-test", route_prefix="/")
-        yield Served(f"http://127.0.0.1:{serving.port}", root, state / "staging", {})
+        yield Served(f"http://127.0.0.1:{serving.port}", root, state / "staging", {}, serving)
     finally:
         shutdown(local_head=True)
         shutil.rmtree(state, ignore_errors=True)
@@ -273,3 +277,20 @@ def test_a_model_failing_at_request_time_is_answered_for_by_the_baseline(served:
     assert spiky.status_code == 200, spiky.text
     assert (spiky.json()["model_version"], spiky.json()["model"]) == ("baseline", "recent-level-quantiles")
     assert forecast_status(served)["version"] == version  # still in service for the inputs it handles
+
+
+def test_haproxy_fronts_ingress_replicas_that_serve_http_themselves_all_on_loopback(served: Served) -> None:
+    """The default front: Serve's HAProxy on the API port, the ingress replica's own server behind it."""
+    first, last = served.settings.internal_port_range
+    ours = {served.settings.port, *range(first, last + 1)}
+    listening = {c.laddr.port: c for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port in ours}
+    names = {port: psutil.Process(c.pid).name() for port, c in listening.items() if c.pid}
+    assert names.get(served.settings.port) == "haproxy", names
+    assert {first + front.STATS, first + front.EXPORTER} <= set(listening), listening  # pinned by the wrapper
+    assert all(c.laddr.ip == "127.0.0.1" for c in listening.values()), listening
+    replica_ports = [port for port in listening if port >= first + front.FIRST_REPLICA]
+    assert len(replica_ports) == served.settings.ingress_replicas
+    direct = httpx.get(f"http://127.0.0.1:{replica_ports[0]}/healthz", timeout=10)  # the replica itself
+    assert direct.status_code == 200 and direct.json() == {"status": "ok"}
+    assert httpx.get(f"http://127.0.0.1:{first + front.EXPORTER}/metrics", timeout=10).text.startswith("# HELP")

@@ -1,0 +1,77 @@
+"""The serving front's Serve environment and the wrapper that keeps Serve's HAProxy on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from infra.settings import ServingSettings
+from serving.front import EXPORTER, FIRST_REPLICA, PROXY, REQUEST_PATH_ENV, STATS, loopback_wrapper, serve_env
+
+HAPROXY_CONFIG = """global
+    maxconn 100
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 1s
+    timeout server 1s
+frontend prometheus
+    bind :{exporter}
+    http-request use-service prometheus-exporter if {{ path /metrics }}
+frontend http_frontend
+    bind 127.0.0.1:{api}
+    http-request return status 200 content-type text/plain string ok
+listen stats
+  bind *:{stats}
+  stats enable
+"""
+
+
+def test_internal_ports_default_to_a_block_above_the_api_port_and_are_checked() -> None:
+    assert ServingSettings(port=18300).internal_port_range == (18310, 18329)
+    assert ServingSettings(internal_ports="20000-20005").internal_port_range == (20000, 20005)
+    with pytest.raises(ValueError, match="at least 4"):
+        _ = ServingSettings(internal_ports="20000-20002").internal_port_range
+    with pytest.raises(ValidationError):
+        ServingSettings(internal_ports="20000")
+
+
+def test_haproxy_front_puts_every_serve_port_in_the_internal_range() -> None:
+    env = serve_env(ServingSettings(port=18000, internal_ports="21000-21019"))
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == str(21000 + PROXY)
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == str(21000 + STATS)
+    assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] == str(21000 + EXPORTER)
+    # Serve hands replicas ports from range(MIN, MAX): the last configured port is included.
+    assert (env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"], env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == (
+        str(21000 + FIRST_REPLICA), "21020")
+    assert REQUEST_PATH_ENV.items() <= env.items()
+
+
+def test_proxy_front_only_shortens_the_request_path() -> None:
+    assert serve_env(ServingSettings(front="proxy")) == REQUEST_PATH_ENV
+
+
+def test_a_missing_haproxy_is_named() -> None:
+    with pytest.raises(FileNotFoundError, match="no-such-haproxy"):
+        serve_env(ServingSettings(haproxy_binary="no-such-haproxy"))
+
+
+def test_the_wrapper_pins_every_bind_to_the_serving_host_and_runs_haproxy(tmp_path: Path) -> None:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(HAPROXY_CONFIG.format(exporter=21002, api=21000, stats=21001))
+    wrapper = loopback_wrapper(ServingSettings(host="127.0.0.1"))
+    checked = subprocess.run([str(wrapper), "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr  # HAProxy itself accepted the rewritten config
+    binds = [line.strip() for line in config.read_text().splitlines() if line.strip().startswith("bind")]
+    assert binds == ["bind 127.0.0.1:21002", "bind 127.0.0.1:21000", "bind 127.0.0.1:21001"]
+
+
+def test_on_a_cluster_serve_finds_haproxy_on_the_head_node_itself() -> None:
+    assert "RAY_SERVE_HAPROXY_BINARY_PATH" not in serve_env(ServingSettings(haproxy_binary="no-such-haproxy"),
+                                                             local_head=False)
+    given = serve_env(ServingSettings(haproxy_binary="/opt/haproxy/sbin/haproxy"), local_head=False)
+    assert given["RAY_SERVE_HAPROXY_BINARY_PATH"] == "/opt/haproxy/sbin/haproxy"
