@@ -123,6 +123,10 @@ class StreamSettings(Section):
                                     "instance windows (and re-emits itself) before it is retired.")
     take_max: int = Field(2000, description="Kafka records (one event, or an envelope of many) per batch at most.")
     take_within_s: float = Field(0.25, description="Longest wait to fill a batch.")
+    producer_batch_bytes: int = Field(
+        524_288, gt=0, description="Producer batch size (changelog, features): a state is ~10 KB, so Faust's "
+                                   "16 KB default sent about one per request.")
+    producer_linger_s: float = Field(0.005, ge=0, description="How long the producer waits to fill a batch.")
     session_timeout_s: float = Field(6.0, description="Consumer-group session timeout; Tansu holds a join for half.")
     heartbeat_interval_s: float = Field(1.0, description="Consumer heartbeat; must be under a third of the session.")
     rebalance_timeout_s: float = Field(10.0, description="Consumer-group rebalance timeout.")

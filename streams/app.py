@@ -98,6 +98,8 @@ class FeatureStream:
             broker_heartbeat_interval=cfg.heartbeat_interval_s,
             broker_rebalance_timeout=cfg.rebalance_timeout_s,
             table_standby_replicas=0,  # recovery replays the changelog; standbys would double the reads
+            producer_max_batch_size=cfg.producer_batch_bytes,
+            producer_linger=cfg.producer_linger_s,
         )
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         source = self.app.topic(kafka.topic_access, kafka.topic_metrics, **raw)
