@@ -274,8 +274,10 @@ class FeatureStream:
             if msg.partition not in self._clocks:
                 self._instances_of(msg.partition)
             clock = self._clocks[msg.partition]
+            # Ingest keys by instance, so a record is usually one instance's envelope: decoded into
+            # columns, folded in at once. Anything else (mixed, ill-typed, metrics) goes event by event.
             cols = access_columns(value) if access else None
-            if cols is not None:  # the common case, decoded straight into columns
+            if cols is not None:
                 whole = self._instance(msg.partition, cols.service, cols.instance)
                 if whole.applied(tp_key, msg.offset):  # a replay: this state already holds it
                     continue
@@ -292,20 +294,6 @@ class FeatureStream:
             except (ValueError, TypeError) as exc:
                 rejects.append((value, "bad_record", str(exc)))
                 continue
-            if access and type(items) is list and items:
-                # Ingest keys by instance, so a batch is usually one instance's: fold it in at once.
-                # Anything else (mixed, ill-typed, a replay) takes the per-event loop below.
-                first = items[0]
-                if type(first) is dict and "service" in first and "instance" in first:
-                    whole = self._instance(msg.partition, first["service"], first["instance"])
-                    folded = (None if whole.applied(tp_key, msg.offset)
-                              else whole.add_access_many(items, window_ms, clock))
-                    if folded is not None:
-                        counted += folded[0]
-                        late_access += folded[1]
-                        whole.offsets[tp_key] = msg.offset
-                        touched.add(whole)
-                        continue
             record_states: list[InstanceState] = []
             last: tuple[str, str] | None = None
             st: InstanceState | None = None

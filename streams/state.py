@@ -10,8 +10,7 @@ service-wide window by instance name, so a partial delivered twice replaces itse
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from operator import itemgetter
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,14 +19,7 @@ import orjson
 from streams.schemas import FeatureWindow, WindowPartial
 from streams.windows import SATURATION_METRICS, SERVICE_WIDE, WindowAcc, counter_delta
 
-_ACCESS_FIELDS = itemgetter("service", "instance", "ts", "status", "latency_ms", "bytes_sent")
 _SAFE = 2**62  # event times and state integers within this stay exact in int64 (with a window added)
-
-
-def _int_column(values: tuple[Any, ...]) -> np.ndarray | None:
-    """The values as int64 when `int()` of each is the value itself (ints, bools), else None."""
-    a = np.array(values)
-    return a if a.dtype == np.int64 else None
 
 
 class PartitionClock:
@@ -105,35 +97,16 @@ class InstanceState:
         acc.add(status, latency, size)
         return True
 
-    def add_access_many(self, items: Sequence[Any], window_ms: int, clock: PartitionClock
-                        ) -> tuple[int, int] | None:
-        """`add_access` for every event of a record at once, in numpy: (counted, late), or None (and
-        nothing changed) unless every event is this state's and well-typed, so the caller folds
-        the record in event by event instead, with its per-event rejections.
+    def add_access_columns(self, ts: np.ndarray, status: np.ndarray, latency: np.ndarray, size: np.ndarray,
+                           window_ms: int, clock: PartitionClock) -> tuple[int, int] | None:
+        """`add_access` for every event of a record at once, in numpy, from its columns (int64
+        ts/status/size, float64 latency, in event order): (counted, late), or None (and nothing
+        changed) when a value is out of the range the arithmetic is exact in, so the caller folds
+        the record in event by event instead.
 
         The per-event rules, for the whole record: each event's lateness is against the watermark
         before it (the running maximum of the times before it, seeded with the partition's), windows
-        open in the order of their first on-time event, and each window gets its events in order.
-        Only int ts/status/bytes and int or finite float latencies take this path (a string, float
-        time or NaN keeps `int()`/`float()`'s own answer), and only values small enough for int64."""
-        try:
-            services, instances, ts_v, status_v, latency_v, size_v = zip(*map(_ACCESS_FIELDS, items), strict=True)
-        except (KeyError, TypeError, ValueError):  # no events, a non-dict, a missing field
-            return None
-        n = len(ts_v)
-        if services.count(self.service) != n or instances.count(self.instance) != n:
-            return None
-        ts, status, size = _int_column(ts_v), _int_column(status_v), _int_column(size_v)
-        latency = np.array(latency_v)
-        if ts is None or status is None or size is None or latency.dtype.kind not in "fi":
-            return None
-        return self.add_access_columns(ts, status, latency.astype(np.float64, copy=False), size, window_ms, clock)
-
-    def add_access_columns(self, ts: np.ndarray, status: np.ndarray, latency: np.ndarray, size: np.ndarray,
-                           window_ms: int, clock: PartitionClock) -> tuple[int, int] | None:
-        """The fold of `add_access_many` on a record already in columns (int64 ts/status/size, float64
-        latency, event order): (counted, late), or None (nothing changed) when a value is out of the
-        range the arithmetic is exact in."""
+        open in the order of their first on-time event, and each window gets its events in order."""
         n = len(ts)
         if n == 0:
             return None

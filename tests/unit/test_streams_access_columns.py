@@ -1,50 +1,14 @@
-"""The column decoder of access envelopes folds a record exactly as the general (orjson) path does,
-and hands anything it does not take plainly back to that path."""
+"""The column decoder of access envelopes takes the fields the windows use, in event order, and hands
+anything it does not take plainly back to the general path. (That the columns fold exactly as the
+per-event path does is `test_streams_vectorised`.)"""
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 import pytest
-from hypothesis import given, settings
 
-from ingest.schemas import decode_access_record
 from streams.access_columns import access_columns
-from streams.state import InstanceState, PartitionClock
-from tests.unit.test_streams_vectorised import LATENESS, T0, W, ev, records, summary
-
-
-def envelope(events: list[Any]) -> bytes:
-    return orjson.dumps({"v": 1, "count": len(events), "events": events})
-
-
-def fold_both(recs: list[list[dict[str, Any]]]) -> tuple[Any, Any]:
-    """Each record through the columns and through orjson + `add_access_many`, on separate states."""
-    out = []
-    for columns in (True, False):
-        clock = PartitionClock(LATENESS)
-        states = {name: InstanceState("web", name, 0) for name in ("s1", "s2")}
-        answers = []
-        for record in recs:
-            raw = envelope(record)
-            state = states[record[0]["instance"]]
-            if columns:
-                cols = access_columns(raw)
-                assert cols is not None and (cols.service, cols.instance) == ("web", state.instance)
-                got = state.add_access_columns(cols.ts, cols.status, cols.latency_ms, cols.bytes_sent, W, clock)
-            else:
-                got = state.add_access_many(decode_access_record(raw), W, clock)
-            answers.append((got, state.dumps()))
-        out.append((answers, clock.max_ts, {n: (s.late, s.max_ts, summary(s)) for n, s in states.items()}))
-    return out[0], out[1]
-
-
-@given(records())
-@settings(database=None, max_examples=150, deadline=None)
-def test_columns_fold_equals_the_orjson_path(recs: list[list[dict[str, Any]]]) -> None:
-    columns, general = fold_both(recs)
-    assert columns == general
+from tests.unit.test_streams_vectorised import T0, envelope, ev
 
 
 def test_fields_the_windows_do_not_use_are_skipped() -> None:

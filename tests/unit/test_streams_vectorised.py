@@ -1,4 +1,5 @@
-"""`InstanceState.add_access_many` folds a record in exactly as `add_access` does event by event."""
+"""A record decoded into columns (`access_columns`) and folded in at once (`add_access_columns`)
+gives exactly what `add_access` gives event by event: counts, lateness, windows, changelog bytes."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import math
 import random
 from typing import Any
 
+import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.access_columns import access_columns
 from streams.state import InstanceState, PartitionClock
 
 W = 10_000
@@ -20,6 +24,11 @@ T0 = 1_700_000_000_000
 def ev(ts: Any, status: Any = 200, latency: Any = 10.0, size: Any = 100, instance: str = "s1") -> dict[str, Any]:
     return {"ts": ts, "service": "web", "instance": instance, "status": status, "latency_ms": latency,
             "bytes_sent": size}
+
+
+def envelope(events: list[Any]) -> bytes:
+    """A batch record as ingest writes it (`ingest.schemas.encode_batch`), from plain dicts."""
+    return orjson.dumps({"v": 1, "count": len(events), "events": events})
 
 
 def buckets(acc: Any) -> dict[int, float]:
@@ -45,7 +54,9 @@ def fold(records: list[list[dict[str, Any]]], vectorised: bool, close_every: int
     for i, record in enumerate(records):
         state = states[record[0]["instance"]]
         if vectorised:
-            got = state.add_access_many(record, W, clock)
+            cols = access_columns(envelope(record))
+            assert cols is not None and cols.instance == state.instance
+            got = state.add_access_columns(cols.ts, cols.status, cols.latency_ms, cols.bytes_sent, W, clock)
             assert got is not None
         else:
             flags = [state.add_access(e, W, clock) for e in record]
@@ -93,7 +104,7 @@ def assert_same_folds(recs: list[list[dict[str, Any]]], close_every: int, wall_a
 
 @given(records(), st.integers(1, 4), st.sampled_from([0, 0, W // 2, 2 * W]))
 @settings(database=None, max_examples=150, deadline=None)
-def test_add_access_many_equals_the_per_event_loop(recs: list[list[dict[str, Any]]], close_every: int,
+def test_columns_fold_equals_the_per_event_loop(recs: list[list[dict[str, Any]]], close_every: int,
                                                   wall_ahead: int) -> None:
     assert_same_folds(recs, close_every, wall_ahead)
 
@@ -117,29 +128,30 @@ def test_large_shuffled_records(seed: int, wall_ahead: int) -> None:
     assert sum(late for _, late, _ in answers) > 0 and len(closed) > 10
 
 
-@pytest.mark.parametrize("record", [
-    [ev("1700000000000")],  # int() takes a numeric string
-    [ev(float(T0))],  # a float time: int() truncates
-    [ev(T0, status=True)],  # every value a bool
-    [ev(T0, latency=math.nan)],  # NaN: counts as 0 in `add_access`, would poison the sum here
-    [ev(T0, latency=math.inf)],
-    [ev(T0, latency="7.5")],
-    [ev(T0, size=2**64)],
-    [ev(T0, size=None)],
-    [ev(T0), {"ts": T0, "service": "web", "instance": "s1"}],  # a field missing
-    [ev(T0), ev(T0, instance="s2")],  # another instance's event
-    [ev(T0), "not an event"],
-    [],
+@pytest.mark.parametrize(("field", "value"), [
+    ("ts", 2**62),  # beyond the range where times plus a window stay exact in int64
+    ("ts", -(2**62)),
+    ("bytes_sent", 2**62),  # the window's byte sum could overflow
+    ("latency_ms", math.inf),
+    ("latency_ms", math.nan),
 ])
-def test_anything_but_a_well_typed_record_of_this_instance_is_left_to_the_per_event_path(
-        record: list[Any]) -> None:
+def test_values_out_of_exact_range_are_left_to_the_per_event_path(field: str, value: Any) -> None:
     clock = PartitionClock(LATENESS, max_ts=T0)
     state = InstanceState("web", "s1", 0)
     before = state.dumps()
-    assert state.add_access_many(record, W, clock) is None
+    cols: dict[str, list[Any]] = {"ts": [T0, T0 + 1], "status": [200, 200], "latency_ms": [1.0, 2.0],
+                                  "bytes_sent": [10, 10]}
+    cols[field][1] = value
+    got = state.add_access_columns(np.array(cols["ts"], dtype=np.int64), np.array(cols["status"], dtype=np.int64),
+                                   np.array(cols["latency_ms"], dtype=np.float64),
+                                   np.array(cols["bytes_sent"], dtype=np.int64), W, clock)
+    assert got is None
     assert state.dumps() == before and clock.max_ts == T0
 
 
-def test_bools_among_ints_count_as_int_does() -> None:
-    recs = [[ev(T0, status=200), ev(T0 + 1, status=True, size=False, latency=True)]]
+def test_an_event_whose_window_ends_at_the_watermark_is_late() -> None:
+    """The boundary itself: a window ending exactly at the watermark is closed for late events."""
+    recs = [[ev(T0 + W + LATENESS), ev(T0), ev(T0 + W), ev(T0 + 1)]]
     assert_same_folds(recs, 1)
+    answers, _, _, _ = fold(recs, True, 1)
+    assert answers[0][:2] == (2, 2)
