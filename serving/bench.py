@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -20,7 +19,7 @@ import aiohttp
 import orjson
 import torch
 
-from infra.ports import free_port
+from infra.ports import free_ports
 from infra.settings import ClickHouseSettings, RaySettings, ServingSettings
 from serving.models.latency_weights import LatencyWeights, features_tensor
 from serving.schemas import InstanceFeatures
@@ -45,25 +44,6 @@ class ServingBench:
 
     def summary(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in ("p50_ms", "p99_ms", "rps", "bare_ms", "overhead_ratio")}
-
-
-def free_ports(count: int, tries: int = 50) -> int:
-    """First of `count` consecutive loopback ports nothing listens on right now (for a Serve of its own)."""
-    for _ in range(tries):
-        first = free_port()
-        held: list[socket.socket] = []
-        try:
-            for port in range(first, first + count):
-                sock = socket.socket()
-                held.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-    raise RuntimeError(f"no {count} consecutive free ports found in {tries} tries")
 
 
 def own_serving(serving: ServingSettings) -> ServingSettings:
