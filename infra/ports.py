@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 
 
@@ -12,10 +13,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def free_ports(count: int, tries: int = 50) -> int:
+# Blocks come from below the kernel's ephemeral range and above Ray's worker ports (10002-19999 by
+# default): every port Ray or the OS hands out on its own (port 0) lands outside them, so a block
+# picked now is not taken by a Ray process started after it.
+BLOCK_RANGE = (20000, 32768)
+
+
+def free_ports(count: int, tries: int = 50, seed: int | None = None) -> int:
     """First of `count` consecutive loopback ports nothing listens on right now (for a block)."""
+    rng = random.Random(seed)
+    low, high = BLOCK_RANGE
     for _ in range(tries):
-        first = free_port()
+        first = rng.randrange(low, high - count)
         held: list[socket.socket] = []
         try:
             for port in range(first, first + count):
@@ -28,4 +37,4 @@ def free_ports(count: int, tries: int = 50) -> int:
         finally:
             for sock in held:
                 sock.close()
-    raise RuntimeError(f"no {count} consecutive free ports found in {tries} tries")
+    raise RuntimeError(f"no {count} consecutive free ports found in {tries} tries in {low}-{high - 1}")
