@@ -5,18 +5,15 @@ from __future__ import annotations
 import random
 import socket
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nothing listens on right now (the OS picks it; it may be taken again later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # Blocks come from below the kernel's ephemeral range and above Ray's worker ports (10002-19999 by
 # default): every port Ray or the OS hands out on its own (port 0) lands outside them, so a block
 # picked now is not taken by a Ray process started after it.
 BLOCK_RANGE = (20000, 32768)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on right now (it may be taken again later, but not by a port-0 bind)."""
+    return free_ports(1)
 
 
 def free_ports(count: int, tries: int = 50, seed: int | None = None) -> int:
@@ -24,7 +21,7 @@ def free_ports(count: int, tries: int = 50, seed: int | None = None) -> int:
     rng = random.Random(seed)
     low, high = BLOCK_RANGE
     for _ in range(tries):
-        first = rng.randrange(low, high - count)
+        first = rng.randrange(low, high - count + 1)
         held: list[socket.socket] = []
         try:
             for port in range(first, first + count):

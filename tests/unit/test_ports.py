@@ -26,7 +26,12 @@ def test_a_taken_port_moves_the_block(monkeypatch: pytest.MonkeyPatch) -> None:
         taken.listen()
         again = ports.free_ports(4, seed=7)  # the same first pick is refused, the next one taken
         assert again != first and not (again <= first + 2 < again + 4)
-    monkeypatch.setattr(ports, "BLOCK_RANGE", (first + 2, first + 3 + 4))
+    monkeypatch.setattr(ports, "BLOCK_RANGE", (first + 2, first + 2 + 4))  # room for one block only
     with socket.socket() as taken, pytest.raises(RuntimeError, match="no 4 consecutive free ports"):
         taken.bind(("127.0.0.1", first + 2))
         ports.free_ports(4, tries=3, seed=7)
+
+
+def test_a_single_port_comes_from_the_same_range() -> None:
+    low, high = ports.BLOCK_RANGE
+    assert all(low <= ports.free_port() < high for _ in range(20))
