@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from infra.settings import ConfigFileError, Settings, load_settings
+from infra.core.settings import ConfigFileError, Settings, load_settings
 
 app = typer.Typer(
     help="Foresight: a predictive high-availability control plane.\n\n"
@@ -143,7 +143,7 @@ def config_cmd(
 ) -> None:
     """Print the effective settings as JSON (file + environment + defaults)."""
     if reference:
-        from infra.config_doc import markdown_table
+        from infra.core.config_doc import markdown_table
 
         print(markdown_table())
         return
@@ -153,7 +153,7 @@ def config_cmd(
 @db_app.command("migrate")
 def db_migrate(ctx: typer.Context) -> None:
     """Apply the ClickHouse migrations not yet applied (idempotent)."""
-    from infra.db import migrate
+    from infra.core.db import migrate
 
     applied = migrate(_ctx(ctx).settings.clickhouse)
     _say(f"applied {', '.join(applied)}" if applied else "schema is up to date")
@@ -165,7 +165,7 @@ def db_retain(
     days: Annotated[int, typer.Option(min=1, help="Keep this many whole days; older day partitions are dropped.")],
 ) -> None:
     """Drop day partitions older than N days from every Foresight table (ClickHouse 18.16 has no TTL)."""
-    from infra.db import retain
+    from infra.core.db import retain
 
     dropped = retain(_ctx(ctx).settings.clickhouse, days)
     for table, partition in dropped:
@@ -294,7 +294,7 @@ def bench_ingest(
 
     Needs a broker (`foresight stack up`). Prints {"events_per_s", "raw_producer_per_s", "ratio"} last.
     """
-    from infra.datasets import NASA_SAMPLE, dataset_path
+    from infra.core.datasets import NASA_SAMPLE, dataset_path
     from ingest.bench import run_ingest_bench
 
     s = _ctx(ctx).settings
@@ -346,8 +346,8 @@ def bench_streams(
     Needs a broker and ClickHouse (`foresight stack up`); uses its own topics, group and database.
     Prints {"events_per_s", "raw_consumer_per_s", "ratio", "freshness_p99_s"} last.
     """
-    from infra.datasets import NASA_SAMPLE, dataset_path
-    from streams.bench import result_json, run_stream_bench, worker_command
+    from infra.benches.streams import result_json, run_stream_bench, worker_command
+    from infra.core.datasets import NASA_SAMPLE, dataset_path
 
     s = _ctx(ctx).settings
     result = run_stream_bench(s, sample or dataset_path(NASA_SAMPLE), worker_command(), events=events,

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from infra.settings import Settings
+from infra.core.settings import Settings
 from infra.stack.launcher import StackError, up
 from infra.thin_path import Hop, end_offsets, send_burst, watch_access, watch_clickhouse, watch_features
 from infra.workers import build_weight_controller

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from infra.settings import Settings
+from infra.core.settings import Settings
 from infra.stack.components import build_components, tansu_binary
 from infra.stack.launcher import pid_files, port_owner
 

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 from kafka import KafkaConsumer, TopicPartition
 
-from infra.db import client as clickhouse_client
-from infra.settings import Settings
+from infra.core.db import client as clickhouse_client
+from infra.core.settings import Settings
 from ingest.schemas import decode_access_record
 
 

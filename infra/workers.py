@@ -8,8 +8,8 @@ from pathlib import Path
 
 import psutil
 
-from infra.db import client as clickhouse_client
-from infra.settings import Settings
+from infra.core.db import client as clickhouse_client
+from infra.core.settings import Settings
 from ingest.sinks.kafka import KafkaSink
 from ingest.spool import Spool
 from lb_adapters.actuators.haproxy import HAProxyRuntime

@@ -39,7 +39,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client import REGISTRY
 
-from infra.settings import KafkaSettings, RouteRule
+from infra.core.settings import KafkaSettings, RouteRule
 from ingest.parsers.base import LineParser, now_ms
 from ingest.parsers.clf import CLFParser
 from ingest.routing import Router

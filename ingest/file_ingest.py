@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from infra.settings import IngestSettings, KafkaSettings
+from infra.core.settings import IngestSettings, KafkaSettings
 from ingest.parsers.base import LineParser, now_ms
 from ingest.schemas import AccessEvent, Rejection
 from ingest.sinks.base import EventSink

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from zoneinfo import ZoneInfo
 
-from infra.settings import IngestSettings
+from infra.core.settings import IngestSettings
 from ingest import metrics
 from ingest.parsers.base import LineParser, now_ms
 from ingest.parsers.haproxy import HAProxyParser

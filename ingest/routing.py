@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from fnmatch import fnmatchcase, translate
 from pathlib import PurePath
 
-from infra.settings import RouteRule
+from infra.core.settings import RouteRule
 
 NO_INSTANCE = "-"
 _GLOB_CHARS = frozenset("*?[")

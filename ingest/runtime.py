@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import start_http_server
 
-from infra.settings import LOOPBACK
+from infra.core.settings import LOOPBACK
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The weight controller loop: features + predictions -> policy -> HAProxy, every decision recorded.
+"""The weight controller loop: features + predictions -> policy -> a balancer, every decision recorded.
 
 All I/O is in the injected objects; the decision itself is `policies.weights.decide_weights`.
 """
@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from infra.settings import AdapterSettings
+from infra.core.settings import AdapterSettings
 from lb_adapters import metrics
-from lb_adapters.actuators.haproxy import HAProxyError
+from lb_adapters.actuators.base import ActuatorError, WeightActuator
 from lb_adapters.policies.weights import decide_weights
 from lb_adapters.schemas import Decision
 from serving.schemas import InstanceFeatures, WeightsRequest, WeightsResponse
@@ -27,12 +27,6 @@ class FeatureSource(Protocol):
 
 class WeightPredictor(Protocol):
     def weights(self, request: WeightsRequest) -> WeightsResponse: ...
-
-
-class WeightActuator(Protocol):
-    def weights(self, backend: str) -> dict[str, int]: ...
-
-    def set_weight(self, backend: str, server: str, weight: int) -> None: ...
 
 
 class DecisionSink(Protocol):
@@ -67,12 +61,12 @@ class WeightController:
         ref = f"{report.response.model}@{report.response.model_version}"
         for change in decide_weights(predicted, report.before, self.cfg):
             decision = Decision(
-                ts=int(self.clock() * 1000), service=service, actuator="haproxy",
+                ts=int(self.clock() * 1000), service=service, actuator=self.actuator.name,
                 target=f"{self.backend}/{change.instance}", action="set_weight", before=change.before,
                 after=change.after, reason=change.reason, prediction_ref=ref, dry_run=self.cfg.dry_run,
             )
             decision.outcome = "dry_run" if self.cfg.dry_run else self._apply(change.instance, change.after)
-            metrics.DECISIONS.labels("haproxy", decision.outcome.split(":")[0]).inc()
+            metrics.DECISIONS.labels(self.actuator.name, decision.outcome.split(":")[0]).inc()
             report.decisions.append(decision)
         if report.decisions:
             self.sink.publish(report.decisions)
@@ -84,7 +78,7 @@ class WeightController:
     def _apply(self, server: str, weight: int) -> str:
         try:
             self.actuator.set_weight(self.backend, server, weight)
-        except HAProxyError as exc:
+        except ActuatorError as exc:
             log.warning("weight change failed: %s", exc)
             return f"failed: {exc}"
         return "applied"

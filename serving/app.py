@@ -23,7 +23,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from infra.settings import ClickHouseSettings, ServingSettings
+from infra.core.settings import ClickHouseSettings, ServingSettings
 from serving import examples
 from serving.deployment_options import ingress_options, model_options
 from serving.forecast_model import ForecastCall, ForecastModel, ForecastResult

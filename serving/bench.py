@@ -19,8 +19,8 @@ import aiohttp
 import orjson
 import torch
 
-from infra.ports import free_ports
-from infra.settings import ClickHouseSettings, RaySettings, ServingSettings
+from infra.core.ports import free_ports
+from infra.core.settings import ClickHouseSettings, RaySettings, ServingSettings
 from serving.models.latency_weights import LatencyWeights, features_tensor
 from serving.schemas import InstanceFeatures
 
@@ -128,9 +128,9 @@ def run_serving_bench(serving: ServingSettings, ray_settings: RaySettings, click
         return measure(url.rstrip("/"), serving.token, instances, concurrency, requests, warmup)
     from ray import serve
 
+    from infra.core.model_registry import registry_root
     from serving.app import build_app
     from serving.runner import init_ray, shutdown, start_serve
-    from training.registry import registry_root
 
     own = own_serving(serving)
     init_ray(ray_settings.model_copy(update={"address": None}), state_dir)

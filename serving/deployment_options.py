@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.settings import ServingSettings
+from infra.core.settings import ServingSettings
 
 # max_ongoing_requests is above max_batch_size, or batches could never fill. Requests take
 # milliseconds, so stopping need not wait Serve's default 2s poll / 20s drain.

@@ -20,7 +20,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from infra.settings import ServingSettings
+from infra.core.settings import ServingSettings
 
 # Serve puts HAProxy's admin socket at <dir>/<node id, 56 hex>/admin.sock and AF_UNIX paths stop
 # at 107 bytes, so the dir is short and in /tmp (one per user; node ids keep heads apart).

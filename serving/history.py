@@ -13,19 +13,11 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from infra.db import client
-from infra.settings import ClickHouseSettings
+from infra.core.db import client
+from infra.core.features_table import read_minute_requests
+from infra.core.settings import ClickHouseSettings
 
 STEP_S = 60
-
-# Runs on ClickHouse 18.16 (no DateTime64) and current engines alike.
-HISTORY_SQL = (
-    "SELECT toUInt32(toStartOfMinute(window_start)) AS minute, sum(requests) "
-    "FROM {db}.features FINAL "
-    "WHERE service = %(service)s AND instance = '*' "
-    "AND window_start >= toDateTime(%(start)s) AND window_start < toDateTime(%(end)s) "
-    "GROUP BY minute ORDER BY minute"
-)
 
 
 @dataclass(frozen=True)
@@ -54,7 +46,7 @@ def read_rate_history(ch: ClickHouseSettings, service: str, minutes: int, now_s:
     start = end_minute - minutes * STEP_S
     cl = client(ch)
     try:
-        rows = cl.execute(HISTORY_SQL.format(db=ch.database), {"service": service, "start": start, "end": end_minute})
+        rows = read_minute_requests(cl, ch.database, service, start, end_minute)
     finally:
         cl.disconnect()
     return per_minute_rates(rows, end_minute, minutes)

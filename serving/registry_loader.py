@@ -18,9 +18,16 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
+from infra.core.model_registry import (
+    MODEL_FILE,
+    SMOKE_FILE,
+    ModelKind,
+    ModelManifest,
+    SmokeCase,
+    list_versions,
+    read_manifest,
+)
 from serving.smoke import SmokeFailure, replay
-from training.registry import list_versions, read_manifest
-from training.schemas import MODEL_FILE, SMOKE_FILE, ModelKind, ModelManifest, SmokeCase
 
 logger = logging.getLogger(__name__)
 

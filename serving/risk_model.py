@@ -1,6 +1,6 @@
 """The risk deployment: peer-deviation baseline until a risk model is registered.
 
-There is no registry contract for risk modules yet (training.schemas defines forecast's only),
+There is no registry contract for risk modules yet (infra.core.model_registry defines forecast's only),
 so this deployment answers from the baseline and says so.
 """
 

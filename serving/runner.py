@@ -1,5 +1,7 @@
 """Run the serving stage in the foreground: Ray, then Serve, then wait for SIGTERM.
 
+Started by `foresight serve` (the composition root builds the settings and calls `run`).
+
 The stack launcher owns this process (its own session, SIGTERM then SIGKILL), so everything Ray
 starts must be torn down here, and the wait must be interruptible by a signal at any point,
 including while Ray is still starting.
@@ -7,7 +9,6 @@ including while Ray is still starting.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -21,12 +22,12 @@ import psutil
 import ray
 from ray import serve
 
-from infra.settings import ClickHouseSettings, RaySettings, ServingSettings
+from infra.core.model_registry import registry_root
+from infra.core.settings import ClickHouseSettings, RaySettings, ServingSettings
 from serving.app import build_app
 from serving.front import remove_node_files, serve_env
-from training.registry import registry_root
 
-logger = logging.getLogger("serving.runner")  # not __name__: that is "__main__" under `python -m`
+logger = logging.getLogger(__name__)
 
 APP_NAME = "foresight"
 # Ray puts unix sockets at <temp>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store, and
@@ -187,18 +188,3 @@ def _ignore_while_stopping(signum: int, _frame: FrameType | None) -> None:
     # A handler, not SIG_IGN: an ignored disposition would be inherited by anything spawned now.
     logger.info("already stopping; %s ignored", signal.Signals(signum).name)
 
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m serving.runner [--config foresight.toml]`: settings from the usual sources."""
-    from infra.settings import load_settings
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--config", type=Path, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_settings(args.config)
-    run(settings.serving, settings.ray, settings.state, settings.clickhouse)
-
-
-if __name__ == "__main__":
-    main()

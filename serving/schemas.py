@@ -6,8 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from infra.core.contracts import HAPROXY_MAX_WEIGHT
+
 MAX_INSTANCES = 1000
-HAPROXY_MAX_WEIGHT = 256
 
 
 class InstanceFeatures(BaseModel):

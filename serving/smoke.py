@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from training.schemas import ModelManifest, SmokeCase
+from infra.core.model_registry import ModelManifest, SmokeCase
 
-# dtypes of `forward`'s arguments per the registry contract (training.schemas); others float32.
+# dtypes of `forward`'s arguments per the registry contract (infra.core.model_registry); others float32.
 INPUT_DTYPES: dict[str, torch.dtype] = {"history": torch.float32, "next_minute": torch.float64}
 
 

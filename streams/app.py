@@ -33,7 +33,8 @@ import faust
 import orjson
 from faust.types import TP
 
-from infra.settings import KafkaSettings, StreamSettings
+from infra.core.contracts import SERVICE_WIDE
+from infra.core.settings import KafkaSettings, StreamSettings
 from ingest.schemas import Rejection, decode_access_record, truncate_raw
 from streams.access_columns import access_columns
 from streams.metrics import StreamMetrics
@@ -527,7 +528,7 @@ class FeatureStream:
                         del st.pending[s]
                     if acked:
                         inst.append(st)
-                elif st.pending is not None and (st.service, "*", st.window_start, st.emitted_at) in done:
+                elif st.pending is not None and (st.service, SERVICE_WIDE, st.window_start, st.emitted_at) in done:
                     st.pending = None
                     serv.append(st)
             futures = self._persist(self.instance_table, inst) + self._persist(self.service_table, serv)

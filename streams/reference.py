@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-SERVICE_WIDE = "*"  # the contract's instance name of a service-wide window (fs.features)
+from infra.core.contracts import SERVICE_WIDE
+
 QUANTILES = (("latency_p50_ms", 0.5), ("latency_p90_ms", 0.9), ("latency_p99_ms", 0.99))
 COUNTS = ("requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx", "bytes_sent")
 

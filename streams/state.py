@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from infra.core.contracts import SERVICE_WIDE
 from streams.schemas import FeatureWindow, WindowPartial
-from streams.windows import SATURATION_METRICS, SERVICE_WIDE, WindowAcc, counter_delta
+from streams.windows import SATURATION_METRICS, WindowAcc, counter_delta
 
 _SAFE = 2**62  # event times and state integers within this stay exact in int64 (with a window added)
 

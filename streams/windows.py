@@ -15,14 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from infra.core.contracts import SERVICE_WIDE
 from streams.schemas import FeatureWindow
 from streams.sketch import SKETCH_RELATIVE_ACCURACY, new_sketch, quantile, sketch_from_dict, sketch_to_dict
 from streams.sketch_batch import add_many
 
-SERVICE_WIDE = "*"
 __all__ = [
     "SATURATION_METRICS",
-    "SERVICE_WIDE",
     "SKETCH_RELATIVE_ACCURACY",
     "WindowAcc",
     "WindowAggregator",

@@ -5,20 +5,12 @@ from __future__ import annotations
 import numpy as np
 from clickhouse_driver import Client
 
+from infra.core.features_table import read_minute_requests
 from training.series import STEP_S, RateSeries
 
 # The stream emits no window for a quiet stretch, so a short hole is zero traffic; a long one is
 # more likely the pipeline being down, which must not teach the model a lull.
 DEFAULT_MAX_QUIET_MIN = 5
-
-
-def minute_rows_query(database: str) -> str:
-    """Requests per minute of a service's service-wide windows (instance `*`), re-emissions collapsed."""
-    return (
-        f"SELECT toUInt32(toStartOfMinute(window_start)) AS minute, sum(requests) AS requests "
-        f"FROM {database}.features FINAL WHERE service = %(service)s AND instance = '*' "
-        f"GROUP BY minute ORDER BY minute"
-    )
 
 
 def minutes_to_series(rows: list[tuple[int, int]], max_quiet_min: int = DEFAULT_MAX_QUIET_MIN) -> RateSeries:
@@ -44,5 +36,4 @@ def minutes_to_series(rows: list[tuple[int, int]], max_quiet_min: int = DEFAULT_
 
 def load_service(client: Client, database: str, service: str, max_quiet_min: int = DEFAULT_MAX_QUIET_MIN
                  ) -> RateSeries:
-    rows = client.execute(minute_rows_query(database), {"service": service})
-    return minutes_to_series([(int(m), int(r)) for m, r in rows], max_quiet_min)
+    return minutes_to_series(read_minute_requests(client, database, service), max_quiet_min)

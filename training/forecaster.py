@@ -3,7 +3,7 @@ optionally a few MLPs trained side by side and averaged (less variance on a nois
 
 The module does its own feature work (NaN masks, level normalisation, calendar encoding) so that
 the TorchScript file alone turns a raw history into forecasts, as the registry contract asks
-(`training.schemas`): `forward(history, next_minute) -> [batch, horizon, quantiles]` in req/s.
+(`infra.core.model_registry`): `forward(history, next_minute) -> [batch, horizon, quantiles]` in req/s.
 
 Inputs the network sees, all divided by the recent level (mean of the last hour that has data):
 the last `recent` minutes, the minutes around the same time yesterday (`yday_before` before and

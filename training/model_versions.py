@@ -7,7 +7,7 @@ from pathlib import Path
 
 from clickhouse_driver import Client
 
-from training.schemas import ModelManifest
+from infra.core.model_registry import ModelManifest
 
 
 def version_row(manifest: ModelManifest, path: Path) -> tuple[str, str, object, str, str, str]:

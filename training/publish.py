@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from infra.core.model_registry import ForecastSpec, ModelManifest
 from training.fit import TrainConfig, windows
 from training.registry import fingerprint, new_version, write_version
-from training.schemas import ForecastSpec, ModelManifest
 from training.series import RateSeries
 
 MODEL_NAME = "mlp-quantile"

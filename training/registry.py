@@ -1,4 +1,4 @@
-"""Writes model versions into the registry folder (layout in `training.schemas`)."""
+"""Writes model versions into the registry folder (layout and readers in `infra.core.model_registry`)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,7 @@ from typing import Any
 
 import torch
 
-from training.schemas import MANIFEST_FILE, MODEL_FILE, SMOKE_FILE, TMP_PREFIX, ModelKind, ModelManifest, SmokeCase
-
-
-def registry_root(state_dir: Path) -> Path:
-    return state_dir / "models"
+from infra.core.model_registry import MANIFEST_FILE, MODEL_FILE, SMOKE_FILE, TMP_PREFIX, ModelManifest, SmokeCase
 
 
 def new_version(fingerprint: str, now: datetime | None = None) -> str:
@@ -24,14 +20,6 @@ def new_version(fingerprint: str, now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     salt = hashlib.sha256(f"{fingerprint}{now.isoformat()}{os.getpid()}".encode()).hexdigest()[:8]
     return f"{now:%Y%m%dT%H%M%SZ}-{salt}"
-
-
-def list_versions(root: Path, kind: ModelKind) -> list[str]:
-    """Complete versions of `kind`, oldest first."""
-    folder = root / kind
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(TMP_PREFIX))
 
 
 def _tolist(value: torch.Tensor) -> list[Any]:
@@ -71,10 +59,6 @@ def write_version(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
-
-
-def read_manifest(version_dir: Path) -> ModelManifest:
-    return ModelManifest.model_validate_json((version_dir / MANIFEST_FILE).read_text())
 
 
 def fingerprint(*parts: Any) -> str:

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from infra.settings import ClickHouseSettings
+from infra.core.model_registry import registry_root
+from infra.core.settings import ClickHouseSettings
 from training.backtest_command import parse_start
 from training.fit import TrainConfig
 from training.progress import epoch_bar, say
 from training.publish import data_fingerprint, publish
 from training.ray_job import run_on_ray
-from training.registry import registry_root
 from training.series import RateSeries, load_trace
 
 FILE_PREFIX = "file:"
@@ -25,7 +25,7 @@ def load_source(source: str, service: str, start: str | None, ch: ClickHouseSett
         path = Path(source[len(FILE_PREFIX) :])
         return load_trace(path, parse_start(start)), {"source": "file", "path": str(path.resolve())}
     if source == "clickhouse":
-        from infra.db import client
+        from infra.core.db import client
         from training.clickhouse_source import load_service
 
         cl = client(ch, ch.database)
@@ -41,7 +41,7 @@ def record_in_clickhouse(ch: ClickHouseSettings, manifest: Any, path: Path) -> s
     """Write the `model_versions` row; returns why not when ClickHouse cannot be reached."""
     import logging
 
-    from infra.db import client
+    from infra.core.db import client
     from training.model_versions import record_version
 
     driver_log = logging.getLogger("clickhouse_driver")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
-from infra.settings import Settings
+from infra.core.settings import Settings
 from infra.stack import probes
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import psutil
 
-from infra.db import migrate
-from infra.kafka_admin import ensure_topics
-from infra.settings import Settings
+from infra.core.db import migrate
+from infra.core.kafka_admin import ensure_topics
+from infra.core.settings import Settings
 from infra.stack.components import Component, build_components
 from infra.stack.process import PidFiles, ProcessRecord, spawn, stop
 

@@ -16,7 +16,7 @@ from pathlib import PurePath
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from infra.settings import IngestSettings
+from infra.core.settings import IngestSettings
 from ingest.parsers.base import LineParser, ParseResult, reject
 from ingest.parsers.clf import CLFParser
 from ingest.parsers.haproxy import HAProxyParser

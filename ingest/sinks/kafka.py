@@ -51,7 +51,7 @@ from kafka import errors as kerr
 from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
-from infra.settings import KafkaSettings
+from infra.core.settings import KafkaSettings
 from ingest import metrics
 from ingest.schemas import AccessEvent, MetricSample, Rejection, encode_batch
 from ingest.spool import Record, Spool, SpoolFull, record_size

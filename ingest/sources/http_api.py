@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from infra.settings import IngestSettings
+from infra.core.settings import IngestSettings
 from ingest import metrics
 from ingest.parsers.auto import parser_for
 from ingest.parsers.base import LineParser, now_ms, reject

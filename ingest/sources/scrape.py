@@ -26,7 +26,7 @@ from prometheus_client import Counter
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from infra.settings import IngestSettings
+from infra.core.settings import IngestSettings
 from ingest.parsers.base import now_ms
 from ingest.runtime import run_until_signalled
 from ingest.schemas import MetricSample

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import Counter
 
-from infra.settings import IngestSettings
+from infra.core.settings import IngestSettings
 from ingest import metrics
 from ingest.parsers.auto import parser_for
 from ingest.parsers.base import LineParser, now_ms, reject

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from prometheus_client import Counter
 
-from infra.settings import IngestSettings
+from infra.core.settings import IngestSettings
 from ingest import metrics
 from ingest.checkpoint import HEAD_BYTES, Checkpoint, CheckpointStore, head_digest
 from ingest.parsers.auto import parser_for

@@ -5,12 +5,16 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from lb_adapters.actuators.base import ActuatorError
 
-class HAProxyError(RuntimeError):
+
+class HAProxyError(ActuatorError):
     pass
 
 
 class HAProxyRuntime:
+    name = "haproxy"
+
     def __init__(self, socket_path: Path, timeout_s: float = 3.0) -> None:
         self.socket_path = socket_path
         self.timeout_s = timeout_s

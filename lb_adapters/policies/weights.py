@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from infra.settings import AdapterSettings
-from serving.schemas import HAPROXY_MAX_WEIGHT
+from infra.core.contracts import HAPROXY_MAX_WEIGHT
+from infra.core.settings import AdapterSettings
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from serving.schemas import HAPROXY_MAX_WEIGHT, InstanceFeatures
+from infra.core.contracts import HAPROXY_MAX_WEIGHT
+from serving.schemas import InstanceFeatures
 
 MODEL_NAME = "inverse-latency"
 MODEL_VERSION = "baseline"

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from infra.settings import Settings, load_settings
+from infra.core.settings import Settings, load_settings
 from infra.stack.launcher import status
 
 

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from infra.db import client, load_migrations, migrate, retain
-from infra.settings import ClickHouseSettings, Settings
+from infra.core.db import client, load_migrations, migrate, retain
+from infra.core.settings import ClickHouseSettings, Settings
 
 TABLES = {"access_events", "decisions", "features", "metric_samples", "model_versions", "predictions"}
 
@@ -103,7 +103,7 @@ def test_retain_drops_old_day_partitions(scratch: ClickHouseSettings) -> None:
 
 def test_final_over_hundreds_of_small_parts_stays_within_the_memory_limit(scratch: ClickHouseSettings) -> None:
     """18.16 gives every column of every part a read buffer; with its 1 MiB default, `SELECT * ... FINAL`
-    over 400 one-row parts needs ~10 GiB and fails. `infra.db.client` sets a small buffer."""
+    over 400 one-row parts needs ~10 GiB and fails. `infra.core.db.client` sets a small buffer."""
     migrate(scratch)
     cl = client(scratch)
     day0 = datetime(1995, 7, 1, tzinfo=UTC)

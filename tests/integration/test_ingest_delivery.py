@@ -18,9 +18,9 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
-from infra.kafka_admin import ensure_topics
-from infra.ports import free_port
-from infra.settings import KafkaSettings
+from infra.core.kafka_admin import ensure_topics
+from infra.core.ports import free_port
+from infra.core.settings import KafkaSettings
 from infra.stack import probes
 from infra.stack.components import tansu_binary
 from infra.stack.process import ProcessRecord, spawn, stop

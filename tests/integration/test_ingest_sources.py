@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from infra.datasets import NASA_SAMPLE, dataset_path
-from infra.settings import Settings
+from infra.core.datasets import NASA_SAMPLE, dataset_path
+from infra.core.settings import Settings
 from infra.thin_path import end_offsets, read_records
 from ingest.parsers.auto import parser_for
 from ingest.schemas import AccessEvent, decode_access_record

@@ -22,15 +22,15 @@ import pytest
 import torch
 from ray import serve
 
-from infra.ports import free_port
-from infra.settings import ClickHouseSettings, RaySettings, ServingSettings
+from infra.core.model_registry import ForecastSpec, ModelManifest, registry_root
+from infra.core.ports import free_port
+from infra.core.settings import ClickHouseSettings, RaySettings, ServingSettings
 from serving import front
 from serving.app import build_app
 from serving.bench import own_serving
 from serving.runner import init_ray, shutdown, start_serve
 from tests.unit.test_serving_loader import QUANTILES, QuantileMLP, register_broken
-from training.registry import new_version, registry_root, write_version
-from training.schemas import ForecastSpec, ModelManifest
+from training.registry import new_version, write_version
 
 TOKEN = "serving-test-token"
 HISTORY_LEN, HORIZON = 30, 15

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import httpx
 import torch
 
-from infra.db import client as clickhouse_client
-from infra.settings import Settings
+from infra.core.db import client as clickhouse_client
+from infra.core.settings import Settings
 
 
 def headers(s: Settings) -> dict[str, str]:

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from infra.settings import Settings
+from infra.core.settings import Settings
 from infra.stack.launcher import pid_files
 
 from .conftest import foresight

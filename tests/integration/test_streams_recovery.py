@@ -25,9 +25,9 @@ import pytest
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from infra.db import client as clickhouse_client
-from infra.kafka_admin import ensure_topics
-from infra.settings import Settings, load_settings
+from infra.core.db import client as clickhouse_client
+from infra.core.kafka_admin import ensure_topics
+from infra.core.settings import Settings, load_settings
 from infra.stack.components import build_components
 from infra.stack.launcher import pid_files, status
 from infra.stack.process import spawn, stop

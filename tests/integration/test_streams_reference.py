@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from infra.datasets import NASA_SAMPLE, dataset_path
-from infra.settings import Settings
+from infra.benches.streams import IsolatedPipeline, replicated_trace, sample_events, worker_command
+from infra.core.datasets import NASA_SAMPLE, dataset_path
+from infra.core.settings import Settings
 from ingest.schemas import AccessEvent
-from streams.bench import IsolatedPipeline, replicated_trace, sample_events, worker_command
 from streams.reference import SERVICE_WIDE, WindowRow, compare_windows, reference_windows
 from streams.windows import SKETCH_RELATIVE_ACCURACY
 

@@ -9,8 +9,8 @@ from collections import Counter
 
 import httpx
 
-from infra.db import client as clickhouse_client
-from infra.settings import Settings
+from infra.core.db import client as clickhouse_client
+from infra.core.settings import Settings
 from infra.thin_path import end_offsets, send_burst, watch_access, watch_clickhouse, watch_features
 from infra.workers import build_weight_controller
 from ingest.schemas import AccessEvent

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from infra.db import client
-from infra.settings import Settings
-from training.registry import read_manifest
+from infra.core.db import client
+from infra.core.model_registry import read_manifest
+from infra.core.settings import Settings
 
 
 def test_train_from_clickhouse_features(stack: Settings) -> None:

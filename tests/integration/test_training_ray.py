@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infra.db import client
-from infra.settings import Settings
-from training.registry import read_manifest, registry_root
-from training.schemas import MODEL_FILE, SMOKE_FILE, SmokeCase
+from infra.core.db import client
+from infra.core.model_registry import MODEL_FILE, SMOKE_FILE, SmokeCase, read_manifest, registry_root
+from infra.core.settings import Settings
 
 
 def write_trace(path: Path, days: int, seed: int = 0) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.datasets import NASA_SAMPLE, dataset_path
-from infra.settings import IngestSettings, KafkaSettings, RouteRule
+from infra.core.datasets import NASA_SAMPLE, dataset_path
+from infra.core.settings import IngestSettings, KafkaSettings, RouteRule
 from ingest import file_ingest
 from ingest.file_ingest import ingest_file, ingest_file_command, open_log
 from ingest.parsers.auto import FORMATS, AutoParser, parser_for

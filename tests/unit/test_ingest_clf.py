@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from infra.datasets import NASA_SAMPLE, dataset_path
-from infra.settings import RouteRule
+from infra.core.datasets import NASA_SAMPLE, dataset_path
+from infra.core.settings import RouteRule
 from ingest.parsers import clf
 from ingest.parsers.base import event_id
 from ingest.parsers.clf import CLFParser, clf_date_ms, latency_ms, make_event, split_request

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from infra.ports import free_port
-from infra.settings import IngestSettings
+from infra.core.ports import free_port
+from infra.core.settings import IngestSettings
 from ingest.parsers.base import ParseResult, event_id, reject
 from ingest.schemas import AccessEvent, MetricSample, Rejection
 from ingest.sources.http_api import _Gunzip, build_http_app
@@ -285,7 +285,7 @@ def test_sinks_are_flushed_when_the_app_shuts_down(sink: Sink, factory: Factory)
 SERVER_SCRIPT = """
 import sys
 from pathlib import Path
-from infra.settings import IngestSettings
+from infra.core.settings import IngestSettings
 from ingest.sources.http_api import run_http_ingest
 
 out = Path(sys.argv[2])

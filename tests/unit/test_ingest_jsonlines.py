@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from infra.settings import IngestSettings, RouteRule
+from infra.core.settings import IngestSettings, RouteRule
 from ingest.parsers import jsonlines
 from ingest.parsers.base import event_id
 from ingest.parsers.jsonlines import JSONLinesParser, epoch_ms

@@ -16,7 +16,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.future import Future
 from prometheus_client import REGISTRY
 
-from infra.settings import KafkaSettings
+from infra.core.settings import KafkaSettings
 from ingest.schemas import AccessEvent, Rejection, decode_access_record, encode_batch
 from ingest.sinks.kafka import BackPressure, KafkaSink
 from ingest.spool import Spool

@@ -14,14 +14,14 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from infra.datasets import NASA_SAMPLE, dataset_path
+from infra.core.datasets import NASA_SAMPLE, dataset_path
 
 pytest.importorskip("hypothesis")
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infra.settings import IngestSettings
+from infra.core.settings import IngestSettings
 from ingest.parsers.auto import parser_for
 from ingest.parsers.base import LineParser
 from ingest.schemas import AccessEvent, Rejection

@@ -7,7 +7,7 @@ import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from infra.settings import IngestSettings
+from infra.core.settings import IngestSettings
 from ingest.parsers.haproxy import HAProxyParser
 from ingest.pipeline import IngestPipeline, serve_syslog_ingest
 from ingest.sources.syslog import SyslogUDPSource, serve_syslog

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import RouteRule
+from infra.core.settings import RouteRule
 from ingest.routing import Router, file_stem
 
 

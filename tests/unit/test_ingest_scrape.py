@@ -26,7 +26,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from infra.settings import IngestSettings
+from infra.core.settings import IngestSettings
 from ingest.parsers.base import now_ms
 from ingest.schemas import MetricSample, decode_access_record, encode_batch
 from ingest.sources.scrape import (

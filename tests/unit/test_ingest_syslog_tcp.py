@@ -16,7 +16,7 @@ from collections.abc import Callable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infra.settings import IngestSettings
+from infra.core.settings import IngestSettings
 from ingest.parsers.haproxy import HAProxyParser
 from ingest.schemas import AccessEvent
 from ingest.sources.syslog_tcp import FrameDecoder, SyslogTCPSource, serve_syslog_tcp_ingest

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import IngestSettings
+from infra.core.settings import IngestSettings
 from ingest.checkpoint import CheckpointStore, atomic_write
 from ingest.sources.tail import FileTailer, serve_tail_ingest
 from tests.unit.fakes import RecordingSink
@@ -348,7 +348,7 @@ def test_serve_tail_ingest_parses_into_the_sink_and_commits_after_flush(tmp_path
 TAIL_SCRIPT = """
 import sys
 from pathlib import Path
-from infra.settings import IngestSettings
+from infra.core.settings import IngestSettings
 from ingest.sources.tail import run_tail_ingest
 
 log, ckdir, out = map(Path, sys.argv[1:4])

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.db import load_migrations
+from infra.core.db import load_migrations
 
 
 def test_shipped_migrations_are_numbered_and_templated() -> None:

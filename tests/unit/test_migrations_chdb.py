@@ -12,8 +12,8 @@ from typing import Any, cast
 
 import pytest
 
-from infra.db import drop_partition_sql, load_migrations, retain, stale_partitions
-from infra.settings import ClickHouseSettings
+from infra.core.db import drop_partition_sql, load_migrations, retain, stale_partitions
+from infra.core.settings import ClickHouseSettings
 
 chdb_session = pytest.importorskip("chdb.session")
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import ports
+from infra.core import ports
 
 
 def test_a_block_is_free_and_outside_the_ranges_ray_and_the_kernel_pick_from() -> None:

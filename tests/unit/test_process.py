@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from infra.settings import load_settings
+from infra.core.settings import load_settings
 from infra.stack.components import Component
 from infra.stack.launcher import StackError, _check_startable
 from infra.stack.process import PidFiles, spawn, stop

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from infra.config_doc import markdown_table, rows
+from infra.core.config_doc import markdown_table, rows
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.datasets import NASA_RPS as NASA_RPS_NAME
-from infra.datasets import dataset_path
+from infra.core.datasets import NASA_RPS as NASA_RPS_NAME
+from infra.core.datasets import dataset_path
 from ingest import replay as replay_mod
 from ingest.replay import _Pacer, read_trace, replay
 from ingest.schemas import AccessEvent, Rejection

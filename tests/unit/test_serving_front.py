@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from infra.settings import ServingSettings
+from infra.core.settings import ServingSettings
 from serving.front import EXPORTER, FIRST_REPLICA, PROXY, REQUEST_PATH_ENV, STATS, loopback_wrapper, serve_env
 
 HAPROXY_CONFIG = """global

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from infra.core.model_registry import MODEL_FILE, SMOKE_FILE, ForecastSpec, ModelManifest
 from serving.registry_loader import ModelSlot, RefusedVersion, load_version
 from training.registry import new_version, write_version
-from training.schemas import MODEL_FILE, SMOKE_FILE, ForecastSpec, ModelManifest
 
 QUANTILES = [0.1, 0.5, 0.9]
 BASE_TIME = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from infra.settings import ServingSettings
+from infra.core.settings import ServingSettings
 from serving.deployment_options import ingress_options, model_options
 from serving.weights_model import WeightsModel
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import ConfigFileError, load_settings
+from infra.core.settings import ConfigFileError, load_settings
 
 
 def test_defaults_are_loopback_and_documented_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from infra.core.model_registry import ModelManifest
 from training.clickhouse_source import minutes_to_series
 from training.model_versions import version_row
-from training.schemas import ModelManifest
 
 
 def test_short_holes_are_quiet_long_holes_missing() -> None:

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from infra.core.model_registry import MODEL_FILE, SMOKE_FILE, SmokeCase, list_versions, read_manifest
 from training.baselines import seasonal_naive
 from training.fit import TrainConfig, forecast, script, train
 from training.forecaster import QuantileForecaster, pinball_loss
 from training.publish import data_fingerprint, publish
-from training.registry import list_versions, read_manifest
-from training.schemas import MODEL_FILE, SMOKE_FILE, SmokeCase
 from training.series import RateSeries
 
 DAY = 1440

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infra.datasets import NASA_RPS, dataset_path
+from infra.core.datasets import NASA_RPS, dataset_path
 from training.series import MissingRange, Splice, TraceLayout, load_trace, read_rps, seconds_to_minutes, zero_runs
 from training.splits import split_by_index
 

@@ -1,4 +1,4 @@
-from infra.settings import AdapterSettings
+from infra.core.settings import AdapterSettings
 from lb_adapters.policies.weights import decide_weights
 
 CFG = AdapterSettings(min_weight=1, max_step=50, deadband=4)

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.datasets import NASA_SAMPLE, dataset_path
-from infra.settings import load_settings
-from streams.bench import (
+from infra.benches.streams import (
     isolated_settings,
     parse_metrics,
     percentile,
@@ -17,6 +15,8 @@ from streams.bench import (
     sample_events,
     worker_env,
 )
+from infra.core.datasets import NASA_SAMPLE, dataset_path
+from infra.core.settings import load_settings
 
 
 def test_replicated_trace_is_one_copy_per_second_round_robin_over_instances() -> None:

@@ -1,5 +1,9 @@
 """The model registry contract between training (writer) and serving (reader).
 
+It lives in the foundation, not in either stage, so that serving loads models without importing
+training (torch training code, statsmodels, Ray Train) and training writes them without knowing
+serving: the folder layout is the contract, like a table schema.
+
 A version is a folder `<state>/models/<kind>/<version>/` holding:
 
 - `model.pt`: a TorchScript module, so serving needs no training code to run it;
@@ -25,6 +29,7 @@ manifest order, non-decreasing along the last axis.
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -71,3 +76,19 @@ class SmokeCase(BaseModel):
     output: list[Any] = Field(description="What the module returned for them, as nested lists.")
     rtol: float = 1e-4
     atol: float = 1e-4
+
+
+def registry_root(state_dir: Path) -> Path:
+    return state_dir / "models"
+
+
+def list_versions(root: Path, kind: ModelKind) -> list[str]:
+    """Complete versions of `kind`, oldest first."""
+    folder = root / kind
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(TMP_PREFIX))
+
+
+def read_manifest(version_dir: Path) -> ModelManifest:
+    return ModelManifest.model_validate_json((version_dir / MANIFEST_FILE).read_text())

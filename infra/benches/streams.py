@@ -54,11 +54,11 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 from pydantic import BaseModel, Field
 
-from infra.db import client as clickhouse_client
-from infra.db import migrate
-from infra.kafka_admin import ensure_topics
-from infra.ports import free_port
-from infra.settings import RouteRule, Settings
+from infra.core.db import client as clickhouse_client
+from infra.core.db import migrate
+from infra.core.kafka_admin import ensure_topics
+from infra.core.ports import free_port
+from infra.core.settings import RouteRule, Settings
 from ingest.bench import replicate_sample
 from ingest.parsers.clf import CLFParser, make_event
 from ingest.routing import Router

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NASA_SAMPLE = "nasa-http-1995-sample.log"
 NASA_RPS = "nasa-http-1995-rps.txt.bz2"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from clickhouse_driver import Client
 
-from infra.settings import ClickHouseSettings
+from infra.core.settings import ClickHouseSettings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _NAME = re.compile(r"^(\d{4})_[\w-]+\.sql$")

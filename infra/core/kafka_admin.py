@@ -8,7 +8,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from infra.settings import KafkaSettings
+from infra.core.settings import KafkaSettings
 
 
 def ensure_topics(kafka: KafkaSettings) -> list[str]:

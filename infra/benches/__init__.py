@@ -1,0 +1,1 @@
+"""Benchmarks that wire several stages together (`foresight bench ...`); part of the composition root."""

@@ -1,0 +1,62 @@
+"""The one reader of ClickHouse `features` that the stages share (serving, training, lb_adapters).
+
+Every query reads `FINAL`, so a window re-emitted by the stream worker counts once, and runs on
+ClickHouse 18.16 (no DateTime64) as on current engines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clickhouse_driver import Client
+
+from infra.core.contracts import SERVICE_WIDE
+
+
+def minute_requests_sql(database: str, bounded: bool = False) -> str:
+    """(minute start, requests) of a service's service-wide windows; `bounded` adds [start, end)."""
+    window = ("AND window_start >= toDateTime(%(start)s) AND window_start < toDateTime(%(end)s) "
+              if bounded else "")
+    return (
+        "SELECT toUInt32(toStartOfMinute(window_start)) AS minute, sum(requests) AS requests "
+        f"FROM {database}.features FINAL WHERE service = %(service)s AND instance = %(all)s "
+        f"{window}GROUP BY minute ORDER BY minute"
+    )
+
+
+def read_minute_requests(client: Client, database: str, service: str,
+                         start_s: int | None = None, end_s: int | None = None) -> list[tuple[int, int]]:
+    """Requests per minute of `service`, oldest first; all of its history unless bounded."""
+    bounded = start_s is not None and end_s is not None
+    params: dict[str, object] = {"service": service, "all": SERVICE_WIDE}
+    if bounded:
+        params |= {"start": start_s, "end": end_s}
+    rows = client.execute(minute_requests_sql(database, bounded), params)
+    return [(int(m), int(r)) for m, r in rows]
+
+
+@dataclass(frozen=True)
+class InstanceWindow:
+    """The latest closed window of one instance."""
+
+    instance: str
+    latency_p99_ms: float
+    latency_p50_ms: float
+    requests: int
+    status_5xx: int
+
+
+def latest_instance_windows(client: Client, database: str, service: str, max_age_s: int) -> list[InstanceWindow]:
+    """Each instance's newest window of the last `max_age_s` seconds (service-wide rows left out)."""
+    rows = client.execute(
+        f"""
+        SELECT instance,
+               argMax(latency_p99_ms, window_start), argMax(latency_p50_ms, window_start),
+               argMax(requests, window_start), argMax(status_5xx, window_start)
+        FROM {database}.features FINAL
+        WHERE service = %(service)s AND instance != %(all)s AND window_start >= now() - %(age)s
+        GROUP BY instance ORDER BY instance
+        """,
+        {"service": service, "all": SERVICE_WIDE, "age": max_age_s},
+    )
+    return [InstanceWindow(inst, float(p99), float(p50), int(n), int(err)) for inst, p99, p50, n, err in rows]
