@@ -15,7 +15,7 @@ from infra.core.settings import AdapterSettings
 from lb_adapters import metrics
 from lb_adapters.actuators.base import ActuatorError, WeightActuator
 from lb_adapters.policies.weights import decide_weights
-from lb_adapters.schemas import Decision
+from lb_adapters.schemas import Decision, DecisionSink
 from serving.schemas import InstanceFeatures, WeightsRequest, WeightsResponse
 
 log = logging.getLogger("foresight.adapter")
@@ -27,10 +27,6 @@ class FeatureSource(Protocol):
 
 class WeightPredictor(Protocol):
     def weights(self, request: WeightsRequest) -> WeightsResponse: ...
-
-
-class DecisionSink(Protocol):
-    def publish(self, decisions: list[Decision]) -> None: ...
 
 
 @dataclass

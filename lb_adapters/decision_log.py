@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from kafka import KafkaProducer
 
-from lb_adapters.schemas import Decision
+from lb_adapters.schemas import Decision, PredictionRecord
 
 
 class DecisionLog:
@@ -12,7 +14,7 @@ class DecisionLog:
         self.topic = topic
         self.producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
 
-    def publish(self, decisions: list[Decision]) -> None:
+    def publish(self, decisions: list[Decision], predictions: Sequence[PredictionRecord] = ()) -> None:
         for d in decisions:
             self.producer.send(self.topic, key=d.service.encode(), value=d.model_dump_json().encode())
         self.producer.flush(timeout=10)
