@@ -37,6 +37,7 @@ from infra.core.contracts import SERVICE_WIDE
 from infra.core.settings import KafkaSettings, StreamSettings
 from ingest.schemas import Rejection, decode_access_record, truncate_raw
 from streams.access_columns import access_columns
+from streams.compat import faust as faust_internals
 from streams.metrics import StreamMetrics
 from streams.schemas import FeatureWindow, WindowPartial
 from streams.sinks.clickhouse import FeatureSink
@@ -425,7 +426,7 @@ class FeatureStream:
         Not the fetch position: a worker that just took a partition over has fetched far ahead of
         what it processed. Faust keeps the committed offsets (next to read) in a private mapping."""
         consumer = self.app.consumer
-        committed = getattr(consumer, "_committed_offset", {})
+        committed = faust_internals.committed_offsets(consumer)
         for tp in consumer.assignment():
             if tp.topic not in (self.topic_access, self.topic_metrics):
                 continue
@@ -441,7 +442,7 @@ class FeatureStream:
         """Once per assignment: where the group committed past what the recovered table holds, read
         from the table's position (replays are skipped per state; missing records are not lost)."""
         consumer = self.app.consumer
-        committed = getattr(consumer, "_committed_offset", {})
+        committed = faust_internals.committed_offsets(consumer)
         seeks: dict[TP, int] = {}
         async with self._lock:
             for tp in consumer.assignment():
