@@ -17,6 +17,7 @@ from string import Template
 
 from infra.core.settings import Settings
 from infra.stack import probes
+from infra.stack.prometheus import write_prometheus_config
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -33,6 +34,7 @@ class Component:
     ready_timeout_s: float = 60.0
     prepare: Callable[[], None] = lambda: None
     install_hint: str = ""
+    metrics_url: str | None = None  # its Prometheus endpoint; the stack's Prometheus scrapes every one
 
     @property
     def binary(self) -> str:
@@ -101,6 +103,7 @@ def etcd(s: Settings) -> Component:
     peer = f"http://127.0.0.1:{s.etcd.peer_port}"
     return Component(
         name="etcd",
+        metrics_url=f"http://127.0.0.1:{s.etcd.metrics_port}/metrics",
         argv=[shutil.which("etcd") or "etcd", "--name", "foresight", "--data-dir", str(s.state / "etcd"),
               "--listen-client-urls", client, "--advertise-client-urls", client,
               "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
@@ -118,6 +121,7 @@ def backends(s: Settings) -> list[Component]:
     return [
         Component(
             name=f"backend-s{i + 1}",
+            metrics_url=f"http://127.0.0.1:{port}/metrics",
             argv=_python("demo-backend", "--name", f"s{i + 1}", "--port", str(port), "--latency-ms", str(latency)),
             probe=probes.http_ok(f"http://127.0.0.1:{port}/healthz"),
             address=f"http://127.0.0.1:{port}",
@@ -140,6 +144,7 @@ def haproxy(s: Settings) -> Component:
 
     return Component(
         name="haproxy",
+        metrics_url=f"http://127.0.0.1:{s.haproxy.exporter_port}/metrics",
         argv=[shutil.which("haproxy") or "haproxy", "-db", "-f", str(s.state / "haproxy" / "haproxy.cfg")],
         probe=probes.all_of(probes.haproxy_runtime(s.haproxy_socket),
                             probes.http_ok(f"http://127.0.0.1:{s.haproxy.exporter_port}/metrics")),
@@ -153,6 +158,7 @@ def haproxy(s: Settings) -> Component:
 def serving(s: Settings) -> Component:
     return Component(
         name="serving",
+        metrics_url=f"{s.serving_url}/metrics",
         argv=_python("serve"),
         probe=probes.http_ok(f"{s.serving_url}/healthz"),
         address=f"{s.serving_url} (Ray Serve, {s.serving.front} in front)",
@@ -166,6 +172,7 @@ def serving(s: Settings) -> Component:
 def ingest_syslog(s: Settings) -> Component:
     return Component(
         name="ingest-syslog",
+        metrics_url=f"http://127.0.0.1:{s.ingest.metrics_port}/metrics",
         argv=_python("ingest", "syslog"),
         probe=probes.http_ok(f"http://127.0.0.1:{s.ingest.metrics_port}/metrics"),
         address=f"udp+tcp://{s.ingest.syslog_host}:{s.ingest.syslog_port}/{s.ingest.syslog_tcp_port} "
@@ -179,6 +186,7 @@ def ingest_syslog(s: Settings) -> Component:
 def ingest_http(s: Settings) -> Component:
     return Component(
         name="ingest-http",
+        metrics_url=f"http://{s.ingest.http_host}:{s.ingest.http_port}/metrics",
         argv=_python("ingest", "http"),
         probe=probes.http_ok(f"http://{s.ingest.http_host}:{s.ingest.http_port}/healthz"),
         address=f"http://{s.ingest.http_host}:{s.ingest.http_port}/v1/logs (docs /docs)",
@@ -190,6 +198,7 @@ def ingest_http(s: Settings) -> Component:
 def ingest_scrape(s: Settings) -> Component:
     return Component(
         name="ingest-scrape",
+        metrics_url=f"http://127.0.0.1:{s.ingest.scrape_metrics_port}/metrics",
         argv=_python("ingest", "scrape", "--metrics-port", str(s.ingest.scrape_metrics_port)),
         probe=probes.http_ok(f"http://127.0.0.1:{s.ingest.scrape_metrics_port}/metrics"),
         address=f"every {s.ingest.scrape_interval_s:g} s -> {s.kafka.topic_metrics} "
@@ -202,6 +211,7 @@ def ingest_scrape(s: Settings) -> Component:
 def stream_worker(s: Settings) -> Component:
     return Component(
         name="stream-worker",
+        metrics_url=f"http://127.0.0.1:{s.streams.metrics_port}/metrics",
         argv=_python("stream"),
         probe=probes.http_ok(f"http://127.0.0.1:{s.streams.metrics_port}/metrics",
                              expect="foresight_stream_ready 1.0"),
@@ -212,8 +222,8 @@ def stream_worker(s: Settings) -> Component:
 
 
 def build_components(s: Settings) -> list[Component]:
-    """Every component of the stack, in start order."""
-    return [
+    """Every component of the stack, in start order; Prometheus last, scraping the others."""
+    components = [
         kafka(s),
         clickhouse(s),
         etcd(s),
@@ -225,3 +235,27 @@ def build_components(s: Settings) -> list[Component]:
         ingest_scrape(s),
         stream_worker(s),
     ]
+    return [*components, prometheus(s, components)]
+
+
+def prometheus(s: Settings, scraped: list[Component]) -> Component:
+    """Prometheus 2.42 scraping every component that serves metrics; its config is generated from
+    the components themselves, so a new component with a `metrics_url` is scraped without an edit."""
+    folder = s.state / "prometheus"
+    url = f"http://127.0.0.1:{s.prometheus.port}"
+
+    def prepare() -> None:
+        write_prometheus_config(folder, s.prometheus, {c.name: c.metrics_url for c in scraped if c.metrics_url})
+
+    return Component(
+        name="prometheus",
+        metrics_url=f"{url}/metrics",
+        argv=[shutil.which("prometheus") or "prometheus", f"--config.file={folder / 'prometheus.yml'}",
+              f"--storage.tsdb.path={folder / 'data'}", f"--storage.tsdb.retention.time={s.prometheus.retention}",
+              f"--web.listen-address=127.0.0.1:{s.prometheus.port}", "--web.enable-lifecycle"],
+        probe=probes.http_ok(f"{url}/-/ready"),
+        address=f"{url} (SLO rules)",
+        tcp_ports=[s.prometheus.port],
+        prepare=prepare,
+        install_hint="apt-get install prometheus",
+    )
