@@ -9,7 +9,6 @@ negative store is always empty.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from ddsketch import DDSketch
@@ -24,23 +23,24 @@ def new_sketch() -> DDSketch:
 
 
 def sketch_to_dict(sk: DDSketch) -> dict[str, Any]:
-    t = internals.totals(sk)
-    out: dict[str, Any] = {"z": t.zero_count, "c": t.count, "s": t.sum}
-    if t.count:
+    zero_count, count, total, low, high = internals.totals(sk)
+    out: dict[str, Any] = {"z": zero_count, "c": count, "s": total}
+    if count:
         st: Any = internals.store(sk)
-        out.update(mn=t.min, mx=t.max, o=st.offset, b=st.bins, k=[st.min_key, st.max_key], sc=st.count)
+        out.update(mn=low, mx=high, o=st.offset, b=st.bins, k=[st.min_key, st.max_key], sc=st.count)
     return out
 
 
 def sketch_from_dict(d: dict[str, Any]) -> DDSketch:
     sk = new_sketch()
     if d["c"]:
-        internals.set_totals(sk, internals.Totals(d["z"], d["c"], d["s"], d["mn"], d["mx"]))
+        internals.set_totals(sk, d["z"], d["c"], d["s"], d["mn"], d["mx"])
         st: Any = internals.store(sk)
         st.offset, st.bins, st.count = d["o"], list(d["b"]), d["sc"]
         st.min_key, st.max_key = d["k"]
     else:  # min and max stay those of an empty sketch
-        internals.set_totals(sk, replace(internals.totals(sk), zero_count=d["z"], count=d["c"], sum=d["s"]))
+        _, _, _, low, high = internals.totals(sk)
+        internals.set_totals(sk, d["z"], d["c"], d["s"], low, high)
     return sk
 
 

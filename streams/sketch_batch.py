@@ -77,15 +77,16 @@ def add_many(sketch: DDSketch, values: Sequence[float] | np.ndarray) -> None:
         else:
             for key, count in zip(unique[order].tolist(), counts[order].tolist(), strict=True):
                 store.add(key, float(count))
-    t = internals.totals(sketch)
+    zeros, counted, total, low_before, high_before = internals.totals(sketch)
     sums = np.empty(n + 1)
-    sums[0] = t.sum
+    sums[0] = total
     sums[1:] = a
     low, high = float(a.min()), float(a.max())
-    internals.set_totals(sketch, internals.Totals(
-        zero_count=t.zero_count + float(n - positive.size),
-        count=t.count + float(n),
-        sum=float(np.add.accumulate(sums)[-1]),  # sequential, not numpy's pairwise sum
-        min=low if low < t.min else t.min,
-        max=high if high > t.max else t.max,
-    ))
+    internals.set_totals(
+        sketch,
+        zeros + float(n - positive.size),
+        counted + float(n),
+        float(np.add.accumulate(sums)[-1]),  # sequential, not numpy's pairwise sum
+        low if low < low_before else low_before,
+        high if high > high_before else high_before,
+    )

@@ -9,7 +9,6 @@ nor to add many values at once. `streams.sketch` (changelog form) and `streams.s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from ddsketch import DDSketch
@@ -21,23 +20,16 @@ from infra.core.internals import require
 LIBRARY = "ddsketch"
 
 
-@dataclass(frozen=True, slots=True)
-class Totals:
-    """A sketch's scalar fields besides its stores."""
-
-    zero_count: float
-    count: float
-    sum: float
-    min: float
-    max: float
+Totals = tuple[float, float, float, float, float]  # zero count, count, sum, min, max (a plain tuple: hot path)
 
 
 def totals(sk: DDSketch) -> Totals:
-    return Totals(sk._zero_count, sk._count, sk._sum, sk._min, sk._max)
+    """A sketch's scalar fields besides its stores: (zero count, count, sum, min, max)."""
+    return sk._zero_count, sk._count, sk._sum, sk._min, sk._max
 
 
-def set_totals(sk: DDSketch, t: Totals) -> None:
-    sk._zero_count, sk._count, sk._sum, sk._min, sk._max = t.zero_count, t.count, t.sum, t.min, t.max
+def set_totals(sk: DDSketch, zero_count: float, count: float, total: float, low: float, high: float) -> None:
+    sk._zero_count, sk._count, sk._sum, sk._min, sk._max = zero_count, count, total, low, high
 
 
 def store(sk: DDSketch) -> Store:
@@ -66,7 +58,7 @@ def check() -> None:
         sk.add(value)
     for name in ("_zero_count", "_count", "_sum", "_min", "_max", "_store", "_mapping"):
         require(LIBRARY, hasattr(sk, name), f"DDSketch has no `{name}`", __name__)
-    require(LIBRARY, totals(sk) == Totals(1.0, 3.0, 4.5, 0.0, 3.0) and sk.count == 3.0 and sk.sum == 4.5,
+    require(LIBRARY, totals(sk) == (1.0, 3.0, 4.5, 0.0, 3.0) and sk.count == 3.0 and sk.sum == 4.5,
             f"DDSketch's private totals no longer mean zero count, count, sum, min, max: {totals(sk)}", __name__)
     st: Any = store(sk)
     require(LIBRARY, type(st) is DenseStore, f"the default store is a {type(st).__qualname__}, not DenseStore",

@@ -50,9 +50,9 @@ def test_ddsketch_totals_round_trip_through_the_private_fields() -> None:
     for value in (0.0, 2.0, 5.0):
         sk.add(value)
     t = ddsketch.totals(sk)
-    assert t == ddsketch.Totals(zero_count=1.0, count=3.0, sum=7.0, min=0.0, max=5.0)
+    assert t == (1.0, 3.0, 7.0, 0.0, 5.0)  # zero count, count, sum, min, max
     other = DDSketch(0.01)
-    ddsketch.set_totals(other, t)
+    ddsketch.set_totals(other, *t)
     assert (other.count, other.sum) == (3.0, 7.0)
 
 
