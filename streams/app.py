@@ -33,10 +33,12 @@ import faust
 import orjson
 from faust.types import TP
 
+from infra.core import retry
 from infra.core.contracts import SERVICE_WIDE
 from infra.core.settings import KafkaSettings, StreamSettings
 from ingest.schemas import Rejection, decode_access_record, truncate_raw
 from streams.access_columns import access_columns
+from streams.compat import faust as faust_internals
 from streams.metrics import StreamMetrics
 from streams.schemas import FeatureWindow, WindowPartial
 from streams.sinks.clickhouse import FeatureSink
@@ -425,7 +427,7 @@ class FeatureStream:
         Not the fetch position: a worker that just took a partition over has fetched far ahead of
         what it processed. Faust keeps the committed offsets (next to read) in a private mapping."""
         consumer = self.app.consumer
-        committed = getattr(consumer, "_committed_offset", {})
+        committed = faust_internals.committed_offsets(consumer)
         for tp in consumer.assignment():
             if tp.topic not in (self.topic_access, self.topic_metrics):
                 continue
@@ -441,7 +443,7 @@ class FeatureStream:
         """Once per assignment: where the group committed past what the recovered table holds, read
         from the table's position (replays are skipped per state; missing records are not lost)."""
         consumer = self.app.consumer
-        committed = getattr(consumer, "_committed_offset", {})
+        committed = faust_internals.committed_offsets(consumer)
         seeks: dict[TP, int] = {}
         async with self._lock:
             for tp in consumer.assignment():
@@ -496,25 +498,34 @@ class FeatureStream:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            async with self._lock:
-                batch = [w for w in pending_windows(self._all_states()) if window_id(w) in self._published]
-            self.metrics.unsent.set(len(batch))
+            batch: list[dict[str, Any]] = []
+            # ClickHouse down or refusing: keep them, and retry shortly with what is pending then.
+            async for attempt in retry.until_stored():
+                with attempt:
+                    batch = await self._write_pending()
             if not batch:
                 continue
-            windows = [FeatureWindow.model_validate(w) for w in batch]
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.sink.write, windows)
-            except Exception as exc:  # ClickHouse down or refusing: keep them, retry shortly
-                self.metrics.sink_errors.inc()
-                log.warning("ClickHouse write of %d windows failed, will retry: %s", len(windows), exc)
-                await asyncio.sleep(1.0)
-                self._wake.set()
-                continue
-            self.metrics.windows.inc(len(windows))
             try:
                 await self._acknowledge(batch)
             except Exception:  # the windows stay pending and are written again: harmless, keep going
                 log.exception("acknowledging %d written windows failed", len(batch))
+
+    async def _write_pending(self) -> list[dict[str, Any]]:
+        """One write of every pending published window to ClickHouse; the windows written."""
+        async with self._lock:
+            batch = [w for w in pending_windows(self._all_states()) if window_id(w) in self._published]
+        self.metrics.unsent.set(len(batch))
+        if not batch:
+            return batch
+        windows = [FeatureWindow.model_validate(w) for w in batch]
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.sink.write, windows)
+        except Exception as exc:
+            self.metrics.sink_errors.inc()
+            log.warning("ClickHouse write of %d windows failed, will retry: %s", len(windows), exc)
+            raise
+        self.metrics.windows.inc(len(windows))
+        return batch
 
     async def _acknowledge(self, written: list[dict[str, Any]]) -> None:
         done = {window_id(w) for w in written}
