@@ -512,6 +512,25 @@ def demo(ctx: typer.Context) -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+def grafana(
+    out: Annotated[Path | None, typer.Option(help="Write the dashboard JSON here instead of to stdout.")] = None,
+) -> None:
+    """Print the Grafana dashboard (JSON, generated from code) to import into Grafana.
+
+    It reads the stack's Prometheus (pick it as the `datasource` variable on import); a
+    `service` variable selects the service. The same panels as `foresight dashboard`.
+    """
+    from infra.dashboards.grafana import dashboard_json
+
+    text = dashboard_json()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        console.print(f"wrote {out}")
+
+
 @app.command("demo-backend", hidden=True)
 def demo_backend(
     name: Annotated[str, typer.Option()],
