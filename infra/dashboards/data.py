@@ -1,8 +1,8 @@
 """What the live dashboard shows of one service, read from the record in ClickHouse.
 
 One snapshot per refresh: the observed rate (service-wide feature windows), the forecast band the
-autoscaler acted on (`predictions`), desired replicas and the shadow HPA's (`decisions` of the
-scaler), instance weights and risk, the latest decisions with their reasons, and component
+autoscaler acted on (`predictions`), desired replicas (`decisions` of the scaler) and the shadow
+HPA's (`hpa_shadow` predictions), instance weights and risk, the latest decisions with their reasons, and component
 health. Everything comes from the record, so the page shows what the control plane saw and did.
 """
 
@@ -47,7 +47,8 @@ class ServiceSnapshot(BaseModel):
     rate: list[Point] = Field(description="Observed requests per second per feature window.")
     forecast: dict[str, list[Point]] = Field(description="Forecast per quantile level ('0.5', '0.9'), by target time.")
     desired: list[Point] = Field(description="Replicas the autoscaler set (scale decisions).")
-    shadow: list[Point] = Field(description="Replicas the reactive HPA-style policy would have set.")
+    shadow: list[Point] = Field(description="Replicas the reactive HPA-style policy would have set "
+                                "(`hpa_shadow` predictions: a counterfactual, not an action).")
     weights: dict[str, list[Point]] = Field(description="Balancer weight per instance.")
     risk: dict[str, list[Point]] = Field(description="Risk score per instance.")
     decisions: list[DecisionRow] = Field(description="Latest decisions, newest first.")
@@ -83,9 +84,10 @@ class DashboardData:
             f"SELECT quantile, toUInt32(target_ts) AS t, argMax(value, ts_ms) FROM {self.db}.predictions FINAL "
             "WHERE kind = 'forecast' AND service = %(service)s AND target_ts >= toDateTime(%(since)s) "
             "GROUP BY quantile, t ORDER BY t", params)
-        risk = self.client.execute(
-            f"SELECT instance, toUInt32(ts), value FROM {self.db}.predictions FINAL WHERE kind = 'risk' "
-            "AND service = %(service)s AND ts >= toDateTime(%(since)s) ORDER BY ts", params)
+        scored = self.client.execute(
+            f"SELECT kind, instance, toUInt32(ts), value FROM {self.db}.predictions FINAL "
+            "WHERE kind IN ('risk', 'hpa_shadow') AND service = %(service)s AND ts >= toDateTime(%(since)s) "
+            "ORDER BY ts", params)
         acted = self.client.execute(
             f"SELECT actuator, action, target, toUInt32(intDiv(ts_ms, 1000)), after FROM {self.db}.decisions "
             "WHERE service = %(service)s AND ts >= toDateTime(%(since)s) AND isNotNull(after) "
@@ -99,10 +101,10 @@ class DashboardData:
             rate=service_rate_windows(self.client, self.db, service, since),
             forecast={f"{float(q):g}": pts for q, pts in _by_key(forecast).items()},
             desired=[(int(t), float(v)) for act, action, _, t, v in acted if act == "scaler" and action == "scale"],
-            shadow=[(int(t), float(v)) for act, action, _, t, v in acted if act == "scaler" and action == "shadow"],
+            shadow=[(int(t), float(v)) for kind, _, t, v in scored if kind == "hpa_shadow"],
             weights=_by_key([(target.rsplit("/", 1)[-1], t, v) for _, action, target, t, v in acted
                              if action == "set_weight"]),
-            risk=_by_key(risk),
+            risk=_by_key([(inst, t, v) for kind, inst, t, v in scored if kind == "risk"]),
             decisions=[DecisionRow(ts_ms=r[0], actuator=r[1], target=r[2], action=r[3], before=r[4], after=r[5],
                                    reason=r[6], outcome=r[7], dry_run=bool(r[8])) for r in recent],
             health=self.health(),

@@ -64,8 +64,10 @@ def record(stack: Settings) -> Iterator[tuple[Settings, Client]]:
     for i, replicas in enumerate((2, 3, 4, 3)):
         _decision(cl, db, (now - 900 + 240 * i) * 1000, "scaler", f"pool/{SERVICE}", "scale", None, replicas,
                   f"predictive: p90 peak needs {replicas}")
-        _decision(cl, db, (now - 900 + 240 * i) * 1000 + 1, "scaler", f"pool/{SERVICE}", "shadow", None, replicas + 1,
-                  "reactive HPA rule (shadow)")
+        cl.execute(f"INSERT INTO {db}.predictions (ts_ms, kind, service, instance, model, model_version, horizon_s, "
+                   "quantile, value) VALUES",
+                   [((now - 900 + 240 * i) * 1000, "hpa_shadow", SERVICE, "*", "reactive", "hpa", 0, 0.5,
+                     replicas + 1)])
     for i, server in enumerate(("s1", "s2")):
         _decision(cl, db, (now - 300) * 1000 + i, "haproxy", f"{SERVICE}/{server}", "set_weight", 100, 150 - 80 * i,
                   "learned latency")
