@@ -517,7 +517,7 @@ def dashboard(ctx: typer.Context) -> None:
     """Serve the live dashboard: one page per service (traffic and forecast band, replicas beside the
     shadow HPA, weights and risk, decisions with reasons, component health), updated live.
 
-    Open http://127.0.0.1:19110/ (add `?token=...` once when `dashboard.token` is set). Everything it
+    Open http://127.0.0.1:19120/ (add `?token=...` once when `dashboard.token` is set). Everything it
     shows is read from ClickHouse, so it shows what the control plane saw and did.
     """
     import uvicorn

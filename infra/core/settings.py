@@ -193,7 +193,7 @@ class PrometheusSettings(Section):
 
 class DashboardSettings(Section):
     host: str = Field(LOOPBACK, description="Bind address of `foresight dashboard`; loopback by default.")
-    port: int = Field(19110, description="Port of the live dashboard (one page per service).")
+    port: int = Field(19120, description="Port of the live dashboard (one page per service).")
     token: str | None = Field(None, description="Token the dashboard requires when set "
                               "(`?token=` once, then a cookie).")
     refresh_s: float = Field(2.0, gt=0, description="How often the page's event stream re-reads the record.")
