@@ -40,21 +40,21 @@ class PanelSpec:
 
 S = 'service="$service"'
 PANELS: tuple[PanelSpec, ...] = (
-    PanelSpec("Traffic", "Request rate and forecast band",
-              "Observed requests per second through the balancer, with the forecast's p50-p90 band "
-              "that the autoscaler acted on.",
-              (Query('foresight:http_requests:rate1m{proxy="$service"}', "observed"),
-               Query(f'foresight_autoscaler_forecast_rps{{{S},quantile="0.5"}}', "forecast p50"),
-               Query(f'foresight_autoscaler_forecast_rps{{{S},quantile="0.9"}}', "forecast p90")), "reqps"),
+    PanelSpec("Traffic", "Request rate and forecast",
+              "Requests per second through the balancer, what the autoscaler observed, and the forecast peak "
+              "(at the quantile it used) that it provisioned for.",
+              (Query('foresight:http_requests:rate1m{proxy="$service"}', "through the balancer"),
+               Query(f"foresight_autoscaler_observed_rps{{{S}}}", "observed by the autoscaler"),
+               Query(f"foresight_autoscaler_forecast_rps{{{S}}}", "forecast peak provisioned for")), "reqps"),
     PanelSpec("Replicas", "Desired and ready replicas, beside the shadow HPA",
               "What the predictive policy wants, what runs and answers, and what the reactive "
               "HPA-style policy would have asked for in its place.",
-              (Query(f"foresight_autoscaler_desired_replicas{{{S}}}", "desired"),
-               Query(f"foresight_autoscaler_ready_replicas{{{S}}}", "ready"),
-               Query(f"foresight_autoscaler_shadow_replicas{{{S}}}", "shadow HPA"))),
+              (Query(f'foresight_autoscaler_replicas{{{S},kind="desired"}}', "desired"),
+               Query(f'foresight_autoscaler_replicas{{{S},kind="ready"}}', "ready"),
+               Query(f'foresight_autoscaler_replicas{{{S},kind="shadow_reactive"}}', "shadow HPA"))),
     PanelSpec("Replicas", "Fallback active",
               "1 while predictions are stale or serving is down and the reactive policy decides.",
-              (Query(f"foresight_autoscaler_fallback{{{S}}}", "fallback"),), kind="stat"),
+              (Query(f"foresight_autoscaler_fallback_active{{{S}}}", "fallback"),), kind="stat"),
     PanelSpec("Instances", "Instance weights",
               "HAProxy weight of each instance, as the weight controller left it.",
               (Query('foresight_adapter_weight{backend="$service"}', "{{server}}"),)),
@@ -94,7 +94,7 @@ def build_dashboard() -> dict[str, object]:
              .description("Predictive scaling, draining and weights: what Foresight saw, predicted and did.")
              .with_variable(gdash.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
              .with_variable(gdash.QueryVariable("service").label("Service").datasource(DATASOURCE)
-                            .query("label_values(foresight_autoscaler_desired_replicas, service)")))
+                            .query("label_values(foresight_autoscaler_replicas, service)")))
     panel_id = 0
     for row in dict.fromkeys(spec.row for spec in PANELS):
         panel_id += 1
