@@ -512,6 +512,47 @@ def demo(ctx: typer.Context) -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+def dashboard(ctx: typer.Context) -> None:
+    """Serve the live dashboard: one page per service (traffic and forecast band, replicas beside the
+    shadow HPA, weights and risk, decisions with reasons, component health), updated live.
+
+    Open http://127.0.0.1:19120/ (add `?token=...` once when `dashboard.token` is set). Everything it
+    shows is read from ClickHouse, so it shows what the control plane saw and did.
+    """
+    import uvicorn
+
+    from infra.core.db import client as clickhouse_client
+    from infra.dashboards.data import DashboardData
+    from infra.dashboards.health import cached_stack_health
+    from infra.dashboards.web import build_dashboard_app
+
+    s = _ctx(ctx).settings
+    data = DashboardData(clickhouse_client(s.clickhouse, s.clickhouse.database), s.clickhouse.database,
+                         cached_stack_health(s), window_minutes=s.dashboard.window_minutes)
+    app_ = build_dashboard_app(data, token=s.dashboard.token, refresh_s=s.dashboard.refresh_s)
+    uvicorn.run(app_, host=s.dashboard.host, port=s.dashboard.port, log_level="warning")
+
+
+@app.command()
+def grafana(
+    out: Annotated[Path | None, typer.Option(help="Write the dashboard JSON here instead of to stdout.")] = None,
+) -> None:
+    """Print the Grafana dashboard (JSON, generated from code) to import into Grafana.
+
+    It reads the stack's Prometheus (pick it as the `datasource` variable on import); a
+    `service` variable selects the service. The same panels as `foresight dashboard`.
+    """
+    from infra.dashboards.grafana import dashboard_json
+
+    text = dashboard_json()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        console.print(f"wrote {out}")
+
+
 @app.command("demo-backend", hidden=True)
 def demo_backend(
     name: Annotated[str, typer.Option()],

@@ -60,3 +60,24 @@ def latest_instance_windows(client: Client, database: str, service: str, max_age
         {"service": service, "all": SERVICE_WIDE, "age": max_age_s},
     )
     return [InstanceWindow(inst, float(p99), float(p50), int(n), int(err)) for inst, p99, p50, n, err in rows]
+
+
+def service_rate_windows(client: Client, database: str, service: str, since_s: int) -> list[tuple[int, float]]:
+    """(window start unix s, requests per second) of `service`'s service-wide windows since `since_s`."""
+    rows = client.execute(
+        f"SELECT toUInt32(window_start) AS start, requests / greatest(toUInt32(window_end) - start, 1) "
+        f"FROM {database}.features FINAL WHERE service = %(service)s AND instance = %(all)s "
+        f"AND window_start >= toDateTime(%(since)s) ORDER BY window_start",
+        {"service": service, "all": SERVICE_WIDE, "since": since_s},
+    )
+    return [(int(start), float(rate)) for start, rate in rows]
+
+
+def recent_services(client: Client, database: str, since_s: int) -> list[str]:
+    """Services with a service-wide window since `since_s`, by name."""
+    rows = client.execute(
+        f"SELECT DISTINCT service FROM {database}.features WHERE instance = %(all)s "
+        f"AND window_start >= toDateTime(%(since)s) ORDER BY service",
+        {"all": SERVICE_WIDE, "since": since_s},
+    )
+    return [str(r[0]) for r in rows]

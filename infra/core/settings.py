@@ -191,6 +191,15 @@ class PrometheusSettings(Section):
                                    "requests that may fail (5xx) through the stack's balancers.")
 
 
+class DashboardSettings(Section):
+    host: str = Field(LOOPBACK, description="Bind address of `foresight dashboard`; loopback by default.")
+    port: int = Field(19120, description="Port of the live dashboard (one page per service).")
+    token: str | None = Field(None, description="Token the dashboard requires when set "
+                              "(`?token=` once, then a cookie).")
+    refresh_s: float = Field(2.0, gt=0, description="How often the page's event stream re-reads the record.")
+    window_minutes: int = Field(60, gt=0, description="How much history the charts show.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FORESIGHT_",
@@ -211,6 +220,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     adapter: AdapterSettings = AdapterSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
+    dashboard: DashboardSettings = DashboardSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -234,8 +234,22 @@ def build_components(s: Settings) -> list[Component]:
         ingest_http(s),
         ingest_scrape(s),
         stream_worker(s),
+        dashboard(s),
     ]
     return [*components, prometheus(s, components)]
+
+
+def dashboard(s: Settings) -> Component:
+    url = f"http://{s.dashboard.host}:{s.dashboard.port}"
+    return Component(
+        name="dashboard",
+        metrics_url=f"{url}/metrics",
+        argv=_python("dashboard"),
+        probe=probes.http_ok(f"{url}/healthz"),
+        address=f"{url}/ (live, one page per service)",
+        tcp_ports=[s.dashboard.port],
+        needs=["clickhouse"],
+    )
 
 
 def prometheus(s: Settings, scraped: list[Component]) -> Component:
