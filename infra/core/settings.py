@@ -182,6 +182,58 @@ class AdapterSettings(Section):
     metrics_port: int = Field(19105, description="Prometheus metrics of the `foresight adapt` loop.")
 
 
+class PoolServiceSettings(Section):
+    """One service of the local instance pool: real backend processes that queue and saturate."""
+
+    name: str = Field(description="Service name (registry key, HAProxy backend, nginx upstream).")
+    capacity_rps: float = Field(50.0, gt=0, description="Requests/s one instance serves at saturation "
+                                "(= workers / mean service time).")
+    workers: int = Field(4, ge=1, description="Requests one instance serves at once; the rest queue.")
+    service_time: Literal["exponential", "lognormal", "constant"] = Field(
+        "exponential", description="Distribution of one request's service time (mean = workers / capacity).")
+    service_time_sigma: float = Field(0.5, ge=0, description="Shape (sigma of log) of the lognormal service time.")
+    startup_delay_s: float = Field(0.5, ge=0, description="Seconds an instance warms up before it registers.")
+    replicas: int = Field(2, ge=0, description="Instances the pool starts with.")
+    min_replicas: int = Field(1, ge=0, description="Fewest instances a replicas request may ask for.")
+    max_replicas: int = Field(8, ge=1, description="Most instances a replicas request may ask for.")
+    weight: int = Field(100, ge=0, le=256, description="Weight each instance registers with.")
+    haproxy_port: int = Field(18081, description="HAProxy frontend port of this service.")
+    nginx_port: int = Field(18082, description="nginx port of this service.")
+
+    @property
+    def mean_service_s(self) -> float:
+        return self.workers / self.capacity_rps
+
+
+class PoolSettings(Section):
+    admin_port: int = Field(19110, description="`foresight pool` admin API (/v1/pools) and /metrics, on loopback.")
+    drain_timeout_s: float = Field(30.0, gt=0, description="Longest wait for a draining instance to go idle before "
+                                   "it is stopped anyway.")
+    drain_quiet_s: float = Field(1.0, ge=0, description="A draining instance is idle once it got no request for "
+                                 "this long and has none in flight.")
+    stop_timeout_s: float = Field(10.0, gt=0, description="SIGTERM to SIGKILL for an instance being stopped.")
+    services: list[PoolServiceSettings] = Field(
+        default_factory=lambda: [PoolServiceSettings(name="web")], description="Services the pool runs.")
+
+    def service(self, name: str) -> PoolServiceSettings | None:
+        return next((svc for svc in self.services if svc.name == name), None)
+
+
+class NginxSettings(Section):
+    binary: str = Field("nginx", description="nginx executable (Debian nginx-light).")
+    status_port: int = Field(18083, description="nginx stub_status (/status) and /healthz, on loopback.")
+
+
+class SyncSettings(Section):
+    """`foresight registry-sync`: balancer membership follows the registry."""
+
+    metrics_port: int = Field(19111, description="Prometheus metrics of the registry sync.")
+    del_timeout_s: float = Field(10.0, gt=0, description="Longest wait for a server in maintenance to lose its "
+                                 "connections and queue before HAProxy's `del server`.")
+    retry_max_s: float = Field(5.0, gt=0, description="Longest pause between reconnects to etcd (exponential).")
+    services: list[str] = Field(default_factory=list, description="Services to sync; empty = the pool's services.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FORESIGHT_",
@@ -201,6 +253,9 @@ class Settings(BaseSettings):
     ray: RaySettings = RaySettings()
     serving: ServingSettings = ServingSettings()
     adapter: AdapterSettings = AdapterSettings()
+    pool: PoolSettings = PoolSettings()
+    nginx: NginxSettings = NginxSettings()
+    sync: SyncSettings = SyncSettings()
 
     @classmethod
     def settings_customise_sources(
