@@ -182,6 +182,20 @@ class AdapterSettings(Section):
     metrics_port: int = Field(19105, description="Prometheus metrics of the `foresight adapt` loop.")
 
 
+class RegistrySettings(Section):
+    """Service registry in etcd: instance keys under leases, leadership per service."""
+
+    endpoint: str | None = Field(None, description="etcd client URL; none = http://127.0.0.1:<etcd.client_port>.")
+    prefix: str = Field("/foresight", description="Key prefix: `<prefix>/services/<service>/instances/<instance>`, "
+                        "`<prefix>/leaders/<service>`.")
+    lease_ttl_s: int = Field(10, ge=2, description="Instance lease TTL; a dead instance leaves within it "
+                             "(renewed every TTL/3).")
+    leader_ttl_s: int = Field(10, ge=2, description="Leadership lease TTL; a standby takes over within it.")
+    max_unavailable: float = Field(0.25, gt=0, le=1, description="Most instances of a service draining or drained "
+                                   "at once, as a fraction (at least one; never the last ready one).")
+    timeout_s: float = Field(3.0, gt=0, description="Timeout of one etcd request.")
+
+
 class PoolServiceSettings(Section):
     """One service of the local instance pool: real backend processes that queue and saturate."""
 
@@ -253,6 +267,7 @@ class Settings(BaseSettings):
     ray: RaySettings = RaySettings()
     serving: ServingSettings = ServingSettings()
     adapter: AdapterSettings = AdapterSettings()
+    registry: RegistrySettings = RegistrySettings()
     pool: PoolSettings = PoolSettings()
     nginx: NginxSettings = NginxSettings()
     sync: SyncSettings = SyncSettings()
@@ -283,6 +298,10 @@ class Settings(BaseSettings):
     @property
     def checkpoint_dir(self) -> Path:
         return self.state / "ingest" / "checkpoints"
+
+    @property
+    def registry_endpoint(self) -> str:
+        return self.registry.endpoint or f"http://{LOOPBACK}:{self.etcd.client_port}"
 
     @property
     def serving_url(self) -> str:
