@@ -6,13 +6,16 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from infra.core.settings import ConfigFileError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from infra.core.service_registry import Registry, RegistryEntry
 
 app = typer.Typer(
     help="Foresight: a predictive high-availability control plane.\n\n"
@@ -522,6 +525,155 @@ def demo_backend(
     from infra.demo_backend import serve as serve_backend
 
     serve_backend(name, "127.0.0.1", port, latency_ms)
+
+
+# -- foresight registry: instances in etcd ----------------------------------------------------------------
+
+registry_app = typer.Typer(
+    help="Service registry in etcd: list instances, drain or undrain one, deregister one.\n\n"
+    "Keys: <prefix>/services/<service>/instances/<instance> (JSON, under the instance's lease). "
+    "drain/undrain/deregister are refused (exit status 2) when they would leave a service without a "
+    "ready instance or take more than registry.max_unavailable of it out of service at once; each "
+    "change is recorded as a decision (actuator etcd) on the decisions topic.",
+    no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+def _registry(s: Settings) -> Registry:
+    from infra.core.service_registry import Registry
+
+    return Registry(s.registry_endpoint, s.registry.prefix, s.registry.timeout_s)
+
+
+def _entry_row(e: RegistryEntry) -> dict[str, object]:
+    r = e.record
+    return {"service": e.service, "instance": e.instance, "mod_revision": e.mod_revision, "lease": e.lease,
+            "valid": r is not None, "error": e.error, "record": r.model_dump() if r is not None else None}
+
+
+@registry_app.command("list")
+def registry_list(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Argument(help="Only this service (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="{revision, instances: [...]}; invalid values have "
+                                          "valid=false and their error.")] = False,
+) -> None:
+    """Every registered instance: state, weight, address, who set the state; invalid values with their error."""
+    from infra.core.service_registry import RegistryError
+
+    s = _ctx(ctx).settings
+    try:
+        snap = _registry(s).snapshot(service)
+    except RegistryError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    if as_json:
+        print(json.dumps({"revision": snap.revision, "instances": [_entry_row(e) for e in snap.entries]}))
+        return
+    table = Table(title=f"registry {s.registry.prefix} at revision {snap.revision}")
+    for col in ("service", "instance", "state", "weight", "address", "version", "set by", "mod rev"):
+        table.add_column(col, overflow="fold")
+    colours = {"ready": "green", "draining": "yellow", "drained": "dim"}
+    for e in snap.entries:
+        r = e.record
+        if r is None:
+            table.add_row(e.service, e.instance, "[red]invalid[/]", "", str(e.error), "", "", str(e.mod_revision))
+            continue
+        table.add_row(e.service, e.instance, f"[{colours[r.state]}]{r.state}[/]", str(r.weight),
+                      f"{r.address}:{r.port}", r.version, r.metadata.get("set_by", ""), str(e.mod_revision))
+    console.print(table)
+    if not snap.entries:
+        _say("no instances registered" + (f" for {service}" if service else ""))
+
+
+@registry_app.command("show")
+def registry_show(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="Service name.")],
+    instance: Annotated[str, typer.Argument(help="Instance name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="The entry as JSON.")] = False,
+) -> None:
+    """One instance's record, mod_revision and lease (exit status 1 if it is not registered)."""
+    from infra.core.service_registry import RegistryError
+
+    s = _ctx(ctx).settings
+    try:
+        entry = _registry(s).get(service, instance)
+    except (RegistryError, ValueError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    if entry is None:
+        err.print(f"[red]error:[/] no instance {service}/{instance} (see `foresight registry list`)")
+        raise typer.Exit(1)
+    row = _entry_row(entry)
+    print(json.dumps(row) if as_json else json.dumps(row, indent=2))
+
+
+def _registry_change(ctx: typer.Context, service: str, instance: str, action: str, as_json: bool) -> None:
+    from infra.core.service_registry import RegistryError
+    from lb_adapters import registry_admin
+    from lb_adapters.decision_log import DecisionLog
+
+    s = _ctx(ctx).settings
+    registry = _registry(s)
+    try:
+        # the sink first: a change that could not be recorded is not made
+        sink = DecisionLog(s.kafka.bootstrap_servers, s.kafka.topic_decisions)
+    except Exception as exc:
+        err.print(f"[red]error:[/] cannot record decisions on {s.kafka.topic_decisions} at "
+                  f"{s.kafka.bootstrap_servers} ({exc}); nothing changed. Is Kafka up? (`foresight stack status`)")
+        raise typer.Exit(1) from exc
+    try:
+        if action == "deregister":
+            result = registry_admin.deregister(registry, sink, service, instance, s.registry.max_unavailable)
+        else:
+            result = registry_admin.change_state(registry, sink, service, instance,
+                                                 "drain" if action == "drain" else "undrain",
+                                                 s.registry.max_unavailable)
+    except registry_admin.AdminRefused as exc:
+        err.print(f"[red]refused:[/] {exc}")
+        if as_json:
+            print(json.dumps({"service": service, "instance": instance, "action": action, "changed": False,
+                              "refused": str(exc)}))
+        raise typer.Exit(2) from exc
+    except (registry_admin.AdminNotFound, RegistryError, ValueError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        sink.close()
+    if as_json:
+        print(result.model_dump_json())
+    else:
+        _say(result.message + ("" if result.changed else " (nothing to do)"))
+
+
+_SERVICE_ARG = Annotated[str, typer.Argument(help="Service name.")]
+_INSTANCE_ARG = Annotated[str, typer.Argument(help="Instance name (see `foresight registry list`).")]
+_CHANGE_JSON = Annotated[bool, typer.Option("--json", help="The result as JSON: {service, instance, action, "
+                                            "before, after, changed, message} (or {refused} with exit 2).")]
+
+
+@registry_app.command("drain")
+def registry_drain(ctx: typer.Context, service: _SERVICE_ARG, instance: _INSTANCE_ARG,
+                   as_json: _CHANGE_JSON = False) -> None:
+    """Mark an instance `draining` (the balancers stop sending it new requests). Pinned: no controller
+    undoes it. Refused (exit 2) for the last ready instance or past registry.max_unavailable."""
+    _registry_change(ctx, service, instance, "drain", as_json)
+
+
+@registry_app.command("undrain")
+def registry_undrain(ctx: typer.Context, service: _SERVICE_ARG, instance: _INSTANCE_ARG,
+                     as_json: _CHANGE_JSON = False) -> None:
+    """Put a draining or drained instance back to `ready`."""
+    _registry_change(ctx, service, instance, "undrain", as_json)
+
+
+@registry_app.command("deregister")
+def registry_deregister(ctx: typer.Context, service: _SERVICE_ARG, instance: _INSTANCE_ARG,
+                        as_json: _CHANGE_JSON = False) -> None:
+    """Delete an instance's key (the balancers drop it). Refused (exit 2) for the last ready instance;
+    drain it first. A running instance keeps its lease but does not re-register by itself."""
+    _registry_change(ctx, service, instance, "deregister", as_json)
 
 
 def main() -> None:

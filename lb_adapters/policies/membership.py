@@ -61,7 +61,7 @@ def _check_out_of_service(records: Mapping[str, InstanceRecord], victims: Sequen
     ready = _count(records, "ready")
     ready_after = ready - len(ready_victims)
     if ready_victims and ready_after < 1:
-        return Verdict(False, f"refused: {verb} {', '.join(sorted(chosen))} would leave no ready instance "
+        return Verdict(False, f"{verb} {', '.join(sorted(chosen))} would leave no ready instance "
                               f"({ready} ready of {len(records)}); start another instance first")
     # Removing a draining/drained instance shrinks the service but puts nothing new out of service.
     total = len(records)
@@ -72,7 +72,7 @@ def _check_out_of_service(records: Mapping[str, InstanceRecord], victims: Sequen
         total -= len(gone)
     budget = unavailable_budget(len(records), max_unavailable)
     if ready_victims and unavailable_after > budget:
-        return Verdict(False, f"refused: {verb} {', '.join(sorted(chosen))} would put {unavailable_after} of "
+        return Verdict(False, f"{verb} {', '.join(sorted(chosen))} would put {unavailable_after} of "
                               f"{len(records)} instances out of service; max_unavailable "
                               f"{max_unavailable:.0%} allows {budget}")
     return Verdict(True, f"{verb} {', '.join(sorted(chosen))}: {ready_after} ready of {total} left, "
@@ -98,7 +98,7 @@ def may_change_state(record: InstanceRecord, new_state: InstanceState, actor: Se
     """An operator may always change a state; a controller never changes one an operator set."""
     if actor == "operator" or record.state == new_state or set_by(record) != "operator":
         return Verdict(True, f"{record.state} -> {new_state} by {actor}")
-    return Verdict(False, f"refused: the operator set {record.state!r}; a controller does not undo it")
+    return Verdict(False, f"the operator set {record.state!r}; a controller does not undo it")
 
 
 def choose_victims(records: Mapping[str, InstanceRecord], count: int, max_unavailable: float) -> list[str]:
