@@ -676,6 +676,110 @@ def registry_deregister(ctx: typer.Context, service: _SERVICE_ARG, instance: _IN
     _registry_change(ctx, service, instance, "deregister", as_json)
 
 
+# -- foresight pool / registry-sync: the instance pool and balancer membership ---------------------------
+
+pool_app = typer.Typer(
+    help="The local instance pool: real backend processes per service (pool.services), scaled with graceful "
+    "drain.\n\n`foresight pool run` is the stack component `pool`; `status` and `scale` talk to its admin API "
+    "(pool.admin_port, loopback).",
+    no_args_is_help=True,
+)
+app.add_typer(pool_app, name="pool")
+
+
+@pool_app.command("run")
+def pool_run(ctx: typer.Context) -> None:
+    """Run the pool and its admin API until SIGTERM; each instance registers in etcd once warmed up."""
+    from infra.pool.admin import run_pool
+
+    run_pool(_ctx(ctx).settings)
+
+
+def _pool_call(s: Settings, method: str, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
+    import httpx
+
+    url = f"http://127.0.0.1:{s.pool.admin_port}{path}"
+    try:
+        resp = httpx.request(method, url, json=body, timeout=10.0)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]error:[/] the pool's admin API at {url} does not answer ({exc}); "
+                  "is the pool running? (`foresight stack status`)")
+        raise typer.Exit(1) from exc
+    if resp.status_code >= 400:
+        err.print(f"[red]error:[/] {resp.status_code}: {resp.json().get('detail', resp.text)}")
+        raise typer.Exit(2)
+    data: dict[str, object] = resp.json()
+    return data
+
+
+def _print_pool(data: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data))
+        return
+    table = Table(title=f"pool {data['service']}: desired {data['desired']}, current {data['current']}, "
+                        f"ready {data['ready']}")
+    for col in ("instance", "port", "state", "pid"):
+        table.add_column(col)
+    for row in data["instances"]:  # type: ignore[attr-defined]
+        table.add_row(row["instance"], str(row["port"]), row["state"], str(row["pid"]))
+    console.print(table)
+
+
+@pool_app.command("status")
+def pool_status(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="A service of pool.services, e.g. `web`.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Desired, running and ready instances of one service, each with its state."""
+    _print_pool(_pool_call(_ctx(ctx).settings, "GET", f"/v1/pools/{service}"), as_json)
+
+
+@pool_app.command("scale")
+def pool_scale(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="A service of pool.services, e.g. `web`.")],
+    replicas: Annotated[int, typer.Argument(help="Instances wanted, within the service's min/max.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Ask for N instances: new ones start and register; extra ones drain first, then stop. Exit 2 if refused."""
+    _print_pool(_pool_call(_ctx(ctx).settings, "PUT", f"/v1/pools/{service}/replicas", {"replicas": replicas}),
+                as_json)
+
+
+@app.command("pool-backend", hidden=True)
+def pool_backend(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Option()],
+    instance: Annotated[str, typer.Option()],
+    port: Annotated[int, typer.Option()],
+) -> None:
+    """One pool instance (started by `foresight pool run`)."""
+    from infra.core.service_registry import Registry
+    from infra.pool.backend import run_registered
+
+    s = _ctx(ctx).settings
+    svc = s.pool.service(service)
+    if svc is None:
+        err.print(f"[red]error:[/] service {service!r} is not in pool.services")
+        raise typer.Exit(2)
+    run_registered(service, instance, port, svc, Registry(s.registry_endpoint, s.registry.prefix,
+                                                          s.registry.timeout_s), s.registry.lease_ttl_s)
+
+
+@app.command("registry-sync")
+def registry_sync(ctx: typer.Context) -> None:
+    """HAProxy and nginx membership follow the registry (a watch on etcd) until SIGTERM.
+
+    HAProxy changes through its runtime API (add, drain, maintenance, delete; no reload); nginx's
+    upstream file is re-rendered, checked with `nginx -t` and reloaded gracefully. One copy per service
+    acts (leadership in etcd); another stands by. etcd down: the balancers keep the last membership.
+    """
+    from infra.workers import run_registry_sync
+
+    run_registry_sync(_ctx(ctx).settings)
+
+
 def main() -> None:
     app()
 

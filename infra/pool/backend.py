@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 import time
@@ -20,6 +21,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from infra.core.service_registry import InstanceLease, InstanceRecord, Registry, RegistryError
+from infra.core.settings import PoolServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +169,36 @@ class Backend:
                 await asyncio.sleep(0.02)
             await runner.cleanup()
             log.info("%s/%s stopped after %d requests", self.cfg.service, self.cfg.instance, self.served)
+
+
+def run_registered(service: str, instance: str, port: int, svc: PoolServiceSettings, registry: Registry,
+                   ttl_s: int) -> None:
+    """One pool instance: serve, register once warmed up (a lease kept alive every TTL/3, taken again
+    if etcd let it expire), deregister on SIGTERM."""
+    leases: list[InstanceLease] = []
+
+    def register() -> None:
+        record = InstanceRecord(address="127.0.0.1", port=port, state="ready", weight=svc.weight,
+                                started_at=int(time.time() * 1000), version="pool",
+                                metadata={"pid": str(os.getpid()), "capacity_rps": f"{svc.capacity_rps:g}"})
+        leases.append(registry.register(service, instance, record, ttl_s, on_lost=lambda _lease: reregister()))
+
+    def reregister() -> None:
+        log.warning("%s/%s: lease lost (etcd unreachable for longer than %d s); registering again", service,
+                    instance, ttl_s)
+        for attempt in range(1_000_000):
+            try:
+                register()
+                return
+            except RegistryError:
+                time.sleep(min(5.0, 0.5 * (attempt + 1)))
+
+    def deregister() -> None:
+        if leases:
+            leases[-1].revoke()
+        registry.close()
+
+    cfg = BackendConfig(service=service, instance=instance, port=port, workers=svc.workers,
+                        mean_service_s=svc.mean_service_s, distribution=svc.service_time, sigma=svc.service_time_sigma,
+                        startup_delay_s=svc.startup_delay_s)
+    asyncio.run(Backend(cfg, on_ready=register, on_stop=deregister).run())

@@ -31,6 +31,7 @@ class RegistryView:
         self.invalid: Counter[str] = Counter()  # per service, since start
         self.revision = 0
         self.connected = False
+        self.synced = False  # a first snapshot arrived: until then the view knows nothing
 
     def apply(self, event: WatchEvent) -> set[str]:
         """Fold one event in; returns the services whose membership changed."""
@@ -41,6 +42,7 @@ class RegistryView:
         self.revision = max(self.revision, event.revision)
         if event.kind == "resync":
             assert event.snapshot is not None
+            self.synced = True
             return self._resync(event.snapshot.entries)
         entry = event.entry
         if entry is None or entry.service not in self.services:
