@@ -181,17 +181,20 @@ def run_registered(service: str, instance: str, port: int, svc: PoolServiceSetti
         record = InstanceRecord(address="127.0.0.1", port=port, state="ready", weight=svc.weight,
                                 started_at=int(time.time() * 1000), version="pool",
                                 metadata={"pid": str(os.getpid()), "capacity_rps": f"{svc.capacity_rps:g}"})
-        leases.append(registry.register(service, instance, record, ttl_s, on_lost=lambda _lease: reregister()))
+        leases.append(registry.register(service, instance, record, ttl_s, on_lost=lambda _lease: register_retrying()))
 
-    def reregister() -> None:
-        log.warning("%s/%s: lease lost (etcd unreachable for longer than %d s); registering again", service,
-                    instance, ttl_s)
-        for attempt in range(1_000_000):
+    def register_retrying() -> None:
+        """etcd may be away (it is fail-static for everyone else): keep trying, the instance just waits."""
+        attempt = 0
+        while True:
             try:
                 register()
                 return
-            except RegistryError:
-                time.sleep(min(5.0, 0.5 * (attempt + 1)))
+            except RegistryError as exc:
+                attempt += 1
+                if attempt == 1:
+                    log.warning("%s/%s: cannot register yet (%s); retrying", service, instance, exc)
+                time.sleep(min(5.0, 0.25 * attempt))
 
     def deregister() -> None:
         if leases:
@@ -201,4 +204,4 @@ def run_registered(service: str, instance: str, port: int, svc: PoolServiceSetti
     cfg = BackendConfig(service=service, instance=instance, port=port, workers=svc.workers,
                         mean_service_s=svc.mean_service_s, distribution=svc.service_time, sigma=svc.service_time_sigma,
                         startup_delay_s=svc.startup_delay_s)
-    asyncio.run(Backend(cfg, on_ready=register, on_stop=deregister).run())
+    asyncio.run(Backend(cfg, on_ready=register_retrying, on_stop=deregister).run())

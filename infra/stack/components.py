@@ -213,7 +213,7 @@ def pool(s: Settings) -> Component:
     return Component(
         name="pool",
         metrics_url=f"{url}/metrics",
-        argv=_python("pool"),
+        argv=_python("pool", "run"),
         probe=probes.http_ok(f"{url}/healthz"),
         address=f"{url}/v1/pools ("
         + ", ".join(f"{svc.name} x{svc.replicas}" for svc in s.pool.services) + ")",
