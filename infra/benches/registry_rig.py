@@ -135,3 +135,76 @@ class Rig:
             if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+
+class ClientLoop:
+    """A bounded client: one request at a time through a balancer, until `stop()` or `max_requests`.
+    Records when each instance first answered and every failure (status >= 500 or no answer)."""
+
+    def __init__(self, url: str, max_requests: int = 100_000, pause_s: float = 0.005) -> None:
+        import threading
+
+        self.url, self.max_requests, self.pause_s = url, max_requests, pause_s
+        self.first_seen: dict[str, float] = {}
+        self.last_seen: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.failures: list[tuple[float, str]] = []
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"client-{url}", daemon=True)
+
+    def start(self) -> ClientLoop:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10.0) as client:
+            while not self._stop.is_set() and self.sent < self.max_requests:
+                self.sent += 1
+                try:
+                    resp = client.get(self.url)
+                    now = time.monotonic()
+                    if resp.status_code >= 500:
+                        self.failures.append((now, f"HTTP {resp.status_code}"))
+                    else:
+                        name = resp.text.strip()
+                        self.first_seen.setdefault(name, now)
+                        self.last_seen[name] = now
+                        self.counts[name] = self.counts.get(name, 0) + 1
+                except httpx.HTTPError as exc:
+                    self.failures.append((time.monotonic(), f"{type(exc).__name__}: {exc}"))
+                if self.pause_s:
+                    self._stop.wait(self.pause_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+class RegistryClock:
+    """When each instance key first appeared (`put`) and last changed state, from a watch on the rig's etcd."""
+
+    def __init__(self, s: Settings, service: str) -> None:
+        import threading
+
+        from infra.core.service_registry import Registry
+
+        self.registry = Registry(s.registry_endpoint, s.registry.prefix, s.registry.timeout_s)
+        self.service = service
+        self.registered: dict[str, float] = {}
+        self.state_at: dict[tuple[str, str], float] = {}
+        self.deleted: dict[str, float] = {}
+        self._thread = threading.Thread(target=self._run, name="registry-clock", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for ev in self.registry.watch(self.service):
+            now = time.monotonic()
+            if ev.kind == "put" and ev.entry is not None and ev.entry.record is not None:
+                self.registered.setdefault(ev.entry.instance, now)
+                self.state_at.setdefault((ev.entry.instance, ev.entry.record.state), now)
+            elif ev.kind == "delete" and ev.entry is not None:
+                self.deleted.setdefault(ev.entry.instance, now)
+
+    def close(self) -> None:
+        self.registry.close()
