@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -636,11 +637,12 @@ def _registry_change(ctx: typer.Context, service: str, instance: str, action: st
             print(json.dumps({"service": service, "instance": instance, "action": action, "changed": False,
                               "refused": str(exc)}))
         raise typer.Exit(2) from exc
-    except (registry_admin.AdminNotFound, RegistryError, ValueError) as exc:
+    except (registry_admin.AdminNotFound, registry_admin.DecisionNotRecorded, RegistryError, ValueError) as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     finally:
-        sink.close()
+        with contextlib.suppress(Exception):  # a close that cannot flush was reported by publish already
+            sink.close()
     if as_json:
         print(result.model_dump_json())
     else:

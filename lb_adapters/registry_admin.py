@@ -24,6 +24,18 @@ class AdminNotFound(LookupError):
     """No such instance key."""
 
 
+class DecisionNotRecorded(RuntimeError):
+    """The change was applied but its decision could not be published."""
+
+
+def _record(sink: DecisionSink, decision: Decision) -> None:
+    try:
+        sink.publish([decision])
+    except Exception as exc:  # the sink's failure, whatever its client raises
+        raise DecisionNotRecorded(f"{decision.target}: {decision.action} applied, but its decision could not be "
+                                  f"recorded ({exc or type(exc).__name__})") from exc
+
+
 class AdminResult(BaseModel):
     service: str
     instance: str
@@ -66,7 +78,7 @@ def change_state(registry: Registry, sink: DecisionSink, service: str, instance:
         if not verdict.allowed:
             raise AdminRefused(f"{service}/{instance}: {verdict.reason}")
         if registry.set_state(service, instance, target, entry.mod_revision, set_by="operator"):
-            sink.publish([_decision(service, instance, action, before, target, verdict.reason)])
+            _record(sink, _decision(service, instance, action, before, target, verdict.reason))
             return AdminResult(service=service, instance=instance, action=action, before=before, after=target,
                                changed=True, message=f"{service}/{instance}: {before} -> {target}")
     raise AdminRefused(f"{service}/{instance} kept changing under us ({CAS_TRIES} tries); try again")
@@ -86,7 +98,7 @@ def deregister(registry: Registry, sink: DecisionSink, service: str, instance: s
         if not verdict.allowed:
             raise AdminRefused(f"{service}/{instance}: {verdict.reason}")
         if registry.deregister(service, instance, expect_mod_revision=entry.mod_revision):
-            sink.publish([_decision(service, instance, "deregister", before, "removed", verdict.reason)])
+            _record(sink, _decision(service, instance, "deregister", before, "removed", verdict.reason))
             return AdminResult(service=service, instance=instance, action="deregister", before=before,
                                after="removed", changed=True, message=f"{service}/{instance}: {before} -> removed")
     raise AdminRefused(f"{service}/{instance} kept changing under us ({CAS_TRIES} tries); try again")
