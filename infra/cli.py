@@ -369,6 +369,34 @@ def bench_streams(
     print(result_json(result))
 
 
+@bench_app.command("registry")
+def bench_registry(
+    ctx: typer.Context,
+    rounds: Annotated[int, typer.Option(help="Scale 1 -> 1+grow -> 1 cycles (samples = rounds x grow).")] = 2,
+    grow: Annotated[int, typer.Option(help="Instances added per cycle.")] = 3,
+    burst: Annotated[int, typer.Option(help="Instance keys written at once for the changes/s figure.")] = 200,
+    etcd_outage: Annotated[float, typer.Option(help="Also stop etcd this many seconds (e.g. 30) and report "
+                                               "whether membership held and how fast the sync caught up.")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Registry -> balancers, on a private rig (own etcd, HAProxy, nginx, pool, sync on free ports).
+
+    Prints {"register_to_routed_p99_s", "nginx_register_to_routed_p99_s", "drain_to_idle_p99_s",
+    "changes_per_s"} last. Targets: HAProxy p99 <= 1 s, nginx <= 2 s, >= 50 changes/s.
+    """
+    import tempfile
+
+    from infra.benches.registry import run_registry_bench
+
+    with tempfile.TemporaryDirectory(prefix="foresight-bench-registry-") as folder:
+        result = run_registry_bench(Path(folder), rounds=rounds, grow=grow, burst=burst, etcd_outage_s=etcd_outage,
+                                    say=_say)
+    if not as_json:
+        console.print(result)
+    keys = ("register_to_routed_p99_s", "nginx_register_to_routed_p99_s", "drain_to_idle_p99_s", "changes_per_s")
+    print(json.dumps({k: result[k] for k in keys}))
+
+
 @app.command()
 def stream(ctx: typer.Context) -> None:
     """Run a Faust stream worker: `fs.access` + `fs.metrics` -> feature windows -> `fs.features` and ClickHouse."""
