@@ -114,7 +114,7 @@ def _burst(rig: Rig, servers: Callable[[], dict[str, tuple[str, int, int, int]]]
     lease = int(httpx.post(f"{etcd}/lease/grant", json={"TTL": 60}, timeout=5).json()["ID"])
     base = f"{rig.s.registry.prefix}/services/{rig.svc.name}/instances/burst-"
     value = json.dumps({"address": "127.0.0.1", "port": port, "started_at": int(time.time() * 1000)}).encode()
-    start_n = len(servers())
+    start_n, upstream = len(servers()), rig.nginx_upstream()
     t0 = time.monotonic()
     with httpx.Client(timeout=5) as client:
         for i in range(count):
@@ -126,6 +126,7 @@ def _burst(rig: Rig, servers: Callable[[], dict[str, tuple[str, int, int, int]]]
     httpx.post(f"{etcd}/kv/lease/revoke", json={"ID": lease}, timeout=5).raise_for_status()
     _wait(lambda: len(servers()) <= start_n, 120, "the burst out of HAProxy", every_s=0.01)
     remove_s = time.monotonic() - t1
+    _wait(lambda: rig.nginx_upstream() == upstream, 60, "nginx back to its membership before the burst")
     return 2 * count / (add_s + remove_s), add_s, remove_s
 
 

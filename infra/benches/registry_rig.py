@@ -20,6 +20,7 @@ from infra.core.settings import (
     EtcdSettings,
     HAProxySettings,
     IngestSettings,
+    KafkaSettings,
     NginxSettings,
     PoolServiceSettings,
     PoolSettings,
@@ -31,7 +32,7 @@ from infra.stack import components
 from infra.stack.components import Component
 from infra.stack.process import ProcessRecord, spawn, stop
 
-SECTIONS = ("etcd", "haproxy", "demo", "ingest", "pool", "nginx", "sync", "registry")
+SECTIONS = ("kafka", "etcd", "haproxy", "demo", "ingest", "pool", "nginx", "sync", "registry")
 
 
 def rig_settings(folder: Path, service: PoolServiceSettings | None = None, lease_ttl_s: int = 3,
@@ -41,8 +42,12 @@ def rig_settings(folder: Path, service: PoolServiceSettings | None = None, lease
     svc = (service or PoolServiceSettings(name="web", replicas=1, startup_delay_s=0.2, capacity_rps=200,
                                           workers=8, max_replicas=8))
     svc = svc.model_copy(update={"haproxy_port": next(port), "nginx_port": next(port)})
+    run = secrets.token_hex(4)
     return Settings(
         state_dir=folder,
+        # decisions go to a topic of the rig's own on the shared broker (created on first use)
+        kafka=KafkaSettings(**{f"topic_{t}": f"fs.rig-{run}.{t}" for t in ("access", "metrics", "dlq", "features",
+                                                                          "decisions")}),
         etcd=EtcdSettings(client_port=next(port), peer_port=next(port), metrics_port=next(port)),
         haproxy=HAProxySettings(frontend_port=next(port), exporter_port=next(port)),
         demo=DemoSettings(ports=[next(port), next(port)]),  # nothing listens there: the demo backend stays down
@@ -50,7 +55,7 @@ def rig_settings(folder: Path, service: PoolServiceSettings | None = None, lease
         pool=PoolSettings(admin_port=next(port), drain_quiet_s=drain_quiet_s, drain_timeout_s=15, services=[svc]),
         nginx=NginxSettings(status_port=next(port)),
         sync=SyncSettings(metrics_port=free_port(), del_timeout_s=3),
-        registry=RegistrySettings(prefix=f"/rig-{secrets.token_hex(4)}", lease_ttl_s=lease_ttl_s, leader_ttl_s=3),
+        registry=RegistrySettings(prefix=f"/rig-{run}", lease_ttl_s=lease_ttl_s, leader_ttl_s=3),
     )
 
 
@@ -68,6 +73,39 @@ class Rig:
                                      components.pool(s), components.registry_sync(s)]}
         self.components: dict[str, Component] = built
         self.records: dict[str, ProcessRecord] = {}
+
+    def ensure_decisions_topic(self) -> bool:
+        """The rig's own decisions topic on the shared broker; False when no broker answers (the sync
+        and pool then count their decisions as dropped; membership does not depend on Kafka)."""
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+        from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.s.kafka.bootstrap_servers, request_timeout_ms=3000)
+        except (KafkaError, OSError):
+            return False
+        try:
+            admin.create_topics([NewTopic(self.s.kafka.topic_decisions, 1, 1)])
+        except TopicAlreadyExistsError:
+            pass
+        except (KafkaError, OSError):
+            return False
+        finally:
+            admin.close()
+        return True
+
+    def decisions(self, timeout_s: float = 5.0) -> list[dict[str, object]]:
+        """Every decision on the rig's topic so far."""
+        from kafka import KafkaConsumer
+
+        consumer = KafkaConsumer(self.s.kafka.topic_decisions, bootstrap_servers=self.s.kafka.bootstrap_servers,
+                                 auto_offset_reset="earliest", enable_auto_commit=False,
+                                 consumer_timeout_ms=int(timeout_s * 1000))
+        try:
+            return [json.loads(m.value) for m in consumer]
+        finally:
+            consumer.close()
 
     def start(self, *names: str, timeout_s: float = 30.0) -> None:
         for name in names:

@@ -34,6 +34,7 @@ def wait_for(what: str, cond: Callable[[], bool], timeout_s: float = 60.0) -> No
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     r = Rig(rig_settings(tmp_path_factory.mktemp("registry-rig")))
     try:
+        r.ensure_decisions_topic()
         r.start("etcd", "haproxy", "nginx", "pool", "registry-sync")
         wait_for("first pool instance ready", lambda: r.pool_status()["ready"] == 1)
         yield r
@@ -82,6 +83,14 @@ def test_scale_1_4_1_new_instances_take_traffic_and_scale_down_fails_nothing(rig
     print(f"scale 1->4->1: HAProxy {via_haproxy.sent} requests, {len(via_haproxy.failures)} failed; "
           f"nginx {via_nginx.sent} requests, {len(via_nginx.failures)} failed")
     assert via_haproxy.failures == [] and via_nginx.failures == []
+    # every membership change is a decision: the pool's drains, each balancer's adds and removals
+    done = [(d["actuator"], d["action"], str(d["target"]).rsplit("/", 1)[-1]) for d in rig.decisions()
+            if d["outcome"] == "applied"]
+    for name in gone:
+        assert ("pool", "drain", name) in done and ("pool", "remove", name) in done
+        for balancer in ("haproxy", "nginx"):
+            assert (balancer, "add_server", name) in done and (balancer, "drain", name) in done
+            assert (balancer, "remove", name) in done
 
 
 def _standalone_backend(rig: Rig, instance: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -170,3 +179,74 @@ def test_garbage_values_are_counted_and_ignored(rig: Rig) -> None:
     assert haproxy_servers(rig) == servers
     assert nginx_ports(rig) == ports
     assert rig.records["registry-sync"].process() is not None  # it did not crash
+
+
+def test_pool_admin_api_contract(rig: Rig) -> None:
+    status = httpx.get(rig.pool_url, timeout=5)
+    assert status.status_code == 200
+    body = status.json()
+    assert set(body) == {"service", "desired", "current", "ready", "instances"}
+    assert set(body["instances"][0]) == {"instance", "port", "state", "pid"}
+    assert httpx.get(rig.pool_url.replace("/web", "/nope"), timeout=5).status_code == 404
+    put = f"{rig.pool_url}/replicas"
+    assert httpx.put(put.replace("/web/", "/nope/"), json={"replicas": 1}, timeout=5).status_code == 404
+    assert httpx.put(put, json={"replicas": -1}, timeout=5).status_code == 422
+    assert httpx.put(put, json={"replicas": "many"}, timeout=5).status_code == 422
+    assert httpx.put(put, json={"replicas": rig.svc.max_replicas + 1}, timeout=5).status_code == 422
+    same = httpx.put(put, json={"replicas": body["desired"]}, timeout=5)
+    assert same.status_code == 202 and same.json()["desired"] == body["desired"]
+
+
+def test_a_render_nginx_refuses_is_not_applied_and_is_counted(rig: Rig) -> None:
+    upstream = rig.nginx_upstream()
+    rejected = rig.sync_metric("foresight_sync_nginx_reloads_total", outcome="rejected")
+    key = f"{rig.s.registry.prefix}/services/{rig.svc.name}/instances/web-unresolvable"
+    # a valid record whose host nobody can resolve: `nginx -t` refuses it (HAProxy takes it and
+    # resolves at runtime; its health check keeps it out of rotation)
+    _put_raw(rig, key, json.dumps({"address": "no-such-host.invalid", "port": 8080, "started_at": 0}).encode())
+    wait_for("nginx -t rejection counted", lambda: rig.sync_metric(
+        "foresight_sync_nginx_reloads_total", outcome="rejected") >= rejected + 1, 15)
+    wait_for("HAProxy has it", lambda: "web-unresolvable" in haproxy_servers(rig), 15)
+    assert rig.nginx_upstream() == upstream  # rolled back on disk; the running config never saw it
+    assert httpx.get(rig.nginx_url, timeout=5).status_code == 200
+    assert httpx.get(rig.haproxy_url, timeout=5).status_code == 200
+    httpx.post(f"{rig.etcd_url}/v3/kv/deleterange", json={"key": base64.b64encode(key.encode()).decode()},
+               timeout=5).raise_for_status()
+    wait_for("gone from HAProxy", lambda: "web-unresolvable" not in haproxy_servers(rig), 15)
+    assert rig.nginx_upstream() == upstream
+
+
+def test_a_standby_sync_takes_over_when_the_leader_dies(rig: Rig) -> None:
+    env = dict(rig.env)
+    metrics_port = free_port()
+    env["FORESIGHT_SYNC"] = json.dumps({**rig.s.sync.model_dump(mode="json"), "metrics_port": metrics_port})
+    standby = subprocess.Popen([sys.executable, "-P", "-m", "infra.cli", "registry-sync"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def leader(port: int) -> float:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return -1
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+                   if ln.startswith("foresight_sync_leader{") and f'service="{rig.svc.name}"' in ln)
+
+    try:
+        wait_for("standby up", lambda: leader(metrics_port) == 0, 30)
+        for _ in range(10):  # never two leaders at once
+            assert leader(rig.s.sync.metrics_port) + max(0, leader(metrics_port)) == 1
+            time.sleep(0.1)
+        rig.kill("registry-sync")
+        killed = time.monotonic()
+        wait_for("standby leads", lambda: leader(metrics_port) == 1, rig.s.registry.leader_ttl_s + 5)
+        print(f"standby took over {time.monotonic() - killed:.2f} s after the leader's SIGKILL "
+              f"(leader TTL {rig.s.registry.leader_ttl_s} s)")
+        rig.scale(2)  # and it applies changes
+        wait_for("the standby applied a scale-up", lambda: len(haproxy_servers(rig)) == 2, 60)
+        rig.scale(1)
+        wait_for("back to 1", lambda: rig.pool_status()["current"] == 1 and len(haproxy_servers(rig)) == 1, 60)
+    finally:
+        standby.terminate()
+        standby.wait(10)
+        rig.records.pop("registry-sync", None)
+        rig.start("registry-sync")
