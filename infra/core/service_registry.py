@@ -396,9 +396,11 @@ class Registry:
                     if self._closed.is_set():
                         return
                     raise requests.ConnectionError("watch stream ended")
-            except (requests.RequestException, Etcd3Exception, ValueError) as exc:
+            except Exception as exc:
                 if self._closed.is_set():
-                    return
+                    return  # close() cut the stream under us: whatever it raised, we are done
+                if not isinstance(exc, (requests.RequestException, Etcd3Exception, ValueError, OSError)):
+                    raise
                 resync_reason = "reconnect"
                 if not lost:
                     lost = True
@@ -467,10 +469,9 @@ def _shutdown(response: requests.Response) -> None:
     """Unblock a thread reading a streamed response: shut the socket down under it."""
     try:
         sock = response.raw._fp.fp.raw._sock  # http.client response -> socket
-        sock.shutdown(2)
-    except Exception:  # already closed is fine
-        pass
-    response.close()
+        sock.shutdown(2)  # the reader sees the end of the stream and closes the response itself
+    except Exception:  # already closed, or another transport: close it from here
+        response.close()
 
 
 @dataclass
@@ -518,15 +519,20 @@ class Leadership:
 
     def acquire(self, timeout: float | None = None) -> bool:
         """Become leader, waiting up to `timeout` seconds (None: forever); True once leader."""
-        if self.is_leader:
-            return True
         give_up = None if timeout is None else time.monotonic() + timeout
         while True:
-            try:
-                if self._try_once():
+            k = self._keepalive
+            if k is not None and (k.lost or not k.running):
+                self._keepalive = None  # that lease is gone (or abandoned): it cannot make us leader again
+            if self._keepalive is not None:
+                if self.is_leader:  # still ours, or renewed again after etcd was away
                     return True
-            except RegistryError:
-                pass  # etcd away: keep standing by
+            else:
+                try:
+                    if self._try_once():
+                        return True
+                except RegistryError:
+                    pass  # etcd away: keep standing by
             if give_up is not None and time.monotonic() >= give_up:
                 return False
             time.sleep(self.poll_s)

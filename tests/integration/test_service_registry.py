@@ -275,6 +275,7 @@ def test_one_leader_at_a_time_and_the_standby_takes_over_within_the_ttl(registry
     assert wait_until(lambda: second.is_leader, ttl + 3)
     took_over_s = time.monotonic() - died
     assert second.check() and not first.is_leader
+    assert wait_until(lambda: sampler.leaders_seen[-1:] == ["second"], 3)  # the sampler saw it too
     sampler.stop()
     print(f"standby took over {took_over_s:.2f} s after the leader stopped renewing (ttl {ttl} s)")
     assert sampler.samples > 50 and sampler.both == 0 and sampler.fence_violations == 0
