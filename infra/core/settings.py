@@ -244,7 +244,6 @@ class SyncSettings(Section):
     metrics_port: int = Field(19111, description="Prometheus metrics of the registry sync.")
     del_timeout_s: float = Field(10.0, gt=0, description="Longest wait for a server in maintenance to lose its "
                                  "connections and queue before HAProxy's `del server`.")
-    retry_max_s: float = Field(5.0, gt=0, description="Longest pause between reconnects to etcd (exponential).")
     services: list[str] = Field(default_factory=list, description="Services to sync; empty = the pool's services.")
 
 

@@ -73,6 +73,8 @@ class PoolManager:
         self.instances: dict[str, dict[str, Instance]] = {svc.name: {} for svc in cfg.services}
         self._wake = {svc.name: asyncio.Event() for svc in cfg.services}
         self._tasks: list[asyncio.Task[None]] = []
+        self._crashes = {svc.name: 0 for svc in cfg.services}  # quick exits in a row, for the restart backoff
+        self._next_spawn = {svc.name: 0.0 for svc in cfg.services}
         self._http = httpx.AsyncClient(timeout=2.0)
 
     # -- the API ------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ class PoolManager:
             self._reap(service)
             live = [i for i in self.instances[service].values() if not i.stopping]
             missing = self.desired[service] - len(live)
-            if missing > 0:
+            if missing > 0 and time.monotonic() >= self._next_spawn[service]:
                 for _ in range(missing):
                     await self._spawn(svc)
             elif missing < 0:
@@ -163,6 +165,11 @@ class PoolManager:
             del self.instances[service][name]
             if not inst.stopping:
                 EXITS.labels(service).inc()
+                # an instance that dies young (bad config, port clash) is restarted with a growing pause
+                lived = time.monotonic() - inst.started
+                self._crashes[service] = self._crashes[service] + 1 if lived < 30 else 0
+                if self._crashes[service]:
+                    self._next_spawn[service] = time.monotonic() + min(30.0, 0.5 * 2 ** (self._crashes[service] - 1))
                 log.warning("%s/%s exited with %s; deregistering and replacing it", service, name,
                             inst.proc.returncode)
                 self._decide(service, f"{service}/{name}", "remove", 1, 0,
