@@ -427,7 +427,15 @@ def adapt(
     interval: Annotated[float, typer.Option(help="Seconds between rounds.")] = 10.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and record, do not touch HAProxy.")] = False,
 ) -> None:
-    """Run the weight adapter: latest features -> /v1/weights -> policy -> HAProxy runtime API."""
+    """Run the weight adapter: latest features -> /v1/weights -> policy -> HAProxy runtime API.
+
+    Only the copy that holds the service's leadership in etcd (`<prefix>/leaders/<service>`) changes
+    weights; another copy stands by and takes over within registry.leader_ttl_s when the leader dies.
+    `--dry-run` changes nothing and needs no leadership."""
+    import os
+    import socket
+
+    from infra.core.service_registry import Leadership
     from infra.workers import build_weight_controller
 
     s = _ctx(ctx).settings
@@ -439,9 +447,21 @@ def adapt(
         from prometheus_client import start_http_server
 
         start_http_server(s.adapter.metrics_port, addr="127.0.0.1")
-    from lb_adapters.metrics import ROUNDS
+    from lb_adapters.metrics import LEADER, ROUNDS
 
+    leadership = None if dry_run else Leadership(_registry(s), target, f"adapt@{socket.gethostname()}:{os.getpid()}",
+                                                 ttl_s=s.registry.leader_ttl_s)
     while True:
+        # --once waits one lease TTL for a dead leader's key to expire; the loop re-checks every round
+        if leadership is not None and not leadership.acquire(timeout=s.registry.leader_ttl_s + 1 if once else 0):
+            LEADER.labels(target).set(0)
+            ROUNDS.labels("standby").inc()
+            _say(f"standing by: another copy leads {target} ({leadership.current_holder_text()})")
+            if once:
+                return
+            time.sleep(interval)
+            continue
+        LEADER.labels(target).set(1 if leadership is not None else 0)
         try:
             report = controller.step(target)
         except Exception as exc:  # one failed round (serving or ClickHouse away) must not end the loop
@@ -456,6 +476,8 @@ def adapt(
             if report.note:
                 _say(report.note)
         if once:
+            if leadership is not None:
+                leadership.resign()
             return
         time.sleep(interval)
 

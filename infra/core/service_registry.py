@@ -558,6 +558,14 @@ class Leadership:
             holder = "?"
         return holder, _int(kvs[0].get("lease"))
 
+    def current_holder_text(self) -> str:
+        """Who leads, for messages; never raises."""
+        try:
+            current = self.current_holder()
+        except RegistryError as exc:
+            return f"etcd unreachable: {exc}"
+        return "nobody leads yet" if current is None else f"held by {current[0]}"
+
     def check(self) -> bool:
         """Fencing check: we believe we lead AND etcd's leader key is under our lease."""
         if not self.is_leader:
