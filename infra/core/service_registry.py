@@ -182,13 +182,13 @@ class _Keepalive:
     successful renewal was *sent* (etcd counts from when it received it, which is later)."""
 
     def __init__(self, endpoint: str, timeout_s: float, lease_id: int, ttl_s: int,
-                 on_lost: Callable[[], None] | None, name: str) -> None:
+                 on_lost: Callable[[], None] | None, name: str, granted_at: float | None = None) -> None:
         self.lease_id, self.ttl_s = lease_id, ttl_s
         self._client = _client(endpoint, min(timeout_s, max(ttl_s / 3, 0.5)))
         self._on_lost = on_lost
         self._stop = threading.Event()
         self.lost = False
-        self.deadline = time.monotonic() + ttl_s
+        self.deadline = (time.monotonic() if granted_at is None else granted_at) + ttl_s
         self.renewals = 0
         self.failures = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -513,8 +513,7 @@ class Leadership:
             return False
         self._lease_id = lease_id
         self._keepalive = _Keepalive(self.registry.endpoint, self.registry.timeout_s, lease_id, self.ttl_s,
-                                     None, name=f"leader-{self.service}-{self.holder}")
-        self._keepalive.deadline = granted_at + self.ttl_s
+                                     None, name=f"leader-{self.service}-{self.holder}", granted_at=granted_at)
         return True
 
     def acquire(self, timeout: float | None = None) -> bool:
