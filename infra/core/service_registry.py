@@ -271,7 +271,7 @@ class Registry:
                 result: dict[str, Any] = self._client.post(self._client.get_url(path), json=payload)
             return result
         except (Etcd3Exception, requests.RequestException) as exc:
-            raise RegistryError(f"etcd at {self.endpoint} ({path}): {exc or type(exc).__name__}; "
+            raise RegistryError(f"etcd at {self.endpoint} ({path}): {str(exc) or type(exc).__name__}; "
                                 "is etcd running? (`foresight stack status`)") from exc
 
     def _range(self, key: str, range_end: str | None) -> dict[str, Any]:
