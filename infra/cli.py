@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from infra.core.settings import ConfigFileError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from infra.core.service_registry import Registry, RegistryEntry
 
 app = typer.Typer(
     help="Foresight: a predictive high-availability control plane.\n\n"
@@ -365,6 +369,34 @@ def bench_streams(
     print(result_json(result))
 
 
+@bench_app.command("registry")
+def bench_registry(
+    ctx: typer.Context,
+    rounds: Annotated[int, typer.Option(help="Scale 1 -> 1+grow -> 1 cycles (samples = rounds x grow).")] = 2,
+    grow: Annotated[int, typer.Option(help="Instances added per cycle.")] = 3,
+    burst: Annotated[int, typer.Option(help="Instance keys written at once for the changes/s figure.")] = 200,
+    etcd_outage: Annotated[float, typer.Option(help="Also stop etcd this many seconds (e.g. 30) and report "
+                                               "whether membership held and how fast the sync caught up.")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Registry -> balancers, on a private rig (own etcd, HAProxy, nginx, pool, sync on free ports).
+
+    Prints {"register_to_routed_p99_s", "nginx_register_to_routed_p99_s", "drain_to_idle_p99_s",
+    "changes_per_s"} last. Targets: HAProxy p99 <= 1 s, nginx <= 2 s, >= 50 changes/s.
+    """
+    import tempfile
+
+    from infra.benches.registry import run_registry_bench
+
+    with tempfile.TemporaryDirectory(prefix="foresight-bench-registry-") as folder:
+        result = run_registry_bench(Path(folder), rounds=rounds, grow=grow, burst=burst, etcd_outage_s=etcd_outage,
+                                    say=_say)
+    if not as_json:
+        console.print(result)
+    keys = ("register_to_routed_p99_s", "nginx_register_to_routed_p99_s", "drain_to_idle_p99_s", "changes_per_s")
+    print(json.dumps({k: result[k] for k in keys}))
+
+
 @app.command()
 def stream(ctx: typer.Context) -> None:
     """Run a Faust stream worker: `fs.access` + `fs.metrics` -> feature windows -> `fs.features` and ClickHouse."""
@@ -395,7 +427,15 @@ def adapt(
     interval: Annotated[float, typer.Option(help="Seconds between rounds.")] = 10.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and record, do not touch HAProxy.")] = False,
 ) -> None:
-    """Run the weight adapter: latest features -> /v1/weights -> policy -> HAProxy runtime API."""
+    """Run the weight adapter: latest features -> /v1/weights -> policy -> HAProxy runtime API.
+
+    Only the copy that holds the service's leadership in etcd (`<prefix>/leaders/<service>/weights`) changes
+    weights; another copy stands by and takes over within registry.leader_ttl_s when the leader dies.
+    `--dry-run` changes nothing and needs no leadership."""
+    import os
+    import socket
+
+    from infra.core.service_registry import Leadership
     from infra.workers import build_weight_controller
 
     s = _ctx(ctx).settings
@@ -407,9 +447,21 @@ def adapt(
         from prometheus_client import start_http_server
 
         start_http_server(s.adapter.metrics_port, addr="127.0.0.1")
-    from lb_adapters.metrics import ROUNDS
+    from lb_adapters.metrics import LEADER, ROUNDS
 
+    leadership = None if dry_run else Leadership(_registry(s), target, f"adapt@{socket.gethostname()}:{os.getpid()}",
+                                                 ttl_s=s.registry.leader_ttl_s, role="weights")
     while True:
+        # --once waits one lease TTL for a dead leader's key to expire; the loop re-checks every round
+        if leadership is not None and not leadership.acquire(timeout=s.registry.leader_ttl_s + 1 if once else 0):
+            LEADER.labels(target).set(0)
+            ROUNDS.labels("standby").inc()
+            _say(f"standing by: another copy leads {target} ({leadership.current_holder_text()})")
+            if once:
+                return
+            time.sleep(interval)
+            continue
+        LEADER.labels(target).set(1 if leadership is not None else 0)
         try:
             report = controller.step(target)
         except Exception as exc:  # one failed round (serving or ClickHouse away) must not end the loop
@@ -424,6 +476,8 @@ def adapt(
             if report.note:
                 _say(report.note)
         if once:
+            if leadership is not None:
+                leadership.resign()
             return
         time.sleep(interval)
 
@@ -563,6 +617,260 @@ def demo_backend(
     from infra.demo_backend import serve as serve_backend
 
     serve_backend(name, "127.0.0.1", port, latency_ms)
+
+
+# -- foresight registry: instances in etcd ----------------------------------------------------------------
+
+registry_app = typer.Typer(
+    help="Service registry in etcd: list instances, drain or undrain one, deregister one.\n\n"
+    "Keys: <prefix>/services/<service>/instances/<instance> (JSON, under the instance's lease). "
+    "drain/undrain/deregister are refused (exit status 2) when they would leave a service without a "
+    "ready instance or take more than registry.max_unavailable of it out of service at once; each "
+    "change is recorded as a decision (actuator etcd) on the decisions topic.",
+    no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+def _registry(s: Settings) -> Registry:
+    from infra.core.service_registry import Registry
+
+    return Registry(s.registry_endpoint, s.registry.prefix, s.registry.timeout_s)
+
+
+def _entry_row(e: RegistryEntry) -> dict[str, object]:
+    r = e.record
+    return {"service": e.service, "instance": e.instance, "mod_revision": e.mod_revision, "lease": e.lease,
+            "valid": r is not None, "error": e.error, "record": r.model_dump() if r is not None else None}
+
+
+@registry_app.command("list")
+def registry_list(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Argument(help="Only this service (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="{revision, instances: [...]}; invalid values have "
+                                          "valid=false and their error.")] = False,
+) -> None:
+    """Every registered instance: state, weight, address, who set the state; invalid values with their error."""
+    from infra.core.service_registry import RegistryError
+
+    s = _ctx(ctx).settings
+    try:
+        snap = _registry(s).snapshot(service)
+    except RegistryError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    if as_json:
+        print(json.dumps({"revision": snap.revision, "instances": [_entry_row(e) for e in snap.entries]}))
+        return
+    table = Table(title=f"registry {s.registry.prefix} at revision {snap.revision}")
+    for col in ("service", "instance", "state", "weight", "address", "version", "set by", "mod rev"):
+        table.add_column(col, overflow="fold")
+    colours = {"ready": "green", "draining": "yellow", "drained": "dim"}
+    for e in snap.entries:
+        r = e.record
+        if r is None:
+            table.add_row(e.service, e.instance, "[red]invalid[/]", "", str(e.error), "", "", str(e.mod_revision))
+            continue
+        table.add_row(e.service, e.instance, f"[{colours[r.state]}]{r.state}[/]", str(r.weight),
+                      f"{r.address}:{r.port}", r.version, r.metadata.get("set_by", ""), str(e.mod_revision))
+    console.print(table)
+    if not snap.entries:
+        _say("no instances registered" + (f" for {service}" if service else ""))
+
+
+@registry_app.command("show")
+def registry_show(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="Service name.")],
+    instance: Annotated[str, typer.Argument(help="Instance name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="The entry as JSON.")] = False,
+) -> None:
+    """One instance's record, mod_revision and lease (exit status 1 if it is not registered)."""
+    from infra.core.service_registry import RegistryError
+
+    s = _ctx(ctx).settings
+    try:
+        entry = _registry(s).get(service, instance)
+    except (RegistryError, ValueError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    if entry is None:
+        err.print(f"[red]error:[/] no instance {service}/{instance} (see `foresight registry list`)")
+        raise typer.Exit(1)
+    row = _entry_row(entry)
+    print(json.dumps(row) if as_json else json.dumps(row, indent=2))
+
+
+def _registry_change(ctx: typer.Context, service: str, instance: str, action: str, as_json: bool) -> None:
+    from infra.core.service_registry import RegistryError
+    from lb_adapters import registry_admin
+    from lb_adapters.decision_log import DecisionLog
+
+    s = _ctx(ctx).settings
+    registry = _registry(s)
+    try:
+        # the sink first: a change that could not be recorded is not made
+        sink = DecisionLog(s.kafka.bootstrap_servers, s.kafka.topic_decisions)
+    except Exception as exc:
+        err.print(f"[red]error:[/] cannot record decisions on {s.kafka.topic_decisions} at "
+                  f"{s.kafka.bootstrap_servers} ({exc}); nothing changed. Is Kafka up? (`foresight stack status`)")
+        raise typer.Exit(1) from exc
+    try:
+        if action == "deregister":
+            result = registry_admin.deregister(registry, sink, service, instance, s.registry.max_unavailable)
+        else:
+            result = registry_admin.change_state(registry, sink, service, instance,
+                                                 "drain" if action == "drain" else "undrain",
+                                                 s.registry.max_unavailable)
+    except registry_admin.AdminRefused as exc:
+        err.print(f"[red]refused:[/] {exc}")
+        if as_json:
+            print(json.dumps({"service": service, "instance": instance, "action": action, "changed": False,
+                              "refused": str(exc)}))
+        raise typer.Exit(2) from exc
+    except (registry_admin.AdminNotFound, registry_admin.DecisionNotRecorded, RegistryError, ValueError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        with contextlib.suppress(Exception):  # a close that cannot flush was reported by publish already
+            sink.close()
+    if as_json:
+        print(result.model_dump_json())
+    else:
+        _say(result.message + ("" if result.changed else " (nothing to do)"))
+
+
+_SERVICE_ARG = Annotated[str, typer.Argument(help="Service name.")]
+_INSTANCE_ARG = Annotated[str, typer.Argument(help="Instance name (see `foresight registry list`).")]
+_CHANGE_JSON = Annotated[bool, typer.Option("--json", help="The result as JSON: {service, instance, action, "
+                                            "before, after, changed, message} (or {refused} with exit 2).")]
+
+
+@registry_app.command("drain")
+def registry_drain(ctx: typer.Context, service: _SERVICE_ARG, instance: _INSTANCE_ARG,
+                   as_json: _CHANGE_JSON = False) -> None:
+    """Mark an instance `draining` (the balancers stop sending it new requests). Pinned: no controller
+    undoes it. Refused (exit 2) for the last ready instance or past registry.max_unavailable."""
+    _registry_change(ctx, service, instance, "drain", as_json)
+
+
+@registry_app.command("undrain")
+def registry_undrain(ctx: typer.Context, service: _SERVICE_ARG, instance: _INSTANCE_ARG,
+                     as_json: _CHANGE_JSON = False) -> None:
+    """Put a draining or drained instance back to `ready`."""
+    _registry_change(ctx, service, instance, "undrain", as_json)
+
+
+@registry_app.command("deregister")
+def registry_deregister(ctx: typer.Context, service: _SERVICE_ARG, instance: _INSTANCE_ARG,
+                        as_json: _CHANGE_JSON = False) -> None:
+    """Delete an instance's key (the balancers drop it). Refused (exit 2) for the last ready instance;
+    drain it first. A running instance keeps its lease but does not re-register by itself."""
+    _registry_change(ctx, service, instance, "deregister", as_json)
+
+
+# -- foresight pool / registry-sync: the instance pool and balancer membership ---------------------------
+
+pool_app = typer.Typer(
+    help="The local instance pool: real backend processes per service (pool.services), scaled with graceful "
+    "drain.\n\n`foresight pool run` is the stack component `pool`; `status` and `scale` talk to its admin API "
+    "(pool.admin_port, loopback).",
+    no_args_is_help=True,
+)
+app.add_typer(pool_app, name="pool")
+
+
+@pool_app.command("run")
+def pool_run(ctx: typer.Context) -> None:
+    """Run the pool and its admin API until SIGTERM; each instance registers in etcd once warmed up."""
+    from infra.pool.admin import run_pool
+
+    run_pool(_ctx(ctx).settings)
+
+
+def _pool_call(s: Settings, method: str, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
+    import httpx
+
+    url = f"http://127.0.0.1:{s.pool.admin_port}{path}"
+    try:
+        resp = httpx.request(method, url, json=body, timeout=10.0)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]error:[/] the pool's admin API at {url} does not answer ({exc}); "
+                  "is the pool running? (`foresight stack status`)")
+        raise typer.Exit(1) from exc
+    if resp.status_code >= 400:
+        err.print(f"[red]error:[/] {resp.status_code}: {resp.json().get('detail', resp.text)}")
+        raise typer.Exit(2)
+    data: dict[str, object] = resp.json()
+    return data
+
+
+def _print_pool(data: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data))
+        return
+    table = Table(title=f"pool {data['service']}: desired {data['desired']}, current {data['current']}, "
+                        f"ready {data['ready']}")
+    for col in ("instance", "port", "state", "pid"):
+        table.add_column(col)
+    for row in data["instances"]:  # type: ignore[attr-defined]
+        table.add_row(row["instance"], str(row["port"]), row["state"], str(row["pid"]))
+    console.print(table)
+
+
+@pool_app.command("status")
+def pool_status(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="A service of pool.services, e.g. `web`.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Desired, running and ready instances of one service, each with its state."""
+    _print_pool(_pool_call(_ctx(ctx).settings, "GET", f"/v1/pools/{service}"), as_json)
+
+
+@pool_app.command("scale")
+def pool_scale(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="A service of pool.services, e.g. `web`.")],
+    replicas: Annotated[int, typer.Argument(help="Instances wanted, within the service's min/max.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Ask for N instances: new ones start and register; extra ones drain first, then stop. Exit 2 if refused."""
+    _print_pool(_pool_call(_ctx(ctx).settings, "PUT", f"/v1/pools/{service}/replicas", {"replicas": replicas}),
+                as_json)
+
+
+@app.command("pool-backend", hidden=True)
+def pool_backend(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Option()],
+    instance: Annotated[str, typer.Option()],
+    port: Annotated[int, typer.Option()],
+) -> None:
+    """One pool instance (started by `foresight pool run`)."""
+    from infra.core.service_registry import Registry
+    from infra.pool.backend import run_registered
+
+    s = _ctx(ctx).settings
+    svc = s.pool.service(service)
+    if svc is None:
+        err.print(f"[red]error:[/] service {service!r} is not in pool.services")
+        raise typer.Exit(2)
+    run_registered(service, instance, port, svc, Registry(s.registry_endpoint, s.registry.prefix,
+                                                          s.registry.timeout_s), s.registry.lease_ttl_s)
+
+
+@app.command("registry-sync")
+def registry_sync(ctx: typer.Context) -> None:
+    """HAProxy and nginx membership follow the registry (a watch on etcd) until SIGTERM.
+
+    HAProxy changes through its runtime API (add, drain, maintenance, delete; no reload); nginx's
+    upstream file is re-rendered, checked with `nginx -t` and reloaded gracefully. One copy per service
+    acts (leadership in etcd); another stands by. etcd down: the balancers keep the last membership.
+    """
+    from infra.workers import run_registry_sync
+
+    run_registry_sync(_ctx(ctx).settings)
 
 
 def main() -> None:

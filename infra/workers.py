@@ -101,3 +101,37 @@ def run_scrape(s: Settings, targets: list[str], metrics_port: int | None) -> Non
         run_scrape_ingest(ingest, sink, default_targets=[haproxy_exporter_url(s)], metrics_port=metrics_port)
     finally:
         sink.close()
+
+
+def run_registry_sync(s: Settings) -> None:
+    """`foresight registry-sync`: HAProxy and nginx membership follow etcd until SIGTERM/SIGINT."""
+    import os
+    import signal
+    import socket
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from infra.core.service_registry import Registry
+    from lb_adapters.actuators.nginx import NginxUpstreams
+    from lb_adapters.sync.engine import MembershipSync, SyncConfig
+    from lb_adapters.sync.sink import QueuedSink
+
+    services = s.sync.services or [svc.name for svc in s.pool.services]
+    sink = QueuedSink(lambda: DecisionLog(s.kafka.bootstrap_servers, s.kafka.topic_decisions))
+    nginx_dir = s.state / "nginx"
+    sync = MembershipSync(
+        lambda: Registry(s.registry_endpoint, s.registry.prefix, s.registry.timeout_s),
+        SyncConfig(services=services, holder=f"{socket.gethostname()}-{os.getpid()}",
+                   leader_ttl_s=s.registry.leader_ttl_s, del_timeout_s=s.sync.del_timeout_s),
+        HAProxyRuntime(s.haproxy_socket),
+        NginxUpstreams(nginx_dir / "nginx.conf", nginx_dir / "upstreams", nginx_dir / "error.log", s.nginx.binary),
+        sink.publish)
+    start_http_server(s.sync.metrics_port, addr="127.0.0.1")
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    sync.start()
+    done.wait()
+    sync.stop()
+    sink.close()

@@ -182,6 +182,71 @@ class AdapterSettings(Section):
     metrics_port: int = Field(19105, description="Prometheus metrics of the `foresight adapt` loop.")
 
 
+class RegistrySettings(Section):
+    """Service registry in etcd: instance keys under leases, leadership per service."""
+
+    endpoint: str | None = Field(None, description="etcd client URL; none = http://127.0.0.1:<etcd.client_port>.")
+    prefix: str = Field("/foresight", description="Key prefix: `<prefix>/services/<service>/instances/<instance>`, "
+                        "`<prefix>/leaders/<service>`.")
+    lease_ttl_s: int = Field(10, ge=2, description="Instance lease TTL; a dead instance leaves within it "
+                             "(renewed every TTL/3).")
+    leader_ttl_s: int = Field(10, ge=2, description="Leadership lease TTL; a standby takes over within it.")
+    max_unavailable: float = Field(0.25, gt=0, le=1, description="Most instances of a service draining or drained "
+                                   "at once, as a fraction (at least one; never the last ready one).")
+    timeout_s: float = Field(3.0, gt=0, description="Timeout of one etcd request.")
+
+
+class PoolServiceSettings(Section):
+    """One service of the local instance pool: real backend processes that queue and saturate."""
+
+    name: str = Field(description="Service name (registry key, HAProxy backend, nginx upstream).")
+    capacity_rps: float = Field(50.0, gt=0, description="Requests/s one instance serves at saturation "
+                                "(= workers / mean service time).")
+    workers: int = Field(4, ge=1, description="Requests one instance serves at once; the rest queue.")
+    service_time: Literal["exponential", "lognormal", "constant"] = Field(
+        "exponential", description="Distribution of one request's service time (mean = workers / capacity).")
+    service_time_sigma: float = Field(0.5, ge=0, description="Shape (sigma of log) of the lognormal service time.")
+    startup_delay_s: float = Field(0.5, ge=0, description="Seconds an instance warms up before it registers.")
+    replicas: int = Field(2, ge=0, description="Instances the pool starts with.")
+    min_replicas: int = Field(1, ge=0, description="Fewest instances a replicas request may ask for.")
+    max_replicas: int = Field(8, ge=1, description="Most instances a replicas request may ask for.")
+    weight: int = Field(100, ge=0, le=256, description="Weight each instance registers with.")
+    haproxy_port: int = Field(18081, description="HAProxy frontend port of this service.")
+    nginx_port: int = Field(18082, description="nginx port of this service.")
+
+    @property
+    def mean_service_s(self) -> float:
+        return self.workers / self.capacity_rps
+
+
+class PoolSettings(Section):
+    admin_port: int = Field(19110, description="`foresight pool` admin API (/v1/pools) and /metrics, on loopback.")
+    drain_timeout_s: float = Field(30.0, gt=0, description="Longest wait for a draining instance to go idle before "
+                                   "it is stopped anyway.")
+    drain_quiet_s: float = Field(1.0, ge=0, description="A draining instance is idle once it got no request for "
+                                 "this long and has none in flight.")
+    stop_timeout_s: float = Field(10.0, gt=0, description="SIGTERM to SIGKILL for an instance being stopped.")
+    services: list[PoolServiceSettings] = Field(
+        default_factory=lambda: [PoolServiceSettings(name="web")], description="Services the pool runs.")
+
+    def service(self, name: str) -> PoolServiceSettings | None:
+        return next((svc for svc in self.services if svc.name == name), None)
+
+
+class NginxSettings(Section):
+    binary: str = Field("nginx", description="nginx executable (Debian nginx-light).")
+    status_port: int = Field(18083, description="nginx stub_status (/status) and /healthz, on loopback.")
+
+
+class SyncSettings(Section):
+    """`foresight registry-sync`: balancer membership follows the registry."""
+
+    metrics_port: int = Field(19111, description="Prometheus metrics of the registry sync.")
+    del_timeout_s: float = Field(10.0, gt=0, description="Longest wait for a server in maintenance to lose its "
+                                 "connections and queue before HAProxy's `del server`.")
+    services: list[str] = Field(default_factory=list, description="Services to sync; empty = the pool's services.")
+
+
 class PrometheusSettings(Section):
     port: int = Field(19090, description="Prometheus server of the local stack (UI and API).")
     scrape_interval_s: float = Field(5.0, gt=0, description="How often Prometheus scrapes every process.")
@@ -219,6 +284,10 @@ class Settings(BaseSettings):
     ray: RaySettings = RaySettings()
     serving: ServingSettings = ServingSettings()
     adapter: AdapterSettings = AdapterSettings()
+    registry: RegistrySettings = RegistrySettings()
+    pool: PoolSettings = PoolSettings()
+    nginx: NginxSettings = NginxSettings()
+    sync: SyncSettings = SyncSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
     dashboard: DashboardSettings = DashboardSettings()
 
@@ -248,6 +317,10 @@ class Settings(BaseSettings):
     @property
     def checkpoint_dir(self) -> Path:
         return self.state / "ingest" / "checkpoints"
+
+    @property
+    def registry_endpoint(self) -> str:
+        return self.registry.endpoint or f"http://{LOOPBACK}:{self.etcd.client_port}"
 
     @property
     def serving_url(self) -> str:

@@ -139,7 +139,8 @@ def haproxy(s: Settings) -> Component:
         )
         _render("haproxy.cfg", s.state / "haproxy" / "haproxy.cfg", syslog_host=s.ingest.syslog_host,
                 syslog_port=s.ingest.syslog_port, socket=s.haproxy_socket, backend=s.haproxy.backend,
-                frontend_port=s.haproxy.frontend_port, exporter_port=s.haproxy.exporter_port, servers=servers)
+                frontend_port=s.haproxy.frontend_port, exporter_port=s.haproxy.exporter_port, servers=servers,
+                pool_sections=haproxy_pool_sections(s))
         s.haproxy_socket.unlink(missing_ok=True)
 
     return Component(
@@ -149,9 +150,88 @@ def haproxy(s: Settings) -> Component:
         probe=probes.all_of(probes.haproxy_runtime(s.haproxy_socket),
                             probes.http_ok(f"http://127.0.0.1:{s.haproxy.exporter_port}/metrics")),
         address=f"http://127.0.0.1:{s.haproxy.frontend_port} (metrics :{s.haproxy.exporter_port})",
-        tcp_ports=[s.haproxy.frontend_port, s.haproxy.exporter_port],
+        tcp_ports=[s.haproxy.frontend_port, s.haproxy.exporter_port, *(svc.haproxy_port for svc in s.pool.services)],
         prepare=prepare,
         install_hint="apt-get install haproxy",
+    )
+
+
+def haproxy_pool_sections(s: Settings) -> str:
+    """A frontend and an empty backend per pool service: `registry-sync` adds the servers at runtime
+    (`add server` needs a dynamic algorithm: roundrobin). A refused connection (an instance that just
+    died, before its lease expired) is retried on another server, so clients do not see it."""
+    return "".join(f"""
+frontend fe_{svc.name}
+    bind 127.0.0.1:{svc.haproxy_port}
+    default_backend {svc.name}
+
+backend {svc.name}
+    balance roundrobin
+    option httpchk GET /healthz
+    retry-on conn-failure empty-response
+    retries 3
+    option redispatch 1
+""" for svc in s.pool.services)
+
+
+def nginx(s: Settings) -> Component:
+    """nginx in front of the same pool as HAProxy, each service on its own port; `registry-sync`
+    renders the upstream files and reloads it gracefully."""
+    folder = s.state / "nginx"
+    conf = folder / "nginx.conf"
+
+    def prepare() -> None:
+        from lb_adapters.sync.plan import render_nginx_upstreams, upstream_name
+
+        for sub in ("tmp", "upstreams"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        servers = "".join(
+            f"    server {{\n        listen 127.0.0.1:{svc.nginx_port};\n"
+            f"        location / {{ proxy_pass http://{upstream_name(svc.name)}; }}\n    }}\n"
+            for svc in s.pool.services)
+        _render("nginx.conf", conf, nginx_dir=folder, servers=servers, status_port=s.nginx.status_port)
+        for svc in s.pool.services:  # until the sync renders it: no server (502), but a valid config
+            upstream = folder / "upstreams" / f"{svc.name}.conf"
+            if not upstream.exists():
+                upstream.write_text(render_nginx_upstreams({svc.name: {}}))
+
+    return Component(
+        name="nginx",
+        argv=[shutil.which(s.nginx.binary) or s.nginx.binary, "-c", str(conf), "-e", str(folder / "error.log"),
+              "-g", "daemon off;"],
+        probe=probes.http_ok(f"http://127.0.0.1:{s.nginx.status_port}/healthz"),
+        address=", ".join(f"{svc.name} http://127.0.0.1:{svc.nginx_port}" for svc in s.pool.services)
+        + f" (status :{s.nginx.status_port})",
+        tcp_ports=[s.nginx.status_port, *(svc.nginx_port for svc in s.pool.services)],
+        prepare=prepare,
+        install_hint="apt-get install nginx-light",
+    )
+
+
+def pool(s: Settings) -> Component:
+    url = f"http://127.0.0.1:{s.pool.admin_port}"
+    return Component(
+        name="pool",
+        metrics_url=f"{url}/metrics",
+        argv=_python("pool", "run"),
+        probe=probes.http_ok(f"{url}/healthz"),
+        address=f"{url}/v1/pools ("
+        + ", ".join(f"{svc.name} x{svc.replicas}" for svc in s.pool.services) + ")",
+        tcp_ports=[s.pool.admin_port],
+        needs=["etcd"],
+    )
+
+
+def registry_sync(s: Settings) -> Component:
+    url = f"http://127.0.0.1:{s.sync.metrics_port}/metrics"
+    return Component(
+        name="registry-sync",
+        metrics_url=url,
+        argv=_python("registry-sync"),
+        probe=probes.http_ok(url),
+        address=f"etcd {s.registry.prefix} -> HAProxy + nginx (metrics :{s.sync.metrics_port})",
+        tcp_ports=[s.sync.metrics_port],
+        needs=["etcd", "haproxy", "nginx"],
     )
 
 
@@ -229,6 +309,9 @@ def build_components(s: Settings) -> list[Component]:
         etcd(s),
         *backends(s),
         haproxy(s),
+        nginx(s),
+        pool(s),
+        registry_sync(s),
         serving(s),
         ingest_syslog(s),
         ingest_http(s),

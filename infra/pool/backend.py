@@ -1,0 +1,207 @@
+"""One pool instance: an asyncio HTTP server that queues and saturates like a real one.
+
+`workers` requests are served at once, each for a service time drawn from a distribution with
+mean `workers / capacity_rps`; the others wait in a queue. So its capacity in requests per second
+is what the operator configures, and beyond it latency grows with the queue, as in production.
+After a startup delay it reports ready (`on_ready`: registers in etcd); on SIGTERM it reports
+stopping (`on_stop`: deregisters), lets in-flight requests finish, and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from infra.core.service_registry import InstanceLease, InstanceRecord, Registry, RegistryError
+from infra.core.settings import PoolServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    service: str
+    instance: str
+    port: int
+    host: str = "127.0.0.1"
+    workers: int = 4
+    mean_service_s: float = 0.08
+    distribution: str = "exponential"  # exponential | lognormal | constant
+    sigma: float = 0.5
+    startup_delay_s: float = 0.5
+    stop_grace_s: float = 10.0
+
+
+def service_time_sampler(cfg: BackendConfig, rng: random.Random) -> Callable[[], float]:
+    """Seconds one request occupies a worker; every distribution has mean `cfg.mean_service_s`."""
+    mean = cfg.mean_service_s
+    if cfg.distribution == "exponential":
+        return lambda: rng.expovariate(1.0 / mean)
+    if cfg.distribution == "lognormal":
+        # E[exp(N(mu, s^2))] = exp(mu + s^2 / 2): pick mu so the mean is `mean`.
+        import math
+
+        mu = math.log(mean) - cfg.sigma**2 / 2
+        return lambda: rng.lognormvariate(mu, cfg.sigma)
+    if cfg.distribution == "constant":
+        return lambda: mean
+    raise ValueError(f"unknown service-time distribution {cfg.distribution!r}: exponential | lognormal | constant")
+
+
+class Backend:
+    """The server's state and handlers; `run()` serves until SIGTERM."""
+
+    def __init__(self, cfg: BackendConfig, on_ready: Callable[[], None] = lambda: None,
+                 on_stop: Callable[[], None] = lambda: None, seed: int | None = None) -> None:
+        self.cfg = cfg
+        self.on_ready = on_ready
+        self.on_stop = on_stop
+        self.sample = service_time_sampler(cfg, random.Random(seed))
+        self.ready = False
+        self.in_flight = 0
+        self.queued = 0
+        self.served = 0
+        self.last_request = 0.0  # monotonic time of the last work request (not health checks)
+        self._stop = asyncio.Event()
+        self.metrics = CollectorRegistry()
+        labels = {"service": cfg.service, "instance": cfg.instance}
+        self.m_in_flight = Gauge("foresight_backend_in_flight", "Requests received and not answered yet.",
+                                 list(labels), registry=self.metrics).labels(**labels)
+        self.m_queue = Gauge("foresight_backend_queue", "Requests waiting for a worker.", list(labels),
+                             registry=self.metrics).labels(**labels)
+        self.m_busy = Gauge("foresight_backend_busy_workers_ratio", "Share of workers busy (the resource gauge).",
+                            list(labels), registry=self.metrics).labels(**labels)
+        self.m_requests = Counter("foresight_backend_requests", "Requests answered, by status.",
+                                  [*labels, "status"], registry=self.metrics)
+        self.m_latency = Histogram("foresight_backend_latency_seconds", "Queue + service time of a request.",
+                                   list(labels), registry=self.metrics,
+                                   buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)).labels(**labels)
+        self.m_ready = Gauge("foresight_backend_ready", "1 once warmed up and registered.", list(labels),
+                             registry=self.metrics).labels(**labels)
+        self._labels = labels
+        self._sem = asyncio.Semaphore(cfg.workers)
+
+    # -- handlers ---------------------------------------------------------------------------
+    async def work(self, request: web.Request) -> web.Response:
+        start = time.monotonic()
+        self.last_request = start
+        self.in_flight += 1
+        self.queued += 1
+        self._gauges()
+        try:
+            async with self._sem:
+                self.queued -= 1
+                self._gauges()
+                await asyncio.sleep(self.sample())
+        finally:
+            self.in_flight -= 1
+            self._gauges()
+        self.served += 1
+        self.m_latency.observe(time.monotonic() - start)
+        self.m_requests.labels(**self._labels, status="200").inc()
+        return web.Response(text=f"{self.cfg.instance}\n", headers={"X-Instance": self.cfg.instance})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.ready else 503, text="ok\n" if self.ready else "starting\n")
+
+    async def admin(self, request: web.Request) -> web.Response:
+        """What the pool needs for draining: is anything in flight, and when did the last request come."""
+        age = time.monotonic() - self.last_request if self.last_request else None
+        return web.json_response({"instance": self.cfg.instance, "ready": self.ready, "in_flight": self.in_flight,
+                                  "queued": self.queued, "served": self.served, "last_request_age_s": age})
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _gauges(self) -> None:
+        self.m_in_flight.set(self.in_flight)
+        self.m_queue.set(self.queued)
+        self.m_busy.set((self.in_flight - self.queued) / self.cfg.workers)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/admin/inflight", self.admin)
+        app.router.add_route("*", "/{tail:.*}", self.work)
+        return app
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def run(self) -> None:
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        # Bound at once (the pool knows the port is ours), ready only after the warm-up.
+        await web.TCPSite(runner, self.cfg.host, self.cfg.port, reuse_address=True).start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        log.info("%s/%s listening on %s:%d, ready in %.1f s", self.cfg.service, self.cfg.instance,
+                 self.cfg.host, self.cfg.port, self.cfg.startup_delay_s)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.cfg.startup_delay_s)
+            if not self._stop.is_set():
+                await asyncio.to_thread(self.on_ready)
+                self.ready = True
+                self.m_ready.set(1)
+                log.info("%s/%s ready", self.cfg.service, self.cfg.instance)
+                await self._stop.wait()
+        finally:
+            self.ready = False
+            self.m_ready.set(0)
+            try:
+                await asyncio.to_thread(self.on_stop)
+            except Exception as exc:  # the lease expires anyway; stopping must not hang on etcd
+                log.warning("%s/%s: deregister failed (%s); its lease will expire", self.cfg.service,
+                            self.cfg.instance, exc)
+            deadline = time.monotonic() + self.cfg.stop_grace_s
+            while self.in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await runner.cleanup()
+            log.info("%s/%s stopped after %d requests", self.cfg.service, self.cfg.instance, self.served)
+
+
+def run_registered(service: str, instance: str, port: int, svc: PoolServiceSettings, registry: Registry,
+                   ttl_s: int) -> None:
+    """One pool instance: serve, register once warmed up (a lease kept alive every TTL/3, taken again
+    if etcd let it expire), deregister on SIGTERM."""
+    leases: list[InstanceLease] = []
+
+    def register() -> None:
+        record = InstanceRecord(address="127.0.0.1", port=port, state="ready", weight=svc.weight,
+                                started_at=int(time.time() * 1000), version="pool",
+                                metadata={"pid": str(os.getpid()), "capacity_rps": f"{svc.capacity_rps:g}"})
+        leases.append(registry.register(service, instance, record, ttl_s, on_lost=lambda _lease: register_retrying()))
+
+    def register_retrying() -> None:
+        """etcd may be away (it is fail-static for everyone else): keep trying, the instance just waits."""
+        attempt = 0
+        while True:
+            try:
+                register()
+                return
+            except RegistryError as exc:
+                attempt += 1
+                if attempt == 1:
+                    log.warning("%s/%s: cannot register yet (%s); retrying", service, instance, exc)
+                time.sleep(min(5.0, 0.25 * attempt))
+
+    def deregister() -> None:
+        if leases:
+            leases[-1].revoke()
+        registry.close()
+
+    cfg = BackendConfig(service=service, instance=instance, port=port, workers=svc.workers,
+                        mean_service_s=svc.mean_service_s, distribution=svc.service_time, sigma=svc.service_time_sigma,
+                        startup_delay_s=svc.startup_delay_s)
+    asyncio.run(Backend(cfg, on_ready=register_retrying, on_stop=deregister).run())
