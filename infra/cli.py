@@ -820,12 +820,26 @@ def pool_backend(
         err.print(f"[red]error:[/] service {service!r} is not in pool.services")
         raise typer.Exit(2)
     try:
-        faults = load_scenario(scenario).for_instance(instance, -1 if index is None else index) if scenario else []
+        plan = load_scenario(scenario) if scenario else None
     except (OSError, ValueError) as exc:
         err.print(f"[red]error:[/] fault scenario {scenario}: {exc}")
         raise typer.Exit(2) from exc
+    faults = plan.for_instance(instance, -1 if index is None else index) if plan else []
+
+    def record_truth(ready_ms: int) -> None:
+        """The labels of the health models; losing them would silently bias an evaluation, so say so."""
+        from infra.pool.ground_truth import fault_rows, record_faults
+
+        assert plan is not None
+        try:
+            record_faults(s.clickhouse, fault_rows(plan, faults, service, instance, ready_ms))
+        except Exception as exc:
+            logging.getLogger("foresight.pool").error("%s/%s: fault ground truth not recorded: %s", service,
+                                                      instance, exc)
+
     run_registered(service, instance, port, svc, Registry(s.registry_endpoint, s.registry.prefix,
-                                                          s.registry.timeout_s), s.registry.lease_ttl_s, faults)
+                                                          s.registry.timeout_s), s.registry.lease_ttl_s, faults,
+                   on_faults_start=record_truth if faults else None)
 
 
 faults_app = typer.Typer(help="Fault scenarios for the pool's backends (slowdown, capacity loss, errors, hang, "

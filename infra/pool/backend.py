@@ -214,7 +214,8 @@ class Backend:
 
 
 def run_registered(service: str, instance: str, port: int, svc: PoolServiceSettings, registry: Registry,
-                   ttl_s: int, faults: Sequence[Fault] = ()) -> None:
+                   ttl_s: int, faults: Sequence[Fault] = (), on_faults_start: Callable[[int], None] | None = None,
+                   ) -> None:
     """One pool instance: serve, register once warmed up (a lease kept alive every TTL/3, taken again
     if etcd let it expire), deregister on SIGTERM."""
     leases: list[InstanceLease] = []
@@ -224,6 +225,8 @@ def run_registered(service: str, instance: str, port: int, svc: PoolServiceSetti
                                 started_at=int(time.time() * 1000), version="pool",
                                 metadata={"pid": str(os.getpid()), "capacity_rps": f"{svc.capacity_rps:g}"})
         leases.append(registry.register(service, instance, record, ttl_s, on_lost=lambda _lease: register_retrying()))
+        if on_faults_start is not None and len(leases) == 1:
+            on_faults_start(record.started_at)
 
     def register_retrying() -> None:
         """etcd may be away (it is fail-static for everyone else): keep trying, the instance just waits."""

@@ -14,7 +14,7 @@ import pytest
 
 from infra.core.ports import free_port
 from infra.pool.backend import Backend, BackendConfig
-from infra.pool.faults import Fault, dump_scenario, effect_at, generate, load_scenario
+from infra.pool.faults import Fault, Scenario, dump_scenario, effect_at, generate, load_scenario
 
 
 def test_a_fault_ramps_in_lasts_and_ends() -> None:
@@ -136,3 +136,18 @@ def test_an_injected_crash_ends_the_process(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 70, proc.stderr
     assert "injected crash" in proc.stderr
+
+
+def test_ground_truth_rows_put_the_scenario_on_the_wall_clock() -> None:
+    from infra.pool.ground_truth import COLUMNS, fault_rows
+
+    faults = [Fault(instance="#0", kind="errors", start_s=10, ramp_s=100, error_fraction=0.5),
+              Fault(instance="#0", kind="slowdown", start_s=5, ramp_s=5, duration_s=20)]
+    rows = [dict(zip(COLUMNS, r, strict=True)) for r in
+            fault_rows(Scenario(name="s", seed=3, faults=faults), faults, "web", "web-1", ready_ms=1_000_000)]
+    errors, slow = rows
+    assert (errors["start_ms"], errors["full_ms"], errors["failure_ms"], errors["end_ms"]) == \
+        (1_010_000, 1_110_000, 1_012_000, None)
+    assert (slow["start_ms"], slow["full_ms"], slow["end_ms"], slow["failure_ms"]) == (1_005_000, 1_010_000,
+                                                                                        1_030_000, None)
+    assert errors["seed"] == 3 and errors["instance"] == "web-1" and '"error_fraction":0.5' in errors["params"]
