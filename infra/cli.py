@@ -846,18 +846,69 @@ def pool_backend(
     service: Annotated[str, typer.Option()],
     instance: Annotated[str, typer.Option()],
     port: Annotated[int, typer.Option()],
+    scenario: Annotated[Path | None, typer.Option(help="Fault scenario (YAML) whose faults for this instance "
+                                                       "it plays, from the moment it is ready.")] = None,
+    index: Annotated[int | None, typer.Option(help="This instance's index in the pool, for faults on `#k`.")] = None,
 ) -> None:
     """One pool instance (started by `foresight pool run`)."""
     from infra.core.service_registry import Registry
     from infra.pool.backend import run_registered
+    from infra.pool.faults import load_scenario
 
     s = _ctx(ctx).settings
     svc = s.pool.service(service)
     if svc is None:
         err.print(f"[red]error:[/] service {service!r} is not in pool.services")
         raise typer.Exit(2)
+    try:
+        plan = load_scenario(scenario) if scenario else None
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/] fault scenario {scenario}: {exc}")
+        raise typer.Exit(2) from exc
+    faults = plan.for_instance(instance, -1 if index is None else index) if plan else []
+
+    def record_truth(ready_ms: int) -> None:
+        """The labels of the health models; losing them would silently bias an evaluation, so say so."""
+        from infra.pool.ground_truth import fault_rows, record_faults
+
+        assert plan is not None
+        try:
+            record_faults(s.clickhouse, fault_rows(plan, faults, service, instance, ready_ms))
+        except Exception as exc:
+            logging.getLogger("foresight.pool").error("%s/%s: fault ground truth not recorded: %s", service,
+                                                      instance, exc)
+
     run_registered(service, instance, port, svc, Registry(s.registry_endpoint, s.registry.prefix,
-                                                          s.registry.timeout_s), s.registry.lease_ttl_s)
+                                                          s.registry.timeout_s), s.registry.lease_ttl_s, faults,
+                   on_faults_start=record_truth if faults else None)
+
+
+faults_app = typer.Typer(help="Fault scenarios for the pool's backends (slowdown, capacity loss, errors, hang, "
+                                "crash, leak).", no_args_is_help=True)
+app.add_typer(faults_app, name="faults")
+
+
+@faults_app.command("generate")
+def faults_generate(
+    seed: Annotated[int, typer.Option(help="Same seed, same scenario.")],
+    instances: Annotated[int, typer.Option(help="Instances in the pool; faults name them `#0`, `#1`, ...")] = 4,
+    duration: Annotated[float, typer.Option(help="Seconds the run lasts; faults start in its middle half.")] = 300.0,
+    faults: Annotated[int, typer.Option(help="Faulty instances (always fewer than all).")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Write the YAML here instead of to stdout.")] = None,
+) -> None:
+    """Generate a reproducible fault scenario from a seed (keep held-out seeds out of training)."""
+    from infra.pool.faults import dump_scenario, generate
+
+    try:
+        text = dump_scenario(generate(seed, instances, duration, faults))
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        console.print(f"wrote {out}")
 
 
 @app.command("registry-sync")

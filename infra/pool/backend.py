@@ -16,7 +16,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from infra.core.service_registry import InstanceLease, InstanceRecord, Registry, RegistryError
 from infra.core.settings import PoolServiceSettings
+from infra.pool.faults import Effect, Fault, effect_at
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,15 @@ class Backend:
     """The server's state and handlers; `run()` serves until SIGTERM."""
 
     def __init__(self, cfg: BackendConfig, on_ready: Callable[[], None] = lambda: None,
-                 on_stop: Callable[[], None] = lambda: None, seed: int | None = None) -> None:
+                 on_stop: Callable[[], None] = lambda: None, seed: int | None = None,
+                 faults: Sequence[Fault] = ()) -> None:
         self.cfg = cfg
+        self.faults = list(faults)
+        self.effect = Effect()  # what the faults do now; the fault loop updates it
+        self.ready_at: float | None = None  # monotonic time the scenario clock starts
+        self._phantom = 0  # workers a capacity-loss fault holds
+        self._fault_task: asyncio.Task[None] | None = None
+        self._rng = random.Random(seed)
         self.on_ready = on_ready
         self.on_stop = on_stop
         self.sample = service_time_sampler(cfg, random.Random(seed))
@@ -88,6 +96,8 @@ class Backend:
                                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)).labels(**labels)
         self.m_ready = Gauge("foresight_backend_ready", "1 once warmed up and registered.", list(labels),
                              registry=self.metrics).labels(**labels)
+        self.m_resource = Gauge("foresight_backend_resource_ratio", "A resource that a leak exhausts (0 healthy, "
+                                "1 about to fail).", list(labels), registry=self.metrics).labels(**labels)
         self._labels = labels
         self._sem = asyncio.Semaphore(cfg.workers)
 
@@ -102,14 +112,19 @@ class Backend:
             async with self._sem:
                 self.queued -= 1
                 self._gauges()
-                await asyncio.sleep(self.sample())
+                effect = self.effect
+                if effect.hang:  # accepted, never answered: the client's timeout is the only way out
+                    await self._stop.wait()
+                await asyncio.sleep(self.sample() * effect.service_factor)
+                failed = effect.error_fraction > 0 and self._rng.random() < effect.error_fraction
         finally:
             self.in_flight -= 1
             self._gauges()
         self.served += 1
         self.m_latency.observe(time.monotonic() - start)
-        self.m_requests.labels(**self._labels, status="200").inc()
-        return web.Response(text=f"{self.cfg.instance}\n", headers={"X-Instance": self.cfg.instance})
+        status = 500 if failed else 200
+        self.m_requests.labels(**self._labels, status=str(status)).inc()
+        return web.Response(status=status, text=f"{self.cfg.instance}\n", headers={"X-Instance": self.cfg.instance})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(status=200 if self.ready else 503, text="ok\n" if self.ready else "starting\n")
@@ -127,6 +142,30 @@ class Backend:
         self.m_in_flight.set(self.in_flight)
         self.m_queue.set(self.queued)
         self.m_busy.set((self.in_flight - self.queued) / self.cfg.workers)
+
+    def apply_faults(self, t: float) -> Effect:
+        """Bring the instance to the faults' effect at scenario time `t`: workers held by a capacity
+        loss, the resource gauge; a crash ends the process at once, as a real one would."""
+        effect = effect_at(self.faults, t)
+        if effect.crash:
+            log.warning("%s/%s: injected crash at t=%.1f s", self.cfg.service, self.cfg.instance, t)
+            os._exit(70)
+        self.effect = effect
+        self.m_resource.set(effect.resource)
+        return effect
+
+    async def _fault_loop(self) -> None:
+        while not self._stop.is_set():
+            assert self.ready_at is not None
+            want = min(self.apply_faults(time.monotonic() - self.ready_at).workers_lost, self.cfg.workers - 1)
+            while self._phantom < want:  # a lost worker is one that takes no request
+                await self._sem.acquire()
+                self._phantom += 1
+            while self._phantom > want:
+                self._sem.release()
+                self._phantom -= 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.1)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -153,7 +192,10 @@ class Backend:
             if not self._stop.is_set():
                 await asyncio.to_thread(self.on_ready)
                 self.ready = True
+                self.ready_at = time.monotonic()
                 self.m_ready.set(1)
+                if self.faults:
+                    self._fault_task = asyncio.create_task(self._fault_loop())
                 log.info("%s/%s ready", self.cfg.service, self.cfg.instance)
                 await self._stop.wait()
         finally:
@@ -172,7 +214,8 @@ class Backend:
 
 
 def run_registered(service: str, instance: str, port: int, svc: PoolServiceSettings, registry: Registry,
-                   ttl_s: int) -> None:
+                   ttl_s: int, faults: Sequence[Fault] = (), on_faults_start: Callable[[int], None] | None = None,
+                   ) -> None:
     """One pool instance: serve, register once warmed up (a lease kept alive every TTL/3, taken again
     if etcd let it expire), deregister on SIGTERM."""
     leases: list[InstanceLease] = []
@@ -182,6 +225,8 @@ def run_registered(service: str, instance: str, port: int, svc: PoolServiceSetti
                                 started_at=int(time.time() * 1000), version="pool",
                                 metadata={"pid": str(os.getpid()), "capacity_rps": f"{svc.capacity_rps:g}"})
         leases.append(registry.register(service, instance, record, ttl_s, on_lost=lambda _lease: register_retrying()))
+        if on_faults_start is not None and len(leases) == 1:
+            on_faults_start(record.started_at)
 
     def register_retrying() -> None:
         """etcd may be away (it is fail-static for everyone else): keep trying, the instance just waits."""
@@ -204,4 +249,4 @@ def run_registered(service: str, instance: str, port: int, svc: PoolServiceSetti
     cfg = BackendConfig(service=service, instance=instance, port=port, workers=svc.workers,
                         mean_service_s=svc.mean_service_s, distribution=svc.service_time, sigma=svc.service_time_sigma,
                         startup_delay_s=svc.startup_delay_s)
-    asyncio.run(Backend(cfg, on_ready=register_retrying, on_stop=deregister).run())
+    asyncio.run(Backend(cfg, on_ready=register_retrying, on_stop=deregister, faults=faults).run())

@@ -18,7 +18,8 @@ from infra.core.settings import ClickHouseSettings
 chdb_session = pytest.importorskip("chdb.session")
 
 DB = "fsdb"
-TABLES = ["access_events", "decisions", "features", "metric_samples", "model_versions", "predictions"]
+TABLES = ["access_events", "decisions", "fault_events", "features", "metric_samples", "model_versions",
+          "predictions"]
 
 
 class Chdb:
@@ -66,6 +67,9 @@ def test_every_table_created_and_takes_a_row(ch: Chdb) -> None:
                " '{\"mae\": 1.5}', 'models/load/v3')")
     ch.execute(f"INSERT INTO {DB}.features (window_start, window_end, service, instance, requests, emitted_at)"
                " VALUES ('2025-11-28 00:00:00', '2025-11-28 00:00:10', 'web', 's1', 1, 1)")
+    ch.execute(f"INSERT INTO {DB}.fault_events (start_ms, scenario, seed, service, instance, kind, full_ms, end_ms,"
+               f" failure_ms, params) VALUES ({ms}, 'generated-7', 7, 'web', 's1', 'errors', {ms}, NULL, {ms + 2000},"
+               " '{}')")
     for table in TABLES:
         assert ch.execute(f"SELECT count() FROM {DB}.{table}") == [[1]], table
     # ts is derived from the contract's epoch ms, in UTC, and target_ts from the horizon.
