@@ -428,6 +428,91 @@ def adapt(
         time.sleep(interval)
 
 
+AUTOSCALE_EXAMPLE = """[[autoscaler.services]]
+name = "api"
+capacity_rps = 20
+startup_s = 20
+scaler = { kind = "pool", url = "http://127.0.0.1:19110" }"""
+
+
+@app.command()
+def autoscale(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Option(help="Only this service of autoscaler.services.")] = None,
+    once: Annotated[bool, typer.Option("--once", help="One decision round per service, then exit.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and record, do not touch the scalers.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --once: print the decisions as JSON lines.")] = False,
+) -> None:
+    """Scale replicas ahead of load: features -> /v1/forecast -> replica policy -> guardrails -> scaler.
+
+    Each service in `autoscaler.services` names its scaler (the local pool, a Ray Serve deployment, a
+    Kubernetes Deployment), its policy (predictive, reactive, static:N), capacity and startup. A round
+    runs when a new feature window closes and at least every `autoscaler.interval_s`; every decision
+    goes to fs.decisions with its reason and the forecast it used. When predictions are stale or
+    serving is down the reactive policy decides ("fallback" in the reason); when ClickHouse is down
+    nothing changes. Example foresight.toml:
+
+    \b
+    \\[\\[autoscaler.services]]
+    name = "api"
+    capacity_rps = 20
+    startup_s = 20
+    scaler = { kind = "pool", url = "http://127.0.0.1:19110" }
+    """
+    import signal
+    import threading
+
+    from rich.markup import escape
+
+    from infra.workers import build_autoscaler
+
+    s = _ctx(ctx).settings
+    if dry_run:
+        s = s.model_copy(update={"autoscaler": s.autoscaler.model_copy(update={"dry_run": True})})
+    if once and not s.autoscaler.services:
+        err.print("[red]error:[/] no services to scale: add an \\[\\[autoscaler.services]] table to "
+                  f"foresight.toml, e.g.\n{escape(AUTOSCALE_EXAMPLE)}")
+        raise typer.Exit(2)
+    try:
+        scaler = build_autoscaler(s, service)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+    def say(report: object) -> None:
+        from lb_adapters.autoscaler import RoundReport
+
+        assert isinstance(report, RoundReport)
+        d = report.decision
+        if as_json and d is not None:
+            print(d.model_dump_json())
+        elif d is not None:
+            _say(f"{d.service}: {d.before} -> {d.after} replicas [{d.outcome}] {d.reason}")
+        elif report.note:
+            _say(f"{report.service}: {report.note}")
+
+    if once:
+        failed = False
+        for name in scaler.services:
+            try:
+                say(scaler.step(name))
+            except Exception as exc:  # one service's failure must not hide the others' rounds
+                failed = True
+                err.print(f"[red]{name}: round failed:[/] {exc}")
+        raise typer.Exit(1 if failed else 0)
+    from prometheus_client import start_http_server
+
+    start_http_server(s.autoscaler.metrics_port, addr="127.0.0.1")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    if not scaler.services:
+        _say("no services to scale (autoscaler.services is empty); idle, serving metrics. Example:\n"
+             + escape(AUTOSCALE_EXAMPLE))
+    _say(f"autoscaling {', '.join(scaler.services) or 'nothing'} (metrics :{s.autoscaler.metrics_port})")
+    scaler.run(stop, on_round=say)
+
+
 @app.command()
 def backtest(
     trace: Annotated[Path, typer.Option(help="Per-second request counts, space-separated (plain, .bz2, .gz).",
@@ -450,6 +535,10 @@ def backtest(
     refit: Annotated[bool, typer.Option("--refit/--no-refit", help="Retrain the forecaster on train + validation "
                                         "for the epoch count validation chose before scoring it on the test "
                                         "range (--no-refit: score the validation-phase model).")] = True,
+    feedback_gain: Annotated[float | None, typer.Option(help="Online headroom feedback of both policies: after "
+                                                        "each minute the correction moves by gain x (missed - SLO), "
+                                                        "so the realised SLO converges to the target; 0: off. "
+                                                        "Default: the backtest's.")] = None,
 ) -> None:
     """Train on the past of a trace, then score forecaster, baselines and autoscaling policies on its test range.
 
@@ -460,7 +549,8 @@ def backtest(
     try:
         backtest_command(trace, test_from=test_from, val_from=val_from, scale=scale, capacity=capacity,
                          startup_s=startup, slo_pct=slo, start=start, report=report, epochs=epochs, seed=seed,
-                         threads=threads, as_json=as_json, refit=refit)
+                         threads=threads, as_json=as_json, refit=refit,
+                         feedback_gain=feedback_gain)
     except ValueError as exc:  # a trace too short or splits out of order: say which, no traceback
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
