@@ -94,12 +94,15 @@ def context(minute: int, demand: np.ndarray, spec: ScalingSpec, knobs: ScalingKn
 
 def simulate(demand: np.ndarray, policy: Policy, knobs: ScalingKnobs, spec: ScalingSpec,
              forecasts: Forecasts | None = None, trace: Trace | None = None,
-             on_minute: Callable[[int], None] | None = None) -> SimResult:
-    """Run `policy` (through the guardrails) over `demand`; `trace`, when given, records each minute."""
+             on_minute: Callable[[int], None] | None = None, initial: int | None = None) -> SimResult:
+    """Run `policy` (through the guardrails) over `demand`; `trace`, when given, records each minute.
+    It starts with `initial` ready replicas (default: enough for the first minute)."""
     delay = spec.delay_min
     pending: deque[tuple[int, int]] = deque()  # (minute it becomes ready, count), oldest first
     start = demand[0] if len(demand) and np.isfinite(demand[0]) else 0.0
-    ready = min(max(math.ceil(start / spec.capacity), knobs.min_replicas), knobs.max_replicas)
+    if initial is None:
+        initial = min(max(math.ceil(start / spec.capacity), knobs.min_replicas), knobs.max_replicas)
+    ready = initial
     state = ScalingState()
     under = counted = actions = 0
     replica_min = 0

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from infra.core.scaling import (
+    Policy,
     PolicyResult,
     QuantileForecast,
     ScalingContext,
@@ -20,7 +21,7 @@ from training.autoscale import Forecasts, ScalingSpec, Trace, oracle, simulate, 
 FREE = ScalingKnobs()  # no guardrail beyond min 1 replica
 
 
-def fixed(wants: list[int]):  # type: ignore[no-untyped-def]
+def fixed(wants: list[int]) -> Policy:
     """A policy that wants a scripted number of replicas each minute."""
 
     def policy(ctx: ScalingContext) -> PolicyResult:
