@@ -514,6 +514,69 @@ def autoscale(
 
 
 @app.command()
+def whatif(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Option(help="Service whose recorded demand (ClickHouse `features`) is replayed.")],
+    from_: Annotated[str, typer.Option("--from", help="Range start, ISO 8601 (UTC when no offset), "
+                                                      "e.g. 2026-12-05T03:00.")],
+    to: Annotated[str, typer.Option(help="Range end, ISO 8601, exclusive.")],
+    policy: Annotated[str, typer.Option(help="predictive | hpa | static:N")] = "predictive",
+    capacity: Annotated[float | None, typer.Option(help="Requests/s one replica serves; default: the service's "
+                                                        "`autoscaler.services` entry.")] = None,
+    startup: Annotated[float | None, typer.Option(help="Seconds a new replica takes to become ready; default: "
+                                                       "the service's entry.")] = None,
+    headroom: Annotated[float | None, typer.Option(help="Predictive: extra share over the forecast quantile.")] = None,
+    quantile: Annotated[float | None, typer.Option(help="Predictive: forecast quantile to provision for.")] = None,
+    target_utilization: Annotated[float | None, typer.Option(help="HPA: target share of capacity.")] = None,
+    min_replicas: Annotated[int | None, typer.Option(help="Fewest replicas.")] = None,
+    max_replicas: Annotated[int | None, typer.Option(help="Most replicas.")] = None,
+    feedback_gain: Annotated[float | None, typer.Option(help="Online headroom feedback gain (0: off).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Only the JSON result on stdout, no bars.")] = False,
+) -> None:
+    """Counterfactual replay: what a policy would have done with a service's recorded demand.
+
+    Reads the service's per-minute demand from ClickHouse `features`, runs it through the autoscaling
+    simulator with --policy (the same code and guardrails the live autoscaler runs; predictive forecasts
+    each minute with the newest registered forecast model), and compares replica-seconds and
+    under-provisioned minutes (demand above ready replicas x capacity) with what the controller actually
+    did: its scaler decisions in ClickHouse `decisions` over the same range, replayed with the same startup
+    delay. Run it before turning a policy on. Prints a table, then the JSON result as the last line.
+    """
+    from clickhouse_driver.errors import Error as ClickHouseError
+
+    from infra.core.db import client
+    from infra.core.model_registry import registry_root
+    from training.whatif_command import knobs_for, whatif_command
+
+    s = _ctx(ctx).settings
+    configured = next((x for x in getattr(getattr(s, "autoscaler", None), "services", []) if x.name == service),
+                      None)
+    cap = capacity if capacity is not None else getattr(configured, "capacity_rps", None)
+    start_s = startup if startup is not None else getattr(configured, "startup_s", None)
+    if cap is None or start_s is None:
+        err.print(f"[red]error:[/] service {service!r} is not in autoscaler.services: pass --capacity and --startup")
+        raise typer.Exit(2)
+    own = None if configured is None else (configured.reactive if policy in ("hpa", "reactive") else configured.knobs)
+    try:
+        knobs = knobs_for(policy, own, {"headroom": headroom, "quantile": quantile, "target_utilization":
+                                        target_utilization, "min_replicas": min_replicas,
+                                        "max_replicas": max_replicas, "feedback_gain": feedback_gain})
+        cl = client(s.clickhouse, s.clickhouse.database)
+        try:
+            whatif_command(cl, s.clickhouse.database, registry_root(s.state), service=service, start=from_, end=to,
+                           policy=policy, capacity=cap, startup_s=start_s, knobs=knobs, as_json=as_json)
+        finally:
+            cl.disconnect()
+    except ValueError as exc:  # a bad range, policy, quantile or no data: say which, no traceback
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    except ClickHouseError as exc:
+        err.print(f"[red]error:[/] ClickHouse at {s.clickhouse.host}:{s.clickhouse.tcp_port}: {exc}; "
+                  "is the stack up (`foresight stack status`)?")
+        raise typer.Exit(1) from exc
+
+
+@app.command()
 def backtest(
     trace: Annotated[Path, typer.Option(help="Per-second request counts, space-separated (plain, .bz2, .gz).",
                                         exists=True, dir_okay=False)],
