@@ -118,7 +118,9 @@ def build_scaler(service: AutoscaledService) -> Scaler:
     if isinstance(sc, PoolScalerSettings):
         return PoolScaler(sc.url, service.name)
     if isinstance(sc, RayServeScalerSettings):
-        return RayServeScaler(sc.dashboard_url, sc.app, sc.deployment)
+        token_file = sc.token_file or Path.home() / ".ray" / "auth_token"
+        token = token_file.read_text().strip() if token_file.is_file() else None
+        return RayServeScaler(sc.dashboard_url, sc.app, sc.deployment, token=token)
     return KubernetesScaler(kube_client(sc.server, sc.namespace), sc.namespace, sc.deployment)
 
 

@@ -143,7 +143,10 @@ class Autoscaler:
         except ActuatorError as exc:
             return self._hold(svc, report, now, f"hold: scaler unreadable ({exc})", None)
 
+        first_round = mem.last_window_end == 0
         observed, newest_end = self._observed(windows, mem)
+        if first_round:
+            mem.state = self._seed(mem.state, now, replicas, windows)
         report.newest_window_end = newest_end
         fallback: str | None = None
         forecast: QuantileForecast | None = None
@@ -179,15 +182,28 @@ class Autoscaler:
         return report
 
     def _observed(self, windows: list[ServiceWindow], mem: Memory) -> tuple[float | None, int | None]:
-        """Mean rate of the windows closed since the last round (the newest one if none), and the newest end."""
+        """Mean rate of the windows closed since the last round (the newest one on a first round or when
+        none closed since), and the newest end."""
         if not windows:
             return None, None
         newest_end = max(w.end_s for w in windows)
-        fresh = [w for w in windows if w.end_s > mem.last_window_end] or [max(windows, key=lambda w: w.end_s)]
+        newest = max(windows, key=lambda w: w.end_s)
+        fresh = [w for w in windows if w.end_s > mem.last_window_end] if mem.last_window_end else [newest]
+        fresh = fresh or [newest]
         mem.last_window_end = newest_end
         seconds = sum(w.end_s - w.start_s for w in fresh)
         rate = (sum(w.requests for w in fresh) / seconds) if seconds > 0 else fresh[-1].rate
         return rate, newest_end
+
+    @staticmethod
+    def _seed(state: ScalingState, now: float, replicas: Replicas, windows: list[ServiceWindow]) -> ScalingState:
+        """A (re)started loop knows no history: take the current count as just recommended (so the
+        stabilization window holds it, no scale-down right after a restart) and the window before the
+        newest as the previous load (so "rising" is known from the first round)."""
+        ordered = sorted(windows, key=lambda w: w.end_s)
+        previous = ordered[-2].rate if len(ordered) >= 2 else state.last_observed
+        return replace(state, recommendations=state.recommendations or ((now, replicas.current),),
+                       last_observed=state.last_observed if state.last_observed is not None else previous)
 
     def _forecast(self, svc: ScaledService, now: float, hist_end: int, minutes: list[tuple[int, int]],
                   knobs: ScalingKnobs) -> tuple[QuantileForecast | None, list[PredictionRecord], ScalingKnobs, str,

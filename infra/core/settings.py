@@ -194,6 +194,8 @@ class RayServeScalerSettings(Section):
     dashboard_url: str = Field(f"http://{LOOPBACK}:8265", description="Ray's dashboard (Serve's REST API).")
     app: str = Field(description="Serve application, deployed with `external_scaler_enabled`.")
     deployment: str = Field(description="Deployment of that application whose replicas are scaled.")
+    token_file: Path | None = Field(None, description="File with Ray's auth token (token authentication); "
+                                                      "none = ~/.ray/auth_token when it exists.")
 
 
 class KubernetesScalerSettings(Section):

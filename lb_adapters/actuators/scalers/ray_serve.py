@@ -2,8 +2,10 @@
 
 `POST /api/v1/applications/{app}/deployments/{deployment}/scale` sets the target; `GET
 /api/serve/applications/` reports each replica's state. The application must be deployed with
-`external_scaler_enabled` (Serve refuses with 412 otherwise; the error says so). HTTP only: the
-autoscaler does not join the Ray cluster, so the same code scales a local head or a KubeRay cluster.
+`external_scaler_enabled` (Serve refuses with 412 otherwise; the error says so). With Ray's token
+authentication on (the default of a local head when a token exists), requests carry the token as a
+bearer. HTTP only: the autoscaler does not join the Ray cluster, so the same code scales a local head
+or a KubeRay cluster.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ STARTED = frozenset({"STARTING", "UPDATING", "RECOVERING", "RUNNING", "PENDING_M
 class RayServeScaler:
     name = "ray_serve"
 
-    def __init__(self, dashboard_url: str, app: str, deployment: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, dashboard_url: str, app: str, deployment: str, token: str | None = None,
+                 timeout_s: float = 10.0) -> None:
         self.app, self.deployment = app, deployment
         self.target = f"ray_serve/{app}/{deployment}"
-        self.http = httpx.Client(base_url=dashboard_url, timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=dashboard_url, headers=headers, timeout=timeout_s)
 
     def current(self) -> Replicas:
         details = self._call(lambda: self.http.get("/api/serve/applications/")).json()
