@@ -365,6 +365,31 @@ def bench_streams(
     print(result_json(result))
 
 
+@bench_app.command("autoscale")
+def bench_autoscale(
+    ctx: typer.Context,
+    windows: Annotated[int, typer.Option(help="Closed feature windows written, one at a time.")] = 40,
+    gap_s: Annotated[float, typer.Option(help="Seconds between two windows.")] = 1.5,
+    pool_url: Annotated[str | None, typer.Option(help="A running pool's admin API (default: a stand-in on "
+                                                 "loopback that keeps reporting one replica).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """From a closed feature window to the scale action applied, through the real autoscaler loop.
+
+    Needs ClickHouse, Kafka and serving (`foresight stack up`); uses its own database and decision topic.
+    Prints {"decision_p99_ms", "feature_to_applied_p99_s"} last.
+    """
+    from dataclasses import asdict
+
+    from infra.benches.autoscale import result_json, run_autoscale_bench
+
+    s = _ctx(ctx).settings
+    result = run_autoscale_bench(s, windows=windows, gap_s=gap_s, pool_url=pool_url, say=_say)
+    if not as_json:
+        console.print(asdict(result))
+    print(result_json(result))
+
+
 @app.command()
 def stream(ctx: typer.Context) -> None:
     """Run a Faust stream worker: `fs.access` + `fs.metrics` -> feature windows -> `fs.features` and ClickHouse."""

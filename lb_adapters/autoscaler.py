@@ -99,6 +99,7 @@ class RoundReport:
     shadow: int | None = None
     newest_window_end: int | None = None  # end (epoch s) of the newest feature window the round read
     applied_at: float | None = None  # clock when the scaler accepted the change
+    took_s: float = 0.0  # the round's own time (read, forecast, decide, act, record)
     note: str = ""
 
 
@@ -117,10 +118,10 @@ class Autoscaler:
 
     def step(self, service: str) -> RoundReport:
         started = time.perf_counter()
-        try:
-            return self._step(self.services[service], self.memory[service])
-        finally:
-            metrics.ROUND_SECONDS.observe(time.perf_counter() - started)
+        report = self._step(self.services[service], self.memory[service])
+        report.took_s = time.perf_counter() - started
+        metrics.ROUND_SECONDS.observe(report.took_s)
+        return report
 
     def _step(self, svc: ScaledService, mem: Memory) -> RoundReport:
         report = RoundReport(svc.name)
@@ -175,6 +176,9 @@ class Autoscaler:
         report.shadow = shadow.desired
         reason = self._reason(decision, fallback, quantile_note, shadow.desired)
         ref = report.predictions[0].ref() if report.predictions else FALLBACK_REF
+        # The shadow's count is a counterfactual, recorded beside the forecast (the dashboard draws it).
+        report.predictions.append(PredictionRecord(ts=int(now * 1000), kind="hpa_shadow", service=svc.name,
+                                                   model="reactive", model_version="hpa", value=shadow.desired))
         report.decision = self._act(svc, report, now, replicas, decision.desired, reason, ref)
         self._publish(report)
         self._gauges(svc.name, replicas, decision.desired, shadow.desired, observed, forecast, knobs, ctx,

@@ -154,9 +154,12 @@ def test_predictive_round_scales_to_the_forecast_and_records_the_forecast_it_use
     assert scaler.calls == [7] and (d.before, d.after, d.outcome) == (2, 7, "applied")
     assert (d.actuator, d.action, d.target) == ("scaler", "scale", "fake/api")
     assert d.reason.startswith("predictive: p99") and "70.0 req/s" in d.reason and "shadow reactive: 2" in d.reason
-    decisions, predictions = sink.published[-1]
+    decisions, published = sink.published[-1]
+    predictions = [p for p in published if p.kind == "forecast"]
     assert decisions == [d] and predictions
     assert {p.ref() for p in predictions} == {d.prediction_ref}
+    shadow = [p for p in published if p.kind == "hpa_shadow"]
+    assert [(p.model, p.model_version, p.value) for p in shadow] == [("reactive", "hpa", 2.0)]
     assert {p.quantile for p in predictions} == {0.5, 0.9, 0.99}
     assert all(p.model_version == "v7" and p.kind == "forecast" for p in predictions)
     # the history sent: whole minutes only, ending at the minute the newest window ends in
