@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from infra.core.scaling import ScalingKnobs, predictive, predictive_knobs, reactive, reactive_knobs
+from infra.core.scaling import FEEDBACK_GAIN, ScalingKnobs, predictive, predictive_knobs, reactive, reactive_knobs
 from training import baselines
 from training.autoscale import Forecasts, ScalingSpec, Trace, oracle, simulate, tune
 from training.fit import OnEpoch, TrainConfig, TrainResult, forecast, script, targets, train
@@ -50,7 +50,7 @@ class BacktestConfig(BaseModel):
     ma_window: int = Field(10, gt=0)
     floor_half_window: int = Field(5, gt=0, description="Minutes each side of the two-sided moving average "
                                                         "reported as a reference (it sees the future).")
-    feedback_gain: float = Field(0.0, ge=0, description="Online headroom feedback of both policies "
+    feedback_gain: float = Field(FEEDBACK_GAIN, ge=0, description="Online headroom feedback of both policies "
                                  "(infra.core.scaling): correction += gain x (miss - SLO) each minute; 0: off.")
     refit: bool = Field(True, description="Retrain the forecaster on train + validation, for the epoch count "
                                           "validation chose, before scoring it on the test range.")
@@ -114,21 +114,15 @@ def _forecasts(module: torch.nn.Module, series: RateSeries, lo: int, hi: int, hi
 
 
 def _periods(series: RateSeries, lo: int, hi: int, days: int) -> list[tuple[str, int, int]]:
-    """Consecutive `days`-long stretches of [lo, hi) (calendar days in UTC when the series has a clock),
-    as (label, first minute, end minute) relative to lo."""
-    unix = series.unix_of(np.arange(lo, hi))
-    if np.all(np.isfinite(unix)):
-        day = np.floor(unix / 86400.0).astype(np.int64)
-        first = int(day[0])
-        block = (day - first) // days
-        edges = np.flatnonzero(np.diff(block)) + 1
-        starts = np.concatenate([[0], edges])
-        ends = np.concatenate([edges, [hi - lo]])
-        fmt = "%Y-%m-%d"
-        return [(time.strftime(fmt, time.gmtime(float(unix[a]))), int(a), int(b)) for a, b in zip(starts, ends,
-                                                                                                 strict=True)]
+    """Consecutive `days`-long stretches of [lo, hi) from its start, as (label, first minute, end minute)
+    relative to lo; labelled by their UTC start when the series has a clock."""
     step = days * 1440
-    return [(f"day {a // 1440}", a, min(a + step, hi - lo)) for a in range(0, hi - lo, step)]
+    out = []
+    for a in range(0, hi - lo, step):
+        unix = float(series.unix_of(np.array([lo + a]))[0])
+        label = time.strftime("%Y-%m-%d %H:%M", time.gmtime(unix)) if np.isfinite(unix) else f"day {a // 1440}"
+        out.append((label, a, min(a + step, hi - lo)))
+    return out
 
 
 def _period_rows(traces: dict[str, Trace], demand: np.ndarray, periods: list[tuple[str, int, int]]) -> list[dict]:
@@ -260,12 +254,16 @@ def run_backtest(series: RateSeries, splits: Splits, cfg: BacktestConfig, say: S
             "mase5_model_vs_ewma": _ratio(h5, "model", "ewma", "mase"),
             "mase5_model_vs_holt_winters": _ratio(h5, "model", "holt_winters", "mase"),
             "replica_seconds_predictive_vs_hpa": _ratio(scaling, "predictive", "hpa", "replica_seconds"),
+            "replica_seconds_predictive_vs_oracle": _ratio(scaling, "predictive", "oracle", "replica_seconds"),
+            "underprov_pct_predictive": scaling["predictive"]["underprov_pct"],
+            "underprov_pct_hpa": scaling["hpa"]["underprov_pct"],
             "mase5_poisson_floor_vs_seasonal_naive": fc["floor"].get("5", {}).get("poisson_floor"),
             "mase5_centred_ma_vs_seasonal_naive": fc["floor"].get("5", {}).get("centred_ma"),
         },
         "setup": {
             "scale": cfg.scale, "capacity": cfg.spec.capacity, "startup_s": cfg.spec.startup_s,
             "slo_pct": cfg.slo_pct, "predictive_quantile": cfg.predictive_quantile,
+            "feedback_gain": cfg.feedback_gain,
             "minutes": {"train": list(splits.train), "val": list(splits.val), "test": list(splits.test)},
             "unix_s": [None if not np.isfinite(u) else float(u) for u in unix],
             "train_seconds": round(trained.seconds, 1), "best_epoch": trained.best_epoch,

@@ -12,6 +12,7 @@ from infra.core.scaling import (
     ScalingKnobs,
     ScalingState,
     decide,
+    feedback,
     reactive_knobs,
     removable,
     static,
@@ -117,9 +118,18 @@ def test_feedback_raises_correction_on_a_miss_and_lowers_it_otherwise() -> None:
     first = decide(static(2), ctx(current=2, observed=10.0, **k))  # nothing served yet: not judged
     assert first.state.judged == 0 and first.state.served == 2
     miss = decide(static(2), ctx(current=2, observed=25.0, state=first.state, **k))  # 25 > 2 x 10
-    assert miss.state.misses == 1 and miss.state.correction == pytest.approx(0.1 * 0.99)
+    step = 0.1 * 15 / 60  # the gain is per minute; these intervals are 15 s
+    assert miss.state.misses == 1 and miss.state.correction == pytest.approx(step * 0.99)
     ok = decide(static(2), ctx(current=2, observed=5.0, state=miss.state, **k))
-    assert ok.state.judged == 2 and ok.state.correction == pytest.approx(0.1 * 0.99 - 0.1 * 0.01)
+    assert ok.state.judged == 2 and ok.state.correction == pytest.approx(step * 0.99 - step * 0.01)
+
+
+def test_feedback_gain_means_the_same_at_any_interval() -> None:
+    k = ScalingKnobs(feedback_gain=0.1, slo=0.0)
+    state = ScalingState(served=1)
+    for _ in range(4):
+        state = replace(feedback(state, 50.0, 10.0, k, interval_s=15.0), served=1)
+    assert state.correction == pytest.approx(feedback(ScalingState(served=1), 50.0, 10.0, k, 60.0).correction)
 
 
 def test_feedback_correction_is_bounded() -> None:
@@ -136,7 +146,7 @@ def test_policy_sees_the_updated_correction() -> None:
         return PolicyResult(c.current, "spy", replace(c.state))
 
     decide(spy, ctx(current=1, observed=50.0, state=ScalingState(served=1), feedback_gain=0.2, slo=0.0))
-    assert seen == [pytest.approx(0.2)]
+    assert seen == [pytest.approx(0.2 * 15 / 60)]
 
 
 def test_state_round_trips_through_a_dict() -> None:

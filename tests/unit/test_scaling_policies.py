@@ -71,3 +71,12 @@ def test_policy_by_name() -> None:
         policy_by_name("magic")
     with pytest.raises(ValueError):
         static(-1)
+
+
+def test_predictive_does_not_scale_up_for_a_peak_over_before_a_new_replica_is_ready() -> None:
+    # startup 60, interval 60: a replica asked now serves the step at 660 only.
+    spike_now = fc([300.0, 40.0, 0.0])
+    assert predictive(ctx(1, forecast=spike_now)).desired == 2  # 300 now cannot be met in time: 40 -> 2
+    # but the replicas already there are kept for it: removing them could not be undone in time
+    assert predictive(ctx(20, forecast=spike_now)).desired == 15
+    assert predictive(ctx(12, forecast=spike_now)).desired == 12

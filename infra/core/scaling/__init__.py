@@ -5,6 +5,7 @@
 """
 
 from infra.core.scaling.context import (
+    FEEDBACK_GAIN,
     PolicyResult,
     QuantileForecast,
     ScalingContext,
@@ -18,6 +19,7 @@ from infra.core.scaling.guardrails import decide, feedback, removable
 from infra.core.scaling.policies import Policy, policy_by_name, predictive, reactive, static
 
 __all__ = [
+    "FEEDBACK_GAIN",
     "Policy",
     "PolicyResult",
     "QuantileForecast",

@@ -23,7 +23,8 @@ def removable(ready: int, max_unavailable: float) -> int:
     return max(1, math.floor(max_unavailable * ready + 1e-9))
 
 
-def feedback(state: ScalingState, observed: float | None, capacity: float, knobs: ScalingKnobs) -> ScalingState:
+def feedback(state: ScalingState, observed: float | None, capacity: float, knobs: ScalingKnobs,
+             interval_s: float = 60.0) -> ScalingState:
     """Adaptive conformal-style correction (Gibbs & Candes' ACI, on the headroom rather than the
     quantile level): after each judged interval, correction += gain x (miss - slo). Misses raise it
     by gain x (1 - slo), every covered interval lowers it by gain x slo, so over T intervals the
@@ -34,7 +35,7 @@ def feedback(state: ScalingState, observed: float | None, capacity: float, knobs
     miss = observed > state.served * capacity + 1e-9
     correction = state.correction
     if knobs.feedback_gain:
-        correction += knobs.feedback_gain * ((1.0 if miss else 0.0) - knobs.slo)
+        correction += knobs.feedback_gain * interval_s / 60.0 * ((1.0 if miss else 0.0) - knobs.slo)
         correction = min(max(correction, knobs.correction_min), knobs.correction_max)
     return replace(state, correction=correction, judged=state.judged + 1, misses=state.misses + int(miss))
 
@@ -55,7 +56,7 @@ def _step_room(changes: tuple[tuple[float, int], ...], now: float, period: float
 def decide(policy: Policy, ctx: ScalingContext) -> ScalingDecision:
     """Run `policy` on `ctx` and pass its recommendation through the guardrails."""
     k, now, current, ready = ctx.knobs, ctx.now_s, ctx.current, ctx.ready
-    state = feedback(ctx.state, ctx.observed_rate, ctx.capacity, k)
+    state = feedback(ctx.state, ctx.observed_rate, ctx.capacity, k, ctx.interval_s)
     raw, reason, state = policy(replace(ctx, state=state))
     limits: list[str] = []
     want = raw

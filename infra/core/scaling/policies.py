@@ -20,18 +20,29 @@ def _replicas(rate: float, per_replica: float) -> int:
 
 
 def predictive(ctx: ScalingContext) -> PolicyResult:
-    """Replicas for the forecast `quantile` of demand at its highest between now and when a replica
-    started now would be ready plus one interval, times (1 + headroom + feedback correction)."""
+    """Provision for the forecast `quantile` of demand, times (1 + headroom + feedback correction).
+
+    A replica asked for now serves only from now + startup, so scaling up is for the peak of
+    [now + startup, now + startup + interval), when it will be ready and before the next decision
+    can add more. Replicas already there are kept for the peak until then, [now, now + startup):
+    one removed now could not be back in time. So desired = max(far, min(current, near))."""
     k = ctx.knobs
-    until = ctx.now_s + ctx.startup_s + ctx.interval_s
-    peak = None if ctx.forecast is None else ctx.forecast.peak(k.quantile, ctx.now_s, until)
-    if peak is None:
+    ready_at = ctx.now_s + ctx.startup_s
+    until = ready_at + ctx.interval_s
+    fc = ctx.forecast
+    far = None if fc is None else fc.peak(k.quantile, ready_at, until)
+    near = None if fc is None or ctx.startup_s <= 0 else fc.peak(k.quantile, ctx.now_s, ready_at)
+    if far is None or (near is None and ctx.startup_s > 0):
         return PolicyResult(ctx.current, "predictive: no forecast covering the next "
                             f"{ctx.startup_s + ctx.interval_s:.0f} s, holding", ctx.state)
     factor = 1.0 + k.headroom + ctx.state.correction
-    want = _replicas(peak * factor, ctx.capacity)
-    return PolicyResult(want, f"predictive: p{k.quantile * 100:g} peak {peak:.1f} req/s over the next "
-                        f"{until - ctx.now_s:.0f} s x {factor:.3f} / {ctx.capacity:g} req/s -> {want}", ctx.state)
+    up = _replicas(far * factor, ctx.capacity)
+    keep = 0 if near is None else _replicas(near * factor, ctx.capacity)
+    want = max(up, min(ctx.current, keep))
+    why = (f"predictive: p{k.quantile * 100:g} {far:.1f} req/s when a new replica is ready"
+           + ("" if near is None else f", peak {near:.1f} req/s until then")
+           + f", x {factor:.3f} / {ctx.capacity:g} req/s -> {want}")
+    return PolicyResult(want, why, ctx.state)
 
 
 def reactive(ctx: ScalingContext) -> PolicyResult:
