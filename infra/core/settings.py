@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -214,10 +214,22 @@ class AutoscaledService(Section):
     policy: str = Field("predictive", description="predictive | reactive | static:N.")
     capacity_rps: float = Field(gt=0, description="Requests per second one replica serves.")
     startup_s: float = Field(ge=0, description="Seconds from a scale-up to a ready replica.")
-    knobs: ScalingKnobs = Field(default_factory=predictive_knobs, description="Knobs of `policy` and its guardrails.")
+    knobs: ScalingKnobs = Field(default_factory=predictive_knobs,
+                                description="Knobs of `policy` and its guardrails: a table of overrides of the "
+                                            "predictive preset (down by max(1, 10%) a minute).")
     reactive: ScalingKnobs = Field(default_factory=reactive_knobs,
-                                   description="Knobs of the reactive policy (shadow and fallback); min/max "
-                                               "replicas and max_unavailable are taken from `knobs`.")
+                                   description="Knobs of the reactive policy (shadow and fallback), overrides of HPA's "
+                                               "defaults; min/max replicas and max_unavailable come from `knobs`.")
+
+    @field_validator("knobs", mode="before")
+    @classmethod
+    def _over_predictive(cls, value: Any) -> Any:
+        return {**predictive_knobs().model_dump(), **value} if isinstance(value, dict) else value
+
+    @field_validator("reactive", mode="before")
+    @classmethod
+    def _over_reactive(cls, value: Any) -> Any:
+        return {**reactive_knobs().model_dump(), **value} if isinstance(value, dict) else value
 
 
 class AutoscalerSettings(Section):
