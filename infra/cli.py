@@ -395,6 +395,29 @@ def bench_registry(
         console.print(result)
     keys = ("register_to_routed_p99_s", "nginx_register_to_routed_p99_s", "drain_to_idle_p99_s", "changes_per_s")
     print(json.dumps({k: result[k] for k in keys}))
+@bench_app.command("autoscale")
+def bench_autoscale(
+    ctx: typer.Context,
+    windows: Annotated[int, typer.Option(help="Closed feature windows written, one at a time.")] = 40,
+    gap_s: Annotated[float, typer.Option(help="Seconds between two windows.")] = 1.5,
+    pool_url: Annotated[str | None, typer.Option(help="A running pool's admin API (default: a stand-in on "
+                                                 "loopback that keeps reporting one replica).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """From a closed feature window to the scale action applied, through the real autoscaler loop.
+
+    Needs ClickHouse, Kafka and serving (`foresight stack up`); uses its own database and decision topic.
+    Prints {"decision_p99_ms", "feature_to_applied_p99_s"} last.
+    """
+    from dataclasses import asdict
+
+    from infra.benches.autoscale import result_json, run_autoscale_bench
+
+    s = _ctx(ctx).settings
+    result = run_autoscale_bench(s, windows=windows, gap_s=gap_s, pool_url=pool_url, say=_say)
+    if not as_json:
+        console.print(asdict(result))
+    print(result_json(result))
 
 
 @app.command()
@@ -482,6 +505,154 @@ def adapt(
         time.sleep(interval)
 
 
+AUTOSCALE_EXAMPLE = """[[autoscaler.services]]
+name = "api"
+capacity_rps = 20
+startup_s = 20
+scaler = { kind = "pool", url = "http://127.0.0.1:19110" }"""
+
+
+@app.command()
+def autoscale(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Option(help="Only this service of autoscaler.services.")] = None,
+    once: Annotated[bool, typer.Option("--once", help="One decision round per service, then exit.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and record, do not touch the scalers.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --once: print the decisions as JSON lines.")] = False,
+) -> None:
+    """Scale replicas ahead of load: features -> /v1/forecast -> replica policy -> guardrails -> scaler.
+
+    Each service in `autoscaler.services` names its scaler (the local pool, a Ray Serve deployment, a
+    Kubernetes Deployment), its policy (predictive, reactive, static:N), capacity and startup. A round
+    runs when a new feature window closes and at least every `autoscaler.interval_s`; every decision
+    goes to fs.decisions with its reason and the forecast it used. When predictions are stale or
+    serving is down the reactive policy decides ("fallback" in the reason); when ClickHouse is down
+    nothing changes. Example foresight.toml:
+
+    \b
+    \\[\\[autoscaler.services]]
+    name = "api"
+    capacity_rps = 20
+    startup_s = 20
+    scaler = { kind = "pool", url = "http://127.0.0.1:19110" }
+    """
+    import signal
+    import threading
+
+    from rich.markup import escape
+
+    from infra.workers import build_autoscaler
+
+    s = _ctx(ctx).settings
+    if dry_run:
+        s = s.model_copy(update={"autoscaler": s.autoscaler.model_copy(update={"dry_run": True})})
+    if once and not s.autoscaler.services:
+        err.print("[red]error:[/] no services to scale: add an \\[\\[autoscaler.services]] table to "
+                  f"foresight.toml, e.g.\n{escape(AUTOSCALE_EXAMPLE)}")
+        raise typer.Exit(2)
+    try:
+        scaler = build_autoscaler(s, service)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+    def say(report: object) -> None:
+        from lb_adapters.autoscaler import RoundReport
+
+        assert isinstance(report, RoundReport)
+        d = report.decision
+        if as_json and d is not None:
+            print(d.model_dump_json())
+        elif d is not None:
+            _say(f"{d.service}: {d.before} -> {d.after} replicas [{d.outcome}] {d.reason}")
+        elif report.note:
+            _say(f"{report.service}: {report.note}")
+
+    if once:
+        failed = False
+        for name in scaler.services:
+            try:
+                say(scaler.step(name))
+            except Exception as exc:  # one service's failure must not hide the others' rounds
+                failed = True
+                err.print(f"[red]{name}: round failed:[/] {exc}")
+        raise typer.Exit(1 if failed else 0)
+    from prometheus_client import start_http_server
+
+    start_http_server(s.autoscaler.metrics_port, addr="127.0.0.1")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    if not scaler.services:
+        _say("no services to scale (autoscaler.services is empty); idle, serving metrics. Example:\n"
+             + escape(AUTOSCALE_EXAMPLE))
+    _say(f"autoscaling {', '.join(scaler.services) or 'nothing'} (metrics :{s.autoscaler.metrics_port})")
+    scaler.run(stop, on_round=say)
+
+
+@app.command()
+def whatif(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Option(help="Service whose recorded demand (ClickHouse `features`) is replayed.")],
+    from_: Annotated[str, typer.Option("--from", help="Range start, ISO 8601 (UTC when no offset), "
+                                                      "e.g. 2026-12-05T03:00.")],
+    to: Annotated[str, typer.Option(help="Range end, ISO 8601, exclusive.")],
+    policy: Annotated[str, typer.Option(help="predictive | hpa | static:N")] = "predictive",
+    capacity: Annotated[float | None, typer.Option(help="Requests/s one replica serves; default: the service's "
+                                                        "`autoscaler.services` entry.")] = None,
+    startup: Annotated[float | None, typer.Option(help="Seconds a new replica takes to become ready; default: "
+                                                       "the service's entry.")] = None,
+    headroom: Annotated[float | None, typer.Option(help="Predictive: extra share over the forecast quantile.")] = None,
+    quantile: Annotated[float | None, typer.Option(help="Predictive: forecast quantile to provision for.")] = None,
+    target_utilization: Annotated[float | None, typer.Option(help="HPA: target share of capacity.")] = None,
+    min_replicas: Annotated[int | None, typer.Option(help="Fewest replicas.")] = None,
+    max_replicas: Annotated[int | None, typer.Option(help="Most replicas.")] = None,
+    feedback_gain: Annotated[float | None, typer.Option(help="Online headroom feedback gain (0: off).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Only the JSON result on stdout, no bars.")] = False,
+) -> None:
+    """Counterfactual replay: what a policy would have done with a service's recorded demand.
+
+    Reads the service's per-minute demand from ClickHouse `features`, runs it through the autoscaling
+    simulator with --policy (the same code and guardrails the live autoscaler runs; predictive forecasts
+    each minute with the newest registered forecast model), and compares replica-seconds and
+    under-provisioned minutes (demand above ready replicas x capacity) with what the controller actually
+    did: its scaler decisions in ClickHouse `decisions` over the same range, replayed with the same startup
+    delay. Run it before turning a policy on. Prints a table, then the JSON result as the last line.
+    """
+    from clickhouse_driver.errors import Error as ClickHouseError
+
+    from infra.core.db import client
+    from infra.core.model_registry import registry_root
+    from training.whatif_command import knobs_for, whatif_command
+
+    s = _ctx(ctx).settings
+    configured = next((x for x in getattr(getattr(s, "autoscaler", None), "services", []) if x.name == service),
+                      None)
+    cap = capacity if capacity is not None else getattr(configured, "capacity_rps", None)
+    start_s = startup if startup is not None else getattr(configured, "startup_s", None)
+    if cap is None or start_s is None:
+        err.print(f"[red]error:[/] service {service!r} is not in autoscaler.services: pass --capacity and --startup")
+        raise typer.Exit(2)
+    own = None if configured is None else (configured.reactive if policy in ("hpa", "reactive") else configured.knobs)
+    try:
+        knobs = knobs_for(policy, own, {"headroom": headroom, "quantile": quantile, "target_utilization":
+                                        target_utilization, "min_replicas": min_replicas,
+                                        "max_replicas": max_replicas, "feedback_gain": feedback_gain})
+        cl = client(s.clickhouse, s.clickhouse.database)
+        try:
+            whatif_command(cl, s.clickhouse.database, registry_root(s.state), service=service, start=from_, end=to,
+                           policy=policy, capacity=cap, startup_s=start_s, knobs=knobs, as_json=as_json)
+        finally:
+            cl.disconnect()
+    except ValueError as exc:  # a bad range, policy, quantile or no data: say which, no traceback
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    except ClickHouseError as exc:
+        err.print(f"[red]error:[/] ClickHouse at {s.clickhouse.host}:{s.clickhouse.tcp_port}: {exc}; "
+                  "is the stack up (`foresight stack status`)?")
+        raise typer.Exit(1) from exc
+
+
 @app.command()
 def backtest(
     trace: Annotated[Path, typer.Option(help="Per-second request counts, space-separated (plain, .bz2, .gz).",
@@ -504,6 +675,10 @@ def backtest(
     refit: Annotated[bool, typer.Option("--refit/--no-refit", help="Retrain the forecaster on train + validation "
                                         "for the epoch count validation chose before scoring it on the test "
                                         "range (--no-refit: score the validation-phase model).")] = True,
+    feedback_gain: Annotated[float | None, typer.Option(help="Online headroom feedback of both policies: after "
+                                                        "each minute the correction moves by gain x (missed - SLO), "
+                                                        "so the realised SLO converges to the target; 0: off. "
+                                                        "Default: the backtest's.")] = None,
 ) -> None:
     """Train on the past of a trace, then score forecaster, baselines and autoscaling policies on its test range.
 
@@ -514,7 +689,8 @@ def backtest(
     try:
         backtest_command(trace, test_from=test_from, val_from=val_from, scale=scale, capacity=capacity,
                          startup_s=startup, slo_pct=slo, start=start, report=report, epochs=epochs, seed=seed,
-                         threads=threads, as_json=as_json, refit=refit)
+                         threads=threads, as_json=as_json, refit=refit,
+                         feedback_gain=feedback_gain)
     except ValueError as exc:  # a trace too short or splits out of order: say which, no traceback
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from infra.core.db import client as clickhouse_client
-from infra.core.settings import Settings
+from infra.core.settings import AutoscaledService, PoolScalerSettings, RayServeScalerSettings, Settings
 from ingest.sinks.kafka import KafkaSink
 from ingest.spool import Spool
 from lb_adapters.actuators.haproxy import HAProxyRuntime
@@ -17,6 +18,10 @@ from lb_adapters.controller import WeightController
 from lb_adapters.decision_log import DecisionLog
 from lb_adapters.features import LatestFeatures
 from lb_adapters.predictions import WeightsClient
+
+if TYPE_CHECKING:
+    from lb_adapters.actuators.scalers.base import Scaler
+    from lb_adapters.autoscaler import Autoscaler
 
 
 def run_stream_worker(s: Settings) -> None:
@@ -135,3 +140,36 @@ def run_registry_sync(s: Settings) -> None:
     done.wait()
     sync.stop()
     sink.close()
+def build_scaler(service: AutoscaledService) -> Scaler:
+    """The scaler a configured service names (`autoscaler.services[].scaler.kind`)."""
+    from lb_adapters.actuators.scalers.kubernetes import KubernetesScaler, kube_client
+    from lb_adapters.actuators.scalers.pool import PoolScaler
+    from lb_adapters.actuators.scalers.ray_serve import RayServeScaler
+
+    sc = service.scaler
+    if isinstance(sc, PoolScalerSettings):
+        return PoolScaler(sc.url, service.name)
+    if isinstance(sc, RayServeScalerSettings):
+        token_file = sc.token_file or Path.home() / ".ray" / "auth_token"
+        token = token_file.read_text().strip() if token_file.is_file() else None
+        return RayServeScaler(sc.dashboard_url, sc.app, sc.deployment, token=token)
+    return KubernetesScaler(kube_client(sc.server, sc.namespace), sc.namespace, sc.deployment)
+
+
+def build_autoscaler(s: Settings, only: str | None = None) -> Autoscaler:
+    """The autoscaler of every configured service (or only `only`), recording through the decision log."""
+    from lb_adapters.autoscaler import Autoscaler, ScaledService
+    from lb_adapters.predictions import ForecastClient
+    from lb_adapters.rates import ClickHouseRates
+
+    configured = [svc for svc in s.autoscaler.services if only is None or svc.name == only]
+    if only is not None and not configured:
+        names = ", ".join(svc.name for svc in s.autoscaler.services) or "none"
+        raise ValueError(f"service {only!r} is not in autoscaler.services (configured: {names})")
+    return Autoscaler(
+        services=[ScaledService(svc, build_scaler(svc)) for svc in configured],
+        rates=ClickHouseRates(clickhouse_client(s.clickhouse), s.clickhouse.database),
+        forecaster=ForecastClient(s.serving_url, s.serving.token, timeout_s=s.autoscaler.serving_timeout_s),
+        sink=DecisionLog(s.kafka.bootstrap_servers, s.kafka.topic_decisions),
+        cfg=s.autoscaler,
+    )

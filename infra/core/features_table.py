@@ -81,3 +81,39 @@ def recent_services(client: Client, database: str, since_s: int) -> list[str]:
         {"all": SERVICE_WIDE, "since": since_s},
     )
     return [str(r[0]) for r in rows]
+@dataclass(frozen=True)
+class ServiceWindow:
+    """A closed service-wide (`*`) window."""
+
+    start_s: int
+    end_s: int
+    requests: int
+    rate: float
+
+
+def recent_service_windows(client: Client, database: str, service: str, since_s: int) -> list[ServiceWindow]:
+    """`service`'s service-wide windows ending after `since_s` (epoch s), oldest first."""
+    rows = client.execute(
+        f"""
+        SELECT toUInt32(window_start), toUInt32(window_end), requests, rate
+        FROM {database}.features FINAL
+        WHERE service = %(service)s AND instance = %(all)s AND window_end > toDateTime(%(since)s)
+        ORDER BY window_start
+        """,
+        {"service": service, "all": SERVICE_WIDE, "since": since_s},
+    )
+    return [ServiceWindow(int(s), int(e), int(n), float(r)) for s, e, n, r in rows]
+
+
+def newest_window_ends(client: Client, database: str, services: list[str], since_s: int) -> dict[str, int]:
+    """End (epoch s) of each service's newest service-wide window ending after `since_s`; a cheap poll
+    (no FINAL: a re-emitted window has the same end)."""
+    rows = client.execute(
+        f"""
+        SELECT service, toUInt32(max(window_end)) FROM {database}.features
+        WHERE service IN %(services)s AND instance = %(all)s AND window_start >= toDateTime(%(since)s)
+        GROUP BY service
+        """,
+        {"services": tuple(services), "all": SERVICE_WIDE, "since": since_s},
+    )
+    return {str(s): int(e) for s, e in rows}

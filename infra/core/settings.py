@@ -11,13 +11,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from infra.core.scaling import ScalingKnobs, predictive_knobs, reactive_knobs
 
 LOOPBACK = "127.0.0.1"
 
@@ -245,6 +247,75 @@ class SyncSettings(Section):
     del_timeout_s: float = Field(10.0, gt=0, description="Longest wait for a server in maintenance to lose its "
                                  "connections and queue before HAProxy's `del server`.")
     services: list[str] = Field(default_factory=list, description="Services to sync; empty = the pool's services.")
+class PoolScalerSettings(Section):
+    kind: Literal["pool"] = "pool"
+    url: str = Field(f"http://{LOOPBACK}:19110", description="The pool's admin API (`foresight pool`).")
+
+
+class RayServeScalerSettings(Section):
+    kind: Literal["ray_serve"] = "ray_serve"
+    dashboard_url: str = Field(f"http://{LOOPBACK}:8265", description="Ray's dashboard (Serve's REST API).")
+    app: str = Field(description="Serve application, deployed with `external_scaler_enabled`.")
+    deployment: str = Field(description="Deployment of that application whose replicas are scaled.")
+    token_file: Path | None = Field(None, description="File with Ray's auth token (token authentication); "
+                                                      "none = ~/.ray/auth_token when it exists.")
+
+
+class KubernetesScalerSettings(Section):
+    kind: Literal["kubernetes"] = "kubernetes"
+    server: str | None = Field(None, description="API server URL; none = kubeconfig or the pod's service account.")
+    namespace: str = Field("default", description="Namespace of the Deployment.")
+    deployment: str = Field(description="Deployment whose `scale` subresource is set.")
+
+
+class AutoscaledService(Section):
+    """One service the autoscaler scales: its scaler, its replica policy and the policy's knobs."""
+
+    name: str = Field(description="Service name, as in `features` and `/v1/forecast`.")
+    scaler: PoolScalerSettings | RayServeScalerSettings | KubernetesScalerSettings = Field(
+        discriminator="kind", description="Where its replicas are: `pool`, `ray_serve` or `kubernetes`.")
+    policy: str = Field("predictive", description="predictive | reactive | static:N.")
+    capacity_rps: float = Field(gt=0, description="Requests per second one replica serves.")
+    startup_s: float = Field(ge=0, description="Seconds from a scale-up to a ready replica.")
+    knobs: ScalingKnobs = Field(default_factory=predictive_knobs,
+                                description="Knobs of `policy` and its guardrails: a table of overrides of the "
+                                            "predictive preset (down by max(1, 10%) a minute).")
+    reactive: ScalingKnobs = Field(default_factory=reactive_knobs,
+                                   description="Knobs of the reactive policy (shadow and fallback), overrides of HPA's "
+                                               "defaults; min/max replicas and max_unavailable come from `knobs`.")
+
+    @field_validator("knobs", mode="before")
+    @classmethod
+    def _over_predictive(cls, value: Any) -> Any:
+        return {**predictive_knobs().model_dump(), **value} if isinstance(value, dict) else value
+
+    @field_validator("reactive", mode="before")
+    @classmethod
+    def _over_reactive(cls, value: Any) -> Any:
+        return {**reactive_knobs().model_dump(), **value} if isinstance(value, dict) else value
+
+
+class AutoscalerSettings(Section):
+    """`foresight autoscale`: features -> /v1/forecast -> replica policy -> guardrails -> scaler."""
+
+    interval_s: float = Field(15.0, gt=0, description="Longest time between two decisions of a service.")
+    poll_s: float = Field(1.0, gt=0, description="How often to look for a new closed feature window; a new one "
+                                                 "triggers a decision at once.")
+    stale_intervals: int = Field(4, ge=1, description="Predictions built on features older than this many "
+                                                      "intervals are stale: the reactive fallback decides.")
+    history_minutes: int = Field(1440, ge=1, description="Minutes of rate history sent to `/v1/forecast`.")
+    serving_timeout_s: float = Field(3.0, gt=0, description="Timeout of each `/v1/forecast` call.")
+    dry_run: bool = Field(False, description="Decide and record, do not touch the scalers.")
+    metrics_port: int = Field(19108, description="Prometheus metrics of the `foresight autoscale` loop.")
+    services: list[AutoscaledService] = Field(default_factory=list,
+                                              description="Services to scale ([[autoscaler.services]] tables).")
+
+    @model_validator(mode="after")
+    def _unique(self) -> AutoscalerSettings:
+        names = [s.name for s in self.services]
+        if len(names) != len(set(names)):
+            raise ValueError(f"autoscaler.services: a service is listed twice in {names}")
+        return self
 
 
 class PrometheusSettings(Section):
@@ -288,6 +359,7 @@ class Settings(BaseSettings):
     pool: PoolSettings = PoolSettings()
     nginx: NginxSettings = NginxSettings()
     sync: SyncSettings = SyncSettings()
+    autoscaler: AutoscalerSettings = AutoscalerSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
     dashboard: DashboardSettings = DashboardSettings()
 

@@ -301,6 +301,21 @@ def stream_worker(s: Settings) -> Component:
     )
 
 
+def autoscaler(s: Settings) -> Component:
+    """`foresight autoscale`; with no `autoscaler.services` it idles and serves its metrics."""
+    metrics = f"http://127.0.0.1:{s.autoscaler.metrics_port}/metrics"
+    return Component(
+        name="autoscaler",
+        metrics_url=metrics,
+        argv=_python("autoscale"),
+        probe=probes.http_ok(metrics),
+        address=f"{len(s.autoscaler.services)} service(s), on each new window or every {s.autoscaler.interval_s:g} s "
+                f"(metrics :{s.autoscaler.metrics_port})",
+        tcp_ports=[s.autoscaler.metrics_port],
+        needs=["kafka", "clickhouse"],
+    )
+
+
 def build_components(s: Settings) -> list[Component]:
     """Every component of the stack, in start order; Prometheus last, scraping the others."""
     components = [
@@ -318,6 +333,7 @@ def build_components(s: Settings) -> list[Component]:
         ingest_scrape(s),
         stream_worker(s),
         dashboard(s),
+        autoscaler(s),
     ]
     return [*components, prometheus(s, components)]
 
