@@ -123,6 +123,10 @@ class StreamSettings(Section):
     idle_close_s: float = Field(1.0, description="With no new events for this long, close windows by wall clock.")
     service_retain_s: float = Field(300.0, description="How long a service-wide (`*`) window takes late "
                                     "instance windows (and re-emits itself) before it is retired.")
+    max_instances_per_service: int = Field(
+        1000, ge=1, description="Instances of one service a stream worker keeps state for; events of any more "
+                                "go to the dead-letter topic as `too_many_instances` (untrusted input must not "
+                                "decide how much state the worker holds).")
     take_max: int = Field(2000, description="Kafka records (one event, or an envelope of many) per batch at most.")
     take_within_s: float = Field(0.25, description="Longest wait to fill a batch.")
     producer_batch_bytes: int = Field(
