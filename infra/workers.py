@@ -11,7 +11,7 @@ import psutil
 from infra.core.db import client as clickhouse_client
 from infra.core.settings import Settings
 from ingest.sinks.kafka import KafkaSink
-from ingest.spool import Spool
+from infra.core.spool import Spool
 from lb_adapters.actuators.haproxy import HAProxyRuntime
 from lb_adapters.controller import WeightController
 from lb_adapters.decision_log import DecisionLog

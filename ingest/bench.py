@@ -46,7 +46,7 @@ from ingest.routing import Router
 from ingest.runtime import tune_gc
 from ingest.schemas import AccessEvent, Rejection
 from ingest.sinks.kafka import BATCH_SIZE, KafkaSink, producer_config
-from ingest.spool import Spool
+from infra.core.spool import Spool
 
 TOPIC_PREFIX = "fs.bench"
 _DATE = re.compile(rb"\[(\d\d)/([A-Z][a-z]{2})/(\d{4}):(\d\d):(\d\d):(\d\d)( [+-]\d{4})?\]")

@@ -54,7 +54,7 @@ from prometheus_client import Counter, Gauge
 from infra.core.settings import KafkaSettings
 from ingest import metrics
 from ingest.schemas import AccessEvent, MetricSample, Rejection, encode_batch
-from ingest.spool import Record, Spool, SpoolFull, record_size
+from infra.core.spool import Record, Spool, SpoolFull, record_size
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from infra.stack.components import tansu_binary
 from infra.stack.process import ProcessRecord, spawn, stop
 from ingest.schemas import AccessEvent, decode_access_record
 from ingest.sinks.kafka import KafkaSink
-from ingest.spool import Spool
+from infra.core.spool import Spool
 
 pytestmark = pytest.mark.timeout(180)
 DELIVERY_TIMEOUT_MS = 2_000  # the producer's own retries; the outage below lasts longer, so the spool must act

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from infra.core.settings import KafkaSettings
 from ingest.schemas import AccessEvent, Rejection, decode_access_record, encode_batch
 from ingest.sinks.kafka import BackPressure, KafkaSink
-from ingest.spool import Spool
+from infra.core.spool import Spool
 
 
 class FakeFuture(Future):
