@@ -374,6 +374,19 @@ def stream(ctx: typer.Context) -> None:
 
 
 @app.command()
+def record(ctx: typer.Context) -> None:
+    """Write the raw record: `fs.access` -> ClickHouse `access_events`, `fs.metrics` -> `metric_samples`.
+
+    Its own consumer group (`record.group_id`); offsets are committed only after ClickHouse took a
+    batch, and re-delivered rows collapse under FINAL, so a crash neither loses nor double counts.
+    Bad records go to `fs.dlq` with their reason. Metrics on `record.metrics_port`.
+    """
+    from infra.workers import run_record_sink
+
+    run_record_sink(_ctx(ctx).settings)
+
+
+@app.command()
 def serve(
     ctx: typer.Context,
     ray_address: Annotated[str | None, typer.Option(help="ray://host:port of a cluster; default starts local Ray.")

@@ -181,5 +181,14 @@ def build_components(s: Settings) -> list[Component]:
             tcp_ports=[s.streams.metrics_port],
             needs=["kafka", "clickhouse"],
         ),
+        Component(
+            name="record-sink",
+            argv=_python("record"),
+            probe=probes.http_ok(f"http://127.0.0.1:{s.record.metrics_port}/metrics",
+                                 expect="foresight_record_ready 1.0"),
+            address=f"group {s.record.group_id} -> access_events, metric_samples (metrics :{s.record.metrics_port})",
+            tcp_ports=[s.record.metrics_port],
+            needs=["kafka", "clickhouse"],
+        ),
     ]
     return components
