@@ -228,19 +228,23 @@ class RecordSink:
 
     def step(self, stop: threading.Event) -> int:
         """Collect one batch, write it, commit it. Returns the rows written."""
-        pending: list[tuple[str, bytes | None]] = []
+        decoded = Decoded()
         deadline = time.monotonic() + self.flush_s
-        while len(pending) < self.batch_max_rows and time.monotonic() < deadline and not stop.is_set():
+        polled_any = False
+        while (len(decoded.access) + len(decoded.metrics) < self.batch_max_rows and time.monotonic() < deadline
+               and not stop.is_set()):
             polled = self.consumer.poll(timeout_ms=max(1, int((deadline - time.monotonic()) * 1000)),
-                                        max_records=10_000)
+                                        max_records=500)
             if self.consumer.assignment():
                 self.metrics.ready.set(1)
             for tp, records in polled.items():
+                polled_any = True
                 self.metrics.records.labels(tp.topic).inc(len(records))
-                pending.extend((tp.topic, r.value) for r in records)
-        if not pending:
+                is_metrics = tp.topic == self.metrics_topic
+                for r in records:
+                    decode_into(decoded, r.value, metrics=is_metrics)
+        if not polled_any:
             return 0
-        decoded = decode_batch(pending, self.metrics_topic)
         with self.metrics.batch_seconds.time():
             if not self._retry(stop, lambda: self.writer.write(decoded.access, decoded.metrics), "ClickHouse insert"):
                 return 0  # stopped while ClickHouse was down: not committed, delivered again at the next start
