@@ -13,9 +13,9 @@ import psutil
 
 from infra.core.db import client as clickhouse_client
 from infra.core.settings import Settings
+from infra.core.spool import Spool
 from ingest.schemas import Rejection
 from ingest.sinks.kafka import KafkaSink
-from infra.core.spool import Spool
 from lb_adapters.actuators.haproxy import HAProxyRuntime
 from lb_adapters.controller import WeightController
 from lb_adapters.decision_log import DecisionLog
@@ -92,12 +92,29 @@ def run_record_sink(s: Settings, stop: threading.Event | None = None) -> None:
         consumer.close(autocommit=False)
 
 
+def decision_log(s: Settings, name: str) -> DecisionLog:
+    """The durable DecisionSink of one controller process (`name`: its own spool folder, a spool has one
+    writer). Nothing connects until the first publish: a dry run needs no broker."""
+    from kafka import KafkaProducer
+
+    def producer() -> KafkaProducer:
+        return KafkaProducer(bootstrap_servers=s.kafka.bootstrap_servers.split(","), client_id=f"foresight-{name}",
+                             acks="all", linger_ms=5, enable_idempotence=False,
+                             max_in_flight_requests_per_connection=1, max_block_ms=3_000,
+                             bootstrap_timeout_ms=3_000, request_timeout_ms=4_000, delivery_timeout_ms=5_000,
+                             reconnect_backoff_max_ms=2_000)
+
+    spool = Spool(s.decision_spool_dir / name, s.record.decision_spool_max_bytes)
+    return DecisionLog(s.kafka.topic_decisions, s.clickhouse.database, spool, producer_factory=producer,
+                       clickhouse_factory=lambda: clickhouse_client(s.clickhouse), retry_s=s.record.decision_retry_s)
+
+
 def build_weight_controller(s: Settings) -> WeightController:
     return WeightController(
         features=LatestFeatures(clickhouse_client(s.clickhouse), s.clickhouse.database),
         predictor=WeightsClient(s.serving_url, s.serving.token),
         actuator=HAProxyRuntime(s.haproxy_socket),
-        sink=DecisionLog(s.kafka.bootstrap_servers, s.kafka.topic_decisions),
+        sink=decision_log(s, "adapt"),
         cfg=s.adapter,
         backend=s.haproxy.backend,
     )

@@ -52,9 +52,9 @@ from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from infra.core.settings import KafkaSettings
+from infra.core.spool import Record, Spool, SpoolFull, record_size
 from ingest import metrics
 from ingest.schemas import AccessEvent, MetricSample, Rejection, encode_batch
-from infra.core.spool import Record, Spool, SpoolFull, record_size
 
 log = logging.getLogger(__name__)
 

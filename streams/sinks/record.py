@@ -31,7 +31,7 @@ from typing import Annotated, Any, Protocol
 import msgspec
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from tenacity import Retrying, retry_if_exception_type, stop_any, stop_never, wait_exponential
+from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
 from ingest.schemas import Rejection, decode_access_record, truncate_raw
 
@@ -195,9 +195,7 @@ class ClickHouseRecordWriter:
             self.client.execute(self.metric_sql, metrics)
 
 
-class DeadLetters(Protocol):
-    def __call__(self, rejections: list[Rejection]) -> None:
-        """Send and wait for Kafka's acknowledgement; raise if it did not come."""
+DeadLetters = Callable[[list[Rejection]], None]  # sends and waits for Kafka's acknowledgement, raises if none
 
 
 class RecordConsumer(Protocol):
@@ -271,11 +269,14 @@ class RecordSink:
             self.metrics.insert_errors.inc()
             log.warning("record sink: %s failed (%r); retrying", what, state.outcome.exception())
 
+        def pause(seconds: float) -> None:
+            stop.wait(seconds)
+
         retrying = Retrying(
             retry=retry_if_exception_type(Exception),
             wait=wait_exponential(multiplier=0.2, max=self.retry_max_s),
-            stop=stop_any(stop_never, lambda _state: stop.is_set()),
-            sleep=lambda s: stop.wait(s) and None,
+            stop=lambda _state: stop.is_set(),
+            sleep=pause,
             before_sleep=note,
             reraise=True,
         )
