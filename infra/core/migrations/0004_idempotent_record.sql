@@ -1,5 +1,5 @@
 -- Re-delivery must not add rows: the record sink (metric_samples) and the decision log's spool
--- replay (decisions) write at least once. Both become ReplacingMergeTree with a key that identifies
+-- replay (decisions, predictions) write at least once. Both become ReplacingMergeTree with a key that identifies
 -- one sample / one decision, so a row written twice collapses on merge and counts once under FINAL.
 -- Neither engine can be ALTERed (18.16), so each table is rebuilt: new table, copy, swap, drop.
 -- Runs on ClickHouse 18.16 and chDB (arrays may be part of a sorting key on both).
@@ -55,3 +55,32 @@ FROM {db}.decisions;
 RENAME TABLE {db}.decisions TO {db}.decisions_0002, {db}.decisions_0004 TO {db}.decisions;
 
 DROP TABLE {db}.decisions_0002
+;
+
+-- One prediction is (kind, service, instance, model, model_version, ts_ms, horizon, quantile): a
+-- decision's `prediction_refs` name the ts in ms, so two predictions in the same second must not
+-- replace each other (0002 keyed on the second).
+CREATE TABLE IF NOT EXISTS {db}.predictions_0004
+(
+    ts_ms UInt64,
+    ts DateTime DEFAULT toDateTime(intDiv(ts_ms, 1000)),
+    kind String,
+    service String,
+    instance String,
+    model String,
+    model_version String,
+    horizon_s UInt32,
+    target_ts DateTime DEFAULT ts + horizon_s,
+    quantile Float32,
+    value Float64
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toDate(ts)
+ORDER BY (kind, service, instance, ts, ts_ms, model, model_version, horizon_s, quantile);
+
+INSERT INTO {db}.predictions_0004 (ts_ms, kind, service, instance, model, model_version, horizon_s, quantile, value)
+SELECT ts_ms, kind, service, instance, model, model_version, horizon_s, quantile, value FROM {db}.predictions;
+
+RENAME TABLE {db}.predictions TO {db}.predictions_0002, {db}.predictions_0004 TO {db}.predictions;
+
+DROP TABLE {db}.predictions_0002
