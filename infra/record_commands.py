@@ -3,16 +3,15 @@ and on what evidence): read-only views over Kafka and the ClickHouse record."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-from kafka import KafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from infra.core.db import client as clickhouse_client
 from infra.core.features_table import instance_requests_since, windows_between
+from infra.core.kafka_admin import iter_topic
 from infra.core.record_tables import access_event_ids, parse_ref, read_decisions, read_predictions
 from infra.core.settings import KafkaSettings, Settings
 from ingest.schemas import decode_access_record
@@ -22,33 +21,14 @@ DUPLICATES_METRIC = "foresight_stream_duplicates_total"
 
 def topic_event_ids(kafka: KafkaSettings, since_ms: int, timeout_s: float = 120.0) -> tuple[int, set[str]]:
     """Events on `fs.access` with event time at or after `since_ms`: how many (duplicates included) and
-    their distinct ids. Reads every partition from its start to its current end, outside any group."""
-    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap_servers.split(","), enable_auto_commit=False,
-                             client_id="foresight-verify", max_partition_fetch_bytes=8 * 1024 * 1024)
-    try:
-        parts = [TopicPartition(kafka.topic_access, p) for p in consumer.partitions_for_topic(kafka.topic_access)
-                 or []]
-        if not parts:
-            raise ValueError(f"topic {kafka.topic_access} does not exist on {kafka.bootstrap_servers}")
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        ends = consumer.end_offsets(parts)
-        total, ids = 0, set()
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in parts):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {kafka.topic_access} to its end in {timeout_s:.0f} s")
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for r in records:
-                    if r.offset >= ends[tp]:
-                        continue  # arrived after we looked at the end: not part of this count
-                    for e in decode_access_record(r.value):
-                        if isinstance(e, dict) and int(e.get("ts", -1)) >= since_ms:
-                            total += 1
-                            ids.add(str(e.get("id")))
-        return total, ids
-    finally:
-        consumer.close()
+    their distinct ids. Reads every partition from its start to its end, outside any group."""
+    total, ids = 0, set()
+    for value in iter_topic(kafka.bootstrap_servers, kafka.topic_access, timeout_s, client_id="foresight-verify"):
+        for e in decode_access_record(value):
+            if isinstance(e, dict) and int(e.get("ts", -1)) >= since_ms:
+                total += 1
+                ids.add(str(e.get("id")))
+    return total, ids
 
 
 def stream_duplicates(s: Settings) -> float | None:

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from infra.core.db import client as clickhouse_client
 from infra.core.db import migrate
+from infra.core.kafka_admin import iter_topic
 from infra.core.ports import free_port
 from infra.core.settings import ClickHouseSettings, Settings
 from infra.core.spool import Spool
@@ -53,20 +54,7 @@ def open_log(broker: Broker, ch: ClickHouseSettings, spool_dir: Path) -> Decisio
 
 
 def decisions_on_topic(broker: Broker) -> list[dict[str, object]]:
-    consumer = KafkaConsumer(bootstrap_servers=broker.kafka.bootstrap_servers, enable_auto_commit=False)
-    try:
-        topic = broker.kafka.topic_decisions
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        ends = consumer.end_offsets(parts)
-        out = []
-        while any(consumer.position(tp) < ends[tp] for tp in parts):
-            for records in consumer.poll(timeout_ms=500).values():
-                out += [orjson.loads(r.value) for r in records]
-        return out
-    finally:
-        consumer.close()
+    return [orjson.loads(v) for v in iter_topic(broker.kafka.bootstrap_servers, broker.kafka.topic_decisions, 60)]
 
 
 def round_of(i: int) -> tuple[list[Decision], list[PredictionRecord]]:
