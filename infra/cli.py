@@ -429,6 +429,125 @@ def stream(ctx: typer.Context) -> None:
 
 
 @app.command()
+def record(ctx: typer.Context) -> None:
+    """Write the raw record: `fs.access` -> ClickHouse `access_events`, `fs.metrics` -> `metric_samples`.
+
+    Its own consumer group (`record.group_id`); offsets are committed only after ClickHouse took a
+    batch, and re-delivered rows collapse under FINAL, so a crash neither loses nor double counts.
+    Bad records go to `fs.dlq` with their reason. Metrics on `record.metrics_port`.
+    """
+    from infra.workers import run_record_sink
+
+    run_record_sink(_ctx(ctx).settings)
+
+
+def parse_time_ms(text: str, *, option: str, now_s: float | None = None) -> int:
+    """`2026-12-05T03:00:00` (UTC unless it says), epoch seconds or ms, or an age: `90s`, `15m`, `2h`, `1d`."""
+    from datetime import UTC, datetime
+
+    text = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    now = time.time() if now_s is None else now_s
+    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in units:
+        return int((now - float(text[:-1]) * units[text[-1]]) * 1000)
+    if text.isdigit():
+        value = int(text)
+        return value if value >= 100_000_000_000 else value * 1000  # ms, or seconds
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r}: use an ISO time (2026-12-05T03:00:00, UTC unless it says), epoch "
+                                 "seconds or ms, or an age like 15m, 2h, 1d", param_hint=option) from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+@app.command()
+def verify(
+    ctx: typer.Context,
+    since: Annotated[str, typer.Option(help="Count events with event time from here: ISO time (UTC unless it "
+                                       "says), epoch s/ms, or an age like 15m.")],
+    sent: Annotated[int | None, typer.Option(help="Events the replay or ingest run reported sending.")] = None,
+    file: Annotated[Path | None, typer.Option(help="Log file that was ingested: its event count is `sent` "
+                                              "(times --copies).", exists=True, dir_okay=False)] = None,
+    copies: Annotated[int, typer.Option(min=1, help="How many times --file was sent (a double ingest: 2); "
+                                        "`sent` counts every copy, `missing` only distinct events.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON object only.")] = False,
+) -> None:
+    """Check the pipeline end to end: what was sent, what sits on `fs.access`, what ClickHouse
+    `access_events` and `features` hold since --since.
+
+    Prints {"sent", "in_kafka", "in_access_events", "in_features", "duplicates_dropped", "missing"}
+    (plus distinct_in_kafka and whether the stream worker reports duplicates). `missing` > 0 means
+    events were lost; exit code 1 then. Run it once the record sink and the stream worker caught up.
+    """
+    from infra.record_commands import file_event_count, verify_report
+
+    s = _ctx(ctx).settings
+    since_ms = parse_time_ms(since, option="--since")
+    if file is not None:
+        distinct = file_event_count(s, file)
+        total = distinct * copies
+    else:
+        distinct = total = sent  # type: ignore[assignment]
+    try:
+        report = verify_report(s, since_ms, distinct)
+    except (ValueError, TimeoutError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if total is not None:
+        report["sent"] = total
+    if as_json:
+        print(json.dumps(report))
+    else:
+        table = Table(title=f"foresight verify since {since}")
+        for col in ("count", "value"):
+            table.add_column(col)
+        for k, v in report.items():
+            table.add_row(k, str(v))
+        console.print(table)
+        if not report["duplicates_metric"]:
+            console.print("the stream worker reports no duplicates metric: in_features may count duplicates")
+    if report["missing"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def decisions(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Option(help="Only this service's decisions.")] = None,
+    since: Annotated[str, typer.Option(help="From here: ISO time, epoch s/ms, or an age like 15m, 1d.")] = "1d",
+    limit: Annotated[int, typer.Option(min=1, help="The newest N decisions at most.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list, one object per decision.")] = False,
+) -> None:
+    """Explain decisions: each with its reason, the prediction values it rested on (its
+    `prediction_refs` resolved in ClickHouse `predictions`) and the feature windows before it
+    (the service's `*` windows and its target instance's)."""
+    from infra.record_commands import decisions_report
+
+    s = _ctx(ctx).settings
+    rows = decisions_report(s, parse_time_ms(since, option="--since"), service, limit)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    if not rows:
+        _say("no decisions in that range")
+        return
+    for d in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d["ts_ms"] / 1000))
+        console.print(f"[bold]{when}[/] {d['service']} {d['actuator']} {d['target']} {d['action']} "
+                      f"{d['before']} -> {d['after']} [{d['outcome']}{', dry run' if d['dry_run'] else ''}]")
+        console.print(f"  reason: {d['reason']}")
+        for p in d["predictions"]:
+            values = ", ".join(f"h{v['horizon_s']}s q{v['quantile']}: {v['value']:.3g}" for v in p["values"])
+            console.print(f"  prediction {p['ref']}: {values or 'not found in predictions'}")
+        for w in d["features"][-4:]:
+            console.print(f"  window {time.strftime('%H:%M:%S', time.gmtime(w['window_start']))} {w['instance']}: "
+                          f"{w['requests']} req, p99 {w['latency_p99_ms']:.1f} ms, 5xx {w['status_5xx']}")
+
+
+@app.command()
 def serve(
     ctx: typer.Context,
     ray_address: Annotated[str | None, typer.Option(help="ray://host:port of a cluster; default starts local Ray.")
@@ -700,8 +819,13 @@ def backtest(
 def train(
     ctx: typer.Context,
     kind: Annotated[str, typer.Option(help="Model kind; only `forecast` is trained here.")] = "forecast",
-    source: Annotated[str, typer.Option(help="`file:PATH` (per-second trace) or `clickhouse` (feature windows "
-                                        "of --service).")] = "clickhouse",
+    source: Annotated[str, typer.Option(help="`file:PATH` (per-second trace), `clickhouse` (feature windows "
+                                        "of --service) or `clickhouse:access_events` (its raw events).")
+                      ] = "clickhouse",
+    from_: Annotated[str | None, typer.Option("--from", help="ClickHouse sources: first time to read (ISO, UTC "
+                                              "unless it says, epoch s/ms, or an age like 7d).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="ClickHouse sources: read up to here (exclusive).")
+                  ] = None,
     service: Annotated[str | None, typer.Option(help="Service to read from ClickHouse (default: the demo "
                                                 "service).")] = None,
     start: Annotated[str | None, typer.Option(help="ISO time of a trace file's first second.")] = None,
@@ -723,7 +847,9 @@ def train(
         raise typer.BadParameter("only --kind forecast is trained by this command", param_hint="--kind")
     s = _ctx(ctx).settings
     try:
-        train_command(source=source, service=service or s.demo.service, start=start,
+        start_s = parse_time_ms(from_, option="--from") // 1000 if from_ else None
+        end_s = parse_time_ms(to, option="--to") // 1000 if to else None
+        train_command(source=source, service=service or s.demo.service, start=start, time_range=(start_s, end_s),
                       cfg=TrainConfig(epochs=epochs, members=members, hidden=hidden, seed=seed), val_frac=val_frac,
                       ray_address=ray_address or s.ray.address, ray_num_cpus=s.ray.num_cpus, state_dir=s.state,
                       ch=s.clickhouse, workers=workers)

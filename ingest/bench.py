@@ -40,13 +40,13 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client import REGISTRY
 
 from infra.core.settings import KafkaSettings, RouteRule
+from infra.core.spool import Spool
 from ingest.parsers.base import LineParser, now_ms
 from ingest.parsers.clf import CLFParser
 from ingest.routing import Router
 from ingest.runtime import tune_gc
 from ingest.schemas import AccessEvent, Rejection
 from ingest.sinks.kafka import BATCH_SIZE, KafkaSink, producer_config
-from ingest.spool import Spool
 
 TOPIC_PREFIX = "fs.bench"
 _DATE = re.compile(rb"\[(\d\d)/([A-Z][a-z]{2})/(\d{4}):(\d\d):(\d\d):(\d\d)( [+-]\d{4})?\]")

@@ -246,7 +246,8 @@ class ServingApi:
                    401: examples.ERRORS[401]},
     )
     async def reload(self) -> ReloadResponse:
-        """Reaches one forecast replica; the others pick new versions up on their next poll."""
+        """Refreshes one forecast replica and marks the reload in the registry; every other replica
+        follows the mark before its next answer (serving.registry_loader)."""
         forecast: ReloadResponse = await self._forecast.reload.remote()
         others = await asyncio.gather(self._risk.status.remote(), self._weights.status.remote())
         return ReloadResponse(models=[*forecast.models, *others], loaded=forecast.loaded, refused=forecast.refused)

@@ -62,17 +62,6 @@ def latest_instance_windows(client: Client, database: str, service: str, max_age
     return [InstanceWindow(inst, float(p99), float(p50), int(n), int(err)) for inst, p99, p50, n, err in rows]
 
 
-def service_rate_windows(client: Client, database: str, service: str, since_s: int) -> list[tuple[int, float]]:
-    """(window start unix s, requests per second) of `service`'s service-wide windows since `since_s`."""
-    rows = client.execute(
-        f"SELECT toUInt32(window_start) AS start, requests / greatest(toUInt32(window_end) - start, 1) "
-        f"FROM {database}.features FINAL WHERE service = %(service)s AND instance = %(all)s "
-        f"AND window_start >= toDateTime(%(since)s) ORDER BY window_start",
-        {"service": service, "all": SERVICE_WIDE, "since": since_s},
-    )
-    return [(int(start), float(rate)) for start, rate in rows]
-
-
 def recent_services(client: Client, database: str, since_s: int) -> list[str]:
     """Services with a service-wide window since `since_s`, by name."""
     rows = client.execute(
@@ -81,6 +70,8 @@ def recent_services(client: Client, database: str, since_s: int) -> list[str]:
         {"all": SERVICE_WIDE, "since": since_s},
     )
     return [str(r[0]) for r in rows]
+
+
 @dataclass(frozen=True)
 class ServiceWindow:
     """A closed service-wide (`*`) window."""
@@ -117,3 +108,29 @@ def newest_window_ends(client: Client, database: str, services: list[str], since
         {"services": tuple(services), "all": SERVICE_WIDE, "since": since_s},
     )
     return {str(s): int(e) for s, e in rows}
+
+
+def instance_requests_since(client: Client, database: str, since_s: int) -> int:
+    """Events counted in the per-instance windows that start at or after `since_s` (`*` rows left out,
+    they count the same events again)."""
+    rows = client.execute(
+        f"SELECT sum(requests) FROM {database}.features FINAL "
+        "WHERE instance != %(all)s AND window_start >= toDateTime(%(since)s)",
+        {"all": SERVICE_WIDE, "since": since_s})
+    return int(rows[0][0] or 0)
+
+
+WINDOW_FIELDS = ("window_start", "instance", "requests", "rate", "status_5xx", "latency_p50_ms", "latency_p99_ms",
+                 "queue_max")
+
+
+def windows_between(client: Client, database: str, service: str, instances: list[str], start_s: int,
+                    end_s: int) -> list[dict[str, object]]:
+    """The windows of `service` (of `instances`, e.g. `*` and one instance) that start in [start_s, end_s]."""
+    rows = client.execute(
+        f"SELECT toUInt32(window_start), instance, requests, rate, status_5xx, latency_p50_ms, latency_p99_ms, "
+        f"queue_max FROM {database}.features FINAL WHERE service = %(service)s AND instance IN %(instances)s "
+        "AND window_start >= toDateTime(%(start)s) AND window_start <= toDateTime(%(end)s) "
+        "ORDER BY window_start, instance",
+        {"service": service, "instances": tuple(instances), "start": start_s, "end": end_s})
+    return [dict(zip(WINDOW_FIELDS, row, strict=True)) for row in rows]

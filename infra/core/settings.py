@@ -139,6 +139,20 @@ class StreamSettings(Section):
     metrics_port: int = Field(19102, description="Prometheus metrics of the stream worker.")
 
 
+class RecordSettings(Section):
+    """The history in ClickHouse: the record sink (`foresight record`) and the decision log's spool."""
+
+    group_id: str = Field("foresight-record", description="Consumer group of the record sink (its own, not the "
+                          "stream worker's).")
+    batch_max_rows: int = Field(50_000, ge=1, description="Rows per ClickHouse insert (and offset commit) at most.")
+    flush_s: float = Field(1.0, gt=0, description="Longest wait to fill a batch before it is written.")
+    metrics_port: int = Field(19110, description="Prometheus metrics of the record sink.")
+    decision_spool_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=65_536, description="Disk spool of decisions and predictions that Kafka or "
+                                                 "ClickHouse could not take; full = the publish raises.")
+    decision_retry_s: float = Field(2.0, gt=0, description="Seconds between attempts to replay the decision spool.")
+
+
 class RaySettings(Section):
     address: str | None = Field(None, description="`ray://host:port` of a cluster; None starts a local head.")
     num_cpus: int = Field(2, description="CPUs the local head offers.")
@@ -356,6 +370,7 @@ class Settings(BaseSettings):
     demo: DemoSettings = DemoSettings()
     ingest: IngestSettings = IngestSettings()
     streams: StreamSettings = StreamSettings()
+    record: RecordSettings = RecordSettings()
     ray: RaySettings = RaySettings()
     serving: ServingSettings = ServingSettings()
     adapter: AdapterSettings = AdapterSettings()
@@ -389,6 +404,10 @@ class Settings(BaseSettings):
     @property
     def spool_dir(self) -> Path:
         return self.state / "ingest" / "spool"
+
+    @property
+    def decision_spool_dir(self) -> Path:
+        return self.state / "lb_adapters" / "decision-spool"
 
     @property
     def checkpoint_dir(self) -> Path:

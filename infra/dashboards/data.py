@@ -16,7 +16,7 @@ from typing import Any
 from clickhouse_driver import Client
 from pydantic import BaseModel, Field
 
-from infra.core.features_table import recent_services, service_rate_windows
+from infra.core.features_table import recent_service_windows, recent_services
 
 Point = tuple[int, float]  # (unix s, value)
 
@@ -98,7 +98,7 @@ class DashboardData:
             {**params, "n": self.decisions_shown})
         return ServiceSnapshot(
             service=service, generated_at=now, window_minutes=self.window_minutes,
-            rate=service_rate_windows(self.client, self.db, service, since),
+            rate=[(w.start_s, w.rate) for w in recent_service_windows(self.client, self.db, service, since)],
             forecast={f"{float(q):g}": pts for q, pts in _by_key(forecast).items()},
             desired=[(int(t), float(v)) for act, action, _, t, v in acted if act == "scaler" and action == "scale"],
             shadow=[(int(t), float(v)) for kind, _, t, v in scored if kind == "hpa_shadow"],

@@ -316,6 +316,20 @@ def autoscaler(s: Settings) -> Component:
     )
 
 
+def record_sink(s: Settings) -> Component:
+    """`fs.access` / `fs.metrics` -> ClickHouse `access_events` / `metric_samples` (`foresight record`)."""
+    url = f"http://127.0.0.1:{s.record.metrics_port}/metrics"
+    return Component(
+        name="record-sink",
+        metrics_url=url,
+        argv=_python("record"),
+        probe=probes.http_ok(url, expect="foresight_record_ready 1.0"),
+        address=f"group {s.record.group_id} -> access_events, metric_samples (metrics :{s.record.metrics_port})",
+        tcp_ports=[s.record.metrics_port],
+        needs=["kafka", "clickhouse"],
+    )
+
+
 def build_components(s: Settings) -> list[Component]:
     """Every component of the stack, in start order; Prometheus last, scraping the others."""
     components = [
@@ -334,6 +348,7 @@ def build_components(s: Settings) -> list[Component]:
         stream_worker(s),
         dashboard(s),
         autoscaler(s),
+        record_sink(s),
     ]
     return [*components, prometheus(s, components)]
 

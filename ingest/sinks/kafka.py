@@ -52,10 +52,10 @@ from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from infra.core.settings import KafkaSettings
+from infra.core.spool import Record, Spool, SpoolFull, record_size
 from ingest import metrics
 from ingest.compat import kafka_python as kafka_internals
 from ingest.schemas import AccessEvent, MetricSample, Rejection, encode_batch
-from ingest.spool import Record, Spool, SpoolFull, record_size
 
 log = logging.getLogger(__name__)
 

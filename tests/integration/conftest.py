@@ -42,3 +42,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def core_stack() -> Settings:
+    """Only the stack's Kafka and ClickHouse, started when down and never stopped: unlike `stack`,
+    a branch that adds a component the running stack lacks does not take the shared stack down."""
+    from infra.stack.launcher import status as stack_status
+
+    settings = load_settings()
+    states = {c.name: c.state for c in stack_status(settings)}
+    if not (states.get("kafka") == "up" and states.get("clickhouse") == "up"):
+        foresight("stack", "up")
+    return settings

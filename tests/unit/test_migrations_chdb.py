@@ -153,3 +153,21 @@ def test_stale_partitions_pure() -> None:
 def test_retain_refuses_less_than_a_day(days: int) -> None:
     with pytest.raises(ValueError, match="at least 1 day"):
         retain(ClickHouseSettings(host="127.0.0.1", tcp_port=1), days)
+
+
+def test_redelivered_metric_sample_and_decision_collapse(ch: Chdb) -> None:
+    """Migration 0004: the record sink and the decision spool write at least once; FINAL counts once."""
+    ms = 1_764_300_000_456
+    sample = (f"INSERT INTO {DB}.metric_samples (ts_ms, service, instance, name, value, label_keys, label_values)"
+              f" VALUES ({ms}, 'idem', 's1', 'up', 1, ['backend'], ['{{}}'])")
+    for backend in ("web", "web", "api"):  # the same sample twice, and another labelled sample at the same ms
+        ch.execute(sample.format(backend))
+    assert ch.execute(f"SELECT count() FROM {DB}.metric_samples FINAL WHERE service = 'idem'") == [[2]]
+    decision = (f"INSERT INTO {DB}.decisions (ts_ms, service, actuator, target, action, before, after, reason,"
+                f" prediction_refs, dry_run, outcome) VALUES ({ms}, 'idem', 'haproxy', '{{}}', 'set_weight', 1, 2,"
+                " 'r', [], 0, 'applied')")
+    for target in ("demo/s1", "demo/s1", "demo/s2"):
+        ch.execute(decision.format(target))
+    assert ch.execute(f"SELECT count() FROM {DB}.decisions FINAL WHERE service = 'idem'") == [[2]]
+    engines = dict(ch.execute(f"SELECT name, engine FROM system.tables WHERE database = '{DB}'"))
+    assert engines["metric_samples"] == engines["decisions"] == "ReplacingMergeTree"
