@@ -1005,14 +1005,14 @@ def registry_show(
 
 def _registry_change(ctx: typer.Context, service: str, instance: str, action: str, as_json: bool) -> None:
     from infra.core.service_registry import RegistryError
+    from infra.workers import decision_log
     from lb_adapters import registry_admin
-    from lb_adapters.decision_log import DecisionLog
 
     s = _ctx(ctx).settings
     registry = _registry(s)
     try:
         # the sink first: a change that could not be recorded is not made
-        sink = DecisionLog(s.kafka.bootstrap_servers, s.kafka.topic_decisions)
+        sink = decision_log(s, "registry-cli")
     except Exception as exc:
         err.print(f"[red]error:[/] cannot record decisions on {s.kafka.topic_decisions} at "
                   f"{s.kafka.bootstrap_servers} ({exc}); nothing changed. Is Kafka up? (`foresight stack status`)")

@@ -197,7 +197,7 @@ def run_registry_sync(s: Settings) -> None:
     from lb_adapters.sync.sink import QueuedSink
 
     services = s.sync.services or [svc.name for svc in s.pool.services]
-    sink = QueuedSink(lambda: DecisionLog(s.kafka.bootstrap_servers, s.kafka.topic_decisions))
+    sink = QueuedSink(lambda: decision_log(s, "registry-sync"))
     nginx_dir = s.state / "nginx"
     sync = MembershipSync(
         lambda: Registry(s.registry_endpoint, s.registry.prefix, s.registry.timeout_s),
@@ -214,6 +214,8 @@ def run_registry_sync(s: Settings) -> None:
     done.wait()
     sync.stop()
     sink.close()
+
+
 def build_scaler(service: AutoscaledService) -> Scaler:
     """The scaler a configured service names (`autoscaler.services[].scaler.kind`)."""
     from lb_adapters.actuators.scalers.kubernetes import KubernetesScaler, kube_client
@@ -244,6 +246,6 @@ def build_autoscaler(s: Settings, only: str | None = None) -> Autoscaler:
         services=[ScaledService(svc, build_scaler(svc)) for svc in configured],
         rates=ClickHouseRates(clickhouse_client(s.clickhouse), s.clickhouse.database),
         forecaster=ForecastClient(s.serving_url, s.serving.token, timeout_s=s.autoscaler.serving_timeout_s),
-        sink=DecisionLog(s.kafka.bootstrap_servers, s.kafka.topic_decisions),
+        sink=decision_log(s, "autoscale"),
         cfg=s.autoscaler,
     )

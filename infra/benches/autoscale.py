@@ -32,9 +32,9 @@ from infra.core.db import migrate
 from infra.core.kafka_admin import ensure_topics
 from infra.core.scaling import predictive_knobs
 from infra.core.settings import AutoscaledService, PoolScalerSettings, Settings
+from infra.workers import decision_log
 from lb_adapters.actuators.scalers.pool import PoolScaler
 from lb_adapters.autoscaler import Autoscaler, RoundReport, ScaledService
-from lb_adapters.decision_log import DecisionLog
 from lb_adapters.predictions import ForecastClient
 from lb_adapters.rates import ClickHouseRates
 
@@ -117,7 +117,7 @@ def run_autoscale_bench(s: Settings, windows: int = 40, gap_s: float = 1.5, pool
     migrate(ch)
     ensure_topics(kafka)
     cl = clickhouse_client(ch, ch.database)
-    sink = DecisionLog(kafka.bootstrap_servers, kafka.topic_decisions)
+    sink = decision_log(s.model_copy(update={"kafka": kafka, "clickhouse": ch}), f"bench-autoscale-{run_id}")
     forecaster = ForecastClient(s.serving_url, s.serving.token, timeout_s=cfg.serving_timeout_s)
     try:
         now = int(time.time()) // WINDOW_S * WINDOW_S

@@ -70,10 +70,10 @@ def backend_argv(svc: PoolServiceSettings, instance: str, port: int) -> list[str
 
 def run_pool(s: Settings) -> None:
     """Serve the admin API and run the pool until SIGTERM/SIGINT; its instances stop with it."""
-    from lb_adapters.decision_log import DecisionLog
+    from infra.workers import decision_log
     from lb_adapters.sync.sink import QueuedSink
 
-    sink = QueuedSink(lambda: DecisionLog(s.kafka.bootstrap_servers, s.kafka.topic_decisions))
+    sink = QueuedSink(lambda: decision_log(s, "pool"))
     registry = Registry(s.registry_endpoint, s.registry.prefix, s.registry.timeout_s)
 
     def close() -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from ingest.spool import Spool
 from kafka import KafkaConsumer
 
 from infra.benches.streams import IsolatedPipeline, replicated_trace, sample_events, worker_command
@@ -25,7 +26,6 @@ from infra.core.datasets import NASA_SAMPLE, dataset_path
 from infra.core.settings import Settings
 from ingest.schemas import AccessEvent, encode_batch
 from ingest.sinks.kafka import KafkaSink
-from ingest.spool import Spool
 from streams.reference import SERVICE_WIDE, WindowRow, compare_windows, reference_windows
 from streams.windows import SKETCH_RELATIVE_ACCURACY
 from tests.integration.test_streams_recovery import (
