@@ -146,7 +146,7 @@ class RecordSettings(Section):
                           "stream worker's).")
     batch_max_rows: int = Field(50_000, ge=1, description="Rows per ClickHouse insert (and offset commit) at most.")
     flush_s: float = Field(1.0, gt=0, description="Longest wait to fill a batch before it is written.")
-    metrics_port: int = Field(19110, description="Prometheus metrics of the record sink.")
+    metrics_port: int = Field(19112, description="Prometheus metrics of the record sink.")
     decision_spool_max_bytes: int = Field(
         64 * 1024 * 1024, ge=65_536, description="Disk spool of decisions and predictions that Kafka or "
                                                  "ClickHouse could not take; full = the publish raises.")
