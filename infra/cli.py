@@ -429,7 +429,7 @@ def adapt(
 ) -> None:
     """Run the weight adapter: latest features -> /v1/weights -> policy -> HAProxy runtime API.
 
-    Only the copy that holds the service's leadership in etcd (`<prefix>/leaders/<service>`) changes
+    Only the copy that holds the service's leadership in etcd (`<prefix>/leaders/<service>/weights`) changes
     weights; another copy stands by and takes over within registry.leader_ttl_s when the leader dies.
     `--dry-run` changes nothing and needs no leadership."""
     import os
@@ -450,7 +450,7 @@ def adapt(
     from lb_adapters.metrics import LEADER, ROUNDS
 
     leadership = None if dry_run else Leadership(_registry(s), target, f"adapt@{socket.gethostname()}:{os.getpid()}",
-                                                 ttl_s=s.registry.leader_ttl_s)
+                                                 ttl_s=s.registry.leader_ttl_s, role="weights")
     while True:
         # --once waits one lease TTL for a dead leader's key to expire; the loop re-checks every round
         if leadership is not None and not leadership.acquire(timeout=s.registry.leader_ttl_s + 1 if once else 0):

@@ -33,7 +33,7 @@ def _record(sink: DecisionSink, decision: Decision) -> None:
         sink.publish([decision])
     except Exception as exc:  # the sink's failure, whatever its client raises
         raise DecisionNotRecorded(f"{decision.target}: {decision.action} applied, but its decision could not be "
-                                  f"recorded ({exc or type(exc).__name__})") from exc
+                                  f"recorded ({str(exc) or type(exc).__name__})") from exc
 
 
 class AdminResult(BaseModel):

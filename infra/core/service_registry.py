@@ -5,8 +5,8 @@ Layout (all under a configurable prefix, `/foresight` by default):
 
 - `<prefix>/services/<service>/instances/<instance>` -> JSON `InstanceRecord`, attached to the
   instance's lease: the key disappears when the instance stops renewing it.
-- `<prefix>/leaders/<service>` -> JSON `{"holder": ..., "acquired_at": ...}`, created only if absent,
-  under the leader's lease.
+- `<prefix>/leaders/<service>[/<role>]` -> JSON `{"holder": ..., "acquired_at": ...}`, created only if
+  absent, under the leader's lease (one election per service and kind of controller).
 
 The client is etcd3gw (etcd's JSON gateway over HTTP): no grpcio/protobuf of its own, so it cannot
 disturb the versions Ray pins. Neither it nor etcd renews a lease, so the keepalive threads are ours.
@@ -91,8 +91,11 @@ def parse_instance_key(prefix: str, key: str) -> tuple[str, str] | None:
     return parts[0], parts[2]
 
 
-def leader_key(prefix: str, service: str) -> str:
-    return f"{normalise_prefix(prefix)}/leaders/{_check_name('service', service)}"
+def leader_key(prefix: str, service: str, role: str = "") -> str:
+    """`<prefix>/leaders/<service>`, or `<prefix>/leaders/<service>/<role>`: one election per kind of
+    controller (weights, membership sync, ...), so different controllers do not lock each other out."""
+    key = f"{normalise_prefix(prefix)}/leaders/{_check_name('service', service)}"
+    return f"{key}/{_check_name('role', role)}" if role else key
 
 
 def parse_record(raw: bytes) -> tuple[InstanceRecord | None, str | None]:
@@ -268,7 +271,7 @@ class Registry:
                 result: dict[str, Any] = self._client.post(self._client.get_url(path), json=payload)
             return result
         except (Etcd3Exception, requests.RequestException) as exc:
-            raise RegistryError(f"etcd at {self.endpoint} ({path}): {exc or type(exc).__name__}; "
+            raise RegistryError(f"etcd at {self.endpoint} ({path}): {str(exc) or type(exc).__name__}; "
                                 "is etcd running? (`foresight stack status`)") from exc
 
     def _range(self, key: str, range_end: str | None) -> dict[str, Any]:
@@ -489,12 +492,13 @@ class Leadership:
     holder: str
     ttl_s: int = 10
     poll_s: float = 0.25
+    role: str = ""
     _keepalive: _Keepalive | None = field(default=None, init=False, repr=False)
     _lease_id: int = field(default=0, init=False)
 
     @property
     def key(self) -> str:
-        return leader_key(self.registry.prefix, self.service)
+        return leader_key(self.registry.prefix, self.service, self.role)
 
     @property
     def lease_id(self) -> int:

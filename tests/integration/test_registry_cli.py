@@ -122,7 +122,9 @@ def test_adapt_stands_by_while_another_copy_leads_the_service(env: dict[str, str
     from infra.core.service_registry import Leadership
 
     reg = Registry(env["FORESIGHT_REGISTRY__ENDPOINT"], env["FORESIGHT_REGISTRY__PREFIX"])
-    other = Leadership(reg, "demo", "the-other-copy", ttl_s=2)
+    other = Leadership(reg, "demo", "the-other-copy", ttl_s=2, role="weights")
+    membership = Leadership(reg, "demo", "a-membership-controller", ttl_s=2, role="registry-sync")
+    assert membership.acquire(timeout=5)  # another kind of controller: a separate election
     assert other.acquire(timeout=5)
     try:
         proc = subprocess.run([sys.executable, "-m", "infra.cli", "adapt", "--once", "--service", "demo"],
@@ -131,7 +133,9 @@ def test_adapt_stands_by_while_another_copy_leads_the_service(env: dict[str, str
         assert proc.returncode == 0, proc.stderr
         assert "standing by" in proc.stderr and "the-other-copy" in proc.stderr
         assert other.check()  # still ours: the standby did not take the key
+        assert membership.check()
     finally:
         other.resign()
+        membership.resign()
         reg.close()
     assert decisions(env, at_least=0) == []

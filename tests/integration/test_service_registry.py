@@ -328,3 +328,33 @@ def test_the_standby_takes_over_when_the_leader_process_is_killed(registry: Regi
         if child.poll() is None:
             child.kill()
             child.wait(5)
+
+
+INSTANCE_SCRIPT = """
+import sys, time
+from infra.core.service_registry import InstanceRecord, Registry
+reg = Registry(sys.argv[1], sys.argv[2])
+record = InstanceRecord(address="127.0.0.1", port=8080, started_at=0)
+lease = reg.register("web", "child", record, ttl_s=int(sys.argv[3]))
+print("registered", lease.lease_id, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_sigkilled_instance_leaves_the_registry_within_its_ttl(registry: Registry) -> None:
+    ttl = 2
+    child = subprocess.Popen([sys.executable, "-c", INSTANCE_SCRIPT, registry.endpoint, registry.prefix, str(ttl)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline() if child.stdout else ""
+        assert line.startswith("registered"), line
+        time.sleep(2 * ttl)  # its keepalive thread holds the key past the TTL
+        entry = registry.get("web", "child")
+        assert entry is not None and entry.lease == int(line.split()[1])
+        child.kill()
+        child.wait(5)
+        assert wait_until(lambda: registry.get("web", "child") is None, timeout_s=ttl + 2)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(5)

@@ -36,6 +36,7 @@ def test_names_with_slashes_or_empty_are_refused(service: str, instance: str) ->
 def test_prefix_is_normalised_and_not_empty() -> None:
     assert normalise_prefix("  /a/b/ ") == "/a/b"
     assert leader_key("/a", "web") == "/a/leaders/web"
+    assert leader_key("/a", "web", "weights") == "/a/leaders/web/weights"
     with pytest.raises(ValueError, match="prefix"):
         normalise_prefix("/")
 
