@@ -43,7 +43,9 @@ def test_the_scenario_s_instance_fails_its_peer_serves_and_the_truth_is_recorded
     try:
         rig.start("etcd", "pool")
         wait_for("two ready instances", lambda: rig.pool_status()["ready"] == 2)
-        instances = {i["instance"]: i["port"] for i in rig.pool_status()["instances"]}  # type: ignore[index]
+        listed = rig.pool_status()["instances"]
+        assert isinstance(listed, list)
+        instances = {i["instance"]: i["port"] for i in listed}
         wait_for("the ground truth row", lambda: cl.execute(f"SELECT count() FROM {db}.fault_events")[0][0] >= 1)
         rows = cl.execute(f"SELECT instance, kind, start_ms, failure_ms, scenario FROM {db}.fault_events FINAL")
         assert len(rows) == 1
