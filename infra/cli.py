@@ -1162,6 +1162,7 @@ def pool_backend(
     if svc is None:
         err.print(f"[red]error:[/] service {service!r} is not in pool.services")
         raise typer.Exit(2)
+    scenario = scenario or svc.scenario
     try:
         plan = load_scenario(scenario) if scenario else None
     except (OSError, ValueError) as exc:

@@ -230,6 +230,8 @@ class PoolServiceSettings(Section):
     replicas: int = Field(2, ge=0, description="Instances the pool starts with.")
     min_replicas: int = Field(1, ge=0, description="Fewest instances a replicas request may ask for.")
     max_replicas: int = Field(8, ge=1, description="Most instances a replicas request may ask for.")
+    scenario: Path | None = Field(None, description="Fault scenario (YAML, `foresight faults generate`) its "
+                                  "instances play; `#k` in it is the k-th instance the pool starts.")
     weight: int = Field(100, ge=0, le=256, description="Weight each instance registers with.")
     haproxy_port: int = Field(18081, description="HAProxy frontend port of this service.")
     nginx_port: int = Field(18082, description="nginx port of this service.")

@@ -61,11 +61,11 @@ def build_app(manager: PoolManager, on_close: Callable[[], None] = lambda: None)
     return app
 
 
-def backend_argv(svc: PoolServiceSettings, instance: str, port: int) -> list[str]:
-    """An instance is `foresight pool-backend`; it reads its service's settings from the same
-    configuration (the pool's environment is inherited)."""
+def backend_argv(svc: PoolServiceSettings, instance: str, port: int, index: int) -> list[str]:
+    """An instance is `foresight pool-backend`; it reads its service's settings (its fault scenario
+    among them) from the same configuration (the pool's environment is inherited)."""
     return [sys.executable, "-P", "-m", "infra.cli", "pool-backend", "--service", svc.name,
-            "--instance", instance, "--port", str(port)]
+            "--instance", instance, "--port", str(port), "--index", str(index)]
 
 
 def run_pool(s: Settings) -> None:

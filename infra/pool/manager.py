@@ -17,6 +17,7 @@ import logging
 import secrets
 import signal
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ DRAIN = Histogram("foresight_pool_drain_seconds", "From `draining` to idle (or t
 DRAIN_TIMEOUTS = Counter("foresight_pool_drain_timeouts", "Drains that ran out of time; stopped anyway.", ["service"])
 EXITS = Counter("foresight_pool_instance_exits", "Instances that exited without being asked to.", ["service"])
 
-BackendArgv = Callable[[PoolServiceSettings, str, int], list[str]]
+BackendArgv = Callable[[PoolServiceSettings, str, int, int], list[str]]  # service, name, port, index
 Publish = Callable[[list[Decision]], None]
 
 
@@ -67,6 +68,7 @@ class PoolManager:
     def __init__(self, cfg: PoolSettings, registry: Registry, backend_argv: BackendArgv, log_dir: Path,
                  publish: Publish, max_unavailable: float = 0.25, env: dict[str, str] | None = None) -> None:
         self.cfg, self.registry, self.backend_argv = cfg, registry, backend_argv
+        self.started: dict[str, int] = defaultdict(int)
         self.log_dir, self.publish, self.max_unavailable, self.env = log_dir, publish, max_unavailable, env
         self.services = {svc.name: svc for svc in cfg.services}
         self.desired = {svc.name: svc.replicas for svc in cfg.services}
@@ -185,9 +187,11 @@ class PoolManager:
     async def _spawn(self, svc: PoolServiceSettings) -> None:
         name = f"{svc.name}-{secrets.token_hex(3)}"
         port = free_port()
+        index = self.started[svc.name]  # `#k` of a fault scenario: the k-th instance this pool started
+        self.started[svc.name] += 1
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / f"{name}.log").open("ab") as out:
-            proc = await asyncio.create_subprocess_exec(*self.backend_argv(svc, name, port), stdout=out,
+            proc = await asyncio.create_subprocess_exec(*self.backend_argv(svc, name, port, index), stdout=out,
                                                         stderr=asyncio.subprocess.STDOUT,
                                                         stdin=asyncio.subprocess.DEVNULL, env=self.env)
         self.instances[svc.name][name] = Instance(svc.name, name, port, proc)

@@ -187,6 +187,9 @@ def nginx(s: Settings) -> Component:
             (folder / sub).mkdir(parents=True, exist_ok=True)
         servers = "".join(
             f"    server {{\n        listen 127.0.0.1:{svc.nginx_port};\n"
+            # no client keep-alive: each membership change reloads nginx, and the old workers close
+            # their idle kept-alive connections; a client sending on one just then would see a disconnect
+            "        keepalive_timeout 0;\n"
             f"        location / {{ proxy_pass http://{upstream_name(svc.name)}; }}\n    }}\n"
             for svc in s.pool.services)
         _render("nginx.conf", conf, nginx_dir=folder, servers=servers, status_port=s.nginx.status_port)

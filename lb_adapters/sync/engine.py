@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from infra.core.service_registry import Leadership, Registry
@@ -41,6 +42,7 @@ class SyncConfig:
     nginx_min_interval_s: float = 0.2  # coalesces bursts into one reload
     check_inter_ms: int = 1000
     round_s: float = 0.5  # a round runs at least this often (retries of refused deletes)
+    recheck_s: float = 5.0  # how often HAProxy's server list is compared with what was applied
 
 
 @dataclass
@@ -74,8 +76,11 @@ class MembershipSync:
         self._nginx_applied: dict[str, dict[str, Member] | None] = {s: None for s in cfg.services}
         self._nginx_rejected: dict[str, str] = {}
         self._nginx_last = 0.0
+        self._nginx_due: float | None = None  # a coalesced nginx render waits until then
+        self._haproxy_checked = 0.0
         self._failed: dict[tuple[str, str, str], Member | None] = {}
         self._pending_del: dict[tuple[str, str], float] = {}
+        self._pending_since: dict[str, float] = {}  # first event of a change nginx has not rendered yet
         self._leaders: dict[str, Leadership] = {}
         self._threads: list[threading.Thread] = []
 
@@ -107,6 +112,14 @@ class MembershipSync:
         return lead is None or lead.is_leader
 
     def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._watch_once()
+            except Exception:  # a bug or an odd answer must not leave the balancers unattended
+                log.exception("registry watch failed; watching again (the next snapshot resyncs)")
+                self._stop.wait(1.0)
+
+    def _watch_once(self) -> None:
         for event in self._watch_registry.watch(None):
             if self._stop.is_set():
                 return
@@ -128,56 +141,82 @@ class MembershipSync:
                     self._cond.notify_all()
 
     def _campaign(self) -> None:
-        """Keep trying to lead every service we do not lead; a lost lease means re-reading the balancer."""
+        """Keep trying to lead every service we do not lead. Leading again (by a new election, or
+        because our lease outlived an etcd outage) means re-reading the balancer first."""
+        leading = dict.fromkeys(self._leaders, False)
         while not self._stop.is_set():
             for service, lead in self._leaders.items():
-                if lead.is_leader:
-                    continue
-                metrics.LEADER.labels(service).set(0)
-                if lead.acquire(timeout=0):
+                now_leading = lead.is_leader or lead.acquire(timeout=0)
+                if now_leading and not leading[service]:
                     log.info("leading %s as %s", service, self.cfg.holder)
-                    metrics.LEADER.labels(service).set(1)
                     with self._cond:
                         self._fresh.add(service)
                         self._dirty.setdefault(service, time.monotonic())
                         self._cond.notify_all()
+                elif leading[service] and not now_leading:
+                    log.warning("no longer leading %s (lease may have expired); standing by", service)
+                leading[service] = now_leading
+                metrics.LEADER.labels(service).set(1 if now_leading else 0)
             self._stop.wait(0.25)
 
     def _apply_loop(self) -> None:
         while not self._stop.is_set():
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._dirty) or self._stop.is_set(), timeout=self.cfg.round_s)
+                timeout = self.cfg.round_s if self._nginx_due is None else \
+                    max(0.0, min(self.cfg.round_s, self._nginx_due - time.monotonic()))
+                self._cond.wait_for(lambda: bool(self._dirty) or self._stop.is_set(), timeout=timeout)
                 dirty, self._dirty = self._dirty, {}
                 members = {s: dict(m) for s, m in self.view.members.items()}
+                unknown = {s: set(u) for s, u in self.view.unknown.items()}
                 synced = self.view.synced
             if not synced:
                 continue  # no snapshot yet: applying an empty view would empty the balancers
             decisions: list[Decision] = []
+            self._nginx_due = None
+            recheck = time.monotonic() - self._haproxy_checked > self.cfg.recheck_s
+            if recheck:
+                self._haproxy_checked = time.monotonic()
             for service in self.cfg.services:
                 if not self.leads(service):
                     continue
+                since = dirty.get(service) or self._pending_since.pop(service, None)
                 if self.haproxy is not None:
-                    decisions += self._haproxy_round(service, members[service], dirty.get(service))
+                    decisions += self._haproxy_round(service, members[service], since, recheck, unknown[service])
                 if self.nginx is not None:
-                    decisions += self._nginx_round(service, members[service], dirty.get(service))
+                    decisions += self._nginx_round(service, members[service], since, unknown[service])
             if decisions:
                 self.publish(decisions)
 
     # -- HAProxy ------------------------------------------------------------------------------
-    def _haproxy_round(self, service: str, want: dict[str, Member], since: float | None) -> list[Decision]:
+    def _haproxy_round(self, service: str, want: dict[str, Member], since: float | None,
+                       recheck: bool = False, unknown: AbstractSet[str] = frozenset()) -> list[Decision]:
         assert self.haproxy is not None
+        if recheck and service not in self._fresh:
+            # HAProxy restarted (servers gone) or someone deleted one: re-add. Presence only: a weight
+            # the weight adapter set at runtime is not "corrected" back to the registry's.
+            try:
+                actual = self.haproxy.servers(service)
+            except ActuatorError:
+                actual = None
+                self._fresh.add(service)
+            if actual is not None:
+                applied = self._haproxy_applied[service]
+                for name in [n for n in applied if n not in actual]:
+                    del applied[name]
+                for name, member in _haproxy_members(actual).items():
+                    applied.setdefault(name, member)
         if service in self._fresh:
             try:
-                self._haproxy_applied[service] = {
-                    name: Member(instance=name, address=addr, port=port, weight=weight,
-                                 state="drained" if admin & 0x01 else "draining" if admin & 0x08 else "ready")
-                    for name, (addr, port, weight, admin) in self.haproxy.servers(service).items()}
+                self._haproxy_applied[service] = _haproxy_members(self.haproxy.servers(service))
                 self._fresh.discard(service)
             except ActuatorError as exc:
                 log.warning("HAProxy backend %s unreadable (%s); will retry", service, exc)
                 return []
         applied = self._haproxy_applied[service]
         desired = {server_name(i): m.model_copy(update={"instance": server_name(i)}) for i, m in want.items()}
+        for name in map(server_name, unknown):  # an invalid value: keep what HAProxy has for that key
+            if name in applied and name not in desired:
+                desired[name] = applied[name]
         out = []
         for change in diff(applied, desired):
             key = ("haproxy", service, change.instance)
@@ -228,16 +267,22 @@ class MembershipSync:
         return True
 
     # -- nginx --------------------------------------------------------------------------------
-    def _nginx_round(self, service: str, want: dict[str, Member], since: float | None) -> list[Decision]:
+    def _nginx_round(self, service: str, want: dict[str, Member], since: float | None,
+                     unknown: AbstractSet[str] = frozenset()) -> list[Decision]:
         assert self.nginx is not None
         before = self._nginx_applied[service]
+        if before is None and unknown:  # first render: keep the servers the file has for invalid keys
+            before = self._nginx_file_members(service)
+        for name in unknown:
+            if before is not None and name in before and name not in want:
+                want = {**want, name: before[name]}
         if before == want:
             return []
-        wait = self.cfg.nginx_min_interval_s - (time.monotonic() - self._nginx_last)
-        if wait > 0:  # coalesce: come back for it shortly
-            with self._cond:
-                self._dirty.setdefault(service, since or time.monotonic())
-            self._stop.wait(min(wait, self.cfg.nginx_min_interval_s))
+        due = self._nginx_last + self.cfg.nginx_min_interval_s
+        if time.monotonic() < due:  # coalesce a burst into one reload: the loop comes back at `due`
+            self._nginx_due = due if self._nginx_due is None else min(self._nginx_due, due)
+            if since is not None:
+                self._pending_since.setdefault(service, since)
             return []
         text = render_nginx_upstreams({service: want})
         if self._nginx_rejected.get(service) == text:
@@ -264,6 +309,22 @@ class MembershipSync:
             out.append(self._decision("nginx", service, c, "applied"))
         return out
 
+    def _nginx_file_members(self, service: str) -> dict[str, Member] | None:
+        """The servers the current upstream file has (its comments name the instances), or None."""
+        assert self.nginx is not None
+        text = self.nginx.current(service)
+        if text is None:
+            return None
+        out: dict[str, Member] = {}
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) >= 5 and parts[0] == "server" and parts[-2] == "#" and ":" in parts[1]:
+                host, port = parts[1].rsplit(":", 1)
+                weight = int(parts[2].removeprefix("weight=").rstrip(";")) if parts[2].startswith("weight=") else 1
+                out[parts[-1]] = Member(instance=parts[-1], address=host, port=int(port), weight=weight,
+                                        state="draining" if "down;" in parts else "ready")
+        return out
+
     # -- records ------------------------------------------------------------------------------
     def _record_applied(self, actuator: str, service: str, c: Change, since: float | None) -> None:
         now = time.monotonic()
@@ -283,3 +344,10 @@ class MembershipSync:
                         reason=f"registry: {c.instance} {'gone' if c.after is None else state} "
                                f"(revision {self.view.revision})",
                         prediction_ref="registry", outcome=outcome)
+
+
+def _haproxy_members(servers: dict[str, tuple[str, int, int, int]]) -> dict[str, Member]:
+    """HAProxy's servers as members: admin bit 0x01 (maintenance) = drained, 0x08 (drain) = draining."""
+    return {name: Member(instance=name, address=addr, port=port, weight=weight,
+                         state="drained" if admin & 0x01 else "draining" if admin & 0x08 else "ready")
+            for name, (addr, port, weight, admin) in servers.items()}

@@ -29,6 +29,9 @@ class RegistryView:
         self.services = set(services)
         self.members: dict[str, dict[str, Member]] = {s: {} for s in self.services}
         self.invalid: Counter[str] = Counter()  # per service, since start
+        # keys whose current value is invalid: the sync leaves the balancers' server for them alone
+        # (a sync that never saw a valid value there must not remove a server it finds in HAProxy)
+        self.unknown: dict[str, set[str]] = {s: set() for s in self.services}
         self.revision = 0
         self.connected = False
         self.synced = False  # a first snapshot arrived: until then the view knows nothing
@@ -49,11 +52,15 @@ class RegistryView:
             return set()
         members = self.members[entry.service]
         if event.kind == "delete":
-            return {entry.service} if members.pop(entry.instance, None) is not None else set()
+            unknown = entry.instance in self.unknown[entry.service]
+            self.unknown[entry.service].discard(entry.instance)
+            return {entry.service} if members.pop(entry.instance, None) is not None or unknown else set()
         member = member_of(entry)
         if member is None:
             self._count_invalid(entry)
+            self.unknown[entry.service].add(entry.instance)
             return set()
+        self.unknown[entry.service].discard(entry.instance)
         if members.get(entry.instance) == member:
             return set()
         members[entry.instance] = member
@@ -61,19 +68,21 @@ class RegistryView:
 
     def _resync(self, entries: list[RegistryEntry]) -> set[str]:
         fresh: dict[str, dict[str, Member]] = {s: {} for s in self.services}
+        unknown: dict[str, set[str]] = {s: set() for s in self.services}
         for entry in entries:
             if entry.service not in self.services:
                 continue
             member = member_of(entry)
             if member is None:
                 self._count_invalid(entry)
+                unknown[entry.service].add(entry.instance)
                 kept = self.members[entry.service].get(entry.instance)
                 if kept is not None:  # garbage over a healthy server's key: keep the server
                     fresh[entry.service][entry.instance] = kept
                 continue
             fresh[entry.service][entry.instance] = member
-        changed = {s for s in self.services if fresh[s] != self.members[s]}
-        self.members = fresh
+        changed = {s for s in self.services if fresh[s] != self.members[s] or unknown[s] != self.unknown[s]}
+        self.members, self.unknown = fresh, unknown
         return changed
 
     def _count_invalid(self, entry: RegistryEntry) -> None:

@@ -158,27 +158,61 @@ def test_etcd_down_keeps_membership_then_sync_catches_up(rig: Rig) -> None:
     wait_for("back to 1", lambda: rig.pool_status()["current"] == 1 and len(haproxy_servers(rig)) == 1)
 
 
-def _put_raw(rig: Rig, key: str, value: bytes) -> None:
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-    resp = httpx.post(f"{rig.etcd_url}/v3/kv/put", json={"key": b64(key.encode()), "value": b64(value)}, timeout=5)
-    resp.raise_for_status()
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _put_raw(rig: Rig, key: str, value: bytes, lease: int = 0) -> None:
+    body: dict[str, object] = {"key": _b64(key.encode()), "value": _b64(value)}
+    if lease:
+        body["lease"] = lease
+    httpx.post(f"{rig.etcd_url}/v3/kv/put", json=body, timeout=5).raise_for_status()
+
+
+def _delete_raw(rig: Rig, key: str) -> None:
+    httpx.post(f"{rig.etcd_url}/v3/kv/deleterange", json={"key": _b64(key.encode())}, timeout=5).raise_for_status()
+
+
+class _Garbage:
+    """Garbage over a healthy instance's key, put back (value and lease) afterwards."""
+
+    def __init__(self, rig: Rig, instance: str) -> None:
+        from infra.core.service_registry import Registry, instance_key
+
+        registry = Registry(rig.etcd_url, rig.s.registry.prefix)
+        entry = registry.get(rig.svc.name, instance)
+        registry.close()
+        assert entry is not None and entry.record is not None
+        self.rig, self.entry = rig, entry
+        self.key = instance_key(rig.s.registry.prefix, rig.svc.name, instance)
+
+    def __enter__(self) -> _Garbage:
+        _put_raw(self.rig, self.key, b"{not json")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.entry.record is not None
+        _put_raw(self.rig, self.key, self.entry.record.to_json(), self.entry.lease)
 
 
 def test_garbage_values_are_counted_and_ignored(rig: Rig) -> None:
     servers, ports = haproxy_servers(rig), nginx_ports(rig)
-    healthy = next(iter(servers))
     invalid_before = rig.sync_metric("foresight_sync_invalid_values_total", service=rig.svc.name)
     base = f"{rig.s.registry.prefix}/services/{rig.svc.name}/instances"
-    _put_raw(rig, f"{base}/{healthy}", b"{not json")  # garbage over a healthy server's key
-    _put_raw(rig, f"{base}/web-bad-port", json.dumps({"address": "127.0.0.1", "port": 99999,
-                                                       "started_at": 0}).encode())
-    _put_raw(rig, f"{base}/web-no-fields", b'{"state": "ready"}')
-    wait_for("3 invalid values counted", lambda: rig.sync_metric(
-        "foresight_sync_invalid_values_total", service=rig.svc.name) >= invalid_before + 3, 10)
-    time.sleep(0.5)  # a few apply rounds
-    assert haproxy_servers(rig) == servers
-    assert nginx_ports(rig) == ports
-    assert rig.records["registry-sync"].process() is not None  # it did not crash
+    with _Garbage(rig, next(iter(servers))):  # garbage over a healthy server's key
+        _put_raw(rig, f"{base}/web-bad-port", json.dumps({"address": "127.0.0.1", "port": 99999,
+                                                           "started_at": 0}).encode())
+        _put_raw(rig, f"{base}/web-no-fields", b'{"state": "ready"}')
+        wait_for("3 invalid values counted", lambda: rig.sync_metric(
+            "foresight_sync_invalid_values_total", service=rig.svc.name) >= invalid_before + 3, 10)
+        time.sleep(0.5)  # a few apply rounds
+        assert haproxy_servers(rig) == servers
+        assert nginx_ports(rig) == ports
+        assert rig.records["registry-sync"].process() is not None  # it did not crash
+        _delete_raw(rig, f"{base}/web-bad-port")
+        _delete_raw(rig, f"{base}/web-no-fields")
+    time.sleep(0.5)
+    assert haproxy_servers(rig) == servers and nginx_ports(rig) == ports
 
 
 def test_pool_admin_api_contract(rig: Rig) -> None:
@@ -210,8 +244,7 @@ def test_a_render_nginx_refuses_is_not_applied_and_is_counted(rig: Rig) -> None:
     assert rig.nginx_upstream() == upstream  # rolled back on disk; the running config never saw it
     assert httpx.get(rig.nginx_url, timeout=5).status_code == 200
     assert httpx.get(rig.haproxy_url, timeout=5).status_code == 200
-    httpx.post(f"{rig.etcd_url}/v3/kv/deleterange", json={"key": base64.b64encode(key.encode()).decode()},
-               timeout=5).raise_for_status()
+    _delete_raw(rig, key)
     wait_for("gone from HAProxy", lambda: "web-unresolvable" not in haproxy_servers(rig), 15)
     assert rig.nginx_upstream() == upstream
 
@@ -236,11 +269,15 @@ def test_a_standby_sync_takes_over_when_the_leader_dies(rig: Rig) -> None:
         for _ in range(10):  # never two leaders at once
             assert leader(rig.s.sync.metrics_port) + max(0, leader(metrics_port)) == 1
             time.sleep(0.1)
-        rig.kill("registry-sync")
-        killed = time.monotonic()
-        wait_for("standby leads", lambda: leader(metrics_port) == 1, rig.s.registry.leader_ttl_s + 5)
-        print(f"standby took over {time.monotonic() - killed:.2f} s after the leader's SIGKILL "
-              f"(leader TTL {rig.s.registry.leader_ttl_s} s)")
+        before, ports = set(haproxy_servers(rig)), nginx_ports(rig)
+        with _Garbage(rig, next(iter(before))):
+            rig.kill("registry-sync")
+            killed = time.monotonic()
+            wait_for("standby leads", lambda: leader(metrics_port) == 1, rig.s.registry.leader_ttl_s + 5)
+            print(f"standby took over {time.monotonic() - killed:.2f} s after the leader's SIGKILL "
+                  f"(leader TTL {rig.s.registry.leader_ttl_s} s)")
+            time.sleep(1.0)  # its first rounds: it never saw that key valid, and must not remove its server
+            assert set(haproxy_servers(rig)) == before and nginx_ports(rig) == ports
         rig.scale(2)  # and it applies changes
         wait_for("the standby applied a scale-up", lambda: len(haproxy_servers(rig)) == 2, 60)
         rig.scale(1)

@@ -95,3 +95,14 @@ def test_view_delete_and_other_services() -> None:
     assert view.apply(WatchEvent("put", 3, entry=entry("b", rev=3))) == set()  # same value: nothing to do
     assert view.apply(WatchEvent("delete", 4, entry=RegistryEntry("web", "a", None, None, 4))) == {"web"}
     assert set(view.members["web"]) == {"b"}
+
+
+def test_view_knows_which_keys_hold_garbage_until_fixed_or_deleted() -> None:
+    view = RegistryView(["web"])
+    view.apply(WatchEvent("resync", 1, snapshot=Snapshot([entry("a", rev=1, error="not JSON")], 1)))
+    assert view.unknown["web"] == {"a"} and view.members["web"] == {}  # a fresh sync: nothing to keep, nothing known
+    assert view.apply(WatchEvent("put", 2, entry=entry("a", rev=2))) == {"web"}
+    assert view.unknown["web"] == set() and "a" in view.members["web"]
+    view.apply(WatchEvent("put", 3, entry=entry("b", rev=3, error="port")))
+    assert view.apply(WatchEvent("delete", 4, entry=RegistryEntry("web", "b", None, None, 4))) == {"web"}
+    assert view.unknown["web"] == set()
