@@ -624,6 +624,59 @@ def adapt(
         time.sleep(interval)
 
 
+@app.command()
+def health(
+    ctx: typer.Context,
+    service: Annotated[list[str] | None, typer.Option(help="Service(s) to watch (default: health.services).")
+                       ] = None,
+    once: Annotated[bool, typer.Option("--once", help="One round per service, then exit.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and record, do not touch the registry.")
+                       ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --once: one JSON object per service.")] = False,
+) -> None:
+    """Drain instances before they fail, and re-admit them once healthy: risk from /v1/risk (a served
+    model, else the peer-deviation baseline) -> drain policy with its guardrails (hysteresis, at most
+    health.max_drained_fraction out, never the last ready instance, never undoing an operator's
+    state) -> the instance's state in the registry, which the balancer sync applies to HAProxy and nginx.
+
+    Example: `foresight health --service web --once --dry-run --json` shows what it would do now.
+    """
+    from infra.workers import build_health_controller
+
+    s = _ctx(ctx).settings
+    if dry_run:
+        s = s.model_copy(update={"health": s.health.model_copy(update={"dry_run": True})})
+    services = service or s.health.services
+    if not services:
+        err.print("[red]error:[/] no service to watch: pass --service NAME or set health.services")
+        raise typer.Exit(2)
+    controller = build_health_controller(s)
+    if not once:
+        from prometheus_client import start_http_server
+
+        start_http_server(s.health.metrics_port, addr="127.0.0.1")
+    while True:
+        for name in services:
+            try:
+                report = controller.step(name)
+            except Exception as exc:
+                _say(f"[red]{name}: round failed:[/] {exc}")
+                if once:
+                    raise typer.Exit(1) from exc
+                continue
+            if once and as_json:
+                print(json.dumps({"service": name, "model": report.model, "risk": report.risk, "note": report.note,
+                                  "decisions": [d.model_dump() for d in report.decisions]}))
+                continue
+            for d in report.decisions:
+                _say(f"{d.target}: {d.action} ({d.reason}; {d.outcome})")
+            if report.note:
+                _say(f"{name}: {report.note}")
+        if once:
+            return
+        time.sleep(s.health.interval_s)
+
+
 AUTOSCALE_EXAMPLE = """[[autoscaler.services]]
 name = "api"
 capacity_rps = 20

@@ -25,6 +25,7 @@ from lb_adapters.predictions import WeightsClient
 if TYPE_CHECKING:
     from lb_adapters.actuators.scalers.base import Scaler
     from lb_adapters.autoscaler import Autoscaler
+    from lb_adapters.health import HealthController
 
 
 def run_stream_worker(s: Settings) -> None:
@@ -121,6 +122,40 @@ def build_weight_controller(s: Settings) -> WeightController:
         sink=decision_log(s, "adapt"),
         cfg=s.adapter,
         backend=s.haproxy.backend,
+    )
+
+
+def build_health_controller(s: Settings, leadership: bool = True) -> HealthController:
+    """The drain controller: risk from serving, state changes through the registry (the sync carries
+    them to the balancers); with `leadership`, one copy per service acts (role `health`)."""
+    import os
+    import socket
+
+    from infra.core.service_registry import Leadership, Registry
+    from lb_adapters.health import HealthController
+    from lb_adapters.policies.drain import DrainKnobs
+    from lb_adapters.predictions import RiskClient
+
+    h = s.health
+    registry = Registry(s.registry_endpoint, s.registry.prefix, s.registry.timeout_s)
+    holder = f"health@{socket.gethostname()}:{os.getpid()}"
+    leaders: dict[str, Leadership] = {}
+
+    def lead(service: str) -> Leadership | None:
+        if not leadership or h.dry_run:
+            return None
+        if service not in leaders:
+            leaders[service] = Leadership(registry, service, holder, ttl_s=s.registry.leader_ttl_s, role="health")
+        leaders[service].acquire(timeout=0)
+        return leaders[service]
+
+    return HealthController(
+        features=LatestFeatures(clickhouse_client(s.clickhouse), s.clickhouse.database),
+        predictor=RiskClient(s.serving_url, s.serving.token),
+        registry=registry,
+        sink=decision_log(s, "health"),
+        knobs=DrainKnobs(h.drain_above, h.readmit_below, h.readmit_after, h.max_drained_fraction),
+        features_max_age_s=h.features_max_age_s, dry_run=h.dry_run, leadership=lead,
     )
 
 

@@ -356,6 +356,22 @@ class DashboardSettings(Section):
     window_minutes: int = Field(60, gt=0, description="How much history the charts show.")
 
 
+class HealthSettings(Section):
+    services: list[str] = Field(default_factory=list, description="Services whose instances `foresight health` "
+                                "drains before they fail (registry names); empty = none.")
+    interval_s: float = Field(5.0, gt=0, description="Seconds between two rounds.")
+    drain_above: float = Field(0.8, gt=0, le=1, description="Drain a ready instance whose risk reaches this.")
+    readmit_below: float = Field(0.3, ge=0, lt=1, description="Re-admit a drained one after `readmit_after` rounds "
+                                 "at or below this risk (hysteresis: below `drain_above`).")
+    readmit_after: int = Field(3, ge=1, description="Consecutive healthy rounds before re-admission.")
+    max_drained_fraction: float = Field(0.25, gt=0, le=1, description="Most of a service's instances out of "
+                                        "service at once (at least one; never the last ready one).")
+    features_max_age_s: int = Field(30, gt=0, description="An instance whose newest window is older is unknown: "
+                                    "neither drained nor re-admitted.")
+    dry_run: bool = Field(False, description="Decide and record, do not touch the registry.")
+    metrics_port: int = Field(19113, description="Prometheus metrics of the `foresight health` loop.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FORESIGHT_",
@@ -383,6 +399,7 @@ class Settings(BaseSettings):
     autoscaler: AutoscalerSettings = AutoscalerSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    health: HealthSettings = HealthSettings()
 
     @classmethod
     def settings_customise_sources(

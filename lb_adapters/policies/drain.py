@@ -1,0 +1,81 @@
+"""Drain policy: from each instance's risk and the registry's state to drains and re-admissions.
+Pure; the membership guardrails (last ready instance, `max_unavailable`, operator pins) are applied
+here too, so a decision that comes out is one the controller may carry out.
+
+- Hysteresis: drain at `drain_above`, re-admit only after `readmit_after` consecutive rounds at or
+  below `readmit_below` (< `drain_above`), so an instance near the threshold does not flap.
+- Unknown is not healthy: an instance with no recent window (risk None) is neither drained nor
+  counted towards its re-admission; its streak starts again.
+- Only what a controller drained is re-admitted by one; an operator's state is never undone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from infra.core.service_registry import InstanceRecord
+from lb_adapters.policies.membership import check_drain, may_change_state, set_by
+
+
+@dataclass(frozen=True)
+class DrainKnobs:
+    drain_above: float = 0.8
+    readmit_below: float = 0.3
+    readmit_after: int = 3
+    max_drained_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.readmit_below < self.drain_above <= 1:
+            raise ValueError(f"need 0 <= readmit_below ({self.readmit_below}) < drain_above ({self.drain_above}) <= 1")
+        if self.readmit_after < 1:
+            raise ValueError("readmit_after must be at least 1 round")
+
+
+@dataclass(frozen=True)
+class DrainState:
+    """Consecutive healthy rounds of each instance a controller drained."""
+
+    healthy_streak: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DrainDecision:
+    instance: str
+    action: Literal["drain", "readmit", "refuse"]
+    risk: float | None
+    reason: str
+
+
+def decide_drains(risk: Mapping[str, float | None], records: Mapping[str, InstanceRecord], state: DrainState,
+                  knobs: DrainKnobs) -> tuple[list[DrainDecision], DrainState]:
+    """`risk`: instance -> probability of failure soon (None: no recent window); `records`: every valid
+    registry record of the service. Returns the decisions (a `refuse` says which drain a guardrail
+    stopped, and why) and the next state."""
+    decisions: list[DrainDecision] = []
+    streak: dict[str, int] = {}
+    for name, record in sorted(records.items()):
+        if record.state != "draining" or set_by(record) != "controller":
+            continue
+        r = risk.get(name)
+        streak[name] = state.healthy_streak.get(name, 0) + 1 if r is not None and r <= knobs.readmit_below else 0
+        if streak[name] >= knobs.readmit_after:
+            decisions.append(DrainDecision(name, "readmit", r, f"risk {r:.2f} <= {knobs.readmit_below:g} for "
+                                                              f"{streak[name]} rounds"))
+            del streak[name]
+    out_now = {n: r for n, r in records.items()}
+    for name in sorted((n for n, rec in records.items() if rec.state == "ready"),
+                       key=lambda n: -(risk.get(n) or 0.0)):
+        r = risk.get(name)
+        if r is None or r < knobs.drain_above:
+            continue
+        pinned = may_change_state(records[name], "draining", "controller")
+        verdict = pinned if not pinned.allowed else check_drain(out_now, [name], knobs.max_drained_fraction)
+        if not verdict.allowed:
+            decisions.append(DrainDecision(name, "refuse", r, f"risk {r:.2f} >= {knobs.drain_above:g}, "
+                                                              f"but {verdict.reason}"))
+            continue
+        decisions.append(DrainDecision(name, "drain", r, f"risk {r:.2f} >= {knobs.drain_above:g}; {verdict.reason}"))
+        out_now[name] = records[name].model_copy(update={"state": "draining"})
+    return decisions, DrainState(streak)
