@@ -1208,7 +1208,7 @@ def pool_backend(
     """One pool instance (started by `foresight pool run`)."""
     from infra.core.service_registry import Registry
     from infra.pool.backend import run_registered
-    from infra.pool.faults import load_scenario
+    from infra.pool.faults import Fault, Scenario, load_scenario
 
     s = _ctx(ctx).settings
     svc = s.pool.service(service)
@@ -1223,20 +1223,20 @@ def pool_backend(
         raise typer.Exit(2) from exc
     faults = plan.for_instance(instance, -1 if index is None else index) if plan else []
 
-    def record_truth(ready_ms: int) -> None:
+    def record_truth(played: list[Fault], t0_ms: int) -> None:
         """The labels of the health models; losing them would silently bias an evaluation, so say so."""
         from infra.pool.ground_truth import fault_rows, record_faults
 
-        assert plan is not None
+        scenario_ = plan or Scenario(name="injected")
         try:
-            record_faults(s.clickhouse, fault_rows(plan, faults, service, instance, ready_ms))
+            record_faults(s.clickhouse, fault_rows(scenario_, played, service, instance, t0_ms))
         except Exception as exc:
             logging.getLogger("foresight.pool").error("%s/%s: fault ground truth not recorded: %s", service,
                                                       instance, exc)
 
     run_registered(service, instance, port, svc, Registry(s.registry_endpoint, s.registry.prefix,
                                                           s.registry.timeout_s), s.registry.lease_ttl_s, faults,
-                   on_faults_start=record_truth if faults else None)
+                   on_faults=record_truth)
 
 
 faults_app = typer.Typer(help="Fault scenarios for the pool's backends (slowdown, capacity loss, errors, hang, "

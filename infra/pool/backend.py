@@ -64,8 +64,9 @@ class Backend:
 
     def __init__(self, cfg: BackendConfig, on_ready: Callable[[], None] = lambda: None,
                  on_stop: Callable[[], None] = lambda: None, seed: int | None = None,
-                 faults: Sequence[Fault] = ()) -> None:
+                 faults: Sequence[Fault] = (), on_faults: Callable[[list[Fault], int], None] | None = None) -> None:
         self.cfg = cfg
+        self.on_faults = on_faults  # told each fault set with the wall time (ms) its clock starts: the ground truth
         self.faults = list(faults)
         self.effect = Effect()  # what the faults do now; the fault loop updates it
         self.ready_at: float | None = None  # monotonic time the scenario clock starts
@@ -135,6 +136,28 @@ class Backend:
         return web.json_response({"instance": self.cfg.instance, "ready": self.ready, "in_flight": self.in_flight,
                                   "queued": self.queued, "served": self.served, "last_request_age_s": age})
 
+    async def inject(self, request: web.Request) -> web.Response:
+        """Add faults to a running instance (chaos on demand): a JSON list of faults whose `start_s` counts
+        from now. 422 with the reason for a body that is not one; 409 before the instance is ready."""
+        if self.ready_at is None:
+            return web.json_response({"detail": "not ready yet: faults count from the instance's ready time"},
+                                     status=409)
+        try:
+            raw = await request.json()
+            if not isinstance(raw, list):
+                raise ValueError("the body must be a JSON list of faults")
+            offset = time.monotonic() - self.ready_at
+            added = [Fault.model_validate({**f, "instance": self.cfg.instance}) for f in raw]
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            return web.json_response({"detail": str(exc)}, status=422)
+        now_ms = int(time.time() * 1000)
+        if self.on_faults is not None:
+            await asyncio.to_thread(self.on_faults, added, now_ms)
+        self.faults += [f.model_copy(update={"start_s": f.start_s + offset}) for f in added]
+        if self._fault_task is None:
+            self._fault_task = asyncio.create_task(self._fault_loop())
+        return web.json_response({"instance": self.cfg.instance, "faults": len(self.faults)}, status=202)
+
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -172,6 +195,7 @@ class Backend:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/admin/inflight", self.admin)
+        app.router.add_post("/admin/faults", self.inject)
         app.router.add_route("*", "/{tail:.*}", self.work)
         return app
 
@@ -214,8 +238,8 @@ class Backend:
 
 
 def run_registered(service: str, instance: str, port: int, svc: PoolServiceSettings, registry: Registry,
-                   ttl_s: int, faults: Sequence[Fault] = (), on_faults_start: Callable[[int], None] | None = None,
-                   ) -> None:
+                      ttl_s: int, faults: Sequence[Fault] = (),
+                   on_faults: Callable[[list[Fault], int], None] | None = None) -> None:
     """One pool instance: serve, register once warmed up (a lease kept alive every TTL/3, taken again
     if etcd let it expire), deregister on SIGTERM."""
     leases: list[InstanceLease] = []
@@ -225,8 +249,8 @@ def run_registered(service: str, instance: str, port: int, svc: PoolServiceSetti
                                 started_at=int(time.time() * 1000), version="pool",
                                 metadata={"pid": str(os.getpid()), "capacity_rps": f"{svc.capacity_rps:g}"})
         leases.append(registry.register(service, instance, record, ttl_s, on_lost=lambda _lease: register_retrying()))
-        if on_faults_start is not None and len(leases) == 1:
-            on_faults_start(record.started_at)
+        if on_faults is not None and faults and len(leases) == 1:
+            on_faults(list(faults), record.started_at)
 
     def register_retrying() -> None:
         """etcd may be away (it is fail-static for everyone else): keep trying, the instance just waits."""
@@ -249,4 +273,4 @@ def run_registered(service: str, instance: str, port: int, svc: PoolServiceSetti
     cfg = BackendConfig(service=service, instance=instance, port=port, workers=svc.workers,
                         mean_service_s=svc.mean_service_s, distribution=svc.service_time, sigma=svc.service_time_sigma,
                         startup_delay_s=svc.startup_delay_s)
-    asyncio.run(Backend(cfg, on_ready=register_retrying, on_stop=deregister, faults=faults).run())
+    asyncio.run(Backend(cfg, on_ready=register_retrying, on_stop=deregister, faults=faults, on_faults=on_faults).run())

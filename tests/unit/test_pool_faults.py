@@ -151,3 +151,30 @@ def test_ground_truth_rows_put_the_scenario_on_the_wall_clock() -> None:
     assert (slow["start_ms"], slow["full_ms"], slow["end_ms"], slow["failure_ms"]) == (1_005_000, 1_010_000,
                                                                                         1_030_000, None)
     assert errors["seed"] == 3 and errors["instance"] == "web-1" and '"error_fraction":0.5' in errors["params"]
+
+
+def test_faults_injected_into_a_running_instance_take_effect_and_are_reported() -> None:
+    told: list[tuple[list[Fault], int]] = []
+    cfg = BackendConfig(service="web", instance="a", port=free_port(), workers=2, mean_service_s=0.002,
+                        distribution="constant", startup_delay_s=0.0, stop_grace_s=1.0)
+    backend = Backend(cfg, seed=1, on_faults=lambda faults, t0: told.append((faults, t0)))
+
+    async def scenario() -> tuple[list[int], int, int, list[int]]:
+        server = asyncio.create_task(backend.run())
+        url = f"http://127.0.0.1:{cfg.port}"
+        async with httpx.AsyncClient(timeout=10) as client:
+            while not backend.ready:
+                await asyncio.sleep(0.01)
+            before = [(await client.get(f"{url}/x")).status_code for _ in range(5)]
+            bad = await client.post(f"{url}/admin/faults", json=[{"kind": "meltdown", "start_s": 0}])
+            ok = await client.post(f"{url}/admin/faults", json=[{"kind": "errors", "start_s": 0,
+                                                                 "error_fraction": 1.0}])
+            await asyncio.sleep(0.2)  # a turn of the fault loop
+            after = [(await client.get(f"{url}/x")).status_code for _ in range(5)]
+        backend._stop.set()
+        await server
+        return before, bad.status_code, ok.status_code, after
+
+    before, bad, ok, after = asyncio.run(scenario())
+    assert (before, bad, ok, after) == ([200] * 5, 422, 202, [500] * 5)
+    assert len(told) == 1 and told[0][0][0].kind == "errors" and told[0][0][0].instance == "a"
