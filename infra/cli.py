@@ -259,6 +259,8 @@ def replay(
     start: Annotated[int, typer.Option(help="Index of the first trace second.")] = 0,
     duration: Annotated[float, typer.Option(help="Stop after this many wall seconds.")] = 60.0,
     max_rps: Annotated[float, typer.Option(help="Cap on requests per wall second.")] = 500.0,
+    scale: Annotated[float, typer.Option(help="Multiply each trace second's requests (e.g. 20: NASA's few req/s "
+                                              "become a load that needs several instances).")] = 1.0,
     base_url: Annotated[str | None, typer.Option(help="Default: the stack's HAProxy frontend.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -274,7 +276,7 @@ def replay(
     try:
         summary = run_replay(trace, speedup=speedup, to=to, start=start,  # type: ignore[arg-type]
                              base_url=base_url or f"http://127.0.0.1:{s.haproxy.frontend_port}", sink=sink,
-                             duration_s=duration, max_rps=max_rps, progress=not as_json)
+                             duration_s=duration, max_rps=max_rps, progress=not as_json, scale=scale)
     except (FileNotFoundError, ValueError) as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc

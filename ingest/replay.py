@@ -91,13 +91,17 @@ def read_trace(path: str | Path, start: int = 0) -> Generator[int, None, None]:
 def replay(trace_path: str | Path, *, speedup: float = 1.0, to: Literal["http", "kafka"] = "http",
            base_url: str | None = None, sink: EventSink | None = None, start: int = 0,
            duration_s: float | None = None, max_rps: float | None = None, progress: bool = False,
-           concurrency: int = DEFAULT_CONCURRENCY, parser: LineParser | None = None) -> ReplaySummary:
+           concurrency: int = DEFAULT_CONCURRENCY, parser: LineParser | None = None,
+           scale: float = 1.0) -> ReplaySummary:
     """Replay `trace_path` to `base_url` (http) or `sink` (kafka) until the trace, or `duration_s`, ends.
 
     `parser` turns the synthetic lines into events in kafka mode (default: CLF, service `replay`).
+    `scale` multiplies each trace second's requests (rounded at random, seeded, so the mean is kept).
     """
     if speedup <= 0:
         raise ValueError("speedup must be positive")
+    if scale <= 0:
+        raise ValueError("scale must be positive")
     if max_rps is not None and max_rps <= 0:
         raise ValueError("max_rps must be positive")
     if to not in ("http", "kafka"):
@@ -106,7 +110,8 @@ def replay(trace_path: str | Path, *, speedup: float = 1.0, to: Literal["http", 
         raise ValueError("http replay needs base_url")
     if to == "kafka" and sink is None:
         raise ValueError("kafka replay needs a sink")
-    values = read_trace(trace_path, start)
+    counts = read_trace(trace_path, start)
+    values = counts if scale == 1 else _scaled(counts, scale)
     first = next(values, None)  # skip to `start` (and open the file) before the clock starts
     slots = _Pacer(itertools.chain(() if first is None else (first,), values), speedup, max_rps)
     bar = _Bar(duration_s) if progress else None
@@ -118,11 +123,18 @@ def replay(trace_path: str | Path, *, speedup: float = 1.0, to: Literal["http", 
             _replay_kafka(slots, sink, parser or CLFParser(Router([], REPLAY_SERVICE)), start, duration_s,
                           summary, bar)
     finally:
-        values.close()
+        counts.close()
         if bar is not None:
             bar.close()
     summary.dropped_by_cap = slots.dropped
     return summary
+
+
+def _scaled(values: Iterator[int], scale: float) -> Generator[int, None, None]:
+    rng = random.Random(0)
+    for v in values:
+        x = v * scale
+        yield int(x) + (rng.random() < x - int(x))
 
 
 class _Pacer:

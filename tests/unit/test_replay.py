@@ -228,3 +228,16 @@ def test_progress_goes_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert summary.requests_sent == 4
     captured = capsys.readouterr()
     assert captured.out == "" and "replay" in captured.err
+
+
+def test_scale_multiplies_the_trace_and_keeps_its_mean() -> None:
+    from ingest.replay import _scaled
+
+    def trace() -> Iterator[int]:
+        yield from [10] * 1000
+
+    scaled = list(_scaled(trace(), 0.25))
+    assert set(scaled) == {2, 3} and sum(scaled) == pytest.approx(2500, rel=0.03)
+    assert list(_scaled(iter([4, 0, 7]), 3.0)) == [12, 0, 21]
+    with pytest.raises(ValueError, match="scale must be positive"):
+        replay(dataset_path(NASA_RPS_NAME), scale=0, base_url="http://127.0.0.1:9")
