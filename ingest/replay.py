@@ -55,13 +55,26 @@ class ReplaySummary:
     dropped_by_cap: int = 0
     wall_s: float = 0.0
     statuses: dict[int, int] = field(default_factory=dict)  # HTTP mode
+    # HTTP mode, one per answered request: (wall time it was sent, latency ms, failed); not in as_dict()
+    answers: list[tuple[float, float, bool]] = field(default_factory=list, repr=False)
 
     @property
     def achieved_rps(self) -> float:
         return self.requests_sent / self.wall_s if self.wall_s > 0 else 0.0
 
+    def latency_ms(self, q: float) -> float | None:
+        """The client-side latency quantile `q` of the answered requests (HTTP mode)."""
+        if not self.answers:
+            return None
+        ordered = sorted(a[1] for a in self.answers)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "wall_s": round(self.wall_s, 3), "achieved_rps": round(self.achieved_rps, 2)}
+        out = {k: v for k, v in asdict(self).items() if k != "answers"}
+        p50, p99 = self.latency_ms(0.5), self.latency_ms(0.99)
+        return {**out, "wall_s": round(self.wall_s, 3), "achieved_rps": round(self.achieved_rps, 2),
+                "latency_p50_ms": None if p50 is None else round(p50, 2),
+                "latency_p99_ms": None if p99 is None else round(p99, 2)}
 
 
 def read_trace(path: str | Path, start: int = 0) -> Generator[int, None, None]:
@@ -170,14 +183,18 @@ async def _replay_http(slots: _Pacer, base_url: str, concurrency: int, duration_
     loop = asyncio.get_running_loop()
 
     async def one(client: httpx.AsyncClient) -> None:
+        sent, began = time.time(), loop.time()
+        failed = True
         try:
             response = await client.get(base_url)
             summary.statuses[response.status_code] = summary.statuses.get(response.status_code, 0) + 1
-            if response.status_code >= 500:
+            failed = response.status_code >= 500
+            if failed:
                 summary.errors += 1
         except httpx.HTTPError:
             summary.errors += 1
         finally:
+            summary.answers.append((sent, (loop.time() - began) * 1000, failed))
             free.release()
 
     async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
