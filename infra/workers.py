@@ -125,7 +125,7 @@ def build_weight_controller(s: Settings) -> WeightController:
     )
 
 
-def build_health_controller(s: Settings, leadership: bool = True) -> HealthController:
+def build_health_controller(s: Settings, leadership: bool = True, name: str = "health") -> HealthController:
     """The drain controller: risk from serving, state changes through the registry (the sync carries
     them to the balancers); with `leadership`, one copy per service acts (role `health`)."""
     import os
@@ -153,9 +153,10 @@ def build_health_controller(s: Settings, leadership: bool = True) -> HealthContr
         features=LatestFeatures(clickhouse_client(s.clickhouse), s.clickhouse.database),
         predictor=RiskClient(s.serving_url, s.serving.token),
         registry=registry,
-        sink=decision_log(s, "health"),
-        knobs=DrainKnobs(h.drain_above, h.readmit_below, h.readmit_after, h.max_drained_fraction),
-        features_max_age_s=h.features_max_age_s, dry_run=h.dry_run, leadership=lead,
+        sink=decision_log(s, name),
+        knobs=DrainKnobs(h.drain_above, h.readmit_below, h.readmit_after, h.max_drained_fraction, h.capacity_rps,
+                         h.cooldown_rounds),
+        features_max_age_s=h.features_max_age_s, window_s=s.streams.window_s, dry_run=h.dry_run, leadership=lead,
     )
 
 
@@ -267,7 +268,7 @@ def build_scaler(service: AutoscaledService) -> Scaler:
     return KubernetesScaler(kube_client(sc.server, sc.namespace), sc.namespace, sc.deployment)
 
 
-def build_autoscaler(s: Settings, only: str | None = None) -> Autoscaler:
+def build_autoscaler(s: Settings, only: str | None = None, name: str = "autoscale") -> Autoscaler:
     """The autoscaler of every configured service (or only `only`), recording through the decision log."""
     from lb_adapters.autoscaler import Autoscaler, ScaledService
     from lb_adapters.predictions import ForecastClient
@@ -281,6 +282,6 @@ def build_autoscaler(s: Settings, only: str | None = None) -> Autoscaler:
         services=[ScaledService(svc, build_scaler(svc)) for svc in configured],
         rates=ClickHouseRates(clickhouse_client(s.clickhouse), s.clickhouse.database),
         forecaster=ForecastClient(s.serving_url, s.serving.token, timeout_s=s.autoscaler.serving_timeout_s),
-        sink=decision_log(s, "autoscale"),
+        sink=decision_log(s, name),
         cfg=s.autoscaler,
     )

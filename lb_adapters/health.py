@@ -41,11 +41,12 @@ class HealthReport:
 
 class HealthController:
     def __init__(self, features: FeatureSource, predictor: RiskPredictor, registry: Registry, sink: DecisionSink,
-                 knobs: DrainKnobs, features_max_age_s: int, dry_run: bool = False,
+                 knobs: DrainKnobs, features_max_age_s: int, window_s: float = 10.0, dry_run: bool = False,
                  leadership: Callable[[str], Leadership | None] = lambda _service: None,
                  clock: Callable[[], float] = time.time) -> None:
         self.features, self.predictor, self.registry, self.sink = features, predictor, registry, sink
         self.knobs, self.max_age_s, self.dry_run, self.clock = knobs, features_max_age_s, dry_run, clock
+        self.window_s = window_s
         self.leadership = leadership
         self.state: dict[str, DrainState] = {}
 
@@ -77,7 +78,8 @@ class HealthController:
             report.risk.update({r.instance: r.risk for r in scored.risks if r.instance in records})
         decisions, self.state[service] = decide_drains(
             report.risk, {n: e.record for n, e in records.items() if e.record is not None},
-            self.state.get(service, DrainState()), self.knobs)
+            self.state.get(service, DrainState()), self.knobs,
+            load_rps=sum(w.requests for w in windows) / self.window_s if windows else None)
         now_ms = int(self.clock() * 1000)
         predictions = [PredictionRecord(ts=now_ms, kind="risk", service=service, instance=n, model=scored.model,
                                         model_version=scored.model_version, value=r)

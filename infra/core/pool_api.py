@@ -18,7 +18,8 @@ class PoolStatus(BaseModel):
 
     service: str
     desired: int = Field(description="Replicas asked for.")
-    current: int = Field(description="Backend processes running (any state).")
+    current: int = Field(description="Instances that count towards `desired`: starting or ready (one drained by "
+                         "the health controller or an operator does not; the pool replaces it).")
     ready: int = Field(description="Instances registered as `ready`.")
     instances: list[PoolInstance]
 

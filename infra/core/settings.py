@@ -78,7 +78,20 @@ class DemoSettings(Section):
     service: str = Field("demo", description="Service name of the demo backends (HAProxy backend).")
     ports: list[int] = Field(default_factory=lambda: [18001, 18002], description="One demo backend per port.")
     latencies_ms: list[float] = Field(default_factory=lambda: [5.0, 40.0], description="Latency of each backend.")
-    burst_requests: int = Field(400, description="Requests `foresight demo` sends through HAProxy.")
+    burst_requests: int = Field(400, description="Requests `foresight demo --quick` sends through HAProxy.")
+    loop_service: str = Field("shop", description="Pool service the closed-loop demo scales, drains and loads.")
+    trace_start: int = Field(2_914_345, ge=0, description="First NASA trace second the demo replays (a weekday, "
+                             "04:00 in the trace: the morning ramp follows).")
+    speedup: float = Field(60.0, gt=0, description="Trace seconds per wall second: 60 replays 8 trace hours in "
+                           "8 minutes.")
+    scale: float = Field(1.3, gt=0, description="Multiplier of the trace's rate (NASA's ~1 req/s becomes a load "
+                         "for several instances).")
+    duration_s: float = Field(480.0, gt=0, description="Wall seconds the closed-loop demo replays.")
+    fault_at_s: float = Field(150.0, ge=0, description="When the demo injects its fault into one instance.")
+    fault_lead_s: float = Field(75.0, gt=0, description="The injected leak's precursors (latency, resource "
+                                "gauge) before it crashes the instance.")
+    interval_s: float = Field(5.0, gt=0, description="Rounds of the demo's autoscaler and health controller.")
+
 
 
 class RouteRule(Section):
@@ -249,7 +262,13 @@ class PoolSettings(Section):
                                  "this long and has none in flight.")
     stop_timeout_s: float = Field(10.0, gt=0, description="SIGTERM to SIGKILL for an instance being stopped.")
     services: list[PoolServiceSettings] = Field(
-        default_factory=lambda: [PoolServiceSettings(name="web")], description="Services the pool runs.")
+        default_factory=lambda: [
+            PoolServiceSettings(name="web"),
+            # the closed-loop demo's service: small instances that take a while to start, so capacity must be
+            # ordered ahead of the load
+            PoolServiceSettings(name="shop", capacity_rps=20, workers=4, startup_delay_s=20, replicas=2,
+                                min_replicas=1, max_replicas=10, haproxy_port=18084, nginx_port=18085),
+        ], description="Services the pool runs.")
 
     def service(self, name: str) -> PoolServiceSettings | None:
         return next((svc for svc in self.services if svc.name == name), None)
@@ -368,6 +387,10 @@ class HealthSettings(Section):
                                         "service at once (at least one; never the last ready one).")
     features_max_age_s: int = Field(30, gt=0, description="An instance whose newest window is older is unknown: "
                                     "neither drained nor re-admitted.")
+    capacity_rps: float | None = Field(None, gt=0, description="Requests/s one instance serves; when set, no drain "
+                                       "that would overload the ready instances left (none = no such guard).")
+    cooldown_rounds: int = Field(6, ge=0, description="After a drain, rounds before the next drain of the service "
+                                 "(the replacement arrives and the peers' windows settle first).")
     dry_run: bool = Field(False, description="Decide and record, do not touch the registry.")
     metrics_port: int = Field(19113, description="Prometheus metrics of the `foresight health` loop.")
 

@@ -112,7 +112,9 @@ class PoolManager:
             rows.append(PoolInstance(instance=inst.name, port=inst.port, state=state, pid=inst.proc.pid))
         ready = sum(1 for r in rows if r.state == "ready")
         READY.labels(service).set(ready)
-        return PoolStatus(service=service, desired=self.desired[service], current=len(rows), ready=ready,
+        # current: what counts towards `desired` (instances out of service are being replaced)
+        in_service = sum(1 for r in rows if r.state in ("ready", "starting"))
+        return PoolStatus(service=service, desired=self.desired[service], current=in_service, ready=ready,
                           instances=sorted(rows, key=lambda r: r.instance))
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -137,7 +139,8 @@ class PoolManager:
         draining: set[asyncio.Task[None]] = set()
         while True:
             self._reap(service)
-            live = [i for i in self.instances[service].values() if not i.stopping]
+            out = await self._out_of_service(service)
+            live = [i for i in self.instances[service].values() if not i.stopping and i.name not in out]
             missing = self.desired[service] - len(live)
             if missing > 0 and time.monotonic() >= self._next_spawn[service]:
                 for _ in range(missing):
@@ -159,6 +162,17 @@ class PoolManager:
             self._wake[service].clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake[service].wait(), 0.5)
+
+    async def _out_of_service(self, service: str) -> set[str]:
+        """Instances someone else took out of service (the health controller, an operator): they no longer
+        count towards the desired number, so the pool starts their replacements. etcd away: none."""
+        try:
+            entries = await asyncio.to_thread(self.registry.list, service)
+        except RegistryError:
+            return set()
+        mine = self.instances[service]
+        return {e.instance for e in entries if e.record is not None and e.record.state != "ready"
+                and e.instance in mine and not mine[e.instance].stopping}
 
     def _reap(self, service: str) -> None:
         for name, inst in list(self.instances[service].items()):

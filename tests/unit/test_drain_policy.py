@@ -72,3 +72,28 @@ def test_an_operator_drain_is_never_undone_and_an_operator_ready_is_not_drained(
 def test_knobs_that_would_flap_or_never_act_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         DrainKnobs(**kwargs)  # type: ignore[arg-type]
+
+
+def test_no_drain_into_overload_when_capacity_is_known() -> None:
+    knobs = DrainKnobs(capacity_rps=20, max_drained_fraction=0.5)
+    risky = {"i0": 0.95, "i1": 0.1, "i2": 0.1, "i3": 0.1}
+    decisions, _ = decide_drains(risky, FOUR, DrainState(), knobs, load_rps=70)  # 3 left x 20 < 70
+    assert [(d.instance, d.action) for d in decisions] == [("i0", "refuse")]
+    assert "overloaded" in decisions[0].reason
+    decisions, _ = decide_drains(risky, FOUR, DrainState(), knobs, load_rps=55)  # 3 x 20 carries 55
+    assert [(d.instance, d.action) for d in decisions] == [("i0", "drain")]
+    decisions, _ = decide_drains(risky, FOUR, DrainState(), DrainKnobs(max_drained_fraction=0.5), load_rps=500)
+    assert [(d.instance, d.action) for d in decisions] == [("i0", "drain")]  # capacity unknown: no guard
+
+
+def test_after_a_drain_the_cooldown_holds_the_next_one() -> None:
+    knobs = DrainKnobs(max_drained_fraction=1.0, cooldown_rounds=2)
+    decisions, state = decide_drains({"i0": 0.9}, FOUR, DrainState(), knobs)
+    assert [(d.instance, d.action) for d in decisions] == [("i0", "drain")] and state.cooldown == 2
+    records = {**FOUR, "i0": rec(state="draining", by="controller")}
+    decisions, state = decide_drains({"i1": 0.9}, records, state, knobs)
+    assert [(d.instance, d.action) for d in decisions] == [("i1", "refuse")] and "cooldown" in decisions[0].reason
+    decisions, state = decide_drains({"i1": 0.9}, records, state, knobs)
+    assert [(d.instance, d.action) for d in decisions] == [("i1", "refuse")]
+    decisions, state = decide_drains({"i1": 0.9}, records, state, knobs)
+    assert [(d.instance, d.action) for d in decisions] == [("i1", "drain")]
