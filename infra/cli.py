@@ -528,23 +528,31 @@ def adapt(
         start_http_server(s.adapter.metrics_port, addr="127.0.0.1")
     from lb_adapters.metrics import ROUNDS
 
-    while True:
-        try:
-            report = controller.step(target)
-        except Exception as exc:  # one failed round (serving or ClickHouse away) must not end the loop
-            ROUNDS.labels("failed").inc()
-            _say(f"[red]round failed:[/] {exc}")
+    try:
+        while True:
+            try:
+                report = controller.step(target)
+            except Exception as exc:  # one failed round (serving or ClickHouse away) must not end the loop
+                ROUNDS.labels("failed").inc()
+                _say(f"[red]round failed:[/] {exc}")
+                if once:
+                    raise typer.Exit(1) from exc
+            else:
+                ROUNDS.labels("ok").inc()
+                for d in report.decisions:
+                    _say(f"{d.target}: weight {d.before} -> {d.after} ({d.reason}; {d.outcome})")
+                if report.note:
+                    _say(report.note)
             if once:
-                raise typer.Exit(1) from exc
-        else:
-            ROUNDS.labels("ok").inc()
-            for d in report.decisions:
-                _say(f"{d.target}: weight {d.before} -> {d.after} ({d.reason}; {d.outcome})")
-            if report.note:
-                _say(report.note)
-        if once:
-            return
-        time.sleep(interval)
+                return
+            time.sleep(interval)
+    finally:
+        close = getattr(controller.sink, "close", None)
+        if close is not None:
+            pending = getattr(controller.sink, "pending", 0)
+            close()  # what Kafka or ClickHouse did not take stays spooled for the next start
+            if pending:
+                _say(f"{pending} decision record(s) stay spooled in {s.decision_spool_dir}; the next run replays them")
 
 
 @app.command()
