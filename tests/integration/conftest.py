@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from infra.core.settings import Settings, load_settings
+from infra.core.settings import ClickHouseSettings, Settings, load_settings
 from infra.stack.launcher import status
 
 
@@ -55,3 +55,20 @@ def core_stack() -> Settings:
     if not (states.get("kafka") == "up" and states.get("clickhouse") == "up"):
         foresight("stack", "up")
     return settings
+
+
+@pytest.fixture
+def scratch_db(core_stack: Settings) -> Iterator[ClickHouseSettings]:
+    """A migrated ClickHouse database of this test's own on the stack's server, dropped afterwards."""
+    import uuid
+
+    from infra.core.db import client, migrate
+
+    ch = core_stack.clickhouse.model_copy(update={"database": f"foresight_test_{uuid.uuid4().hex[:10]}"})
+    migrate(ch)
+    try:
+        yield ch
+    finally:
+        cl = client(ch)
+        cl.execute(f"DROP DATABASE IF EXISTS {ch.database}")
+        cl.disconnect()

@@ -3,14 +3,12 @@ is down are spooled (not dropped), survive the process that published them, and 
 and ClickHouse `decisions` (with their `predictions`, joined through `prediction_refs`) once it
 returns.
 
-Its own Tansu on a free port (stopping the stack's would break other tests) and a scratch
+Its own Tansu on a free port (stopping the stack's would break other tests) and a scratch_db
 ClickHouse database on the stack's server.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -18,10 +16,9 @@ import pytest
 from kafka import KafkaProducer
 
 from infra.core.db import client as clickhouse_client
-from infra.core.db import migrate
 from infra.core.kafka_admin import iter_topic
 from infra.core.ports import free_port
-from infra.core.settings import ClickHouseSettings, Settings
+from infra.core.settings import ClickHouseSettings
 from infra.core.spool import Spool
 from lb_adapters.decision_log import DecisionLog
 from lb_adapters.schemas import Decision, PredictionRecord
@@ -31,16 +28,6 @@ pytestmark = pytest.mark.timeout(180)
 TS = 1_764_300_000_000
 
 
-@pytest.fixture
-def scratch(core_stack: Settings) -> Iterator[ClickHouseSettings]:
-    ch = core_stack.clickhouse.model_copy(update={"database": f"foresight_test_decisions_{uuid.uuid4().hex[:8]}"})
-    migrate(ch)
-    try:
-        yield ch
-    finally:
-        cl = clickhouse_client(ch)
-        cl.execute(f"DROP DATABASE IF EXISTS {ch.database}")
-        cl.disconnect()
 
 
 def open_log(broker: Broker, ch: ClickHouseSettings, spool_dir: Path) -> DecisionLog:
@@ -67,22 +54,22 @@ def round_of(i: int) -> tuple[list[Decision], list[PredictionRecord]]:
 
 
 def test_decisions_published_while_the_broker_is_down_reach_clickhouse_once_it_is_back(
-        scratch: ClickHouseSettings, tmp_path: Path) -> None:
+        scratch_db: ClickHouseSettings, tmp_path: Path) -> None:
     broker = Broker(free_port(), tmp_path / "tansu.log")  # not started yet: the broker is down
     spool_dir = tmp_path / "decision-spool"
-    log = open_log(broker, scratch, spool_dir)  # lazy: building it needs no broker
+    log = open_log(broker, scratch_db, spool_dir)  # lazy: building it needs no broker
     for i in range(3):
         log.publish(*round_of(i))  # returns: the decisions are on disk, not lost
     assert log.pending >= 3 * 2
-    cl = clickhouse_client(scratch)
+    cl = clickhouse_client(scratch_db)
     try:
         # Order holds: the ClickHouse rows wait behind the Kafka records they were published with.
-        assert cl.execute(f"SELECT count() FROM {scratch.database}.decisions") == [(0,)]
+        assert cl.execute(f"SELECT count() FROM {scratch_db.database}.decisions") == [(0,)]
         log.close()  # the publishing process ends while the broker is still down
 
         broker.start()
         try:
-            log = open_log(broker, scratch, spool_dir)  # a new process finds the spool and replays it
+            log = open_log(broker, scratch_db, spool_dir)  # a new process finds the spool and replays it
             assert log.wait_replayed(60), f"{log.pending} records still spooled"
             log.publish(*round_of(3))  # back to direct writes
             assert log.pending == 0
@@ -93,16 +80,16 @@ def test_decisions_published_while_the_broker_is_down_reach_clickhouse_once_it_i
 
         assert sorted((d["reason"], d["target"]) for d in on_topic) == sorted(
             (f"round {i}", f"demo/{inst}") for i in range(4) for inst in ("s1", "s2"))
-        rows = cl.execute(f"SELECT reason, target, after, prediction_refs FROM {scratch.database}.decisions FINAL"
+        rows = cl.execute(f"SELECT reason, target, after, prediction_refs FROM {scratch_db.database}.decisions FINAL"
                           " ORDER BY ts_ms, target")
         assert [(r[0], r[1]) for r in rows] == [(f"round {i}", f"demo/{inst}") for i in range(4)
                                                  for inst in ("s1", "s2")]
         # Each decision's refs resolve to the prediction behind it, with the version that made it.
         joined = cl.execute(
-            f"SELECT d.target, d.after, p.value, p.model_version FROM {scratch.database}.decisions AS d FINAL "
+            f"SELECT d.target, d.after, p.value, p.model_version FROM {scratch_db.database}.decisions AS d FINAL "
             f"ARRAY JOIN d.prediction_refs AS ref "
             f"ANY INNER JOIN (SELECT concat(kind, ':', service, '/', instance, '@', model, ':', model_version, '#',"
-            f" toString(ts_ms)) AS ref, value, model_version FROM {scratch.database}.predictions FINAL) AS p "
+            f" toString(ts_ms)) AS ref, value, model_version FROM {scratch_db.database}.predictions FINAL) AS p "
             f"USING ref ORDER BY d.ts_ms, d.target")
         assert len(joined) == 8 and all(after == value and version == "v7" for _, after, value, version in joined)
     finally:

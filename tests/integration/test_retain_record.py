@@ -4,39 +4,25 @@ recent ones stay, and model_versions (a model may still serve) is never dropped.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
-from infra.core.db import client, migrate, retain
-from infra.core.settings import ClickHouseSettings, Settings
+from infra.core.db import client, retain
+from infra.core.settings import ClickHouseSettings
 
 DAY_PARTITIONED = ["access_events", "decisions", "features", "metric_samples", "predictions"]
 
 
-@pytest.fixture
-def scratch(core_stack: Settings) -> Iterator[ClickHouseSettings]:
-    ch = core_stack.clickhouse.model_copy(update={"database": f"foresight_test_retain_{uuid.uuid4().hex[:8]}"})
-    migrate(ch)
-    try:
-        yield ch
-    finally:
-        cl = client(ch)
-        cl.execute(f"DROP DATABASE IF EXISTS {ch.database}")
-        cl.disconnect()
 
 
-def test_retain_covers_every_record_table_and_spares_model_versions(scratch: ClickHouseSettings) -> None:
+def test_retain_covers_every_record_table_and_spares_model_versions(scratch_db: ClickHouseSettings) -> None:
     today = datetime.now(UTC).date()
-    db = scratch.database
+    db = scratch_db.database
 
     def noon(days_ago: int) -> datetime:  # midday UTC: the server's zone cannot move the day
         day = today - timedelta(days=days_ago)
         return datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
 
-    cl = client(scratch)
+    cl = client(scratch_db)
     try:
         for age in (40, 0):
             ms = int(noon(age).timestamp() * 1000)
@@ -52,12 +38,12 @@ def test_retain_covers_every_record_table_and_spares_model_versions(scratch: Cli
                        " emitted_at) VALUES", [(noon(age), noon(age) + timedelta(seconds=10), "r", "*", 1, 1)])
         cl.execute(f"INSERT INTO {db}.model_versions VALUES", [("forecast", "v1", noon(400), "fp", "{}", "p")])
 
-        dropped = retain(scratch, 30, today=today)
+        dropped = retain(scratch_db, 30, today=today)
         assert dropped == [(table, str(today - timedelta(days=40))) for table in DAY_PARTITIONED]
         for table in DAY_PARTITIONED:
             assert cl.execute(f"SELECT count() FROM {db}.{table}") == [(1,)], table  # today's row stays
         assert cl.execute(f"SELECT count() FROM {db}.model_versions") == [(1,)]
-        assert retain(scratch, 1, today=today + timedelta(days=5)) == [
+        assert retain(scratch_db, 1, today=today + timedelta(days=5)) == [
             (table, str(today)) for table in DAY_PARTITIONED]
         assert cl.execute(f"SELECT version FROM {db}.model_versions") == [("v1",)]  # exempt, however old
     finally:
