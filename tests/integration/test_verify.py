@@ -29,19 +29,13 @@ from infra.record_commands import verify_report
 from infra.workers import run_record_sink
 from ingest.schemas import encode_batch
 from ingest.sinks.kafka import KafkaSink
+from tests.integration.test_record_sink import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 SINCE = "1995-07-01T00:00:00"
 SINCE_MS = 804_556_800_000
 
 
-def wait_for(check: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_spool_replay_and_double_ingest_lose_nothing(core_stack: Settings, tmp_path: Path) -> None:
