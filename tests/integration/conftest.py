@@ -46,12 +46,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def core_stack() -> Settings:
-    """Only the stack's Kafka and ClickHouse, started when down and never stopped: unlike `stack`,
-    a branch that adds a component the running stack lacks does not take the shared stack down."""
-    from infra.stack.launcher import status as stack_status
-
+    """Only the stack's Kafka and ClickHouse, started when down and never stopped. Unlike `stack`, a
+    running stack is not completed: a component this checkout adds would otherwise join a shared
+    stack, run from this checkout's code."""
     settings = load_settings()
-    states = {c.name: c.state for c in stack_status(settings)}
+    states = {c.name: c.state for c in status(settings)}
     if not (states.get("kafka") == "up" and states.get("clickhouse") == "up"):
         foresight("stack", "up")
     return settings
