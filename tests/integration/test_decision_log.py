@@ -9,6 +9,7 @@ ClickHouse database on the stack's server.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import orjson
@@ -16,9 +17,9 @@ import pytest
 from kafka import KafkaProducer
 
 from infra.core.db import client as clickhouse_client
-from infra.core.kafka_admin import iter_topic
+from infra.core.kafka_admin import ensure_topics, iter_topic
 from infra.core.ports import free_port
-from infra.core.settings import ClickHouseSettings
+from infra.core.settings import ClickHouseSettings, Settings
 from infra.core.spool import Spool
 from lb_adapters.decision_log import DecisionLog
 from lb_adapters.schemas import Decision, PredictionRecord
@@ -41,7 +42,11 @@ def open_log(broker: Broker, ch: ClickHouseSettings, spool_dir: Path) -> Decisio
 
 
 def decisions_on_topic(broker: Broker) -> list[dict[str, object]]:
-    return [orjson.loads(v) for v in iter_topic(broker.kafka.bootstrap_servers, broker.kafka.topic_decisions, 60)]
+    return decisions_on_topic_named(broker, broker.kafka.topic_decisions)
+
+
+def decisions_on_topic_named(where: Broker | Settings, topic: str) -> list[dict[str, object]]:
+    return [orjson.loads(v) for v in iter_topic(where.kafka.bootstrap_servers, topic, 60)]
 
 
 def round_of(i: int) -> tuple[list[Decision], list[PredictionRecord]]:
@@ -92,5 +97,34 @@ def test_decisions_published_while_the_broker_is_down_reach_clickhouse_once_it_i
             f" toString(ts_ms)) AS ref, value, model_version FROM {scratch_db.database}.predictions FINAL) AS p "
             f"USING ref ORDER BY d.ts_ms, d.target")
         assert len(joined) == 8 and all(after == value and version == "v7" for _, after, value, version in joined)
+    finally:
+        cl.disconnect()
+
+
+def test_clickhouse_down_spools_only_the_rows_and_kafka_gets_each_decision_once(
+        core_stack: Settings, scratch_db: ClickHouseSettings, tmp_path: Path) -> None:
+    """Kafka up, ClickHouse away (its port closed): the decisions reach `fs.decisions` at once and once;
+    the rows wait in the spool, ahead of later publishes, and reach ClickHouse when it answers."""
+    topic = f"t{uuid.uuid4().hex[:8]}.decisions"
+    ensure_topics(core_stack.kafka.model_copy(update={"topic_decisions": topic}))
+    clickhouse = {"at": scratch_db.model_copy(update={"tcp_port": free_port()})}  # nothing listens there yet
+    log = DecisionLog(topic, scratch_db.database, Spool(tmp_path / "spool", 4 * 1024 * 1024),
+                      producer_factory=lambda: KafkaProducer(bootstrap_servers=core_stack.kafka.bootstrap_servers),
+                      clickhouse_factory=lambda: clickhouse_client(clickhouse["at"]), retry_s=0.3)
+    try:
+        log.publish(*round_of(0))
+        assert log.pending == 2  # the decisions' rows and the predictions' rows; the Kafka records went
+        log.publish(*round_of(1))  # queued behind them, Kafka records included: order holds
+        assert log.pending == 2 + 4
+        clickhouse["at"] = scratch_db  # ClickHouse answers again
+        assert log.wait_replayed(30)
+    finally:
+        log.close()
+    on_topic = [(d["reason"], d["target"]) for d in decisions_on_topic_named(core_stack, topic)]
+    assert sorted(on_topic) == sorted((f"round {i}", f"demo/{inst}") for i in range(2) for inst in ("s1", "s2"))
+    cl = clickhouse_client(scratch_db)
+    try:
+        assert cl.execute(f"SELECT count() FROM {scratch_db.database}.decisions FINAL") == [(4,)]
+        assert cl.execute(f"SELECT count() FROM {scratch_db.database}.predictions FINAL") == [(4,)]
     finally:
         cl.disconnect()
