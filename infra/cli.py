@@ -469,6 +469,8 @@ def decisions(
     """Explain decisions: each with its reason, the prediction values it rested on (its
     `prediction_refs` resolved in ClickHouse `predictions`) and the feature windows before it
     (the service's `*` windows and its target instance's)."""
+    from rich.markup import escape
+
     from infra.record_commands import decisions_report
 
     s = _ctx(ctx).settings
@@ -481,12 +483,13 @@ def decisions(
         return
     for d in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d["ts_ms"] / 1000))
-        console.print(f"[bold]{when}[/] {d['service']} {d['actuator']} {d['target']} {d['action']} "
-                      f"{d['before']} -> {d['after']} [{d['outcome']}{', dry run' if d['dry_run'] else ''}]")
-        console.print(f"  reason: {d['reason']}")
+        outcome = escape(f"[{d['outcome']}{', dry run' if d['dry_run'] and d['outcome'] != 'dry_run' else ''}]")
+        console.print(f"[bold]{when}[/] " + escape(f"{d['service']} {d['actuator']} {d['target']} {d['action']} "
+                                                   f"{d['before']} -> {d['after']} ") + outcome)
+        console.print("  reason: " + escape(d["reason"]))
         for p in d["predictions"]:
             values = ", ".join(f"h{v['horizon_s']}s q{v['quantile']}: {v['value']:.3g}" for v in p["values"])
-            console.print(f"  prediction {p['ref']}: {values or 'not found in predictions'}")
+            console.print("  prediction " + escape(f"{p['ref']}: {values or 'not found in predictions'}"))
         for w in d["features"][-4:]:
             console.print(f"  window {time.strftime('%H:%M:%S', time.gmtime(w['window_start']))} {w['instance']}: "
                           f"{w['requests']} req, p99 {w['latency_p99_ms']:.1f} ms, 5xx {w['status_5xx']}")
