@@ -414,10 +414,10 @@ def verify(
     since: Annotated[str, typer.Option(help="Count events with event time from here: ISO time (UTC unless it "
                                        "says), epoch s/ms, or an age like 15m.")],
     sent: Annotated[int | None, typer.Option(help="Events the replay or ingest run reported sending.")] = None,
-    file: Annotated[Path | None, typer.Option(help="Log file that was ingested: its event count is `sent` "
-                                              "(times --copies).", exists=True, dir_okay=False)] = None,
-    copies: Annotated[int, typer.Option(min=1, help="How many times --file was sent (a double ingest: 2); "
-                                        "`sent` counts every copy, `missing` only distinct events.")] = 1,
+    file: Annotated[Path | None, typer.Option(help="Log file that was ingested: its event count is what one run "
+                                              "sent.", exists=True, dir_okay=False)] = None,
+    copies: Annotated[int, typer.Option(min=1, help="How many times that run was repeated (a double ingest: 2): "
+                                        "`sent` counts every copy, `missing` distinct events.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON object only.")] = False,
 ) -> None:
     """Check the pipeline end to end: what was sent, what sits on `fs.access`, what ClickHouse
@@ -431,12 +431,11 @@ def verify(
 
     s = _ctx(ctx).settings
     since_ms = parse_time_ms(since, option="--since")
-    if file is not None:
-        distinct = file_event_count(s, file)
-        total = distinct * copies
-    else:
-        distinct = total = sent  # type: ignore[assignment]
+    if file is not None and sent is not None:
+        raise typer.BadParameter("give what was sent as --sent N or as --file PATH, not both", param_hint="--sent")
     try:
+        distinct = file_event_count(s, file) if file is not None else sent
+        total = None if distinct is None else distinct * copies
         report = verify_report(s, since_ms, distinct)
     except (ValueError, TimeoutError) as exc:
         err.print(f"[red]error:[/] {exc}")
