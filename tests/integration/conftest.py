@@ -49,9 +49,13 @@ def core_stack() -> Settings:
     """Only the stack's Kafka and ClickHouse, started when down and never stopped. Unlike `stack`, a
     running stack is not completed: a component this checkout adds would otherwise join a shared
     stack, run from this checkout's code."""
+    from infra.stack import probes
+
     settings = load_settings()
-    states = {c.name: c.state for c in status(settings)}
-    if not (states.get("kafka") == "up" and states.get("clickhouse") == "up"):
+    ch = settings.clickhouse
+    answering = (probes.kafka_metadata(settings.kafka.bootstrap_servers)()
+                 and probes.http_ok(f"http://{ch.host}:{ch.http_port}/?query=SELECT%201", expect="1")())
+    if not answering:  # asked of the servers themselves: the state folder may be another checkout's
         foresight("stack", "up")
     return settings
 
