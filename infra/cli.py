@@ -471,10 +471,10 @@ def verify(
     since: Annotated[str, typer.Option(help="Count events with event time from here: ISO time (UTC unless it "
                                        "says), epoch s/ms, or an age like 15m.")],
     sent: Annotated[int | None, typer.Option(help="Events the replay or ingest run reported sending.")] = None,
-    file: Annotated[Path | None, typer.Option(help="Log file that was ingested: its event count is `sent` "
-                                              "(times --copies).", exists=True, dir_okay=False)] = None,
-    copies: Annotated[int, typer.Option(min=1, help="How many times --file was sent (a double ingest: 2); "
-                                        "`sent` counts every copy, `missing` only distinct events.")] = 1,
+    file: Annotated[Path | None, typer.Option(help="Log file that was ingested: its event count is what one run "
+                                              "sent.", exists=True, dir_okay=False)] = None,
+    copies: Annotated[int, typer.Option(min=1, help="How many times that run was repeated (a double ingest: 2): "
+                                        "`sent` counts every copy, `missing` distinct events.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON object only.")] = False,
 ) -> None:
     """Check the pipeline end to end: what was sent, what sits on `fs.access`, what ClickHouse
@@ -488,12 +488,11 @@ def verify(
 
     s = _ctx(ctx).settings
     since_ms = parse_time_ms(since, option="--since")
-    if file is not None:
-        distinct = file_event_count(s, file)
-        total = distinct * copies
-    else:
-        distinct = total = sent  # type: ignore[assignment]
+    if file is not None and sent is not None:
+        raise typer.BadParameter("give what was sent as --sent N or as --file PATH, not both", param_hint="--sent")
     try:
+        distinct = file_event_count(s, file) if file is not None else sent
+        total = None if distinct is None else distinct * copies
         report = verify_report(s, since_ms, distinct)
     except (ValueError, TimeoutError) as exc:
         err.print(f"[red]error:[/] {exc}")
@@ -526,6 +525,8 @@ def decisions(
     """Explain decisions: each with its reason, the prediction values it rested on (its
     `prediction_refs` resolved in ClickHouse `predictions`) and the feature windows before it
     (the service's `*` windows and its target instance's)."""
+    from rich.markup import escape
+
     from infra.record_commands import decisions_report
 
     s = _ctx(ctx).settings
@@ -538,12 +539,13 @@ def decisions(
         return
     for d in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d["ts_ms"] / 1000))
-        console.print(f"[bold]{when}[/] {d['service']} {d['actuator']} {d['target']} {d['action']} "
-                      f"{d['before']} -> {d['after']} [{d['outcome']}{', dry run' if d['dry_run'] else ''}]")
-        console.print(f"  reason: {d['reason']}")
+        outcome = escape(f"[{d['outcome']}{', dry run' if d['dry_run'] and d['outcome'] != 'dry_run' else ''}]")
+        console.print(f"[bold]{when}[/] " + escape(f"{d['service']} {d['actuator']} {d['target']} {d['action']} "
+                                                   f"{d['before']} -> {d['after']} ") + outcome)
+        console.print("  reason: " + escape(d["reason"]))
         for p in d["predictions"]:
             values = ", ".join(f"h{v['horizon_s']}s q{v['quantile']}: {v['value']:.3g}" for v in p["values"])
-            console.print(f"  prediction {p['ref']}: {values or 'not found in predictions'}")
+            console.print("  prediction " + escape(f"{p['ref']}: {values or 'not found in predictions'}"))
         for w in d["features"][-4:]:
             console.print(f"  window {time.strftime('%H:%M:%S', time.gmtime(w['window_start']))} {w['instance']}: "
                           f"{w['requests']} req, p99 {w['latency_p99_ms']:.1f} ms, 5xx {w['status_5xx']}")
@@ -595,35 +597,43 @@ def adapt(
 
     leadership = None if dry_run else Leadership(_registry(s), target, f"adapt@{socket.gethostname()}:{os.getpid()}",
                                                  ttl_s=s.registry.leader_ttl_s, role="weights")
-    while True:
-        # --once waits one lease TTL for a dead leader's key to expire; the loop re-checks every round
-        if leadership is not None and not leadership.acquire(timeout=s.registry.leader_ttl_s + 1 if once else 0):
-            LEADER.labels(target).set(0)
-            ROUNDS.labels("standby").inc()
-            _say(f"standing by: another copy leads {target} ({leadership.current_holder_text()})")
+    try:
+        while True:
+            # --once waits one lease TTL for a dead leader's key to expire; the loop re-checks every round
+            if leadership is not None and not leadership.acquire(timeout=s.registry.leader_ttl_s + 1 if once else 0):
+                LEADER.labels(target).set(0)
+                ROUNDS.labels("standby").inc()
+                _say(f"standing by: another copy leads {target} ({leadership.current_holder_text()})")
+                if once:
+                    return
+                time.sleep(interval)
+                continue
+            LEADER.labels(target).set(1 if leadership is not None else 0)
+            try:
+                report = controller.step(target)
+            except Exception as exc:  # one failed round (serving or ClickHouse away) must not end the loop
+                ROUNDS.labels("failed").inc()
+                _say(f"[red]round failed:[/] {exc}")
+                if once:
+                    raise typer.Exit(1) from exc
+            else:
+                ROUNDS.labels("ok").inc()
+                for d in report.decisions:
+                    _say(f"{d.target}: weight {d.before} -> {d.after} ({d.reason}; {d.outcome})")
+                if report.note:
+                    _say(report.note)
             if once:
+                if leadership is not None:
+                    leadership.resign()
                 return
             time.sleep(interval)
-            continue
-        LEADER.labels(target).set(1 if leadership is not None else 0)
-        try:
-            report = controller.step(target)
-        except Exception as exc:  # one failed round (serving or ClickHouse away) must not end the loop
-            ROUNDS.labels("failed").inc()
-            _say(f"[red]round failed:[/] {exc}")
-            if once:
-                raise typer.Exit(1) from exc
-        else:
-            ROUNDS.labels("ok").inc()
-            for d in report.decisions:
-                _say(f"{d.target}: weight {d.before} -> {d.after} ({d.reason}; {d.outcome})")
-            if report.note:
-                _say(report.note)
-        if once:
-            if leadership is not None:
-                leadership.resign()
-            return
-        time.sleep(interval)
+    finally:
+        close = getattr(controller.sink, "close", None)
+        if close is not None:
+            pending = getattr(controller.sink, "pending", 0)
+            close()  # what Kafka or ClickHouse did not take stays spooled for the next start
+            if pending:
+                _say(f"{pending} decision record(s) stay spooled in {s.decision_spool_dir}; the next run replays them")
 
 
 @app.command()

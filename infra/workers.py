@@ -114,12 +114,13 @@ def decision_log(s: Settings, name: str) -> DecisionLog:
                        clickhouse_factory=lambda: clickhouse_client(s.clickhouse), retry_s=s.record.decision_retry_s)
 
 
-def build_weight_controller(s: Settings) -> WeightController:
+def build_weight_controller(s: Settings, name: str = "adapt") -> WeightController:
+    """`name`: whose decision spool (one process writes a spool: `adapt`, `demo`, a test's own)."""
     return WeightController(
         features=LatestFeatures(clickhouse_client(s.clickhouse), s.clickhouse.database),
         predictor=WeightsClient(s.serving_url, s.serving.token),
         actuator=HAProxyRuntime(s.haproxy_socket),
-        sink=decision_log(s, "adapt"),
+        sink=decision_log(s, name),
         cfg=s.adapter,
         backend=s.haproxy.backend,
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from itertools import groupby
 from typing import Any, Protocol
@@ -147,16 +148,11 @@ class DecisionLog:
 
     def wait_replayed(self, timeout: float) -> bool:
         """True once the spool is empty (everything written); asks for a replay now."""
-        deadline = threading.Event()
-        timer = threading.Timer(timeout, deadline.set)
-        timer.start()
-        try:
-            while not self.spool.empty and not deadline.is_set():
-                self._wake.set()
-                deadline.wait(0.1)
-            return self.spool.empty
-        finally:
-            timer.cancel()
+        deadline = time.monotonic() + timeout
+        while not self.spool.empty and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.1)
+        return self.spool.empty
 
     def close(self) -> None:
         """Stop replaying (what is left stays spooled for the next start), close the clients."""

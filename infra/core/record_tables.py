@@ -104,7 +104,7 @@ def read_predictions(client: Client, database: str, refs: list[PredictionRef]) -
     rows = client.execute(
         f"SELECT {', '.join(PREDICTION_FIELDS)} FROM {database}.predictions FINAL "
         "WHERE (kind, service, instance, model, model_version, ts_ms) IN %(keys)s "
-        "ORDER BY ts_ms, instance, horizon_s, quantile", {"keys": keys})
+        "ORDER BY ts_ms, instance, horizon_s, quantile", {"keys": tuple(keys)})
     out: dict[PredictionRef, list[dict]] = {}
     for row in rows:
         d = dict(zip(PREDICTION_FIELDS, row, strict=True))

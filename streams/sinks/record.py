@@ -165,8 +165,8 @@ class RecordMetrics:
         self.rows = Counter("foresight_record_rows_written", "Rows ClickHouse acknowledged.", ["table"], registry=r)
         self.rejected = Counter("foresight_record_rejected", "Events or records sent to the dead-letter topic.",
                                 ["reason"], registry=r)
-        self.insert_errors = Counter("foresight_record_insert_errors", "Failed ClickHouse inserts (retried).",
-                                     registry=r)
+        self.write_errors = Counter("foresight_record_write_errors", "Failed writes, retried until they succeed: "
+                                    "`clickhouse` inserts, `dlq` dead-letter sends.", ["target"], registry=r)
         self.commit_errors = Counter("foresight_record_commit_errors",
                                      "Offset commits refused (the batch is delivered again: idempotent).",
                                      registry=r)
@@ -244,12 +244,12 @@ class RecordSink:
         if not polled_any:
             return 0
         with self.metrics.batch_seconds.time():
-            if not self._retry(stop, lambda: self.writer.write(decoded.access, decoded.metrics), "ClickHouse insert"):
+            if not self._retry(stop, lambda: self.writer.write(decoded.access, decoded.metrics), "clickhouse"):
                 return 0  # stopped while ClickHouse was down: not committed, delivered again at the next start
             self.metrics.rows.labels("access_events").inc(len(decoded.access))
             self.metrics.rows.labels("metric_samples").inc(len(decoded.metrics))
             if decoded.rejections:
-                if not self._retry(stop, lambda: self.dead_letters(decoded.rejections), "dead-letter send"):
+                if not self._retry(stop, lambda: self.dead_letters(decoded.rejections), "dlq"):
                     return 0
                 for rej in decoded.rejections:
                     self.metrics.rejected.labels(rej.reason).inc()
@@ -266,8 +266,8 @@ class RecordSink:
         """`action` until it succeeds (True) or `stop` is set (False), with exponential backoff."""
 
         def note(state: Any) -> None:
-            self.metrics.insert_errors.inc()
-            log.warning("record sink: %s failed (%r); retrying", what, state.outcome.exception())
+            self.metrics.write_errors.labels(what).inc()
+            log.warning("record sink: %s write failed (%r); retrying", what, state.outcome.exception())
 
         def pause(seconds: float) -> None:
             stop.wait(seconds)

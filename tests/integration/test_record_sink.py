@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from infra.core.db import client as clickhouse_client
@@ -154,3 +154,51 @@ def test_sigkill_and_redelivery_leave_one_row_per_event(run: RecordRun) -> None:
     rejected = [d for d in dead_letters(run) if d["source"] == "record-sink"]
     assert [d["reason"] for d in rejected][:1] == ["bad_access_event"] and "broken" in str(rejected[0]["raw"])
     assert run.metric("foresight_record_ready") == 1.0
+
+
+def test_nothing_is_committed_while_clickhouse_is_down(run: RecordRun) -> None:
+    """ClickHouse unreachable (nothing listens on its port): the batch is retried, no offset is
+    committed; once ClickHouse answers, the same batch is written and only then committed."""
+    import threading
+
+    from infra.core.settings import RecordSettings, load_settings
+    from infra.workers import dead_letter_sender, record_consumer
+    from streams.sinks.record import ClickHouseRecordWriter, RecordSink
+
+    s = load_settings().model_copy(update={"kafka": run.kafka, "clickhouse": run.ch,
+                                           "record": RecordSettings(group_id=f"r{run.tag}-down", flush_s=0.2)})
+    producer = KafkaProducer(bootstrap_servers=run.kafka.bootstrap_servers)
+    events = [AccessEvent(id=f"d{i}", ts=1_764_300_000_000 + i, service="down", instance="i0", method="GET",
+                          route="/", status=200, latency_ms=1.0, bytes_sent=1, source="test") for i in range(500)]
+    producer.send(run.kafka.topic_access, key=b"down/i0", value=encode_batch(events))
+    producer.close()
+
+    def committed() -> int:
+        probe = KafkaConsumer(bootstrap_servers=run.kafka.bootstrap_servers, group_id=s.record.group_id,
+                              enable_auto_commit=False)
+        try:
+            parts = [TopicPartition(run.kafka.topic_access, p)
+                     for p in probe.partitions_for_topic(run.kafka.topic_access) or []]
+            return sum(probe.committed(tp) or 0 for tp in parts)
+        finally:
+            probe.close()
+
+    down = ClickHouseRecordWriter(clickhouse_client(run.ch.model_copy(update={"tcp_port": free_port()})),
+                                  run.ch.database)
+    consumer = record_consumer(s)
+    sink = RecordSink(consumer, down, dead_letter_sender(s), run.kafka.topic_metrics, flush_s=0.2, retry_max_s=0.5)
+    stop = threading.Event()
+    worker = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        wait_for(lambda: (sink.metrics.registry.get_sample_value("foresight_record_write_errors_total",
+                                                                 {"target": "clickhouse"}) or 0) >= 3, 60,
+                 "failed inserts")
+        assert committed() == 0 and run.count("SELECT count() FROM {db}.access_events") == 0
+        sink.writer = ClickHouseRecordWriter(clickhouse_client(run.ch), run.ch.database)  # ClickHouse is back
+        wait_for(lambda: committed() > 0, 60, "a commit")
+        assert run.count("SELECT count() FROM {db}.access_events FINAL") == len(events)
+    finally:
+        stop.set()
+        worker.join(timeout=20)
+        consumer.close(autocommit=False)

@@ -1,8 +1,9 @@
-"""`foresight verify` after a double ingest and a spool replay that overlaps what was delivered:
-nothing is missing, and `access_events` holds every distinct event once.
+"""`foresight verify` after a double ingest, with the record sink SIGKILLed in between, and a spool
+replay that overlaps what was delivered: nothing is missing, and `access_events` holds every
+distinct event once.
 
 Real pieces on isolated topics and database (infra.benches.streams.IsolatedPipeline): a
-`foresight stream` worker, the record sink, the ingest KafkaSink replaying a disk spool left by an
+`foresight stream` worker, `foresight record` processes, the ingest KafkaSink replaying a disk spool left by an
 earlier process. `in_features` equals the distinct events only when the stream worker drops
 duplicates by id (it then exports `foresight_stream_duplicates_total`); without that the test
 prints the report and checks that the duplicates were counted, not lost.
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,22 +26,15 @@ from infra.core.ports import free_port
 from infra.core.settings import RecordSettings, Settings
 from infra.core.spool import Spool
 from infra.record_commands import verify_report
-from infra.workers import run_record_sink
 from ingest.schemas import encode_batch
 from ingest.sinks.kafka import KafkaSink
+from tests.integration.test_record_sink import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 SINCE = "1995-07-01T00:00:00"
 SINCE_MS = 804_556_800_000
 
 
-def wait_for(check: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_spool_replay_and_double_ingest_lose_nothing(core_stack: Settings, tmp_path: Path) -> None:
@@ -50,17 +43,37 @@ def test_spool_replay_and_double_ingest_lose_nothing(core_stack: Settings, tmp_p
     distinct = len({e.id for e in events})
     overlap = events[:300]  # already delivered, and also left in a spool by a process that died
     with IsolatedPipeline(core_stack, worker_command()) as p:
-        s = p.settings.model_copy(update={"record": RecordSettings(group_id=f"{p.settings.streams.app_id}-record",
-                                                                   metrics_port=free_port(), flush_s=0.2)})
+        s = p.settings.model_copy(update={"record": RecordSettings(
+            group_id=f"{p.settings.streams.app_id}-record", metrics_port=free_port(), flush_s=0.2,
+            batch_max_rows=200)})
         p.start_worker()
-        stop = threading.Event()
-        recorder = threading.Thread(target=run_record_sink, args=(s, stop), daemon=True)
-        recorder.start()
+        env = {**worker_env(s), "FORESIGHT_RECORD": s.record.model_dump_json()}
+        recorders: list[subprocess.Popen[bytes]] = []
+
+        def start_recorder() -> None:
+            with (tmp_path / f"record-{len(recorders)}.log").open("wb") as log:
+                recorders.append(subprocess.Popen([sys.executable, "-m", "infra.cli", "record"], env=env, stdout=log,
+                                                  stderr=subprocess.STDOUT))
+
+        def access_events(final: str = "FINAL") -> int:
+            cl = clickhouse_client(s.clickhouse)
+            try:
+                return int(cl.execute(f"SELECT count() FROM {s.clickhouse.database}.access_events {final}")[0][0])
+            finally:
+                cl.disconnect()
+
+        start_recorder()
         try:
-            for _ in range(2):  # the file ingested twice
-                for i in range(0, len(events), 250):
-                    p.sink.send_events(events[i:i + 250])
+            for i in range(0, len(events), 250):  # the file ingested once...
+                p.sink.send_events(events[i:i + 250])
             p.sink.flush(timeout=60)
+            wait_for(lambda: access_events("") > 0, 60, "the record sink's first batch")
+            recorders[-1].kill()  # ...the record sink SIGKILLed during it...
+            recorders[-1].wait()
+            for i in range(0, len(events), 250):  # ...and the file ingested again while it is down
+                p.sink.send_events(events[i:i + 250])
+            p.sink.flush(timeout=60)
+            start_recorder()
 
             spool = Spool(tmp_path / "spool", 4 * 1024 * 1024)
             spool.append([(s.kafka.topic_access, b"nasa/www0", encode_batch(overlap[i:i + 100]))
@@ -68,13 +81,6 @@ def test_spool_replay_and_double_ingest_lose_nothing(core_stack: Settings, tmp_p
             replayer = KafkaSink(s.kafka, spool=spool, client_id="verify-test-replay")  # replays at start
             assert replayer.wait_replayed(60)
             replayer.close()
-
-            def access_events() -> int:
-                cl = clickhouse_client(s.clickhouse)
-                try:
-                    return int(cl.execute(f"SELECT count() FROM {s.clickhouse.database}.access_events FINAL")[0][0])
-                finally:
-                    cl.disconnect()
 
             wait_for(lambda: access_events() >= distinct, 120, "the record sink")
             sent_to_kafka = 2 * len(events) + len(overlap)
@@ -93,8 +99,9 @@ def test_spool_replay_and_double_ingest_lose_nothing(core_stack: Settings, tmp_p
                                   str(sample), "--copies", "2", "--json"], env=worker_env(s), capture_output=True,
                                  text=True, timeout=120)
         finally:
-            stop.set()
-            recorder.join(timeout=20)
+            for proc in recorders:
+                proc.terminate()
+                proc.wait(timeout=20)
 
     assert report["missing"] == 0
     assert report["in_access_events"] == report["distinct_in_kafka"] == distinct

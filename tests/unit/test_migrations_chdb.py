@@ -29,9 +29,13 @@ class Chdb:
         self.session = chdb_session.Session(str(path))
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
-        def literal(match: re.Match[str]) -> str:
-            value = (params or {})[match.group(1)]
+        def quote(value: Any) -> str:
+            if isinstance(value, tuple):  # as clickhouse_driver renders a tuple: for IN and tuple keys
+                return "(" + ", ".join(map(quote, value)) + ")"
             return str(value) if isinstance(value, int | float) else "'" + str(value).replace("'", "\\'") + "'"
+
+        def literal(match: re.Match[str]) -> str:
+            return quote((params or {})[match.group(1)])
 
         sql = re.sub(r"%\((\w+)\)s", literal, sql)
         result = self.session.query(sql, "JSONCompact")
@@ -171,3 +175,46 @@ def test_redelivered_metric_sample_and_decision_collapse(ch: Chdb) -> None:
     assert ch.execute(f"SELECT count() FROM {DB}.decisions FINAL WHERE service = 'idem'") == [[2]]
     engines = dict(ch.execute(f"SELECT name, engine FROM system.tables WHERE database = '{DB}'"))
     assert engines["metric_samples"] == engines["decisions"] == "ReplacingMergeTree"
+
+
+def test_record_readers_run_on_chdb(ch: Chdb) -> None:
+    """The readers of infra.core.record_tables and features_table's additions, on a current engine."""
+    from infra.core.features_table import instance_requests_since, windows_between
+    from infra.core.record_tables import (
+        PredictionRef,
+        access_event_ids,
+        access_minute_requests,
+        read_decisions,
+        read_predictions,
+    )
+
+    t0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC
+    ch.execute(f"INSERT INTO {DB}.access_events (ts_ms, id, service, instance) VALUES"
+               + ", ".join(f"({(t0 + s) * 1000}, 'r{s}', 'rd', 'i')" for s in (0, 30, 61, 61, 125)))
+    db = cast(Any, ch)
+    # r61 was delivered twice: counted once.
+    assert access_minute_requests(db, DB, "rd") == [(t0, 2), (t0 + 60, 1), (t0 + 120, 1)]
+    assert access_minute_requests(db, DB, "rd", t0 + 60, t0 + 120) == [(t0 + 60, 1)]
+    assert access_event_ids(db, DB, (t0 + 61) * 1000) == {"r61", "r125"}
+
+    ch.execute(f"INSERT INTO {DB}.features (window_start, window_end, service, instance, requests, emitted_at)"
+               f" VALUES (toDateTime({t0}), toDateTime({t0 + 10}), 'rd', 'i', 4, 1),"
+               f" (toDateTime({t0}), toDateTime({t0 + 10}), 'rd', '*', 4, 1),"
+               f" (toDateTime({t0 + 10}), toDateTime({t0 + 20}), 'rd', 'j', 3, 1)")
+    assert instance_requests_since(db, DB, t0) >= 7  # other tests' instance windows are older or elsewhere
+    assert [(w["instance"], w["requests"]) for w in windows_between(db, DB, "rd", ["*", "i"], t0, t0 + 60)] == [
+        ("*", 4), ("i", 4)]
+
+    ms = t0 * 1000 + 5
+    ch.execute(f"INSERT INTO {DB}.predictions (ts_ms, kind, service, instance, model, model_version, horizon_s,"
+               f" quantile, value) VALUES ({ms}, 'forecast', 'rd', '*', 'mlp', 'v2', 60, 0.9, 12.5),"
+               f" ({ms}, 'forecast', 'rd', '*', 'mlp', 'v2', 60, 0.5, 10.0)")
+    ref = PredictionRef("forecast", "rd", "*", "mlp", "v2", ms)
+    assert read_predictions(db, DB, [ref]) == {ref: [{"horizon_s": 60, "quantile": 0.5, "value": 10.0},
+                                                     {"horizon_s": 60, "quantile": 0.9, "value": 12.5}]}
+    ch.execute(f"INSERT INTO {DB}.decisions (ts_ms, service, actuator, target, action, before, after, reason,"
+               f" prediction_refs, dry_run, outcome) VALUES ({ms}, 'rd', 'scaler', 'rd', 'scale', 2, 3, 'up',"
+               f" ['forecast:rd/*@mlp:v2#{ms}'], 0, 'applied')")
+    (row,) = read_decisions(db, DB, ms, "rd")
+    assert (row.action, row.after, row.prediction_refs, row.dry_run) == ("scale", 3, [f"forecast:rd/*@mlp:v2#{ms}"],
+                                                                         False)
