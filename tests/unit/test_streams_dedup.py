@@ -116,7 +116,7 @@ def test_a_copy_in_an_open_window_is_not_counted_and_survives_the_changelog() ->
     assert state.add_access_columns(cols.ts, cols.status, cols.latency_ms, cols.bytes_sent, W, clock,
                                     cols.keys) == (50, 0)
     recovered = InstanceState.loads(state.dumps())  # a restarted worker, from the changelog
-    again = access_columns(envelope(events[10:] + [{**ev(T0 + 6_000), "id": event_id(b"new")}]))
+    again = access_columns(envelope([*events[10:], {**ev(T0 + 6_000), "id": event_id(b"new")}]))
     assert again is not None and again.keys is not None
     assert recovered.add_access_columns(again.ts, again.status, again.latency_ms, again.bytes_sent, W, clock,
                                         again.keys) == (1, 0)
