@@ -216,6 +216,14 @@ class InstanceState:
             out.append((window, partial))
         return out
 
+    def forgettable(self, watermark: int, retain_ms: int) -> bool:
+        """True when dropping this state changes no count: nothing open, unacknowledged or late to
+        report, and the partition watermark `retain_ms` past its last closed window, so any event of
+        it arriving again would be late with or without the state (a new state then counts it late).
+        Only the connection-errors counter is lost: the next sample after that is an increase of 0."""
+        return (not self.windows and not self.pending and self.late == 0 and self.closed_before > 0
+                and self.closed_before + retain_ms <= watermark)
+
     def pending_closed(self) -> list[tuple[FeatureWindow, WindowPartial]]:
         """The closed windows not yet acknowledged, to publish again after a recovery."""
         return [(FeatureWindow.model_validate(p["w"]), WindowPartial.model_validate(p["p"]))
