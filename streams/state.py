@@ -15,7 +15,7 @@ service-wide window by instance name, so a partial delivered twice replaces itse
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import orjson
@@ -86,6 +86,12 @@ class InstanceState:
         if acc is None:
             acc = self.windows[start] = WindowAcc()
         return acc
+
+    @overload
+    def add_access(self, ev: Mapping[str, Any], window_ms: int, clock: PartitionClock) -> bool: ...
+
+    @overload
+    def add_access(self, ev: Mapping[str, Any], window_ms: int, clock: PartitionClock, key: int) -> bool | None: ...
 
     def add_access(self, ev: Mapping[str, Any], window_ms: int, clock: PartitionClock,
                    key: int | None = None) -> bool | None:
