@@ -559,8 +559,22 @@ class FeatureStream:
                 futures = self._persist(self.instance_table, closed_states)
             await self._finish(futures, closed, [])
         await self._emit_services()
+        async with self._lock:
+            self._forget_idle_instances()
         if any(pending_windows(self._all_states())):
             self._wake.set()
+
+    def _forget_idle_instances(self) -> None:
+        """Drop the states of instances idle for `instance_retain_s` of their partition's event time
+        (`InstanceState.forgettable`), so instances that come and go (pods) do not use up the cap."""
+        retain_ms = int(self.cfg.instance_retain_s * 1000)
+        for partition, states in self._instances.items():
+            watermark = self._clocks[partition].watermark
+            for key in [k for k, st in states.items() if st.forgettable(watermark, retain_ms)]:
+                st = states.pop(key)
+                self._tracked[st.service] -= 1
+                self.instance_table.data.pop(key, None)
+                self.instance_table.send_changelog(partition, key, None, value_serializer="raw")
 
     # -- ClickHouse ------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ service-wide window by instance name, so a partial delivered twice replaces itse
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import orjson
@@ -86,6 +86,12 @@ class InstanceState:
         if acc is None:
             acc = self.windows[start] = WindowAcc()
         return acc
+
+    @overload
+    def add_access(self, ev: Mapping[str, Any], window_ms: int, clock: PartitionClock) -> bool: ...
+
+    @overload
+    def add_access(self, ev: Mapping[str, Any], window_ms: int, clock: PartitionClock, key: int) -> bool | None: ...
 
     def add_access(self, ev: Mapping[str, Any], window_ms: int, clock: PartitionClock,
                    key: int | None = None) -> bool | None:
@@ -215,6 +221,14 @@ class InstanceState:
             self.closed_before = max(self.closed_before, start + window_ms)
             out.append((window, partial))
         return out
+
+    def forgettable(self, watermark: int, retain_ms: int) -> bool:
+        """True when dropping this state changes no count: nothing open, unacknowledged or late to
+        report, and the partition watermark `retain_ms` past its last closed window, so any event of
+        it arriving again would be late with or without the state (a new state then counts it late).
+        Only the connection-errors counter is lost: the next sample after that is an increase of 0."""
+        return (not self.windows and not self.pending and self.late == 0 and self.closed_before > 0
+                and self.closed_before + retain_ms <= watermark)
 
     def pending_closed(self) -> list[tuple[FeatureWindow, WindowPartial]]:
         """The closed windows not yet acknowledged, to publish again after a recovery."""

@@ -140,6 +140,9 @@ class StreamSettings(Section):
         1000, ge=1, description="Instances of one service a stream worker keeps state for; events of any more "
                                 "go to the dead-letter topic as `too_many_instances` (untrusted input must not "
                                 "decide how much state the worker holds).")
+    instance_retain_s: float = Field(
+        300.0, ge=0, description="An instance with no open window for this long (event time of its partition) "
+                                 "is forgotten, freeing its place under `max_instances_per_service`.")
     take_max: int = Field(2000, description="Kafka records (one event, or an envelope of many) per batch at most.")
     take_within_s: float = Field(0.25, description="Longest wait to fill a batch.")
     producer_batch_bytes: int = Field(

@@ -23,13 +23,13 @@ from kafka import KafkaConsumer
 
 from infra.benches.streams import IsolatedPipeline, replicated_trace, sample_events, worker_command
 from infra.core.datasets import NASA_SAMPLE, dataset_path
+from infra.core.ports import free_port
 from infra.core.settings import Settings
 from ingest.schemas import AccessEvent, encode_batch
 from ingest.sinks.kafka import KafkaSink
 from streams.reference import SERVICE_WIDE, WindowRow, compare_windows, reference_windows
 from streams.windows import SKETCH_RELATIVE_ACCURACY
 from tests.integration.test_streams_recovery import (
-    PORTS,
     Run,
     Traffic,
     assert_windows_match,
@@ -154,19 +154,20 @@ def test_sigkill_during_a_duplicate_stream_still_exact(kc: Settings) -> None:
     run = Run(kc)
     run.create_topics()
     traffic = CopyingTraffic(run)
+    port = free_port()
     try:
-        first = run.start_worker(PORTS[0])
-        wait_for(lambda: ready(PORTS[0]), 60, "the first worker")
+        first = run.start_worker(port)
+        wait_for(lambda: ready(port), 60, "the first worker")
         traffic.stream(5)
-        wait_for(lambda: metric(PORTS[0], DUPLICATES) > 0, 30, "duplicates dropped")
+        wait_for(lambda: metric(port, DUPLICATES) > 0, 30, "duplicates dropped")
         first.send_signal(signal.SIGKILL)  # mid-stream: open windows with their ids, uncommitted offsets
         first.wait(timeout=10)
         traffic.stream(1)
-        run.start_worker(PORTS[0])
+        run.start_worker(port)
         traffic.stream(6)
         traffic.close()
         assert_windows_match(run)  # counts exact, each window once, nothing late
-        assert metric(PORTS[0], DUPLICATES) > 0  # the restarted worker dropped copies too
+        assert metric(port, DUPLICATES) > 0  # the restarted worker dropped copies too
     finally:
         run.stop_workers()
 
@@ -181,9 +182,10 @@ def test_instances_past_the_cap_are_dead_lettered_and_counted(kc: Settings, monk
     producer = Traffic(run).producer
     sent: Counter[str] = Counter()
     now = int(time.time() * 1000)
+    port = free_port()
     try:
-        run.start_worker(PORTS[0])
-        wait_for(lambda: ready(PORTS[0]), 60, "the worker")
+        run.start_worker(port)
+        wait_for(lambda: ready(port), 60, "the worker")
         for n in range(5):
             for r in range(3):
                 events = [AccessEvent(id=f"c{n}-{r}-{k}", ts=now + k, service=service, instance=f"i{n}", method="GET",
@@ -192,11 +194,11 @@ def test_instances_past_the_cap_are_dead_lettered_and_counted(kc: Settings, monk
                 producer.send(run.topic("access"), key=f"{service}/i{n}".encode(), value=encode_batch(events))
                 sent[f"i{n}"] += len(events)
         producer.flush()
-        wait_for(lambda: metric(PORTS[0], "foresight_stream_over_cap_events_total") >= 30, 60, "events set aside")
-        wait_for(lambda: metric(PORTS[0], "foresight_stream_events_total") >= 45, 60, "events counted")
-        assert metric(PORTS[0], "foresight_stream_over_cap_events_total") == 30  # 2 instances x 15 events
-        assert metric(PORTS[0], "foresight_stream_events_total") == 45
-        assert metric(PORTS[0], "foresight_stream_tracked_instances") == 3
+        wait_for(lambda: metric(port, "foresight_stream_over_cap_events_total") >= 30, 60, "events set aside")
+        wait_for(lambda: metric(port, "foresight_stream_events_total") >= 45, 60, "events counted")
+        assert metric(port, "foresight_stream_over_cap_events_total") == 30  # 2 instances x 15 events
+        assert metric(port, "foresight_stream_events_total") == 45
+        assert metric(port, "foresight_stream_tracked_instances") == 3
         consumer = KafkaConsumer(run.topic("dlq"), bootstrap_servers=kc.kafka.bootstrap_servers,
                                  auto_offset_reset="earliest", consumer_timeout_ms=5_000)
         try:

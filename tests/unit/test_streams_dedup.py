@@ -22,10 +22,13 @@ from tests.unit.test_streams_vectorised import LATENESS, T0, W, envelope, ev
 
 def test_hex_ids_key_by_their_first_64_bits_others_by_xxh3_64() -> None:
     eid = event_id(b"a log line")
-    assert id_key(eid) == int(eid[:16], 16)
-    for other in ("e17", eid.upper(), eid + "0", eid[:-1], "é" * 32):
+    assert id_key(eid) == id_key(eid.upper()) == int(eid[:16], 16)
+    for other in ("e17", eid + "0", eid[:-1], "é" * 32, eid[:8] + " " + eid[9:], eid[:-1] + "g"):
         assert id_key(other) == xxhash.xxh3_64_intdigest(other.encode())
     ids = [eid, "e17", eid.upper(), eid + "0", eid[:-1], event_id(b"x"), "é" * 32, "g" * 32]
+    assert id_keys([eid, eid.upper(), event_id(b"x")]).tolist() == [id_key(eid), id_key(eid), id_key(event_id(b"x"))]
+    spaced = [eid[:8] + " " + eid[9:], eid[:10] + "  " + eid[10:-2]]  # 32 characters that fromhex would half take
+    assert id_keys(spaced).tolist() == [id_key(i) for i in spaced]
     assert id_keys(ids).tolist() == [id_key(i) for i in ids]
     assert id_keys(["e1", "e2"]).tolist() == [id_key("e1"), id_key("e2")]  # all shorter than a hex id
     assert id_keys([]).dtype == np.uint64
@@ -113,7 +116,7 @@ def test_a_copy_in_an_open_window_is_not_counted_and_survives_the_changelog() ->
     assert state.add_access_columns(cols.ts, cols.status, cols.latency_ms, cols.bytes_sent, W, clock,
                                     cols.keys) == (50, 0)
     recovered = InstanceState.loads(state.dumps())  # a restarted worker, from the changelog
-    again = access_columns(envelope(events[10:] + [{**ev(T0 + 6_000), "id": event_id(b"new")}]))
+    again = access_columns(envelope([*events[10:], {**ev(T0 + 6_000), "id": event_id(b"new")}]))
     assert again is not None and again.keys is not None
     assert recovered.add_access_columns(again.ts, again.status, again.latency_ms, again.bytes_sent, W, clock,
                                         again.keys) == (1, 0)
