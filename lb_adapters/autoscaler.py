@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
+from pydantic import ValidationError
 
 from infra.core.features_table import ServiceWindow
 from infra.core.scaling import (
@@ -39,6 +40,7 @@ from infra.core.settings import AutoscaledService, AutoscalerSettings
 from lb_adapters import autoscaler_metrics as metrics
 from lb_adapters.actuators.base import ActuatorError
 from lb_adapters.actuators.scalers.base import Replicas, Scaler
+from lb_adapters.predictions import ServingError
 from lb_adapters.schemas import Decision, DecisionSink, PredictionRecord
 from serving.schemas import ForecastRequest, ForecastResponse
 
@@ -226,8 +228,10 @@ class Autoscaler:
         try:
             resp = self.forecaster.forecast(ForecastRequest(service=svc.name, history=history,
                                                             next_minute=float(hist_end), horizon=horizon))
-        except Exception as exc:  # serving down, refusing or answering garbage: the fallback decides
+        except ServingError as exc:  # down, or refusing: the fallback decides
             return None, [], knobs, "", f"serving unreachable ({exc})"
+        except (ValidationError, ValueError) as exc:  # an answer that does not parse as a forecast
+            return None, [], knobs, "", f"serving answer unusable ({exc})"
         levels = tuple(resp.quantiles)
         note = ""
         if knobs.quantile not in levels:
