@@ -133,8 +133,9 @@ class Autoscaler:
         now = self.clock()
         interval = self.cfg.interval_s
         stale_s = self.cfg.stale_intervals * interval
+        lookback_s = max(2 * stale_s, 5 * MINUTE_S)  # windows read for the observed rate and staleness
         try:
-            windows = self.rates.windows(svc.name, int(now - max(stale_s, 2 * MINUTE_S)))
+            windows = self.rates.windows(svc.name, int(now - lookback_s))
             hist_end = (max(w.end_s for w in windows) // MINUTE_S) * MINUTE_S if windows else None
             minutes = (self.rates.minutes(svc.name, hist_end - self.cfg.history_minutes * MINUTE_S, hist_end)
                        if hist_end is not None else [])
@@ -159,7 +160,8 @@ class Autoscaler:
         predictive = svc.config.policy == "predictive"
         if predictive:
             if newest_end is None or now - newest_end > stale_s:
-                age = "no feature window" if newest_end is None else f"features end {now - newest_end:.0f} s ago"
+                age = (f"no feature window in the last {lookback_s:.0f} s" if newest_end is None
+                       else f"features end {now - newest_end:.0f} s ago")
                 fallback = f"predictions stale ({age}, > {self.cfg.stale_intervals} intervals of {interval:g} s)"
             else:
                 assert hist_end is not None
