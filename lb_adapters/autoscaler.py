@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
+from pydantic import ValidationError
 
 from infra.core.features_table import ServiceWindow
 from infra.core.scaling import (
@@ -39,6 +40,7 @@ from infra.core.settings import AutoscaledService, AutoscalerSettings
 from lb_adapters import autoscaler_metrics as metrics
 from lb_adapters.actuators.base import ActuatorError
 from lb_adapters.actuators.scalers.base import Replicas, Scaler
+from lb_adapters.predictions import ServingError
 from lb_adapters.schemas import Decision, DecisionSink, PredictionRecord
 from serving.schemas import ForecastRequest, ForecastResponse
 
@@ -131,8 +133,9 @@ class Autoscaler:
         now = self.clock()
         interval = self.cfg.interval_s
         stale_s = self.cfg.stale_intervals * interval
+        lookback_s = max(2 * stale_s, 5 * MINUTE_S)  # windows read for the observed rate and staleness
         try:
-            windows = self.rates.windows(svc.name, int(now - max(stale_s, 2 * MINUTE_S)))
+            windows = self.rates.windows(svc.name, int(now - lookback_s))
             hist_end = (max(w.end_s for w in windows) // MINUTE_S) * MINUTE_S if windows else None
             minutes = (self.rates.minutes(svc.name, hist_end - self.cfg.history_minutes * MINUTE_S, hist_end)
                        if hist_end is not None else [])
@@ -157,7 +160,8 @@ class Autoscaler:
         predictive = svc.config.policy == "predictive"
         if predictive:
             if newest_end is None or now - newest_end > stale_s:
-                age = "no feature window" if newest_end is None else f"features end {now - newest_end:.0f} s ago"
+                age = (f"no feature window in the last {lookback_s:.0f} s" if newest_end is None
+                       else f"features end {now - newest_end:.0f} s ago")
                 fallback = f"predictions stale ({age}, > {self.cfg.stale_intervals} intervals of {interval:g} s)"
             else:
                 assert hist_end is not None
@@ -226,8 +230,10 @@ class Autoscaler:
         try:
             resp = self.forecaster.forecast(ForecastRequest(service=svc.name, history=history,
                                                             next_minute=float(hist_end), horizon=horizon))
-        except Exception as exc:  # serving down, refusing or answering garbage: the fallback decides
+        except ServingError as exc:  # down, or refusing: the fallback decides
             return None, [], knobs, "", f"serving unreachable ({exc})"
+        except (ValidationError, ValueError) as exc:  # an answer that does not parse as a forecast
+            return None, [], knobs, "", f"serving answer unusable ({exc})"
         levels = tuple(resp.quantiles)
         note = ""
         if knobs.quantile not in levels:

@@ -345,7 +345,8 @@ class AutoscalerSettings(Section):
                                                  "triggers a decision at once.")
     stale_intervals: int = Field(4, ge=1, description="Predictions built on features older than this many "
                                                       "intervals are stale: the reactive fallback decides.")
-    history_minutes: int = Field(1440, ge=1, description="Minutes of rate history sent to `/v1/forecast`.")
+    history_minutes: int = Field(1440, ge=1, le=10080, description="Minutes of rate history sent to `/v1/forecast` "
+                                                                   "(at most a week, the API's limit).")
     serving_timeout_s: float = Field(3.0, gt=0, description="Timeout of each `/v1/forecast` call.")
     dry_run: bool = Field(False, description="Decide and record, do not touch the scalers.")
     metrics_port: int = Field(19108, description="Prometheus metrics of the `foresight autoscale` loop.")
