@@ -60,8 +60,8 @@ class DrainDecision:
 def decide_drains(risk: Mapping[str, float | None], records: Mapping[str, InstanceRecord], state: DrainState,
                   knobs: DrainKnobs, load_rps: float | None = None) -> tuple[list[DrainDecision], DrainState]:
     """`risk`: instance -> probability of failure soon (None: no recent window); `records`: every valid
-    registry record of the service; `load_rps`: the service's request rate now. Returns the decisions (a `refuse` says which drain a guardrail
-    stopped, and why) and the next state."""
+    registry record of the service; `load_rps`: the service's request rate now. Returns the decisions
+    (a `refuse` says which drain a guardrail stopped, and why) and the next state."""
     decisions: list[DrainDecision] = []
     streak: dict[str, int] = {}
     for name, record in sorted(records.items()):

@@ -187,7 +187,7 @@ def test_loop_scales_serve_on_the_served_forecast_and_keeps_deciding_on_the_fall
         report = auto.step(SERVICE)
         assert report.decision is not None, report.note
         if report.decision.outcome == "applied":
-            wait_settled(scaler, int(report.decision.after))
+            wait_settled(scaler, int(report.decision.after or 0))
         reports.append(report)
         sim[0] += ROUND_S
         return report

@@ -188,7 +188,7 @@ def test_serving_down_falls_back_to_reactive_labelled_and_never_below_ready_whil
         assert report.fallback.startswith("serving unreachable")
         assert "serving unreachable" in report.decision.reason and "fallback" in report.decision.reason
         assert report.decision.prediction_ref == FALLBACK_REF
-        downs += report.decision.after < (report.decision.before or 0)
+        downs += (report.decision.after or 0) < (report.decision.before or 0)
         reports.append(report)
     assert downs == 0 and scaler.replicas == 8 and sink.decisions == [r.decision for r in reports]
     assert any("not below ready while load rises" in r.decision.reason for r in reports)  # type: ignore[union-attr]

@@ -10,7 +10,7 @@ from lb_adapters.policies.drain import DrainKnobs, DrainState, decide_drains
 
 def rec(state: str = "ready", by: str | None = None, started: int = 1) -> InstanceRecord:
     meta = {"set_by": by} if by else {}
-    return InstanceRecord(address="127.0.0.1", port=1000 + started, state=state, started_at=started,  # type: ignore[arg-type]
+    return InstanceRecord(address="127.0.0.1", port=1000 + started, state=state, started_at=started,
                           metadata=meta)
 
 
