@@ -9,7 +9,7 @@ from lb_adapters.sync.view import RegistryView
 
 
 def m(name: str, port: int = 1000, weight: int = 100, state: str = "ready", address: str = "127.0.0.1") -> Member:
-    return Member(instance=name, address=address, port=port, weight=weight, state=state)  # type: ignore[arg-type]
+    return Member(instance=name, address=address, port=port, weight=weight, state=state)
 
 
 def actions(changes: list) -> list[tuple[str, str]]:
