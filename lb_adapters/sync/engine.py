@@ -89,7 +89,8 @@ class MembershipSync:
         self._threads.append(threading.Thread(target=self._watch, name="registry-watch", daemon=True))
         if self.cfg.leader_ttl_s is not None:
             for service in self.cfg.services:
-                lead = Leadership(self._control_registry, service, self.cfg.holder, ttl_s=self.cfg.leader_ttl_s)
+                lead = Leadership(self._control_registry, service, self.cfg.holder, ttl_s=self.cfg.leader_ttl_s,
+                                  role="registry-sync")
                 self._leaders[service] = lead
             self._threads.append(threading.Thread(target=self._campaign, name="leadership", daemon=True))
         self._threads.append(threading.Thread(target=self._apply_loop, name="membership-apply", daemon=True))
