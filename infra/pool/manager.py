@@ -26,7 +26,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from infra.core.pool_api import PoolInstance, PoolStatus
 from infra.core.ports import free_port
-from infra.core.service_registry import Registry, RegistryError
+from infra.core.service_registry import Registry, RegistryEntry, RegistryError
 from infra.core.settings import PoolServiceSettings, PoolSettings
 from lb_adapters.policies.membership import choose_victims
 from lb_adapters.schemas import Decision
@@ -99,13 +99,14 @@ class PoolManager:
     async def status(self, service: str) -> PoolStatus:
         self._service(service)
         try:
-            entries = {e.instance: e for e in await asyncio.to_thread(self.registry.list, service)}
+            entries: dict[str, RegistryEntry] | None = {
+                e.instance: e for e in await asyncio.to_thread(self.registry.list, service)}
         except RegistryError:
-            entries = {}  # etcd away: say what the pool itself knows
+            entries = None  # etcd away: the pool cannot say which are registered
         rows = []
         for inst in self.instances[service].values():
-            entry = entries.get(inst.name)
-            state = "stopping" if inst.stopping and entry is None else \
+            entry = entries.get(inst.name) if entries is not None else None
+            state = "unknown" if entries is None else "stopping" if inst.stopping and entry is None else \
                 entry.record.state if entry is not None and entry.record is not None else "starting"
             rows.append(PoolInstance(instance=inst.name, port=inst.port, state=state, pid=inst.proc.pid))
         ready = sum(1 for r in rows if r.state == "ready")

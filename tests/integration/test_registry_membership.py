@@ -287,3 +287,18 @@ def test_a_standby_sync_takes_over_when_the_leader_dies(rig: Rig) -> None:
         standby.wait(10)
         rig.records.pop("registry-sync", None)
         rig.start("registry-sync")
+
+
+def test_pool_cli_status_json_and_a_refused_scale_exits_2(rig: Rig) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-P", "-m", "infra.cli", "pool", *args], env=rig.env,
+                              capture_output=True, text=True, timeout=60)
+
+    status = cli("status", rig.svc.name, "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout.strip().splitlines()[-1])["service"] == rig.svc.name
+    refused = cli("scale", rig.svc.name, str(rig.svc.max_replicas + 1))
+    assert refused.returncode == 2
+    assert "outside its bounds" in refused.stderr
+    unknown = cli("status", "nope")
+    assert unknown.returncode == 2 and "unknown service" in unknown.stderr
