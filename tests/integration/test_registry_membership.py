@@ -12,22 +12,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from infra.benches.registry_rig import ClientLoop, RegistryClock, Rig, rig_settings
+from infra.benches.registry_rig import wait_until as wait_for
 from infra.core.ports import free_port
 from lb_adapters.actuators.haproxy import HAProxyRuntime
-
-
-def wait_for(what: str, cond: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
