@@ -190,7 +190,8 @@ class PoolManager:
         with (self.log_dir / f"{name}.log").open("ab") as out:
             proc = await asyncio.create_subprocess_exec(*self.backend_argv(svc, name, port), stdout=out,
                                                         stderr=asyncio.subprocess.STDOUT,
-                                                        stdin=asyncio.subprocess.DEVNULL, env=self.env)
+                                                        stdin=asyncio.subprocess.DEVNULL, env=self.env,
+                                                        preexec_fn=_die_with_parent)
         self.instances[svc.name][name] = Instance(svc.name, name, port, proc)
         log.info("started %s/%s on port %d (pid %d)", svc.name, name, port, proc.pid)
         self._decide(svc.name, f"{svc.name}/{name}", "start", None, 1,
@@ -281,3 +282,14 @@ class PoolManager:
                                action=action, before=before, after=after, reason=reason, prediction_ref="pool",
                                outcome="applied")])
 
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the pool dies, even by SIGKILL (Linux
+    PR_SET_PDEATHSIG), so no orphan keeps serving and renewing its lease; it deregisters as usual."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the lease still expires once the orphan is stopped

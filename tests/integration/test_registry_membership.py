@@ -295,3 +295,25 @@ def test_pool_cli_status_json_and_a_refused_scale_exits_2(rig: Rig) -> None:
     assert "outside its bounds" in refused.stderr
     unknown = cli("status", "nope")
     assert unknown.returncode == 2 and "unknown service" in unknown.stderr
+
+
+def test_instances_stop_and_deregister_when_the_pool_is_killed(rig: Rig) -> None:
+    pids = [i["pid"] for i in rig.pool_status()["instances"]]  # type: ignore[attr-defined]
+    assert pids and haproxy_servers(rig)
+    rig.kill("pool")  # SIGKILL: no clean shutdown of the pool itself
+    try:
+        wait_for("its instances gone from HAProxy and nginx",
+                 lambda: not haproxy_servers(rig) and not nginx_ports(rig), 20)
+        import psutil
+
+        def alive(pid: int) -> bool:
+            try:
+                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        wait_for("its instance processes exited", lambda: not any(alive(p) for p in pids), 20)
+    finally:
+        rig.records.pop("pool", None)
+        rig.start("pool")
+    wait_for("a new pool's instance ready", lambda: rig.pool_status()["ready"] == 1 and len(haproxy_servers(rig)) == 1)
