@@ -1039,7 +1039,7 @@ def demo_backend(
 # -- foresight registry: instances in etcd ----------------------------------------------------------------
 
 registry_app = typer.Typer(
-    help="Service registry in etcd: list instances, drain or undrain one, deregister one.\n\n"
+    help="Service registry in etcd: list instances, drain or undrain one, deregister one, see the leaders.\n\n"
     "Keys: <prefix>/services/<service>/instances/<instance> (JSON, under the instance's lease). "
     "drain/undrain/deregister are refused (exit status 2) when they would leave a service without a "
     "ready instance or take more than registry.max_unavailable of it out of service at once; each "
@@ -1093,6 +1093,35 @@ def registry_list(
     console.print(table)
     if not snap.entries:
         _say("no instances registered" + (f" for {service}" if service else ""))
+
+
+@registry_app.command("leaders")
+def registry_leaders(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="[{service, role, holder, lease, mod_revision}].")] = False,
+) -> None:
+    """Who leads each service, per kind of controller (role): `<prefix>/leaders/<service>/<role>`."""
+    from dataclasses import asdict
+
+    from infra.core.service_registry import RegistryError
+
+    s = _ctx(ctx).settings
+    try:
+        found = _registry(s).leaders()
+    except RegistryError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    if as_json:
+        print(json.dumps([asdict(info) for info in found]))
+        return
+    table = Table(title=f"leaders under {s.registry.prefix}")
+    for col in ("service", "role", "holder", "lease"):
+        table.add_column(col, overflow="fold")
+    for info in found:
+        table.add_row(info.service, info.role or "-", info.holder, str(info.lease))
+    console.print(table)
+    if not found:
+        _say("no controller leads any service")
 
 
 @registry_app.command("show")

@@ -24,19 +24,11 @@ from pathlib import Path
 
 import httpx
 
-from infra.benches.registry_rig import ClientLoop, RegistryClock, Rig, rig_settings
+from infra.benches.registry_rig import ClientLoop, RegistryClock, Rig, rig_settings, wait_until
 from infra.benches.streams import percentile
 from lb_adapters.actuators.haproxy import HAProxyRuntime
 
 Say = Callable[[str], None]
-
-
-def _wait(cond: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"bench registry: timed out waiting for {what}")
-        time.sleep(every_s)
 
 
 def run_registry_bench(folder: Path, rounds: int = 2, grow: int = 3, burst: int = 200, etcd_outage_s: float = 0.0,
@@ -50,7 +42,7 @@ def run_registry_bench(folder: Path, rounds: int = 2, grow: int = 3, burst: int 
 
     try:
         rig.start("etcd", "haproxy", "nginx", "pool", "registry-sync")
-        _wait(lambda: rig.pool_status()["ready"] == 1 and len(servers()) == 1, 60, "the first instance")
+        wait_until("the first instance", lambda: rig.pool_status()["ready"] == 1 and len(servers()) == 1, 60)
         clock = RegistryClock(rig.s, service)
         via_h, via_n = ClientLoop(rig.haproxy_url).start(), ClientLoop(rig.nginx_url).start()
         new: set[str] = set()
@@ -58,13 +50,13 @@ def run_registry_bench(folder: Path, rounds: int = 2, grow: int = 3, burst: int 
             say(f"round {r + 1}/{rounds}: scale 1 -> {1 + grow} -> 1")
             before = {i["instance"] for i in rig.pool_status()["instances"]}  # type: ignore[attr-defined]
             rig.scale(1 + grow)
-            _wait(lambda: rig.pool_status()["ready"] == 1 + grow, 120, "scale up")
+            wait_until("scale up", lambda: rig.pool_status()["ready"] == 1 + grow, 120)
             added = {i["instance"] for i in rig.pool_status()["instances"]} - before  # type: ignore[attr-defined]
-            _wait(lambda: added <= set(via_h.first_seen) and added <= set(via_n.first_seen), 30,  # noqa: B023
-                  "traffic on every new instance")
+            wait_until("traffic on every new instance",
+                       lambda: added <= set(via_h.first_seen) and added <= set(via_n.first_seen), 30)  # noqa: B023
             new |= added
             rig.scale(1)
-            _wait(lambda: rig.pool_status()["current"] == 1 and len(servers()) == 1, 120, "scale down")
+            wait_until("scale down", lambda: rig.pool_status()["current"] == 1 and len(servers()) == 1, 120)
         time.sleep(0.5)
         via_h.stop()
         via_n.stop()
@@ -120,13 +112,13 @@ def _burst(rig: Rig, servers: Callable[[], dict[str, tuple[str, int, int, int]]]
         for i in range(count):
             client.post(f"{etcd}/kv/put", json={"key": _b64(f"{base}{i:04d}".encode()), "value": _b64(value),
                                                 "lease": lease}).raise_for_status()
-    _wait(lambda: len(servers()) >= start_n + count, 120, "the burst in HAProxy", every_s=0.01)
+    wait_until("the burst in HAProxy", lambda: len(servers()) >= start_n + count, 120, every_s=0.01)
     add_s = time.monotonic() - t0
     t1 = time.monotonic()
     httpx.post(f"{etcd}/kv/lease/revoke", json={"ID": lease}, timeout=5).raise_for_status()
-    _wait(lambda: len(servers()) <= start_n, 120, "the burst out of HAProxy", every_s=0.01)
+    wait_until("the burst out of HAProxy", lambda: len(servers()) <= start_n, 120, every_s=0.01)
     remove_s = time.monotonic() - t1
-    _wait(lambda: rig.nginx_upstream() == upstream, 60, "nginx back to its membership before the burst")
+    wait_until("nginx back to its membership before the burst", lambda: rig.nginx_upstream() == upstream, 60)
     return 2 * count / (add_s + remove_s), add_s, remove_s
 
 
@@ -145,7 +137,7 @@ def _outage(rig: Rig, servers: Callable[[], dict[str, tuple[str, int, int, int]]
     finally:
         rig.start("etcd")
     back = time.monotonic()
-    _wait(lambda: len(servers()) == len(before_h) + 1, 120, "catch-up after the outage")
+    wait_until("catch-up after the outage", lambda: len(servers()) == len(before_h) + 1, 120)
     catch_up = time.monotonic() - back
     client.stop()
     return {"etcd_outage_s": seconds, "membership_kept_during_outage": kept,

@@ -10,6 +10,7 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -31,6 +32,16 @@ from infra.core.settings import (
 from infra.stack import components
 from infra.stack.components import Component
 from infra.stack.process import ProcessRecord, spawn, stop
+
+
+def wait_until(what: str, cond: Callable[[], bool], timeout_s: float = 60.0, every_s: float = 0.05) -> None:
+    """Poll `cond` until true; RuntimeError naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(every_s)
+
 
 SECTIONS = ("kafka", "etcd", "haproxy", "demo", "ingest", "pool", "nginx", "sync", "registry")
 

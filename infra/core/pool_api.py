@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 class PoolInstance(BaseModel):
     instance: str = Field(description="Instance id, also its registry key and balancer server name.")
     port: int
-    state: str = Field(description="starting (not registered yet) | ready | draining | drained | stopping | exited")
+    state: str = Field(description="starting (not registered yet) | ready | draining | drained | stopping | "
+                                   "unknown (etcd unreachable)")
     pid: int | None = None
 
 

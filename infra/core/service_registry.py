@@ -14,6 +14,7 @@ disturb the versions Ray pins. Neither it nor etcd renews a lease, so the keepal
 
 from __future__ import annotations
 
+import builtins
 import json
 import threading
 import time
@@ -136,6 +137,24 @@ class Snapshot:
 
     entries: list[RegistryEntry]
     revision: int
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    """One leader key as read: the service, the role ("" for the service-wide key), who holds it."""
+
+    service: str
+    role: str
+    holder: str
+    lease: int
+    mod_revision: int
+
+
+def _holder(kv: dict[str, Any]) -> str:
+    try:
+        return str(json.loads(_decode(kv["value"]))["holder"])
+    except (ValueError, KeyError, TypeError):
+        return "?"
 
 
 WatchKind = Literal["put", "delete", "resync", "lost"]
@@ -298,6 +317,15 @@ class Registry:
 
     def list(self, service: str | None = None) -> list[RegistryEntry]:
         return self.snapshot(service).entries
+
+    def leaders(self) -> builtins.list[LeaderInfo]:
+        """Every leader key: who leads which service in which role, under which lease."""
+        start = f"{self.prefix}/leaders/"
+        found: builtins.list[LeaderInfo] = []
+        for kv in self._range(start, _increment_last_byte(start)).get("kvs", []):
+            service, _, role = _decode(kv["key"]).decode("utf-8", errors="replace")[len(start):].partition("/")
+            found.append(LeaderInfo(service, role, _holder(kv), _int(kv.get("lease")), _int(kv.get("mod_revision"))))
+        return found
 
     def get(self, service: str, instance: str) -> RegistryEntry | None:
         kvs = self._range(instance_key(self.prefix, service, instance), None).get("kvs", [])
@@ -553,13 +581,7 @@ class Leadership:
     def current_holder(self) -> tuple[str, int] | None:
         """(holder, lease id) of the leader key, None when nobody leads."""
         kvs = self.registry._range(self.key, None).get("kvs", [])
-        if not kvs:
-            return None
-        try:
-            holder = str(json.loads(_decode(kvs[0]["value"]))["holder"])
-        except (ValueError, KeyError, TypeError):
-            holder = "?"
-        return holder, _int(kvs[0].get("lease"))
+        return (_holder(kvs[0]), _int(kvs[0].get("lease"))) if kvs else None
 
     def current_holder_text(self) -> str:
         """Who leads, for messages; never raises."""

@@ -223,7 +223,7 @@ class RegistrySettings(Section):
 
     endpoint: str | None = Field(None, description="etcd client URL; none = http://127.0.0.1:<etcd.client_port>.")
     prefix: str = Field("/foresight", description="Key prefix: `<prefix>/services/<service>/instances/<instance>`, "
-                        "`<prefix>/leaders/<service>`.")
+                        "`<prefix>/leaders/<service>/<role>`.")
     lease_ttl_s: int = Field(10, ge=2, description="Instance lease TTL; a dead instance leaves within it "
                              "(renewed every TTL/3).")
     leader_ttl_s: int = Field(10, ge=2, description="Leadership lease TTL; a standby takes over within it.")

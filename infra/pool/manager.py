@@ -27,7 +27,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from infra.core.pool_api import PoolInstance, PoolStatus
 from infra.core.ports import free_port
-from infra.core.service_registry import Registry, RegistryError
+from infra.core.service_registry import Registry, RegistryEntry, RegistryError
 from infra.core.settings import PoolServiceSettings, PoolSettings
 from lb_adapters.policies.membership import choose_victims
 from lb_adapters.schemas import Decision
@@ -101,13 +101,14 @@ class PoolManager:
     async def status(self, service: str) -> PoolStatus:
         self._service(service)
         try:
-            entries = {e.instance: e for e in await asyncio.to_thread(self.registry.list, service)}
+            entries: dict[str, RegistryEntry] | None = {
+                e.instance: e for e in await asyncio.to_thread(self.registry.list, service)}
         except RegistryError:
-            entries = {}  # etcd away: say what the pool itself knows
+            entries = None  # etcd away: the pool cannot say which are registered
         rows = []
         for inst in self.instances[service].values():
-            entry = entries.get(inst.name)
-            state = "stopping" if inst.stopping and entry is None else \
+            entry = entries.get(inst.name) if entries is not None else None
+            state = "unknown" if entries is None else "stopping" if inst.stopping and entry is None else \
                 entry.record.state if entry is not None and entry.record is not None else "starting"
             rows.append(PoolInstance(instance=inst.name, port=inst.port, state=state, pid=inst.proc.pid))
         ready = sum(1 for r in rows if r.state == "ready")
@@ -207,7 +208,8 @@ class PoolManager:
         with (self.log_dir / f"{name}.log").open("ab") as out:
             proc = await asyncio.create_subprocess_exec(*self.backend_argv(svc, name, port, index), stdout=out,
                                                         stderr=asyncio.subprocess.STDOUT,
-                                                        stdin=asyncio.subprocess.DEVNULL, env=self.env)
+                                                        stdin=asyncio.subprocess.DEVNULL, env=self.env,
+                                                        preexec_fn=_die_with_parent)
         self.instances[svc.name][name] = Instance(svc.name, name, port, proc)
         log.info("started %s/%s on port %d (pid %d)", svc.name, name, port, proc.pid)
         self._decide(svc.name, f"{svc.name}/{name}", "start", None, 1,
@@ -298,3 +300,14 @@ class PoolManager:
                                action=action, before=before, after=after, reason=reason, prediction_ref="pool",
                                outcome="applied")])
 
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the pool dies, even by SIGKILL (Linux
+    PR_SET_PDEATHSIG), so no orphan keeps serving and renewing its lease; it deregisters as usual."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the lease still expires once the orphan is stopped

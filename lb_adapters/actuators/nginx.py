@@ -15,7 +15,9 @@ from lb_adapters.actuators.base import ActuatorError
 
 
 class NginxError(ActuatorError):
-    pass
+    def __init__(self, message: str, rejected: bool) -> None:
+        super().__init__(message)
+        self.rejected = rejected  # True: `nginx -t` refused the render; False: the reload itself failed
 
 
 class NginxUpstreams:
@@ -54,8 +56,8 @@ class NginxUpstreams:
                 candidate.write_text(previous)
                 os.replace(candidate, path)
             raise NginxError(f"nginx -t rejected the upstream of {service}; running config kept: "
-                             f"{(test.stderr or test.stdout).strip()[-400:]}")
+                             f"{(test.stderr or test.stdout).strip()[-400:]}", rejected=True)
         reload = self._run("-s", "reload")
         if reload.returncode != 0:
             raise NginxError(f"nginx -s reload failed (is nginx running? `foresight stack status`): "
-                             f"{(reload.stderr or reload.stdout).strip()[-400:]}")
+                             f"{(reload.stderr or reload.stdout).strip()[-400:]}", rejected=False)

@@ -95,8 +95,10 @@ def set_by(record: InstanceRecord) -> str:
 
 
 def may_change_state(record: InstanceRecord, new_state: InstanceState, actor: SetBy) -> Verdict:
-    """An operator may always change a state; a controller never changes one an operator set."""
-    if actor == "operator" or record.state == new_state or set_by(record) != "operator":
+    """An operator may always change a state; a controller never changes one an operator set, except
+    to complete an operator's drain (`draining` -> `drained`), which undoes nothing."""
+    if actor == "operator" or record.state == new_state or set_by(record) != "operator" \
+            or (record.state, new_state) == ("draining", "drained"):
         return Verdict(True, f"{record.state} -> {new_state} by {actor}")
     return Verdict(False, f"the operator set {record.state!r}; a controller does not undo it")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from infra.core.service_registry import Leadership, Registry
 from lb_adapters.actuators.base import ActuatorError
 from lb_adapters.actuators.haproxy import HAProxyRuntime
-from lb_adapters.actuators.nginx import NginxUpstreams
+from lb_adapters.actuators.nginx import NginxError, NginxUpstreams
 from lb_adapters.schemas import Decision
 from lb_adapters.sync import metrics
 from lb_adapters.sync.plan import Change, Member, diff, haproxy_weight, render_nginx_upstreams, server_name
@@ -40,6 +40,7 @@ class SyncConfig:
     leader_ttl_s: int | None = 10  # None: no election (a single copy, e.g. in a bench)
     del_timeout_s: float = 10.0
     nginx_min_interval_s: float = 0.2  # coalesces bursts into one reload
+    nginx_retry_s: float = 2.0  # after a failed reload (nginx down), before trying again
     check_inter_ms: int = 1000
     round_s: float = 0.5  # a round runs at least this often (retries of refused deletes)
     recheck_s: float = 5.0  # how often HAProxy's server list is compared with what was applied
@@ -89,7 +90,8 @@ class MembershipSync:
         self._threads.append(threading.Thread(target=self._watch, name="registry-watch", daemon=True))
         if self.cfg.leader_ttl_s is not None:
             for service in self.cfg.services:
-                lead = Leadership(self._control_registry, service, self.cfg.holder, ttl_s=self.cfg.leader_ttl_s)
+                lead = Leadership(self._control_registry, service, self.cfg.holder, ttl_s=self.cfg.leader_ttl_s,
+                                  role="registry-sync")
                 self._leaders[service] = lead
             self._threads.append(threading.Thread(target=self._campaign, name="leadership", daemon=True))
         self._threads.append(threading.Thread(target=self._apply_loop, name="membership-apply", daemon=True))
@@ -292,11 +294,16 @@ class MembershipSync:
         self._nginx_last = time.monotonic()
         try:
             self.nginx.apply(service, text)
-        except ActuatorError as exc:
-            self._nginx_rejected[service] = text
+        except NginxError as exc:
+            log.error("nginx: %s", exc)
+            if not exc.rejected:  # nginx down or restarting: the same render is tried again shortly
+                metrics.NGINX_RELOADS.labels("reload_failed").inc()
+                self._nginx_last = time.monotonic() + self.cfg.nginx_retry_s
+                self._nginx_due = self._nginx_last + self.cfg.nginx_min_interval_s
+                return []
+            self._nginx_rejected[service] = text  # retried once the registry changes the membership
             self.stats.nginx_rejected += 1
             metrics.NGINX_RELOADS.labels("rejected").inc()
-            log.error("nginx: %s", exc)
             return [self._decision("nginx", service, c, f"failed: {exc}"[:500]) for c in changes]
         self._nginx_rejected.pop(service, None)
         self._nginx_applied[service] = dict(want)

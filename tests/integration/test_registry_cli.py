@@ -134,6 +134,9 @@ def test_adapt_stands_by_while_another_copy_leads_the_service(env: dict[str, str
         assert "standing by" in proc.stderr and "the-other-copy" in proc.stderr
         assert other.check()  # still ours: the standby did not take the key
         assert membership.check()
+        leaders = json.loads(cli(env, "leaders", "--json").stdout)
+        assert sorted((i["service"], i["role"], i["holder"]) for i in leaders) == [
+            ("demo", "registry-sync", "a-membership-controller"), ("demo", "weights", "the-other-copy")]
     finally:
         other.resign()
         membership.resign()

@@ -12,22 +12,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from infra.benches.registry_rig import ClientLoop, RegistryClock, Rig, rig_settings
+from infra.benches.registry_rig import wait_until as wait_for
 from infra.core.ports import free_port
 from lb_adapters.actuators.haproxy import HAProxyRuntime
-
-
-def wait_for(what: str, cond: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -287,3 +280,40 @@ def test_a_standby_sync_takes_over_when_the_leader_dies(rig: Rig) -> None:
         standby.wait(10)
         rig.records.pop("registry-sync", None)
         rig.start("registry-sync")
+
+
+def test_pool_cli_status_json_and_a_refused_scale_exits_2(rig: Rig) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-P", "-m", "infra.cli", "pool", *args], env=rig.env,
+                              capture_output=True, text=True, timeout=60)
+
+    status = cli("status", rig.svc.name, "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout.strip().splitlines()[-1])["service"] == rig.svc.name
+    refused = cli("scale", rig.svc.name, str(rig.svc.max_replicas + 1))
+    assert refused.returncode == 2
+    assert "outside its bounds" in refused.stderr
+    unknown = cli("status", "nope")
+    assert unknown.returncode == 2 and "unknown service" in unknown.stderr
+
+
+def test_instances_stop_and_deregister_when_the_pool_is_killed(rig: Rig) -> None:
+    pids = [i["pid"] for i in rig.pool_status()["instances"]]  # type: ignore[attr-defined]
+    assert pids and haproxy_servers(rig)
+    rig.kill("pool")  # SIGKILL: no clean shutdown of the pool itself
+    try:
+        wait_for("its instances gone from HAProxy and nginx",
+                 lambda: not haproxy_servers(rig) and not nginx_ports(rig), 20)
+        import psutil
+
+        def alive(pid: int) -> bool:
+            try:
+                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        wait_for("its instance processes exited", lambda: not any(alive(p) for p in pids), 20)
+    finally:
+        rig.records.pop("pool", None)
+        rig.start("pool")
+    wait_for("a new pool's instance ready", lambda: rig.pool_status()["ready"] == 1 and len(haproxy_servers(rig)) == 1)

@@ -9,12 +9,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
+from infra.benches.registry_rig import wait_until
 from infra.core.service_registry import (
     InstanceRecord,
     Leadership,
@@ -26,15 +28,6 @@ from lb_adapters.policies.membership import apply_change, membership_from_entrie
 from tests.integration.etcd_server import EtcdServer
 
 STACK_ETCD = "http://127.0.0.1:12379"
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, step_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(step_s)
-    return check()
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +102,7 @@ def test_keepalive_holds_the_key_past_its_ttl_and_a_stopped_keepalive_lets_it_ex
     entry = registry.get("web", "a")
     assert entry is not None and entry.lease == lease.lease_id and lease.alive
     lease.abandon()  # like a SIGKILLed instance: no revoke, no more renewals
-    assert wait_until(lambda: registry.get("web", "a") is None, timeout_s=2 + 3)
+    wait_until("the abandoned key to expire", lambda: registry.get("web", "a") is None, 2 + 3)
 
 
 def test_revoke_removes_the_key_at_once(registry: Registry) -> None:
@@ -122,7 +115,7 @@ def test_on_lost_is_called_when_etcd_says_the_lease_is_gone(registry: Registry) 
     lost: list[int] = []
     lease = registry.register("web", "a", record(8001), ttl_s=2, on_lost=lambda le: lost.append(le.lease_id))
     registry._post("/kv/lease/revoke", {"ID": lease.lease_id})  # someone else revoked it
-    assert wait_until(lambda: bool(lost), timeout_s=5)
+    wait_until("on_lost", lambda: bool(lost), 5)
     assert lost == [lease.lease_id] and not lease.alive
 
 
@@ -150,7 +143,7 @@ def test_a_second_writer_with_a_stale_mod_revision_loses(registry: Registry) -> 
 def test_watch_starts_with_a_snapshot_then_reports_puts_deletes_and_garbage(registry: Registry) -> None:
     registry.register("web", "a", record(8001), ttl_s=30)
     watch = Collector(registry, service="web")
-    assert wait_until(lambda: watch.kinds() == ["resync"], 5)
+    wait_until("the initial resync", lambda: watch.kinds() == ["resync"], 5)
     first = watch.events[0]
     assert first.snapshot is not None and [e.instance for e in first.snapshot.entries] == ["a"]
     b = registry.register("web", "b", record(8002), ttl_s=30)
@@ -158,7 +151,7 @@ def test_watch_starts_with_a_snapshot_then_reports_puts_deletes_and_garbage(regi
     put_raw(registry, "web", "bad", b'{"address": "127.0.0.1", "port": 99999, "started_at": 1}')
     put_raw(registry, "web", "a", b"garbage over a valid record")
     b.revoke()
-    assert wait_until(lambda: len(watch.events) >= 5, 5), watch.kinds()
+    wait_until("5 watch events", lambda: len(watch.events) >= 5, 5)
     assert watch.kinds() == ["resync", "put", "put", "put", "delete"]
     membership, rejects = membership_from_entries(first.snapshot.entries)
     for event in watch.events[1:]:
@@ -179,12 +172,12 @@ def test_watch_resyncs_from_a_compacted_revision(own_etcd: EtcdServer) -> None:
             reg.register("web", f"i{port}", record(port), ttl_s=30)
         reg._post("/kv/compaction", {"revision": reg.revision(), "physical": True})
         watch = Collector(reg, service="web", start_revision=old)
-        assert wait_until(lambda: len(watch.events) >= 1, 5)
+        wait_until("a first watch event", lambda: len(watch.events) >= 1, 5)
         event = watch.events[0]
         assert event.kind == "resync" and "compacted" in event.reason and event.snapshot is not None
         assert len(event.snapshot.entries) == 5
         reg.register("web", "late", record(8010), ttl_s=30)
-        assert wait_until(lambda: len(watch.events) >= 2, 5)
+        wait_until("a second watch event", lambda: len(watch.events) >= 2, 5)
         assert watch.events[1].kind == "put" and watch.events[1].entry is not None
         assert watch.events[1].entry.instance == "late"
     finally:
@@ -197,15 +190,15 @@ def test_watch_reports_a_lost_etcd_and_resyncs_when_it_is_back(own_etcd: EtcdSer
     try:
         writer.register("web", "a", record(8001), ttl_s=30)
         watch = Collector(reg, service="web", retry_s=0.2)
-        assert wait_until(lambda: watch.kinds() == ["resync"], 5)
+        wait_until("the initial resync", lambda: watch.kinds() == ["resync"], 5)
         own_etcd.stop()
-        assert wait_until(lambda: "lost" in watch.kinds(), 10), watch.kinds()
+        wait_until("a lost event", lambda: "lost" in watch.kinds(), 10)
         own_etcd.start()
-        assert wait_until(lambda: watch.kinds()[-1:] == ["resync"] and len(watch.events) >= 3, 20), watch.kinds()
+        wait_until("a resync after etcd is back", lambda: len(watch.events) >= 3 and watch.kinds()[-1] == "resync", 20)
         assert watch.kinds() == ["resync", "lost", "resync"]
         assert [e.instance for e in watch.events[-1].snapshot.entries] == ["a"]  # type: ignore[union-attr]
         writer.register("web", "b", record(8002), ttl_s=30)
-        assert wait_until(lambda: watch.kinds()[-1] == "put", 5), watch.kinds()
+        wait_until("a put after the resync", lambda: watch.kinds()[-1] == "put", 5)
     finally:
         reg.close()
         writer.close()
@@ -272,10 +265,10 @@ def test_one_leader_at_a_time_and_the_standby_takes_over_within_the_ttl(registry
     assert first.is_leader and not second.is_leader and first.check()
     first.abandon()  # the leader stops renewing, as if it had died
     died = time.monotonic()
-    assert wait_until(lambda: second.is_leader, ttl + 3)
+    wait_until("the standby to lead", lambda: second.is_leader, ttl + 3)
     took_over_s = time.monotonic() - died
     assert second.check() and not first.is_leader
-    assert wait_until(lambda: sampler.leaders_seen[-1:] == ["second"], 3)  # the sampler saw it too
+    wait_until("the sampler to see the new leader", lambda: sampler.leaders_seen[-1:] == ["second"], 3)
     sampler.stop()
     print(f"standby took over {took_over_s:.2f} s after the leader stopped renewing (ttl {ttl} s)")
     assert sampler.samples > 50 and sampler.both == 0 and sampler.fence_violations == 0
@@ -300,6 +293,21 @@ def test_a_deposed_leader_cannot_write_through_its_fence(registry: Registry) -> 
     new.resign()
 
 
+@contextmanager
+def child_process(script: str, registry: Registry, ttl: int) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """Runs `script` (argv: endpoint, prefix, ttl) until it prints `<word> <lease id>`; kills it at the end."""
+    child = subprocess.Popen([sys.executable, "-c", script, registry.endpoint, registry.prefix, str(ttl)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline() if child.stdout else ""
+        assert len(line.split()) == 2, f"child said {line!r}"
+        yield child, int(line.split()[1])
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(5)
+
+
 LEADER_SCRIPT = """
 import sys, time
 from infra.core.service_registry import Leadership, Registry
@@ -312,22 +320,15 @@ time.sleep(600)
 
 def test_the_standby_takes_over_when_the_leader_process_is_killed(registry: Registry) -> None:
     ttl = 2
-    child = subprocess.Popen([sys.executable, "-c", LEADER_SCRIPT, registry.endpoint, registry.prefix, str(ttl)],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        line = child.stdout.readline() if child.stdout else ""
-        assert line.startswith("leader"), line
+    with child_process(LEADER_SCRIPT, registry, ttl) as (child, lease_id):
         standby = Leadership(registry, "web", "standby", ttl_s=ttl, poll_s=0.1)
+        assert standby.current_holder() == ("child", lease_id)
         assert not standby.acquire(timeout=1)  # the child leads
         child.kill()  # SIGKILL: no resign, no revoke
         child.wait(5)
         assert standby.acquire(timeout=ttl + 3)
         assert standby.check() and standby.current_holder() == ("standby", standby.lease_id)
         standby.resign()
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(5)
 
 
 INSTANCE_SCRIPT = """
@@ -343,18 +344,10 @@ time.sleep(600)
 
 def test_a_sigkilled_instance_leaves_the_registry_within_its_ttl(registry: Registry) -> None:
     ttl = 2
-    child = subprocess.Popen([sys.executable, "-c", INSTANCE_SCRIPT, registry.endpoint, registry.prefix, str(ttl)],
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        line = child.stdout.readline() if child.stdout else ""
-        assert line.startswith("registered"), line
+    with child_process(INSTANCE_SCRIPT, registry, ttl) as (child, lease_id):
         time.sleep(2 * ttl)  # its keepalive thread holds the key past the TTL
         entry = registry.get("web", "child")
-        assert entry is not None and entry.lease == int(line.split()[1])
+        assert entry is not None and entry.lease == lease_id
         child.kill()
         child.wait(5)
-        assert wait_until(lambda: registry.get("web", "child") is None, timeout_s=ttl + 2)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(5)
+        wait_until("the killed instance's key to expire", lambda: registry.get("web", "child") is None, ttl + 2)

@@ -76,6 +76,9 @@ def test_a_controller_never_undoes_an_operator_state_but_an_operator_may() -> No
     assert may_change_state(pinned, "ready", "operator").allowed
     assert may_change_state(rec("draining", set_by="controller"), "ready", "controller").allowed
     assert may_change_state(pinned, "draining", "controller").allowed  # no change is no undo
+    assert may_change_state(pinned, "drained", "controller").allowed  # completing the operator's drain
+    assert not may_change_state(rec("drained", set_by="operator"), "ready", "controller").allowed
+    assert not may_change_state(rec("ready", set_by="operator"), "draining", "controller").allowed
 
 
 def test_choose_victims_takes_newest_unpinned_ready_within_the_budget() -> None:

@@ -41,3 +41,35 @@ def test_requests_beyond_the_workers_queue() -> None:
 
     in_flight, queued, served = asyncio.run(scenario())
     assert (in_flight, queued, served) == (5, 3, 5)
+
+
+def test_warm_up_then_ready_then_stop_reports_each_step_once() -> None:
+    """Bound at once, `/healthz` 503 while warming up, `on_ready` (registration) once after the
+    delay, `on_stop` (deregistration) once when stopped; a real port on loopback."""
+    import httpx
+
+    from infra.core.ports import free_port
+
+    calls: list[str] = []
+    port = free_port()
+    backend = Backend(BackendConfig(service="web", instance="w1", port=port, startup_delay_s=0.6),
+                      on_ready=lambda: calls.append("ready"), on_stop=lambda: calls.append("stop"))
+
+    async def scenario() -> tuple[int, int]:
+        task = asyncio.create_task(backend.run())
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            while True:
+                try:
+                    warming = (await client.get("/healthz")).status_code
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.02)
+            while not backend.ready:
+                await asyncio.sleep(0.02)
+            ready = (await client.get("/healthz")).status_code
+        backend._stop.set()
+        await task
+        return warming, ready
+
+    assert asyncio.run(scenario()) == (503, 200)
+    assert calls == ["ready", "stop"]
