@@ -89,12 +89,12 @@ class DashboardData:
             "WHERE kind IN ('risk', 'hpa_shadow') AND service = %(service)s AND ts >= toDateTime(%(since)s) "
             "ORDER BY ts", params)
         acted = self.client.execute(
-            f"SELECT actuator, action, target, toUInt32(intDiv(ts_ms, 1000)), after FROM {self.db}.decisions "
+            f"SELECT actuator, action, target, toUInt32(intDiv(ts_ms, 1000)), after FROM {self.db}.decisions FINAL "
             "WHERE service = %(service)s AND ts >= toDateTime(%(since)s) AND isNotNull(after) "
             "AND outcome != 'dry_run' ORDER BY ts_ms", params)
         recent = self.client.execute(
             f"SELECT ts_ms, actuator, target, action, before, after, reason, outcome, dry_run "
-            f"FROM {self.db}.decisions WHERE service = %(service)s ORDER BY ts_ms DESC LIMIT %(n)s",
+            f"FROM {self.db}.decisions FINAL WHERE service = %(service)s ORDER BY ts_ms DESC LIMIT %(n)s",
             {**params, "n": self.decisions_shown})
         return ServiceSnapshot(
             service=service, generated_at=now, window_minutes=self.window_minutes,

@@ -120,7 +120,7 @@ def test_the_page_shows_the_record_and_a_new_decision_live(record: tuple[Setting
     db = s.clickhouse.database
     windows = cl.execute(f"SELECT count() FROM {db}.features FINAL WHERE service = %(s)s AND instance = '*'",
                          {"s": SERVICE})[0][0]
-    decisions = cl.execute(f"SELECT count() FROM {db}.decisions WHERE service = %(s)s", {"s": SERVICE})[0][0]
+    decisions = cl.execute(f"SELECT count() FROM {db}.decisions FINAL WHERE service = %(s)s", {"s": SERVICE})[0][0]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
