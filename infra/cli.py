@@ -1155,7 +1155,7 @@ def _registry_change(ctx: typer.Context, service: str, instance: str, action: st
     s = _ctx(ctx).settings
     registry = _registry(s)
     try:
-        # the sink first: a change that could not be recorded is not made
+        # durable: a decision Kafka or ClickHouse cannot take now waits in this command's spool
         sink = decision_log(s, "registry-cli")
     except Exception as exc:
         err.print(f"[red]error:[/] cannot record decisions on {s.kafka.topic_decisions} at "
@@ -1178,6 +1178,9 @@ def _registry_change(ctx: typer.Context, service: str, instance: str, action: st
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     finally:
+        if not sink.wait_replayed(timeout=5):
+            err.print(f"[yellow]warning:[/] a decision is still spooled under {s.decision_spool_dir / 'registry-cli'}; "
+                      "the next `foresight registry` change sends it")
         with contextlib.suppress(Exception):  # a close that cannot flush was reported by publish already
             sink.close()
     if as_json:

@@ -41,6 +41,8 @@ def run_registry_bench(folder: Path, rounds: int = 2, grow: int = 3, burst: int 
         return haproxy.servers(service)
 
     try:
+        rig.ensure_decisions_topic()
+        rig.ensure_database()
         rig.start("etcd", "haproxy", "nginx", "pool", "registry-sync")
         wait_until("the first instance", lambda: rig.pool_status()["ready"] == 1 and len(servers()) == 1, 60)
         clock = RegistryClock(rig.s, service)

@@ -17,6 +17,7 @@ import httpx
 
 from infra.core.ports import free_port, free_ports
 from infra.core.settings import (
+    ClickHouseSettings,
     DemoSettings,
     EtcdSettings,
     HAProxySettings,
@@ -43,7 +44,7 @@ def wait_until(what: str, cond: Callable[[], bool], timeout_s: float = 60.0, eve
         time.sleep(every_s)
 
 
-SECTIONS = ("kafka", "etcd", "haproxy", "demo", "ingest", "pool", "nginx", "sync", "registry")
+SECTIONS = ("kafka", "clickhouse", "etcd", "haproxy", "demo", "ingest", "pool", "nginx", "sync", "registry")
 
 
 def rig_settings(folder: Path, service: PoolServiceSettings | None = None, lease_ttl_s: int = 3,
@@ -56,7 +57,8 @@ def rig_settings(folder: Path, service: PoolServiceSettings | None = None, lease
     run = secrets.token_hex(4)
     return Settings(
         state_dir=folder,
-        # decisions go to a topic of the rig's own on the shared broker (created on first use)
+        # decisions go to a topic and a ClickHouse database of the rig's own on the shared servers
+        clickhouse=ClickHouseSettings(database=f"foresight_rig_{run}"),
         kafka=KafkaSettings(**{f"topic_{t}": f"fs.rig-{run}.{t}" for t in ("access", "metrics", "dlq", "features",
                                                                           "decisions")}),
         etcd=EtcdSettings(client_port=next(port), peer_port=next(port), metrics_port=next(port)),
@@ -84,6 +86,7 @@ class Rig:
                                      components.pool(s), components.registry_sync(s)]}
         self.components: dict[str, Component] = built
         self.records: dict[str, ProcessRecord] = {}
+        self._database = False
 
     def ensure_decisions_topic(self) -> bool:
         """The rig's own decisions topic on the shared broker; False when no broker answers (the sync
@@ -105,6 +108,29 @@ class Rig:
         finally:
             admin.close()
         return True
+
+    def ensure_database(self) -> bool:
+        """Migrate the rig's own ClickHouse database (dropped by `close()`); False when ClickHouse does not
+        answer (the decisions then wait in the rig's spool, which goes with its folder)."""
+        from infra.core.db import migrate
+
+        try:
+            migrate(self.s.clickhouse)
+        except Exception:  # ClickHouse away: the membership path does not depend on it
+            return False
+        self._database = True
+        return True
+
+    def decision_rows(self) -> list[tuple[str, str, str]]:
+        """(actuator, action, target) of every row in the rig's ClickHouse `decisions`."""
+        from infra.core.db import client
+
+        cl = client(self.s.clickhouse)
+        try:
+            rows = cl.execute(f"SELECT actuator, action, target FROM {self.s.clickhouse.database}.decisions FINAL")
+            return [(str(a), str(b), str(c)) for a, b, c in rows]
+        finally:
+            cl.disconnect()
 
     def decisions(self, timeout_s: float = 5.0) -> list[dict[str, object]]:
         """Every decision on the rig's topic so far."""
@@ -144,6 +170,14 @@ class Rig:
     def close(self) -> None:
         for name in reversed(list(self.records)):
             self.stop(name)
+        if self._database:
+            from infra.core.db import client
+
+            cl = client(self.s.clickhouse)
+            try:
+                cl.execute(f"DROP DATABASE IF EXISTS {self.s.clickhouse.database}")
+            finally:
+                cl.disconnect()
 
     # -- what tests and the bench look at ---------------------------------------------------------
     @property

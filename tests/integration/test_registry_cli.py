@@ -1,5 +1,6 @@
-"""`foresight registry ...` as a user runs it (subprocesses), against the stack's etcd and Kafka:
-guardrail refusals exit 2 and change nothing; each change is one decision on the decisions topic."""
+"""`foresight registry ...` as a user runs it (subprocesses), against the stack's etcd, Kafka and
+ClickHouse: guardrail refusals exit 2 and change nothing; each change is one decision on the decisions
+topic and in ClickHouse `decisions` (a topic and a database of the test's own)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
 
+from infra.core.db import client
 from infra.core.service_registry import InstanceRecord, Registry
+from infra.core.settings import ClickHouseSettings
 from tests.integration.test_service_registry import etcd_url  # noqa: F401 - fixture
 
 KAFKA = "127.0.0.1:19092"
@@ -24,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def env(etcd_url: str) -> Iterator[dict[str, str]]:  # noqa: F811 - the imported fixture
+def env(etcd_url: str, scratch_db: ClickHouseSettings, tmp_path: Path  # noqa: F811 - the imported fixture
+        ) -> Iterator[dict[str, str]]:
     suffix = uuid.uuid4().hex[:10]
     topic = f"fs.test.decisions.{suffix}"
     admin = KafkaAdminClient(bootstrap_servers=KAFKA, client_id="registry-cli-test")
@@ -42,7 +46,8 @@ def env(etcd_url: str) -> Iterator[dict[str, str]]:  # noqa: F811 - the imported
     reg = Registry(etcd_url, f"/fs-cli-{suffix}")
     values = {**os.environ, "PYTHONPATH": str(ROOT), "FORESIGHT_REGISTRY__ENDPOINT": etcd_url,
               "FORESIGHT_REGISTRY__PREFIX": reg.prefix, "FORESIGHT_KAFKA__BOOTSTRAP_SERVERS": KAFKA,
-              "FORESIGHT_KAFKA__TOPIC_DECISIONS": topic}
+              "FORESIGHT_KAFKA__TOPIC_DECISIONS": topic, "FORESIGHT_CLICKHOUSE__DATABASE": scratch_db.database,
+              "FORESIGHT_STATE_DIR": str(tmp_path / "state")}
     values.pop("FORESIGHT_CONFIG", None)
     try:
         yield values
@@ -95,7 +100,8 @@ def test_draining_the_last_ready_instance_exits_2_and_changes_nothing(env: dict[
     assert {i["instance"]: i["record"]["state"] for i in listed["instances"]} == {"a": "draining", "b": "ready"}
 
 
-def test_each_change_is_one_decision_with_before_and_after_in_its_reason(env: dict[str, str]) -> None:
+def test_each_change_is_one_decision_with_before_and_after_in_its_reason(env: dict[str, str],
+                                                                        scratch_db: ClickHouseSettings) -> None:
     reg = register(env, "a", "b")
     assert cli(env, "drain", "web", "a").returncode == 0
     assert cli(env, "drain", "web", "a").returncode == 0  # already draining: nothing to do, no decision
@@ -108,6 +114,13 @@ def test_each_change_is_one_decision_with_before_and_after_in_its_reason(env: di
         ("drain", "web/a", "etcd", None, None), ("undrain", "web/a", "etcd", None, None),
         ("drain", "web/a", "etcd", None, None), ("deregister", "web/a", "etcd", None, None)]
     assert "ready -> draining" in str(found[0]["reason"]) and "draining -> removed" in str(found[3]["reason"])
+    cl = client(scratch_db)
+    try:
+        rows = cl.execute(f"SELECT action, target, actuator, before, after FROM {scratch_db.database}.decisions "
+                          "FINAL ORDER BY ts_ms")
+    finally:
+        cl.disconnect()
+    assert rows == [(a, "web/a", "etcd", None, None) for a in ("drain", "undrain", "drain", "deregister")]
 
 
 def test_show_and_unknown_instances(env: dict[str, str]) -> None:

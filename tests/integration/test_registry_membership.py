@@ -28,6 +28,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     r = Rig(rig_settings(tmp_path_factory.mktemp("registry-rig")))
     try:
         r.ensure_decisions_topic()
+        assert r.ensure_database()
         r.start("etcd", "haproxy", "nginx", "pool", "registry-sync")
         wait_for("first pool instance ready", lambda: r.pool_status()["ready"] == 1)
         yield r
@@ -84,6 +85,9 @@ def test_scale_1_4_1_new_instances_take_traffic_and_scale_down_fails_nothing(rig
         for balancer in ("haproxy", "nginx"):
             assert (balancer, "add_server", name) in done and (balancer, "drain", name) in done
             assert (balancer, "remove", name) in done
+    # and in ClickHouse `decisions` (the rig's own database)
+    wait_for("the decisions in ClickHouse", lambda: {
+        (a, b, t.rsplit("/", 1)[-1]) for a, b, t in rig.decision_rows()} >= set(done), 30)
 
 
 def _standalone_backend(rig: Rig, instance: str) -> tuple[subprocess.Popen[bytes], int]:
