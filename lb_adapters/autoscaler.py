@@ -293,7 +293,7 @@ class Autoscaler:
         metrics.DECISIONS.labels(svc.name, "hold").inc()
         report.note = reason
         report.decision = Decision(ts=int(now * 1000), service=svc.name, actuator="scaler", target=svc.scaler.target,
-                                   action="scale", before=before, after=before if before is not None else -1,
+                                   action="scale", before=before, after=before,
                                    reason=reason, prediction_ref="none", dry_run=self.cfg.dry_run, outcome="skipped")
         self._publish(report)
         return report
