@@ -711,7 +711,9 @@ def autoscale(
     runs when a new feature window closes and at least every `autoscaler.interval_s`; every decision
     goes to fs.decisions with its reason and the forecast it used. When predictions are stale or
     serving is down the reactive policy decides ("fallback" in the reason); when ClickHouse is down
-    nothing changes. Example foresight.toml:
+    nothing changes. Only the copy holding a service's leadership in etcd
+    (`<prefix>/leaders/<service>/replicas`) scales it; another stands by (`--dry-run` needs none).
+    Example foresight.toml:
 
     \b
     \\[\\[autoscaler.services]]
@@ -720,11 +722,14 @@ def autoscale(
     startup_s = 20
     scaler = { kind = "pool", url = "http://127.0.0.1:19110" }
     """
+    import os
     import signal
+    import socket
     import threading
 
     from rich.markup import escape
 
+    from infra.core.service_registry import Leadership
     from infra.workers import build_autoscaler
 
     s = _ctx(ctx).settings
@@ -739,6 +744,14 @@ def autoscale(
     except ValueError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
+    leaderships: dict[str, Leadership] = {}
+    if not dry_run:  # one copy acts per service (etcd `<prefix>/leaders/<service>/replicas`); a dry run needs none
+        holder = f"autoscale@{socket.gethostname()}:{os.getpid()}"
+        leaderships = {name: Leadership(_registry(s), name, holder, ttl_s=s.registry.leader_ttl_s, role="replicas")
+                       for name in scaler.services}
+        # --once waits one lease TTL for a dead leader's key to expire; the loop re-checks every round
+        wait_s = s.registry.leader_ttl_s + 1 if once else 0
+        scaler.is_leader = lambda name: leaderships[name].acquire(timeout=wait_s)
 
     def say(report: object) -> None:
         from lb_adapters.autoscaler import RoundReport
@@ -760,6 +773,8 @@ def autoscale(
             except Exception as exc:  # one service's failure must not hide the others' rounds
                 failed = True
                 err.print(f"[red]{name}: round failed:[/] {exc}")
+        for leadership in leaderships.values():
+            leadership.resign()
         raise typer.Exit(1 if failed else 0)
     from prometheus_client import start_http_server
 
@@ -771,7 +786,11 @@ def autoscale(
         _say("no services to scale (autoscaler.services is empty); idle, serving metrics. Example:\n"
              + escape(AUTOSCALE_EXAMPLE))
     _say(f"autoscaling {', '.join(scaler.services) or 'nothing'} (metrics :{s.autoscaler.metrics_port})")
-    scaler.run(stop, on_round=say)
+    try:
+        scaler.run(stop, on_round=say)
+    finally:
+        for leadership in leaderships.values():
+            leadership.resign()
 
 
 @app.command()

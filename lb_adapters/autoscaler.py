@@ -109,7 +109,6 @@ class Autoscaler:
     def __init__(self, services: Sequence[ScaledService], rates: RateSource, forecaster: Forecaster,
                  sink: DecisionSink, cfg: AutoscalerSettings, clock: Callable[[], float] = time.time,
                  is_leader: Callable[[str], bool] = lambda _service: True) -> None:
-        # TODO(lead): pass infra.core.service_registry.Leadership's check as `is_leader` once it is on main.
         self.services = {s.name: s for s in services}
         self.policies: dict[str, Policy] = {s.name: policy_by_name(s.config.policy) for s in services}
         self.rates, self.forecaster, self.sink, self.cfg = rates, forecaster, sink, cfg
@@ -128,8 +127,10 @@ class Autoscaler:
     def _step(self, svc: ScaledService, mem: Memory) -> RoundReport:
         report = RoundReport(svc.name)
         if not self.is_leader(svc.name):
-            report.note = f"{svc.name}: another autoscaler holds the leadership; not deciding"
+            metrics.LEADER.labels(svc.name).set(0)
+            report.note = "standing by: another copy leads this service, or etcd is unreachable"
             return report
+        metrics.LEADER.labels(svc.name).set(1)
         now = self.clock()
         interval = self.cfg.interval_s
         stale_s = self.cfg.stale_intervals * interval
@@ -292,7 +293,7 @@ class Autoscaler:
         metrics.DECISIONS.labels(svc.name, "hold").inc()
         report.note = reason
         report.decision = Decision(ts=int(now * 1000), service=svc.name, actuator="scaler", target=svc.scaler.target,
-                                   action="scale", before=before, after=before if before is not None else -1,
+                                   action="scale", before=before, after=before,
                                    reason=reason, prediction_ref="none", dry_run=self.cfg.dry_run, outcome="skipped")
         self._publish(report)
         return report

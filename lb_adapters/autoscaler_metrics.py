@@ -16,3 +16,5 @@ FALLBACK = Gauge("foresight_autoscaler_fallback_active", "1 while the reactive f
                  "stale or serving unreachable), else 0.", ["service"])
 ROUND_SECONDS = Histogram("foresight_autoscaler_round_seconds", "Time of one decision round (read, forecast, "
                           "decide, act, record).", buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+LEADER = Gauge("foresight_autoscaler_leader", "1 while this copy holds the service's leadership (decides), 0 on "
+               "standby.", ["service"])

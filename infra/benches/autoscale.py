@@ -132,7 +132,11 @@ def run_autoscale_bench(s: Settings, windows: int = 40, gap_s: float = 1.5, pool
             service = AutoscaledService(name=SERVICE, scaler=PoolScalerSettings(url=url), policy="predictive",
                                         capacity_rps=5.0, startup_s=20.0,
                                         knobs=predictive_knobs(quantile=0.9, min_replicas=1, max_replicas=100))
-            auto = Autoscaler([ScaledService(service, scaler)], ClickHouseRates(cl, ch.database), forecaster, sink, cfg)
+            # the loop's own client: a clickhouse_driver Client is one connection, not for two threads
+            loop_cl = clickhouse_client(ch, ch.database)
+            stack.callback(loop_cl.disconnect)
+            auto = Autoscaler([ScaledService(service, scaler)], ClickHouseRates(loop_cl, ch.database), forecaster,
+                              sink, cfg)
             reports: list[RoundReport] = []
             written: dict[int, float] = {}
             stop = threading.Event()

@@ -1,8 +1,9 @@
 """`foresight autoscale --once --json` as an operator runs it: a service from foresight.toml scaled
 through the Kubernetes scaler (against the recording fake of the API server, no Kubernetes here),
 its load read from the stack's ClickHouse (a database of this test's own), its decision recorded on
-the stack's Kafka (a topic of this test's own). Serving is pointed at a closed port, so the decision
-is the reactive fallback's, and says so.
+the stack's Kafka (a topic of this test's own), its leadership held in the stack's etcd (under a key
+prefix of this test's own). Serving is pointed at a closed port, so the decision is the reactive
+fallback's, and says so.
 """
 
 from __future__ import annotations
@@ -23,10 +24,39 @@ from infra.core.db import client as clickhouse_client
 from infra.core.db import migrate
 from infra.core.kafka_admin import ensure_topics
 from infra.core.ports import free_port
+from infra.core.service_registry import Leadership, Registry
 from infra.core.settings import Settings, load_settings
 from tests.unit.scaler_fakes import fake_kubernetes_api
 
 SERVICE = "as-cli"
+PREFIX = f"/test-autoscale-{os.getpid()}"
+
+
+def autoscale_once(s: Settings, api_url: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    config = folder / "foresight.toml"
+    config.write_text(f"""
+[clickhouse]
+database = "{s.clickhouse.database}"
+
+[kafka]
+topic_decisions = "{s.kafka.topic_decisions}"
+
+[serving]
+port = {free_port()}
+
+[registry]
+prefix = "{PREFIX}"
+leader_ttl_s = 2
+
+[[autoscaler.services]]
+name = "{SERVICE}"
+capacity_rps = 10
+startup_s = 30
+scaler = {{ kind = "kubernetes", server = "{api_url}", namespace = "shop", deployment = "web" }}
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORESIGHT_")}
+    return subprocess.run([sys.executable, "-m", "infra.cli", "--config", str(config), "autoscale", "--once",
+                           "--json"], capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.fixture()
@@ -65,26 +95,7 @@ def test_autoscale_once_scales_a_kubernetes_deployment_on_the_fallback_and_recor
     cl.disconnect()
     with fake_kubernetes_api() as (api_url, api):
         api.replicas["web"] = 2
-        config = tmp_path / "foresight.toml"
-        config.write_text(f"""
-[clickhouse]
-database = "{s.clickhouse.database}"
-
-[kafka]
-topic_decisions = "{s.kafka.topic_decisions}"
-
-[serving]
-port = {free_port()}
-
-[[autoscaler.services]]
-name = "{SERVICE}"
-capacity_rps = 10
-startup_s = 30
-scaler = {{ kind = "kubernetes", server = "{api_url}", namespace = "shop", deployment = "web" }}
-""")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FORESIGHT_")}
-        proc = subprocess.run([sys.executable, "-m", "infra.cli", "--config", str(config), "autoscale", "--once",
-                               "--json"], capture_output=True, text=True, timeout=120, env=env)
+        proc = autoscale_once(s, api_url, tmp_path)
     assert proc.returncode == 0, proc.stderr
     decision = json.loads(proc.stdout.strip().splitlines()[-1])
     assert decision["service"] == SERVICE and decision["target"] == "kubernetes/shop/web"
@@ -100,3 +111,19 @@ scaler = {{ kind = "kubernetes", server = "{api_url}", namespace = "shop", deplo
     finally:
         consumer.close()
     assert [(d["service"], d["after"], d["outcome"]) for d in recorded] == [(SERVICE, 6, "applied")]
+    assert Registry(s.registry_endpoint, PREFIX).leaders() == []  # resigned on exit
+
+
+def test_autoscale_stands_by_while_another_copy_leads_the_service(isolated: Settings, tmp_path: Path) -> None:
+    s = isolated
+    other = Leadership(Registry(s.registry_endpoint, PREFIX), SERVICE, "another-autoscaler", ttl_s=5, role="replicas")
+    assert other.acquire(timeout=5)
+    try:
+        with fake_kubernetes_api() as (api_url, api):
+            api.replicas["web"] = 2
+            proc = autoscale_once(s, api_url, tmp_path)
+    finally:
+        other.resign()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "" and "standing by" in proc.stderr
+    assert api.requests == [] and api.replicas["web"] == 2

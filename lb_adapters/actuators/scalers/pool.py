@@ -6,23 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
+from infra.core.pool_api import PoolStatus
 from lb_adapters.actuators.base import ActuatorError
 from lb_adapters.actuators.scalers.base import Replicas
-
-
-class PoolCounts(BaseModel):
-    """The counts of the pool's `PoolStatus` answer that a scaler reads.
-
-    TODO(lead): use `infra.core.pool_api.PoolStatus` once the pool lands on main; this mirrors its JSON."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    service: str
-    desired: int
-    current: int
-    ready: int
 
 
 class PoolScaler:
@@ -40,7 +28,7 @@ class PoolScaler:
     def scale(self, replicas: int) -> None:
         self._answer(lambda: self.http.put(f"/v1/pools/{self.service}/replicas", json={"replicas": replicas}), 202)
 
-    def _answer(self, call: Callable[[], httpx.Response], expect: int) -> PoolCounts:
+    def _answer(self, call: Callable[[], httpx.Response], expect: int) -> PoolStatus:
         try:
             resp = call()
         except httpx.HTTPError as exc:
@@ -49,7 +37,7 @@ class PoolScaler:
             raise ActuatorError(f"pool {self.service}: {resp.request.method} {resp.request.url.path} answered "
                                 f"{resp.status_code}: {resp.text[:300]}")
         try:
-            return PoolCounts.model_validate_json(resp.content)
+            return PoolStatus.model_validate_json(resp.content)
         except ValidationError as exc:
             raise ActuatorError(f"pool {self.service}: unexpected answer {resp.text[:300]!r}") from exc
 
