@@ -18,13 +18,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-from ingest.spool import Spool
 from kafka import KafkaConsumer
 
 from infra.benches.streams import IsolatedPipeline, replicated_trace, sample_events, worker_command
 from infra.core.datasets import NASA_SAMPLE, dataset_path
 from infra.core.ports import free_port
 from infra.core.settings import Settings
+from infra.core.spool import Spool
 from ingest.schemas import AccessEvent, encode_batch
 from ingest.sinks.kafka import KafkaSink
 from streams.reference import SERVICE_WIDE, WindowRow, compare_windows, reference_windows
