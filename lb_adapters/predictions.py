@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import httpx
+from pydantic import BaseModel
 
 from serving.schemas import (
     ForecastRequest,
@@ -13,64 +16,47 @@ from serving.schemas import (
     WeightsResponse,
 )
 
+Answer = TypeVar("Answer", bound=BaseModel)
+
 
 class ServingError(RuntimeError):
     pass
 
 
-class WeightsClient:
+class _ServingClient:
+    """One HTTP connection pool to serving; every call says which endpoint failed and how."""
+
     def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 5.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
 
-    def weights(self, request: WeightsRequest) -> WeightsResponse:
+    def _post(self, path: str, body: dict[str, object], answer: type[Answer]) -> Answer:
         try:
-            resp = self.http.post("/v1/weights", json=request.model_dump())
+            resp = self.http.post(path, json=body)
         except httpx.HTTPError as exc:
             raise ServingError(f"serving at {self.http.base_url} unreachable: {exc}") from exc
         if resp.status_code != 200:
-            raise ServingError(f"/v1/weights answered {resp.status_code}: {resp.text[:300]}")
-        return WeightsResponse.model_validate_json(resp.content)
+            raise ServingError(f"{path} answered {resp.status_code}: {resp.text[:300]}")
+        return answer.model_validate_json(resp.content)
 
     def close(self) -> None:
         self.http.close()
 
 
-class ForecastClient:
+class WeightsClient(_ServingClient):
+    def weights(self, request: WeightsRequest) -> WeightsResponse:
+        return self._post("/v1/weights", request.model_dump(), WeightsResponse)
+
+
+class ForecastClient(_ServingClient):
     """Client of `/v1/forecast` by service name (serving reads the history from ClickHouse)."""
 
-    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 5.0) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
-
     def forecast(self, request: ForecastRequest) -> ForecastResponse:
-        try:
-            resp = self.http.post("/v1/forecast", json=request.model_dump(exclude_none=True))
-        except httpx.HTTPError as exc:
-            raise ServingError(f"serving at {self.http.base_url} unreachable: {exc}") from exc
-        if resp.status_code != 200:
-            raise ServingError(f"/v1/forecast answered {resp.status_code}: {resp.text[:300]}")
-        return ForecastResponse.model_validate_json(resp.content)
-
-    def close(self) -> None:
-        self.http.close()
+        return self._post("/v1/forecast", request.model_dump(exclude_none=True), ForecastResponse)
 
 
-class RiskClient:
+class RiskClient(_ServingClient):
     """Client of `/v1/risk`: each instance's probability of failing soon (the model, or the baseline)."""
 
-    def __init__(self, base_url: str, token: str | None = None, timeout_s: float = 5.0) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
-
     def risk(self, request: RiskRequest) -> RiskResponse:
-        try:
-            resp = self.http.post("/v1/risk", json=request.model_dump())
-        except httpx.HTTPError as exc:
-            raise ServingError(f"serving at {self.http.base_url} unreachable: {exc}") from exc
-        if resp.status_code != 200:
-            raise ServingError(f"/v1/risk answered {resp.status_code}: {resp.text[:300]}")
-        return RiskResponse.model_validate_json(resp.content)
-
-    def close(self) -> None:
-        self.http.close()
+        return self._post("/v1/risk", request.model_dump(), RiskResponse)
