@@ -25,7 +25,7 @@ from infra.core.db import migrate
 from infra.core.kafka_admin import ensure_topics
 from infra.core.ports import free_port
 from infra.core.service_registry import Leadership, Registry
-from infra.core.settings import Settings, load_settings
+from infra.core.settings import Settings
 from tests.unit.scaler_fakes import fake_kubernetes_api
 
 SERVICE = "as-cli"
@@ -35,6 +35,8 @@ PREFIX = f"/test-autoscale-{os.getpid()}"
 def autoscale_once(s: Settings, api_url: str, folder: Path) -> subprocess.CompletedProcess[str]:
     config = folder / "foresight.toml"
     config.write_text(f"""
+state_dir = "{folder / 'state'}"
+
 [clickhouse]
 database = "{s.clickhouse.database}"
 
@@ -60,10 +62,10 @@ scaler = {{ kind = "kubernetes", server = "{api_url}", namespace = "shop", deplo
 
 
 @pytest.fixture()
-def isolated() -> Iterator[Settings]:
-    """This test's own ClickHouse database and decision topic on the stack's servers (which it never
-    starts or stops)."""
-    base = load_settings()
+def isolated(core_stack: Settings) -> Iterator[Settings]:
+    """This test's own ClickHouse database and decision topic on the stack's servers (started when down,
+    never stopped: `core_stack`)."""
+    base = core_stack
     run = os.getpid()
     s = base.model_copy(update={
         "clickhouse": base.clickhouse.model_copy(update={"database": f"fs_autoscale_cli_{run}"}),

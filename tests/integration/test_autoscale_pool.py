@@ -21,7 +21,7 @@ from infra.core.settings import (
     AutoscalerSettings,
     PoolScalerSettings,
     PoolServiceSettings,
-    load_settings,
+    Settings,
 )
 from lb_adapters.actuators.base import ActuatorError
 from lb_adapters.actuators.scalers.base import Replicas
@@ -50,11 +50,11 @@ class Recorder:
         self.decisions += decisions
 
 
-def test_pool_scaler_and_loop_scale_real_pool_instances(tmp_path: Path) -> None:
+def test_pool_scaler_and_loop_scale_real_pool_instances(core_stack: Settings, tmp_path: Path) -> None:
     service = PoolServiceSettings(name=SERVICE, replicas=1, startup_delay_s=STARTUP_S, capacity_rps=10, workers=2,
                                   min_replicas=1, max_replicas=4)
     rig = Rig(rig_settings(tmp_path / "rig", service))
-    ch = load_settings().clickhouse.model_copy(update={"database": f"as_pool_{uuid.uuid4().hex[:8]}"})
+    ch = core_stack.clickhouse.model_copy(update={"database": f"as_pool_{uuid.uuid4().hex[:8]}"})
     migrate(ch)
     cl = clickhouse_client(ch, ch.database)
     try:

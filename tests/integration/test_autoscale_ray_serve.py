@@ -39,7 +39,7 @@ from infra.core.settings import (
     ClickHouseSettings,
     RayServeScalerSettings,
     ServingSettings,
-    load_settings,
+    Settings,
 )
 from lb_adapters.actuators.base import ActuatorError
 from lb_adapters.actuators.scalers.base import Replicas
@@ -99,10 +99,10 @@ def ray_serve() -> Iterator[Ray]:
 
 
 @pytest.fixture()
-def features() -> Iterator[tuple[ClickHouseSettings, Client]]:
+def features(core_stack: Settings) -> Iterator[tuple[ClickHouseSettings, Client]]:
     """A database of this test's own on the stack's ClickHouse. Not the `stack` fixture: that one starts
     (and at the end stops) the whole shared stack when this branch's component list differs from it."""
-    ch = load_settings().clickhouse.model_copy(update={"database": f"fs_autoscale_{os.getpid()}"})
+    ch = core_stack.clickhouse.model_copy(update={"database": f"fs_autoscale_{os.getpid()}"})
     migrate(ch)
     cl = clickhouse_client(ch, ch.database)
     try:

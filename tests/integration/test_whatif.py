@@ -17,7 +17,7 @@ from torch import nn
 
 from infra.core.db import client, migrate
 from infra.core.model_registry import ForecastSpec, ModelManifest
-from infra.core.settings import Settings, load_settings
+from infra.core.settings import Settings
 from training.registry import new_version, write_version
 
 START = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
@@ -48,14 +48,10 @@ def register(root: Path) -> str:
 
 
 @pytest.fixture
-def running_clickhouse() -> Settings:
-    """The running stack's settings, without the `stack` fixture's `stack up`: this test needs ClickHouse only."""
-    settings = load_settings()
-    try:
-        client(settings.clickhouse).execute("SELECT 1")
-    except Exception as exc:  # the stack is not up: say so rather than start one
-        pytest.fail(f"ClickHouse of the local stack is not answering ({exc}); `foresight stack up` first")
-    return settings
+def running_clickhouse(core_stack: Settings) -> Settings:
+    """The stack's settings with ClickHouse answering (`core_stack` starts it when down); not the `stack`
+    fixture, which would complete a shared stack from this checkout's code."""
+    return core_stack
 
 
 @pytest.fixture
