@@ -106,12 +106,15 @@ def stack_up(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json",
 
 
 @stack_app.command("down")
-def stack_down(ctx: typer.Context) -> None:
+def stack_down(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print {stopped: [names]}.")
+                                                      ] = False) -> None:
     """Stop exactly the processes `stack up` started."""
     from infra.stack.launcher import down
 
     stopped = down(_ctx(ctx).settings, _say)
     _say(f"stopped {len(stopped)} component(s)" if stopped else "nothing was running")
+    if as_json:
+        print(json.dumps({"stopped": stopped}))
 
 
 @stack_app.command("status")
@@ -144,34 +147,47 @@ def doctor(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] 
 def config_cmd(
     ctx: typer.Context,
     reference: Annotated[bool, typer.Option("--reference", help="Every setting, its variable and default.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --reference: a JSON list of {setting, env, default, "
+                                          "meaning} instead of the Markdown table (the settings are JSON anyway).")
+                       ] = False,
 ) -> None:
     """Print the effective settings as JSON (file + environment + defaults)."""
     if reference:
-        from infra.core.config_doc import markdown_table
+        from infra.core.config_doc import markdown_table, rows
 
-        print(markdown_table())
+        if as_json:
+            print(json.dumps([dict(zip(("setting", "env", "default", "meaning"), r, strict=True)) for r in rows()]))
+        else:
+            print(markdown_table())
         return
     print(_ctx(ctx).settings.model_dump_json(indent=2))
 
 
 @db_app.command("migrate")
-def db_migrate(ctx: typer.Context) -> None:
+def db_migrate(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print {applied: [names]}.")
+                                                      ] = False) -> None:
     """Apply the ClickHouse migrations not yet applied (idempotent)."""
     from infra.core.db import migrate
 
     applied = migrate(_ctx(ctx).settings.clickhouse)
     _say(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+    if as_json:
+        print(json.dumps({"applied": list(applied)}))
 
 
 @db_app.command("retain")
 def db_retain(
     ctx: typer.Context,
     days: Annotated[int, typer.Option(min=1, help="Keep this many whole days; older day partitions are dropped.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print {dropped: [{table, partition}]} only.")] = False,
 ) -> None:
     """Drop day partitions older than N days from every Foresight table (ClickHouse 18.16 has no TTL)."""
     from infra.core.db import retain
 
     dropped = retain(_ctx(ctx).settings.clickhouse, days)
+    if as_json:
+        print(json.dumps({"dropped": [{"table": t, "partition": p} for t, p in dropped]}))
+        return
     for table, partition in dropped:
         console.print(f"dropped {table} {partition}")
     if not dropped:
@@ -305,7 +321,7 @@ def bench_ingest(
 
     s = _ctx(ctx).settings
     result = run_ingest_bench(s.kafka, sample or dataset_path(NASA_SAMPLE), lines, repeat=repeat,
-                              batch_max=s.ingest.batch_max, profile_path=profile)
+                              batch_max=s.ingest.batch_max, profile_path=profile, say=_say)
     if not as_json:
         console.print(result)
     print(json.dumps({k: result[k] for k in ("events_per_s", "raw_producer_per_s", "ratio")}))
@@ -330,7 +346,7 @@ def bench_serving(
 
     s = _ctx(ctx).settings
     result = run_serving_bench(s.serving, s.ray, s.clickhouse, s.state, url, instances=instances,
-                               concurrency=concurrency, requests=requests, warmup=warmup)
+                               concurrency=concurrency, requests=requests, warmup=warmup, say=_say)
     if not as_json:
         console.print(result.as_dict())
     print(json.dumps(result.summary()))
@@ -572,6 +588,8 @@ def adapt(
     once: Annotated[bool, typer.Option("--once", help="One decision round, then exit.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between rounds.")] = 10.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and record, do not touch HAProxy.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the decisions as JSON lines (as `autoscale`).")
+                       ] = False,
 ) -> None:
     """Run the weight adapter: latest features -> /v1/weights -> policy -> HAProxy runtime API.
 
@@ -619,7 +637,10 @@ def adapt(
             else:
                 ROUNDS.labels("ok").inc()
                 for d in report.decisions:
-                    _say(f"{d.target}: weight {d.before} -> {d.after} ({d.reason}; {d.outcome})")
+                    if as_json:
+                        print(d.model_dump_json(), flush=True)
+                    else:
+                        _say(f"{d.target}: weight {d.before} -> {d.after} ({d.reason}; {d.outcome})")
                 if report.note:
                     _say(report.note)
             if once:
@@ -922,8 +943,13 @@ def train(
                                                     "ray.address, else a local Ray.")] = None,
     workers: Annotated[int, typer.Option(help="0: one Ray task; N: Ray Train's TorchTrainer with N data-parallel "
                                          "workers.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Only the JSON summary on stdout (it is always the last "
+                                          "line); progress stays on stderr.")] = False,
 ) -> None:
-    """Train a forecaster on Ray and write it to the model registry (and ClickHouse `model_versions`)."""
+    """Train a forecaster on Ray and write it to the model registry (and ClickHouse `model_versions`).
+
+    Progress (notes and an epoch bar) goes to stderr; {kind, version, path, model_versions, metrics} is
+    the last line of stdout."""
     from training.fit import TrainConfig
     from training.train_command import train_command
 
@@ -936,7 +962,7 @@ def train(
         train_command(source=source, service=service or s.demo.service, start=start, time_range=(start_s, end_s),
                       cfg=TrainConfig(epochs=epochs, members=members, hidden=hidden, seed=seed), val_frac=val_frac,
                       ray_address=ray_address or s.ray.address, ray_num_cpus=s.ray.num_cpus, state_dir=s.state,
-                      ch=s.clickhouse, workers=workers)
+                      ch=s.clickhouse, workers=workers, as_json=as_json)
     except ValueError as exc:  # no data for the service, too little history, a bad --source
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
@@ -1363,13 +1389,16 @@ def faults_generate(
     instances: Annotated[int, typer.Option(help="Instances in the pool; faults name them `#0`, `#1`, ...")] = 4,
     duration: Annotated[float, typer.Option(help="Seconds the run lasts; faults start in its middle half.")] = 300.0,
     faults: Annotated[int, typer.Option(help="Faulty instances (always fewer than all).")] = 1,
-    out: Annotated[Path | None, typer.Option(help="Write the YAML here instead of to stdout.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the scenario here instead of to stdout.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of YAML (still a valid scenario file).")
+                       ] = False,
 ) -> None:
     """Generate a reproducible fault scenario from a seed (keep held-out seeds out of training)."""
     from infra.pool.faults import dump_scenario, generate
 
     try:
-        text = dump_scenario(generate(seed, instances, duration, faults))
+        scenario = generate(seed, instances, duration, faults)
+        text = scenario.model_dump_json(exclude_none=True) + "\n" if as_json else dump_scenario(scenario)
     except ValueError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc

@@ -70,10 +70,12 @@ class Timeline:
 
 
 def demo_settings(s: Settings, svc: PoolServiceSettings) -> Settings:
-    """The stack's settings with the demo's own autoscaler and health controller for `svc`."""
+    """The stack's settings with the demo's own autoscaler and health controller for `svc`; its scale-down
+    window is in the demo's compressed time (`demo.scale_down_stabilization_s`), not the preset's 300 s."""
     scaled = AutoscaledService(name=svc.name, scaler=PoolScalerSettings(url=f"http://127.0.0.1:{s.pool.admin_port}"),
                                capacity_rps=svc.capacity_rps, startup_s=svc.startup_delay_s,
-                               knobs={"min_replicas": svc.min_replicas, "max_replicas": svc.max_replicas})
+                               knobs={"min_replicas": svc.min_replicas, "max_replicas": svc.max_replicas,
+                                      "scale_down_stabilization_s": s.demo.scale_down_stabilization_s})
     return s.model_copy(update={
         "autoscaler": AutoscalerSettings(interval_s=s.demo.interval_s, poll_s=1.0, services=[scaled]),
         "health": HealthSettings(services=[svc.name], interval_s=s.demo.interval_s, features_max_age_s=30,

@@ -151,12 +151,14 @@ def run_ingest_bench(
     topic_prefix: str = TOPIC_PREFIX,
     profile_path: Path | None = None,
     dense: bool = True,
+    say: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Time the pipeline and the naive shipper on the same `lines` lines, `repeat` times each, alternating.
 
     Returns medians (`events_per_s`, `raw_producer_per_s`, `ratio` = their quotient), each run, and
     the spread. With `profile_path`, the last pipeline run is also profiled (cProfile) into that file;
-    its timing is then not counted.
+    its timing is then not counted. `say` hears of each run between runs (no progress thread runs while
+    one is timed).
     """
     if lines < 1 or repeat < 1:
         raise ValueError("lines and repeat must be at least 1")
@@ -174,6 +176,7 @@ def run_ingest_bench(
     tune_gc()
     try:
         with _bench_clients(bench, batch_max, batch_size, config) as (sink, raw):
+            say(f"{len(data):,} lines; warming up both sides")
             _warm_up(sink, raw, raw_topic, parser, data)
 
             def pipeline_side() -> dict[str, float]:
@@ -186,7 +189,10 @@ def run_ingest_bench(
 
             for i in range(repeat):
                 runs.append(_alternating_run(i, pipeline_side, raw_side))
+                say(f"run {i + 1}/{repeat}: pipeline {runs[-1]['events_per_s']:,.0f} events/s, naive shipper "
+                    f"{runs[-1]['raw_producer_per_s']:,.0f} lines/s")
             if profile_path is not None:
+                say("profiling one more pipeline run (not counted)")
                 _profile_pipeline(profile_path, data, parser, sink, batch_max)
     finally:
         gc.unfreeze()

@@ -11,6 +11,7 @@ import asyncio
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ from serving.models.latency_weights import LatencyWeights, features_tensor
 from serving.schemas import InstanceFeatures
 
 BENCH_APP = "foresight-bench"
+Say = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -107,12 +113,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure(url: str, token: str | None, instances: int, concurrency: int, requests: int,
-            warmup: int) -> ServingBench:
+            warmup: int, say: Say = _quiet) -> ServingBench:
+    """`say` hears of each phase between them (no progress thread runs while requests are timed)."""
     body = request_body(instances)
     payload = orjson.dumps(body)
+    say(f"{url}: {warmup} warm-up requests of {instances} instances, {concurrency} in flight")
     asyncio.run(_load(url, payload, token, concurrency, warmup))  # replicas warm, batches formed
+    say(f"{requests} measured requests")
     latencies, elapsed = asyncio.run(_load(url, payload, token, concurrency, requests))
     rps = len(latencies) / elapsed
+    say(f"{rps:,.0f} requests/s; timing the bare model call")
     bare = bare_model_ms(body)
     p99 = percentile(latencies, 0.99)
     return ServingBench(target=url, instances=instances, concurrency=concurrency, requests=len(latencies),
@@ -122,10 +132,10 @@ def measure(url: str, token: str | None, instances: int, concurrency: int, reque
 
 def run_serving_bench(serving: ServingSettings, ray_settings: RaySettings, clickhouse: ClickHouseSettings,
                       state_dir: Path, url: str | None, instances: int, concurrency: int, requests: int,
-                      warmup: int) -> ServingBench:
+                      warmup: int, say: Say = _quiet) -> ServingBench:
     """Bench `url`, or an app of its own on a fresh local Ray head (never the stack's Ray)."""
     if url is not None:
-        return measure(url.rstrip("/"), serving.token, instances, concurrency, requests, warmup)
+        return measure(url.rstrip("/"), serving.token, instances, concurrency, requests, warmup, say)
     from ray import serve
 
     from infra.core.model_registry import registry_root
@@ -133,10 +143,11 @@ def run_serving_bench(serving: ServingSettings, ray_settings: RaySettings, click
     from serving.runner import init_ray, shutdown, start_serve
 
     own = own_serving(serving)
+    say("starting a local Ray head and the serving app of the bench")
     init_ray(ray_settings.model_copy(update={"address": None}), state_dir)
     try:
         start_serve(own)
         serve.run(build_app(own, clickhouse, registry_root(state_dir)), name=BENCH_APP, route_prefix="/")
-        return measure(f"http://{own.host}:{own.port}", own.token, instances, concurrency, requests, warmup)
+        return measure(f"http://{own.host}:{own.port}", own.token, instances, concurrency, requests, warmup, say)
     finally:
         shutdown(local_head=True)

@@ -66,7 +66,8 @@ def record_in_clickhouse(ch: ClickHouseSettings, manifest: Any, path: Path) -> s
 
 def train_command(*, source: str, service: str, start: str | None, cfg: TrainConfig, val_frac: float,
                   ray_address: str | None, ray_num_cpus: int, state_dir: Path, ch: ClickHouseSettings,
-                  workers: int = 0, time_range: tuple[int | None, int | None] = (None, None)) -> dict[str, Any]:
+                  workers: int = 0, time_range: tuple[int | None, int | None] = (None, None),
+                  as_json: bool = False) -> dict[str, Any]:
     series, description = load_source(source, service, start, ch, time_range)
     how = f"Ray Train, {workers} worker(s)" if workers else "a Ray task"
     say(f"{len(series)} minutes of data ({description['source']}); training as {how} on "
@@ -82,5 +83,7 @@ def train_command(*, source: str, service: str, start: str | None, cfg: TrainCon
         say(f"[yellow]model_versions not written (ClickHouse unreachable): {why_not}[/]")
     summary = {"kind": manifest.kind, "version": manifest.version, "path": str(path),
                "model_versions": why_not is None, "metrics": manifest.metrics}
+    if not as_json:  # a line for people; scripts read the JSON, always last
+        print(f"registered {manifest.kind}@{manifest.version} in {path}")
     print(json.dumps(summary))
     return summary

@@ -12,15 +12,17 @@ from pydantic_core import PydanticUndefined, to_jsonable_python
 from infra.core.settings import Settings
 
 
-def rows(model: type[BaseModel] = Settings, prefix: str = "") -> Iterator[tuple[str, str, str, str]]:
-    """(toml key, env var, default, description) for every leaf setting."""
+def rows(model: type[BaseModel] = Settings, prefix: str = "",
+         defaults: BaseModel | None = None) -> Iterator[tuple[str, str, str, str]]:
+    """(toml key, env var, default, description) for every leaf setting. A section's defaults are those of
+    its default value when it has one (e.g. the predictive preset of `knobs`), not its class's."""
     for name, field in model.model_fields.items():
         annotation = field.annotation
+        default = getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield from rows(annotation, f"{prefix}{name}.")
+            yield from rows(annotation, f"{prefix}{name}.", default if isinstance(default, annotation) else None)
             continue
         key = f"{prefix}{name}"
-        default = field.get_default(call_default_factory=True)
         shown = "none" if default is None else "required" if default is PydanticUndefined else json.dumps(
             to_jsonable_python(default if not hasattr(default, "__fspath__") else str(default)))
         env = "FORESIGHT_" + key.replace(".", "__").upper() if "[]" not in prefix else "(in the list's JSON)"

@@ -91,6 +91,10 @@ class DemoSettings(Section):
     fault_lead_s: float = Field(75.0, gt=0, description="The injected leak's precursors (latency, resource "
                                 "gauge) before it crashes the instance.")
     interval_s: float = Field(5.0, gt=0, description="Rounds of the demo's autoscaler and health controller.")
+    scale_down_stabilization_s: float = Field(100.0, ge=0, description="The demo autoscaler scales down only to "
+                                              "the highest recommendation of this many wall seconds. HPA's 300 s "
+                                              "is 20 of its 15 s rounds; this is 20 of the demo's 5 s rounds (in "
+                                              "trace time, 300 s would be 5 wall seconds at 60x: one round).")
 
 
 
@@ -321,7 +325,8 @@ class AutoscaledService(Section):
     startup_s: float = Field(ge=0, description="Seconds from a scale-up to a ready replica.")
     knobs: ScalingKnobs = Field(default_factory=predictive_knobs,
                                 description="Knobs of `policy` and its guardrails: a table of overrides of the "
-                                            "predictive preset (down by max(1, 10%) a minute).")
+                                            "predictive preset (down only to the highest recommendation of the "
+                                            "last 300 s, and by max(1, 10%) a minute).")
     reactive: ScalingKnobs = Field(default_factory=reactive_knobs,
                                    description="Knobs of the reactive policy (shadow and fallback), overrides of HPA's "
                                                "defaults; min/max replicas and max_unavailable come from `knobs`.")

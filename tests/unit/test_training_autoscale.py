@@ -92,7 +92,8 @@ def test_predictive_scale_down_is_bounded() -> None:
     values = np.zeros((3, 3, 1))
     values[0] = 600.0  # 30 replicas wanted at minute 0, then nothing
     trace = Trace()
-    simulate(np.full(3, 1.0), predictive, predictive_knobs(0.0, 0.99), spec,
+    # the step limit alone (the preset's 300 s stabilization window would hold the 30)
+    simulate(np.full(3, 1.0), predictive, predictive_knobs(0.0, 0.99, scale_down_stabilization_s=0.0), spec,
              Forecasts(values=values, levels=(0.99,)), trace)
     assert [d.desired for d in trace.decisions] == [30, 27, 25]  # max(1, floor(10%)) per minute
 

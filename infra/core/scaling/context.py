@@ -80,11 +80,17 @@ def reactive_knobs(target_utilization: float = 0.8, **overrides: Any) -> Scaling
     return ScalingKnobs(**{**base, **overrides})
 
 
+PREDICTIVE_SCALE_DOWN_STABILIZATION_S = 300.0  # HPA's default window, for the same reason: no flapping
+
+
 def predictive_knobs(headroom: float = 0.0, quantile: float = 0.99, **overrides: Any) -> ScalingKnobs:
-    """Scale up at once to the forecast; scale down by at most max(1 replica, 10%) a minute, since a
-    forecast drop can be wrong and a replica removed costs a startup to get back; plus the online feedback."""
+    """Scale up at once to the forecast; scale down only to the highest recommendation of the last 300 s
+    (HPA's scale-down stabilization) and by at most max(1 replica, 10%) a minute, since a forecast dip can
+    be noise and a replica removed costs a startup to get back; plus the online feedback."""
     base: dict[str, Any] = dict(headroom=headroom, quantile=quantile, scale_down_pods=1, scale_down_percent=10.0,
-                                scale_down_period_s=60.0, feedback_gain=FEEDBACK_GAIN)
+                                scale_down_period_s=60.0,
+                                scale_down_stabilization_s=PREDICTIVE_SCALE_DOWN_STABILIZATION_S,
+                                feedback_gain=FEEDBACK_GAIN)
     return ScalingKnobs(**{**base, **overrides})
 
 
