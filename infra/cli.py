@@ -428,6 +428,45 @@ def adapt(
         time.sleep(interval)
 
 
+@app.command("keda-scaler")
+def keda_scaler(
+    ctx: typer.Context,
+    port: Annotated[int | None, typer.Option(help="gRPC port (default keda.port).")] = None,
+) -> None:
+    """KEDA external scaler (gRPC `externalscaler.ExternalScaler`): HPA scales on the forecast.
+
+    A ScaledObject trigger `type: external` with metadata `scalerAddress: <host>:<port>`,
+    `service: <name>`, `targetPerReplica: <req/s per replica>` (optional `startupSeconds`,
+    `intervalSeconds`, `quantile`, `activationValue`) gets the p90 forecast peak over startup +
+    interval; stale predictions fall back to observed load (logged, `foresight_keda_fallbacks`).
+    TLS: keda.tls_cert_file + keda.tls_key_file (+ keda.tls_client_ca_file for client certificates).
+    """
+    import signal
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from infra.workers import build_keda_scaler
+
+    s = _ctx(ctx).settings
+    if port is not None:
+        s = s.model_copy(update={"keda": s.keda.model_copy(update={"port": port})})
+    try:
+        server, bound = build_keda_scaler(s)
+    except (ValueError, OSError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    start_http_server(s.keda.metrics_port, addr=s.keda.host)
+    server.start()
+    _say(f"KEDA external scaler on {s.keda.host}:{bound} ({'TLS' if s.keda.tls_cert_file else 'plaintext'}), "
+         f"forecasts from {s.serving_url}, metrics on :{s.keda.metrics_port}")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=5).wait()
+
+
 @app.command()
 def backtest(
     trace: Annotated[Path, typer.Option(help="Per-second request counts, space-separated (plain, .bz2, .gz).",

@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import grpc
 import psutil
 
 from infra.core.db import client as clickhouse_client
@@ -101,3 +102,20 @@ def run_scrape(s: Settings, targets: list[str], metrics_port: int | None) -> Non
         run_scrape_ingest(ingest, sink, default_targets=[haproxy_exporter_url(s)], metrics_port=metrics_port)
     finally:
         sink.close()
+
+
+def build_keda_scaler(s: Settings) -> tuple[grpc.Server, int]:
+    """The KEDA external scaler's gRPC server (not started) and its bound port."""
+    from lb_adapters.keda.load import LoadSource
+    from lb_adapters.keda.server import ExternalScaler, TlsFiles, build_server
+    from lb_adapters.predictions import ForecastClient
+
+    k = s.keda
+    if (k.tls_cert_file is None) != (k.tls_key_file is None):
+        raise ValueError("keda.tls_cert_file and keda.tls_key_file go together: set both for TLS, or neither")
+    tls = TlsFiles(k.tls_cert_file, k.tls_key_file, k.tls_client_ca_file) if k.tls_cert_file and k.tls_key_file \
+        else None
+    source = LoadSource(ForecastClient(s.serving_url, s.serving.token, k.serving_timeout_s),
+                        lambda: clickhouse_client(s.clickhouse, s.clickhouse.database), s.clickhouse.database,
+                        k.forecast_max_age_s, k.observed_minutes)
+    return build_server(ExternalScaler(source, k.stream_interval_s), k.host, k.port, tls)

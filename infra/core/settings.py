@@ -182,6 +182,26 @@ class AdapterSettings(Section):
     metrics_port: int = Field(19105, description="Prometheus metrics of the `foresight adapt` loop.")
 
 
+class KedaSettings(Section):
+    """The KEDA external scaler (`foresight keda-scaler`): forecast-based metrics for KEDA/HPA."""
+
+    host: str = Field(LOOPBACK, description="gRPC bind address of the KEDA external scaler; 0.0.0.0 in a pod.")
+    port: int = Field(19106, description="gRPC port of the KEDA external scaler.")
+    metrics_port: int = Field(19107, description="Prometheus metrics of the KEDA external scaler.")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate of the scaler's gRPC server; "
+                                       "with `tls_key_file` turns TLS on (KEDA's `caCert` trusts it).")
+    tls_key_file: Path | None = Field(None, description="PEM private key of `tls_cert_file`.")
+    tls_client_ca_file: Path | None = Field(None, description="PEM CA; when set, clients (KEDA's "
+                                            "`tlsClientCert`) must present a certificate it signed.")
+    forecast_max_age_s: float = Field(120.0, gt=0, description="A forecast older than this (serving away) is "
+                                      "stale: the scaler then answers with observed load and says so.")
+    observed_minutes: int = Field(5, ge=1, description="Fallback: the peak per-minute rate of the service's "
+                                  "last this many whole minutes in ClickHouse `features`.")
+    serving_timeout_s: float = Field(5.0, gt=0, description="Timeout of each `/v1/forecast` call.")
+    stream_interval_s: float = Field(15.0, gt=0, description="`StreamIsActive` (external-push): seconds "
+                                     "between checks; a change of activity is pushed at once.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FORESIGHT_",
@@ -201,6 +221,7 @@ class Settings(BaseSettings):
     ray: RaySettings = RaySettings()
     serving: ServingSettings = ServingSettings()
     adapter: AdapterSettings = AdapterSettings()
+    keda: KedaSettings = KedaSettings()
 
     @classmethod
     def settings_customise_sources(
