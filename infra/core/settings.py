@@ -151,6 +151,8 @@ class ServingSettings(Section):
         description="`FIRST-LAST` ports for Serve besides `port` (Serve's own proxy, HAProxy's stats page and "
                     "exporter, one per ingress replica and restart); none = `port`+10 to `port`+29.")
     token: str | None = Field(None, description="Bearer token required by the API when set.")
+    url: str | None = Field(None, description="Where clients (controllers, KEDA scaler) reach serving, e.g. "
+                            "KubeRay's `http://<name>-serve-svc:8000`; none = `http://host:port`.")
     ingress_replicas: int = Field(1, ge=1, description="Replicas of the HTTP ingress deployment.")
     model_min_replicas: int = Field(1, ge=1, description="Serve autoscaling: fewest replicas per model deployment.")
     model_max_replicas: int = Field(1, ge=1, description="Serve autoscaling: most replicas per model deployment.")
@@ -252,7 +254,7 @@ class Settings(BaseSettings):
 
     @property
     def serving_url(self) -> str:
-        return f"http://{self.serving.host}:{self.serving.port}"
+        return self.serving.url or f"http://{self.serving.host}:{self.serving.port}"
 
 
 class ConfigFileError(ValueError):

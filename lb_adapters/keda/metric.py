@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from serving.schemas import ForecastResponse
 
 # Trigger metadata keys that KEDA itself reads; they reach the scaler too and are not ours to check.
-KEDA_KEYS = frozenset({"scalerAddress", "caCert", "tlsClientCert", "tlsClientKey", "unsafeSsl", "enableTLS"})
+KEDA_KEYS = frozenset({"scalerAddress", "caCert", "tlsCertFile", "tlsClientCert", "tlsClientKey", "unsafeSsl",
+                       "enableTLS"})
 
 
 class MetadataError(ValueError):
