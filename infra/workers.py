@@ -38,9 +38,9 @@ def run_stream_worker(s: Settings) -> None:
 def build_weight_controller(s: Settings) -> WeightController:
     return WeightController(
         features=LatestFeatures(clickhouse_client(s.clickhouse), s.clickhouse.database),
-        predictor=WeightsClient(s.serving_url, s.serving.token),
+        predictor=WeightsClient(s.serving_url, s.serving_token),
         actuator=HAProxyRuntime(s.haproxy_socket),
-        sink=DecisionLog(s.kafka.bootstrap_servers, s.kafka.topic_decisions),
+        sink=DecisionLog(s.kafka.bootstrap_servers, s.kafka.topic_decisions, s.kafka.kafka_python_options()),
         cfg=s.adapter,
         backend=s.haproxy.backend,
     )
@@ -115,7 +115,7 @@ def build_keda_scaler(s: Settings) -> tuple[grpc.Server, int]:
         raise ValueError("keda.tls_cert_file and keda.tls_key_file go together: set both for TLS, or neither")
     tls = TlsFiles(k.tls_cert_file, k.tls_key_file, k.tls_client_ca_file) if k.tls_cert_file and k.tls_key_file \
         else None
-    source = LoadSource(ForecastClient(s.serving_url, s.serving.token, k.serving_timeout_s),
+    source = LoadSource(ForecastClient(s.serving_url, s.serving_token, k.serving_timeout_s),
                         lambda: clickhouse_client(s.clickhouse, s.clickhouse.database), s.clickhouse.database,
                         k.forecast_max_age_s, k.observed_minutes)
     return build_server(ExternalScaler(source, k.stream_interval_s), k.host, k.port, tls)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from kafka import KafkaProducer
 
@@ -10,9 +11,10 @@ from lb_adapters.schemas import Decision, PredictionRecord
 
 
 class DecisionLog:
-    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+    def __init__(self, bootstrap_servers: str, topic: str, security: Mapping[str, Any] | None = None) -> None:
+        """`security`: KafkaSettings.kafka_python_options() for a cluster with SASL/TLS."""
         self.topic = topic
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5, **(security or {}))
 
     def publish(self, decisions: list[Decision], predictions: Sequence[PredictionRecord] = ()) -> None:
         for d in decisions:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from infra.core.settings import Settings
 
@@ -19,6 +19,8 @@ def rows(model: type[BaseModel] = Settings, prefix: str = "") -> Iterator[tuple[
             continue
         key = f"{prefix}{name}"
         default = field.get_default(call_default_factory=True)
+        if isinstance(default, SecretStr):  # a secret's default is empty; never print one that is not
+            default = "" if not default.get_secret_value() else "**********"
         shown = "none" if default is None else json.dumps(default if not hasattr(default, "__fspath__")
                                                           else str(default))
         env = "FORESIGHT_" + key.replace(".", "__").upper()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
+from xml.sax.saxutils import escape as xml_escape
 
 from infra.core.settings import Settings
 from infra.stack import probes
@@ -69,7 +70,8 @@ def build_components(s: Settings) -> list[Component]:
             (state / "clickhouse" / sub).mkdir(parents=True, exist_ok=True)
         _render("clickhouse-config.xml", state / "clickhouse" / "config.xml", state=state, host=ch.host,
                 http_port=ch.http_port, tcp_port=ch.tcp_port)
-        _render("clickhouse-users.xml", state / "clickhouse" / "users.xml", user=ch.user, password=ch.password)
+        _render("clickhouse-users.xml", state / "clickhouse" / "users.xml", user=ch.user,
+                password=xml_escape(ch.password.get_secret_value()))
 
     def prepare_haproxy() -> None:
         servers = "\n".join(

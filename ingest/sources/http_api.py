@@ -306,7 +306,7 @@ def build_http_app(ingest: IngestSettings, sink: EventSink, metrics_sink: Metric
     app = FastAPI(title="Foresight ingest", version="0.1.0", lifespan=lifespan,
                   description="Access logs and metrics over HTTP, into Kafka (`fs.access`, `fs.metrics`, "
                               "rejected input to `fs.dlq`).")
-    auth = [Depends(_BearerAuth(ingest.http_token))]
+    auth = [Depends(_BearerAuth(ingest.http_token.get_secret_value() if ingest.http_token else None))]
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -67,7 +67,7 @@ class Clock:
 def scaler(stack: Settings, serving_url: str, clock: Clock | None = None,
            tls: TlsFiles | None = None) -> tuple[grpc.Server, int, LoadSource]:
     ch = stack.clickhouse
-    source = LoadSource(ForecastClient(serving_url, stack.serving.token, 10.0),
+    source = LoadSource(ForecastClient(serving_url, stack.serving_token, 10.0),
                         lambda: clickhouse_client(ch, ch.database), ch.database, forecast_max_age_s=120,
                         observed_minutes=5, clock=clock or time.time)
     server, port = build_server(ExternalScaler(source, stream_interval_s=0.2), "127.0.0.1", 0, tls)
@@ -105,7 +105,7 @@ def test_keda_calls_spec_metrics_and_activity_on_the_forecast(stack: Settings, s
             got = stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(service),
                                                        metricName=f"foresight-{service}"), timeout=30)
             after = time.time()
-            direct = ForecastClient(stack.serving_url, stack.serving.token, 30).forecast(
+            direct = ForecastClient(stack.serving_url, stack.serving_token, 30).forecast(
                 ForecastRequest(service=service, horizon=3))
             [value] = got.metricValues
             assert value.metricName == f"foresight-{service}"

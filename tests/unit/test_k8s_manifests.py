@@ -103,12 +103,24 @@ def test_references_resolve_and_images_are_set(rendered: tuple[str, list[dict[st
     assert missing == []
 
 
-def test_config_map_is_valid_settings(rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+def secret_env(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The FORESIGHT_* variables the pods take from Secrets, with stand-in values."""
+    return {env["name"]: f"from-secret-{env['valueFrom']['secretKeyRef']['key']}"
+            for _, spec in pod_specs(objects) for c in spec["containers"] for env in c.get("env", [])
+            if "secretKeyRef" in env.get("valueFrom", {})}
+
+
+def test_config_map_is_valid_settings(rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     _, objects = rendered
     [config] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("foresight-config")]
     path = tmp_path / "foresight.toml"
     path.write_text(config["data"]["foresight.toml"])
+    for name, value in secret_env(objects).items():
+        monkeypatch.setenv(name, value)
     settings = load_settings(path)
+    if settings.kafka.security_protocol.startswith("SASL_"):  # its password comes from the Secret
+        assert settings.kafka.kafka_python_options()["sasl_plain_password"] == "from-secret-kafka-password"
     assert settings.keda.host == "0.0.0.0" and settings.ray.address
     for secret in by_kind(objects, "Secret").values():  # tokens never in the ConfigMap
         for value in secret.get("data", {}).values():
@@ -116,12 +128,15 @@ def test_config_map_is_valid_settings(rendered: tuple[str, list[dict[str, Any]]]
             assert not token or token not in config["data"]["foresight.toml"]
 
 
-def test_scaled_object_speaks_to_the_scaler(rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+def test_scaled_object_speaks_to_the_scaler(rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     _, objects = rendered
     [scaled] = by_kind(objects, "ScaledObject").values()
     service = by_kind(objects, "Service")["foresight-keda-scaler"]
     [config] = [o for o in objects if o["kind"] == "ConfigMap"]
     (tmp_path / "f.toml").write_text(config["data"]["foresight.toml"])
+    for name, value in secret_env(objects).items():
+        monkeypatch.setenv(name, value)
     keda_port = load_settings(tmp_path / "f.toml").keda.port
     for trigger in scaled["spec"]["triggers"]:
         assert trigger["type"] in {"external", "external-push"}
