@@ -325,6 +325,15 @@ class KedaSettings(Section):
                                      "between checks; a change of activity is pushed at once.")
 
 
+class PrometheusSettings(Section):
+    port: int = Field(19090, description="Prometheus server of the local stack (UI and API).")
+    scrape_interval_s: float = Field(5.0, gt=0, description="How often Prometheus scrapes every process.")
+    retention: str = Field("2d", description="How long the stack's Prometheus keeps samples "
+                           "(`--storage.tsdb.retention.time`).")
+    slo_error_ratio: float = Field(0.005, gt=0, lt=1, description="Error budget of the SLO rules: the share of "
+                                   "requests that may fail (5xx) through the stack's balancers.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FORESIGHT_",
@@ -345,6 +354,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     adapter: AdapterSettings = AdapterSettings()
     keda: KedaSettings = KedaSettings()
+    prometheus: PrometheusSettings = PrometheusSettings()
 
     @classmethod
     def settings_customise_sources(
