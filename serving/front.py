@@ -18,12 +18,15 @@ import hashlib
 import os
 import shlex
 import shutil
+import stat
 from pathlib import Path
 
 from infra.core.settings import ServingSettings
 
 # Serve puts HAProxy's admin socket at <dir>/<node id, 56 hex>/admin.sock and AF_UNIX paths stop
-# at 107 bytes, so the dir is short and in /tmp (one per user; node ids keep heads apart).
+# at 107 bytes, so the dir is short and in /tmp (one per user; node ids keep heads apart). Its name
+# is predictable, so it is private: created 0700, and used only if it is a real directory of ours
+# with no access for others (another user could have made it first and put a script of theirs in).
 HAPROXY_DIR = Path("/tmp") / f"foresight-haproxy-{os.getuid()}"
 # Internal ports, from the first of `serving.internal_ports`: Serve's Python proxy (HAProxy's backup
 # while no ingress replica is up), HAProxy's stats page, its Prometheus exporter, then the replicas'.
@@ -63,6 +66,7 @@ def serve_env(serving: ServingSettings, local_head: bool = True) -> dict[str, st
     first, last = serving.internal_port_range
     binary: dict[str, str] = {}
     if local_head:
+        private_dir(HAPROXY_DIR)
         binary["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(loopback_wrapper(serving))
     elif os.path.isabs(serving.haproxy_binary):
         binary["RAY_SERVE_HAPROXY_BINARY_PATH"] = serving.haproxy_binary
@@ -95,13 +99,38 @@ def loopback_wrapper(serving: ServingSettings) -> Path:
         raise FileNotFoundError(f"serving.front = haproxy needs HAProxy: {serving.haproxy_binary!r} not found "
                                 "(apt-get install haproxy, or set serving.haproxy_binary)")
     text = WRAPPER.format(host=serving.host, binary=shlex.quote(binary))
-    path = HAPROXY_DIR / f"haproxy-{hashlib.sha256(text.encode()).hexdigest()[:12]}.sh"
+    path = private_dir(HAPROXY_DIR) / f"haproxy-{hashlib.sha256(text.encode()).hexdigest()[:12]}.sh"
     if not path.exists():
-        HAPROXY_DIR.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(text)
         tmp.chmod(0o755)
         tmp.replace(path)  # atomic: other Serve instances may write the same file meanwhile
+    return path
+
+
+class UnsafeDirectory(PermissionError):
+    """The HAProxy directory is not ours alone: using it would run or trust another user's files."""
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a directory only this user can use: created 0700, or checked (owner, mode, no symlink)."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    problem = None
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory (a symlink or a file)"
+    elif info.st_uid != os.getuid():
+        problem = f"belongs to uid {info.st_uid}, not to us ({os.getuid()})"
+    elif info.st_mode & 0o022:
+        problem = f"has mode {stat.S_IMODE(info.st_mode):04o}: others may have put files in it"
+    elif info.st_mode & 0o077:  # ours, and only we could write in it: just close it
+        os.chmod(path, 0o700)
+    if problem:
+        raise UnsafeDirectory(f"{path} {problem}: remove it (or fix it to 0700 and ours) before starting "
+                              "serving with front = haproxy")
     return path
 
 

@@ -75,3 +75,37 @@ def test_on_a_cluster_serve_finds_haproxy_on_the_head_node_itself() -> None:
                                                              local_head=False)
     given = serve_env(ServingSettings(haproxy_binary="/opt/haproxy/sbin/haproxy"), local_head=False)
     assert given["RAY_SERVE_HAPROXY_BINARY_PATH"] == "/opt/haproxy/sbin/haproxy"
+
+
+def test_the_haproxy_dir_is_private(tmp_path: Path) -> None:
+    from serving.front import UnsafeDirectory, private_dir
+
+    fresh = private_dir(tmp_path / "new")
+    assert fresh.stat().st_mode & 0o777 == 0o700
+    readable = tmp_path / "readable"
+    readable.mkdir(mode=0o755)
+    readable.chmod(0o755)
+    assert private_dir(readable).stat().st_mode & 0o777 == 0o700  # ours, closed
+    writable = tmp_path / "writable"
+    writable.mkdir()
+    writable.chmod(0o777)
+    with pytest.raises(UnsafeDirectory, match="others may have put files"):
+        private_dir(writable)
+    link = tmp_path / "link"
+    link.symlink_to(fresh)
+    with pytest.raises(UnsafeDirectory, match="not a directory"):
+        private_dir(link)
+
+
+def test_a_haproxy_dir_of_another_user_is_refused(tmp_path: Path) -> None:
+    import os
+
+    from serving.front import UnsafeDirectory, private_dir
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to give a directory to another user")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(UnsafeDirectory, match="belongs to uid 65534"):
+        private_dir(theirs)
