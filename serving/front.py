@@ -14,6 +14,7 @@ controller's runtime env, which the actors it creates (HAProxy manager, proxy, r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
@@ -114,10 +115,8 @@ class UnsafeDirectory(PermissionError):
 
 def private_dir(path: Path) -> Path:
     """`path` as a directory only this user can use: created 0700, or checked (owner, mode, no symlink)."""
-    try:
+    with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
     info = os.lstat(path)
     problem = None
     if not stat.S_ISDIR(info.st_mode):
