@@ -198,7 +198,7 @@ class RouteRule(Section):
 
 class IngestSettings(Section):
     syslog_host: str = Field(LOOPBACK, description="Where the syslog receivers listen.")
-    syslog_port: int = Field(15514, description="UDP port HAProxy sends its logs to.")
+    syslog_port: int = Field(15514, description="UDP syslog port (other senders; the stack's HAProxy logs over TCP).")
     syslog_tcp_port: int = Field(15515, description="TCP syslog port (RFC 6587 framing).")
     metrics_port: int = Field(19101, description="Prometheus metrics of the ingest process.")
     log_timezone: str | None = Field(None, description="IANA zone of log dates without one; None = this host's.")

@@ -140,7 +140,7 @@ def haproxy(s: Settings) -> Component:
             for i, port in enumerate(s.demo.ports)
         )
         _render("haproxy.cfg", s.state / "haproxy" / "haproxy.cfg", syslog_host=s.ingest.syslog_host,
-                syslog_port=s.ingest.syslog_port, socket=s.haproxy_socket, backend=s.haproxy.backend,
+                syslog_tcp_port=s.ingest.syslog_tcp_port, socket=s.haproxy_socket, backend=s.haproxy.backend,
                 frontend_port=s.haproxy.frontend_port, exporter_port=s.haproxy.exporter_port, servers=servers)
         s.haproxy_socket.unlink(missing_ok=True)
 
