@@ -21,6 +21,7 @@ import shlex
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 from infra.core.settings import ServingSettings
 
@@ -82,6 +83,9 @@ def serve_env(serving: ServingSettings, local_head: bool = True) -> dict[str, st
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(HAPROXY_DIR / "metrics.sock"),
         # Per-request Serve metrics from HAProxy's log lines: the API's /metrics already has them.
         "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+        # Serve's default log target (UDP 127.0.0.1:514, where nothing listens) makes HAProxy keep a UDP
+        # socket on all interfaces; a unix socket in the private dir keeps it off the network.
+        "RAY_SERVE_HAPROXY_LOG_TARGET": str(HAPROXY_DIR / "access-log.sock"),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(first + PROXY),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(first + STATS),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(first + EXPORTER),
@@ -136,3 +140,31 @@ def private_dir(path: Path) -> Path:
 def remove_node_files(node_id: str) -> None:
     """HAProxy's config, socket and logs of one (local, stopped) Ray node."""
     shutil.rmtree(HAPROXY_DIR / node_id, ignore_errors=True)
+
+
+# Serve's replicas start their inter-deployment gRPC server on `[::]:0` (all interfaces), with no
+# setting; on a loopback-only local head this worker setup hook (runtime env of Serve's
+# controller, inherited by its replicas) pins it to 127.0.0.1, where Serve's routers reach it
+# through the node address (127.0.0.1 there).
+LOOPBACK_HOOK = "serving.front.bind_replica_grpc_to_loopback"
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def bind_replica_grpc_to_loopback() -> None:
+    """Worker setup hook: wrap Serve's `add_port_to_grpc_server` so `[::]:N` becomes `127.0.0.1:N`."""
+    from ray.serve._private import replica
+
+    original = replica.add_port_to_grpc_server
+    if getattr(original, "foresight_loopback", False):
+        return
+
+    def on_loopback(server: Any, address: str) -> int:
+        if address.startswith("[::]:") or address.startswith("0.0.0.0:"):
+            address = "127.0.0.1:" + address.rsplit(":", 1)[1]
+        return int(original(server, address))
+
+    on_loopback.foresight_loopback = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = on_loopback

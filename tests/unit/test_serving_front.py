@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,30 @@ def test_a_haproxy_dir_of_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(theirs, 65534, 65534)
     with pytest.raises(UnsafeDirectory, match="belongs to uid 65534"):
         private_dir(theirs)
+
+
+def test_replica_grpc_hook_pins_all_interfaces_to_loopback() -> None:
+    import grpc
+    import psutil
+    from ray.serve._private import replica
+
+    from serving.front import bind_replica_grpc_to_loopback
+
+    original = replica.add_port_to_grpc_server
+    try:
+        bind_replica_grpc_to_loopback()
+        wrapped = replica.add_port_to_grpc_server
+        assert wrapped is not original
+        bind_replica_grpc_to_loopback()
+        assert replica.add_port_to_grpc_server is wrapped  # idempotent: wrapped once
+        server = grpc.server(ThreadPoolExecutor(1))
+        port = replica.add_port_to_grpc_server(server, "[::]:0")
+        server.start()
+        try:
+            mine = [c for c in psutil.Process().net_connections("tcp") if c.status == psutil.CONN_LISTEN
+                    and c.laddr.port == port]
+            assert [c.laddr.ip.removeprefix("::ffff:") for c in mine] == ["127.0.0.1"]  # v4, or v4-mapped
+        finally:
+            server.stop(0)
+    finally:
+        replica.add_port_to_grpc_server = original
