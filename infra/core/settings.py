@@ -334,6 +334,15 @@ class PrometheusSettings(Section):
                                    "requests that may fail (5xx) through the stack's balancers.")
 
 
+class AuthSettings(Section):
+    """The local stack's API token: `stack up` writes one (0600) into the state folder, every process
+    with that state folder sends and requires it (serving API, ingest HTTP) unless told otherwise."""
+
+    anonymous: bool = Field(False, description="Run the local stack without a token (anyone on this host may "
+                            "call serving and ingest): the explicit opt-out of authentication by default.")
+    token_file_name: str = Field("api-token", description="The stack's token file, inside the state folder.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FORESIGHT_",
@@ -354,6 +363,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     adapter: AdapterSettings = AdapterSettings()
     keda: KedaSettings = KedaSettings()
+    auth: AuthSettings = AuthSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
 
     @classmethod
@@ -370,6 +380,31 @@ class Settings(BaseSettings):
     @property
     def state(self) -> Path:
         return self.state_dir.resolve()
+
+    @property
+    def token_file(self) -> Path:
+        return self.state / self.auth.token_file_name
+
+    @model_validator(mode="after")
+    def _stack_token(self) -> Self:
+        """The stack's token for serving and ingest HTTP, when neither names a token of its own."""
+        self.use_stack_token()
+        return self
+
+    def use_stack_token(self) -> None:
+        """Take the token of `token_file` (if there) for serving and ingest HTTP unless set otherwise."""
+        if self.auth.anonymous:
+            return
+        try:
+            token = self.token_file.read_text().strip()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ValueError(f"stack token {self.token_file}: {exc.strerror or exc}") from exc
+        if token and self.serving.token is None and self.serving.token_file is None:
+            self.serving.token = SecretStr(token)
+        if token and self.ingest.http_token is None and self.ingest.http_token_file is None:
+            self.ingest.http_token = SecretStr(token)
 
     @property
     def haproxy_socket(self) -> Path:

@@ -29,6 +29,7 @@ def stack() -> Iterator[Settings]:
     was_up = all(c.state == "up" for c in status(settings))
     if not was_up:
         foresight("stack", "up")
+        settings = load_settings()  # with the API token `stack up` may have just written
     try:
         yield settings
     finally:
