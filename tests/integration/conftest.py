@@ -1,6 +1,8 @@
 """The real local stack, started once per test session and stopped at its end.
 
-A stack that was already fully up before the session (a developer's) is used and left running.
+A stack that was already running before the session (a developer's, perhaps shared by several
+checkouts) is completed if parts are missing and left running: only a stack this session started
+from nothing is stopped at its end.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ def foresight(*args: str, check: bool = True, timeout: float = 300) -> subproces
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Settings]:
     settings = load_settings()
-    was_up = all(c.state == "up" for c in status(settings))
-    if not was_up:
+    states = [c.state for c in status(settings)]
+    if any(state != "up" for state in states):
         foresight("stack", "up")
         settings = load_settings()  # with the API token `stack up` may have just written
     try:
         yield settings
     finally:
-        if not was_up:
+        if "up" not in states:
             foresight("stack", "down")
 
 
