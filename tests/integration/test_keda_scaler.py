@@ -216,3 +216,39 @@ def test_tls_with_client_certificates(stack: Settings, service: str, tmp_path: P
             pb_grpc.ExternalScalerStub(channel).GetMetricSpec(ref(service), timeout=5)
     finally:
         server.stop(0)
+
+
+def test_the_keda_scaler_command_serves_until_sigterm(stack: Settings, service: str, tmp_path: Path) -> None:
+    """`foresight keda-scaler` as KEDA meets it: a process, gRPC on its port, Prometheus metrics, clean stop."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from infra.core.ports import free_ports
+
+    port = free_ports(2)
+    env = {**os.environ, "FORESIGHT_KEDA__PORT": str(port), "FORESIGHT_KEDA__METRICS_PORT": str(port + 1)}
+    log = (tmp_path / "scaler.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "keda-scaler"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = pb_grpc.ExternalScalerStub(channel)
+            spec = stub.GetMetricSpec(ref(service), timeout=10)
+            value = stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(service),
+                                                         metricName=spec.metricSpecs[0].metricName), timeout=30)
+            assert value.metricValues[0].metricValueFloat >= 0
+        metrics = httpx.get(f"http://127.0.0.1:{port + 1}/metrics", timeout=10).text
+        assert 'foresight_keda_calls_total{method="GetMetrics",outcome="forecast"} 1.0' in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert "KEDA external scaler on 127.0.0.1:" in (tmp_path / "scaler.log").read_text()
