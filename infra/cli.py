@@ -407,12 +407,21 @@ def adapt(
         from prometheus_client import start_http_server
 
         start_http_server(s.adapter.metrics_port, addr="127.0.0.1")
-    from lb_adapters.metrics import ROUNDS
+    from clickhouse_driver.errors import Error as ClickHouseError
+    from kafka.errors import KafkaError
+    from pydantic import ValidationError
 
+    from lb_adapters.actuators.base import ActuatorError
+    from lb_adapters.metrics import ROUNDS
+    from lb_adapters.predictions import ServingError
+
+    # What an unavailable dependency raises: serving, ClickHouse, HAProxy's socket, Kafka, a malformed
+    # answer. A round that meets one is counted and the loop goes on; anything else is a bug and ends it.
+    round_errors = (ServingError, ClickHouseError, ActuatorError, KafkaError, ValidationError, OSError, EOFError)
     while True:
         try:
             report = controller.step(target)
-        except Exception as exc:  # one failed round (serving or ClickHouse away) must not end the loop
+        except round_errors as exc:  # one failed round (serving or ClickHouse away) must not end the loop
             ROUNDS.labels("failed").inc()
             _say(f"[red]round failed:[/] {exc}")
             if once:
