@@ -18,7 +18,8 @@ from pydantic import BaseModel, ValidationError
 
 SCHEMAS = Path(__file__).resolve().parent / "k8s_schemas"
 CUSTOM = {("ray.io/v1", "RayService"): "rayservice.json", ("ray.io/v1", "RayJob"): "rayjob.json",
-          ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject.json"}
+          ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject.json",
+          ("keda.sh/v1alpha1", "TriggerAuthentication"): "triggerauthentication.json"}
 # Where each custom kind holds pod templates (lists marked by a trailing []).
 POD_TEMPLATES = {
     "RayService": ["spec.rayClusterConfig.headGroupSpec.template",

@@ -138,8 +138,14 @@ def test_scaled_object_speaks_to_the_scaler(rendered: tuple[str, list[dict[str, 
     for name, value in secret_env(objects).items():
         monkeypatch.setenv(name, value)
     keda_port = load_settings(tmp_path / "f.toml").keda.port
+    auths = by_kind(objects, "TriggerAuthentication")
+    secrets = set(by_kind(objects, "Secret")) | EXTERNAL_SECRETS.get(rendered[0], set())
     for trigger in scaled["spec"]["triggers"]:
         assert trigger["type"] in {"external", "external-push"}
+        if "authenticationRef" in trigger:  # KEDA's TLS parameters for the external scaler, from a Secret
+            refs = auths[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"]
+            assert {r["parameter"] for r in refs} <= {"caCert", "tlsClientCert", "tlsClientKey"}
+            assert {r["name"] for r in refs} <= secrets
         TriggerConfig.from_metadata(trigger["metadata"])  # the scaler accepts what KEDA will pass
         host, port = trigger["metadata"]["scalerAddress"].rsplit(":", 1)
         assert host == service["metadata"]["name"]
