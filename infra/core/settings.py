@@ -107,12 +107,17 @@ class KafkaSettings(Section):
             return None
         return _ssl_context(self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile, self.ssl_check_hostname)
 
-    def kafka_python_options(self) -> dict[str, Any]:
-        """Security keyword arguments of kafka-python's KafkaProducer, KafkaConsumer and KafkaAdminClient."""
+    def _sasl_options(self) -> dict[str, Any]:
+        """The protocol and SASL keyword arguments, named alike by kafka-python and aiokafka."""
         options: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.security_protocol.startswith("SASL_"):
             options |= {"sasl_mechanism": self.sasl_mechanism, "sasl_plain_username": self.sasl_username,
                         "sasl_plain_password": self.sasl_password.get_secret_value() if self.sasl_password else None}
+        return options
+
+    def kafka_python_options(self) -> dict[str, Any]:
+        """Security keyword arguments of kafka-python's KafkaProducer, KafkaConsumer and KafkaAdminClient."""
+        options = self._sasl_options()
         if self.uses_tls:
             options |= {"ssl_cafile": str(self.ssl_cafile) if self.ssl_cafile else None,
                         "ssl_certfile": str(self.ssl_certfile) if self.ssl_certfile else None,
@@ -122,10 +127,7 @@ class KafkaSettings(Section):
 
     def aiokafka_options(self) -> dict[str, Any]:
         """Security keyword arguments of aiokafka's AIOKafkaConsumer and AIOKafkaProducer."""
-        options: dict[str, Any] = {"security_protocol": self.security_protocol}
-        if self.security_protocol.startswith("SASL_"):
-            options |= {"sasl_mechanism": self.sasl_mechanism, "sasl_plain_username": self.sasl_username,
-                        "sasl_plain_password": self.sasl_password.get_secret_value() if self.sasl_password else None}
+        options = self._sasl_options()
         if self.uses_tls:
             options["ssl_context"] = self.ssl_context()
         return options
