@@ -131,5 +131,5 @@ def choose_load(trigger: TriggerConfig, forecast: ForecastResponse | None, forec
     if peak is None:
         raise NoLoadError(f"service {trigger.service!r}: stale predictions ({reason}) and no observed load "
                           "in ClickHouse `features`; holding the current size")
-    return Load(peak, "observed", f"stale predictions ({reason}): observed peak of the last "
-                f"{len(observed or [])} minute(s) with requests")
+    return Load(peak, "observed", f"stale predictions ({reason}): observed peak {peak:.2f} req/s over "
+                f"{len(observed or [])} recent minute(s) of `features`")
