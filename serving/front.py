@@ -84,8 +84,9 @@ def serve_env(serving: ServingSettings, local_head: bool = True) -> dict[str, st
         # Per-request Serve metrics from HAProxy's log lines: the API's /metrics already has them.
         "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
         # Serve's default log target (UDP 127.0.0.1:514, where nothing listens) makes HAProxy keep a UDP
-        # socket on all interfaces; a unix socket in the private dir keeps it off the network.
-        "RAY_SERVE_HAPROXY_LOG_TARGET": str(HAPROXY_DIR / "access-log.sock"),
+        # socket on all interfaces: TCP to where it is asked (HAProxy's ring holds lines while the
+        # receiver is away), else a unix socket in the private dir, off the network.
+        "RAY_SERVE_HAPROXY_LOG_TARGET": serving.haproxy_log_target or str(HAPROXY_DIR / "access-log.sock"),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(first + PROXY),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(first + STATS),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(first + EXPORTER),

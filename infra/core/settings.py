@@ -268,6 +268,10 @@ class ServingSettings(Section):
                                "replicas that serve HTTP themselves) or `proxy` (Serve's Python proxy, one more "
                                "Ray hop and about three times the CPU per request).")
     haproxy_binary: str = Field("haproxy", description="HAProxy executable (on PATH, or a path) for `front = haproxy`.")
+    haproxy_log_target: str | None = Field(
+        None, pattern=r"^tcp@[^\s:]+:\d+$",
+        description="`tcp@host:port`: Serve's HAProxy sends its access log there over TCP (e.g. ingest's TCP syslog "
+                    "port); none = a unix socket in its private directory that nothing reads.")
     internal_ports: str | None = Field(
         None, pattern=r"^\d+-\d+$",
         description="`FIRST-LAST` ports for Serve besides `port` (Serve's own proxy, HAProxy's stats page and "

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from infra.core.ports import free_port
 from infra.core.settings import ServingSettings
 from serving.front import EXPORTER, FIRST_REPLICA, PROXY, REQUEST_PATH_ENV, STATS, loopback_wrapper, serve_env
 
@@ -137,3 +138,22 @@ def test_replica_grpc_hook_pins_all_interfaces_to_loopback() -> None:
             server.stop(0)
     finally:
         replica.add_port_to_grpc_server = original
+
+
+def test_serve_haproxy_access_log_goes_over_tcp_when_asked(tmp_path: Path) -> None:
+    import shutil
+
+    default = serve_env(ServingSettings())["RAY_SERVE_HAPROXY_LOG_TARGET"]
+    assert default.endswith("access-log.sock")  # a unix socket: no UDP socket on all interfaces
+    target = serve_env(ServingSettings(haproxy_log_target="tcp@127.0.0.1:15515"))["RAY_SERVE_HAPROXY_LOG_TARGET"]
+    assert target == "tcp@127.0.0.1:15515"
+    with pytest.raises(ValidationError):
+        ServingSettings(haproxy_log_target="127.0.0.1:514")
+    if shutil.which("haproxy") is None:
+        pytest.skip("needs haproxy to check the log line")
+    config = tmp_path / "log.cfg"
+    config.write_text(f"global\n    log {target} local0 info\ndefaults\n    mode http\n    log global\n"
+                      "    timeout connect 1s\n    timeout client 1s\n    timeout server 1s\n"
+                      f"frontend f\n    bind 127.0.0.1:{free_port()}\n")
+    checked = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
