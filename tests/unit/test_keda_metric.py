@@ -89,3 +89,14 @@ def test_no_forecast_and_no_observed_load_holds() -> None:
     with pytest.raises(NoLoadError, match="holding"):
         choose_load(trigger(), None, None, "serving answered 503", [], T0, 120)
     assert observed_peak([]) is None
+
+
+def test_half_a_tls_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from infra.cli import app
+
+    monkeypatch.chdir("/")
+    result = CliRunner().invoke(app, ["keda-scaler", "--port", "1"], env={"FORESIGHT_KEDA__TLS_CERT_FILE": "/x.pem"})
+    assert result.exit_code == 2
+    assert "tls_cert_file and keda.tls_key_file go together" in result.output
