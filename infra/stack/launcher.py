@@ -138,11 +138,28 @@ def ensure_token(s: Settings, say: Say) -> Path | None:
     return path
 
 
-def up(s: Settings, say: Say, config: Path | None = None) -> dict[str, float]:
-    """Start what is not running; returns seconds-to-ready per component started."""
+def with_needs(components: list[Component], names: set[str]) -> list[Component]:
+    """`components` (in start order) limited to `names` and what they need, transitively."""
+    by_name = {c.name: c for c in components}
+    unknown = names - set(by_name)
+    if unknown:
+        raise StackError(f"no component named {', '.join(sorted(unknown))}; the stack has {', '.join(by_name)}")
+    wanted, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo += by_name[name].needs
+    return [c for c in components if c.name in wanted]
+
+
+def up(s: Settings, say: Say, config: Path | None = None, only: set[str] | None = None) -> dict[str, float]:
+    """Start what is not running (of `only` and what they need, when given); seconds-to-ready per component."""
     ensure_token(s, say)
     files = pid_files(s)
     components = build_components(s)
+    if only is not None:
+        components = with_needs(components, only)
     env = child_env(s, config)
     t0 = time.monotonic()
     ready: set[str] = set()
