@@ -174,6 +174,16 @@ class Replay(threading.Thread):
     def sent(self) -> int:
         return sum(self.sent_by_window.values())
 
+    def flush(self, lateness_s: float) -> int:
+        """After the replay: one more event a window and the lateness later, so the worker's clock for this key's
+        partition passes the last window even while other partitions keep it busy; returns that event's window."""
+        time.sleep(self.window_s + lateness_s + 1)
+        ts = int(time.time() * 1000)
+        line = json.dumps({"time": ts, "method": "GET", "path": "/flush", "status": 200, "latency_ms": 5,
+                           "bytes": 1, "service": self.service, "instance": self.instances[0][0]}) + "\n"
+        httpx.post(self.url, params={"format": "json", "wait": "true"}, content=line, headers=self.headers, timeout=10)
+        return ts // 1000 // self.window_s * self.window_s
+
 
 def late_events(s: Settings, service: str) -> int:
     cl = clickhouse_client(s.clickhouse, s.clickhouse.database)
@@ -185,7 +195,7 @@ def late_events(s: Settings, service: str) -> int:
     return int(rows[0][0] or 0) if rows else 0
 
 
-def counted_by_window(s: Settings, service: str) -> dict[int, int]:
+def counted_by_window(s: Settings, service: str, before: int | None = None) -> dict[int, int]:
     cl = clickhouse_client(s.clickhouse, s.clickhouse.database)
     try:
         rows = cl.execute(f"SELECT toUInt32(window_start), sum(requests) FROM {s.clickhouse.database}.features FINAL "
@@ -193,16 +203,16 @@ def counted_by_window(s: Settings, service: str) -> dict[int, int]:
                           {"s": service, "i": INSTANCE})
     finally:
         cl.disconnect()
-    return {int(w): int(n) for w, n in rows}
+    return {int(w): int(n) for w, n in rows if before is None or int(w) < before}
 
 
-def wait_counted(s: Settings, service: str, expected: int, timeout_s: float) -> dict[int, int]:
-    """Windows of `service` once they hold `expected` events (or stop growing before `timeout_s`)."""
+def wait_counted(s: Settings, service: str, expected: int, timeout_s: float, before: int) -> dict[int, int]:
+    """Windows of `service` (before the flush window) once they hold `expected` events, or at `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     last: dict[int, int] = {}
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):  # ClickHouse may still be coming back: ask again
-            last = counted_by_window(s, service)
+            last = counted_by_window(s, service, before)
         if sum(last.values()) >= expected:
             break
         time.sleep(1.0)
@@ -270,7 +280,8 @@ def run_fault(s: Settings, component: str, rate: float, down_s: float, after_s: 
     replay.stop.set()
     replay.join(timeout=15)
     ended_ms = int(time.time() * 1000)
-    windows = wait_counted(s, service, replay.sent, settle_s)
+    flush_window = replay.flush(s.streams.allowed_lateness_s)
+    windows = wait_counted(s, service, replay.sent, settle_s, before=flush_window)
     counted = sum(windows.values())
     doubled = sum(1 for w, n in windows.items() if n > replay.sent_by_window.get(w, 0))
     decisions = decisions_between(s, int(crashed_at * 1000) - 5000, ended_ms)
