@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from infra.core.settings import ConfigFileError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from infra.core.service_registry import Registry, RegistryEntry
 
 app = typer.Typer(
     help="Foresight: a predictive high-availability control plane.\n\n"
@@ -255,6 +259,8 @@ def replay(
     start: Annotated[int, typer.Option(help="Index of the first trace second.")] = 0,
     duration: Annotated[float, typer.Option(help="Stop after this many wall seconds.")] = 60.0,
     max_rps: Annotated[float, typer.Option(help="Cap on requests per wall second.")] = 500.0,
+    scale: Annotated[float, typer.Option(help="Multiply each trace second's requests (e.g. 20: NASA's few req/s "
+                                              "become a load that needs several instances).")] = 1.0,
     base_url: Annotated[str | None, typer.Option(help="Default: the stack's HAProxy frontend.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -270,7 +276,7 @@ def replay(
     try:
         summary = run_replay(trace, speedup=speedup, to=to, start=start,  # type: ignore[arg-type]
                              base_url=base_url or f"http://127.0.0.1:{s.haproxy.frontend_port}", sink=sink,
-                             duration_s=duration, max_rps=max_rps, progress=not as_json)
+                             duration_s=duration, max_rps=max_rps, progress=not as_json, scale=scale)
     except (FileNotFoundError, ValueError) as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
@@ -365,12 +371,184 @@ def bench_streams(
     print(result_json(result))
 
 
+@bench_app.command("registry")
+def bench_registry(
+    ctx: typer.Context,
+    rounds: Annotated[int, typer.Option(help="Scale 1 -> 1+grow -> 1 cycles (samples = rounds x grow).")] = 2,
+    grow: Annotated[int, typer.Option(help="Instances added per cycle.")] = 3,
+    burst: Annotated[int, typer.Option(help="Instance keys written at once for the changes/s figure.")] = 200,
+    etcd_outage: Annotated[float, typer.Option(help="Also stop etcd this many seconds (e.g. 30) and report "
+                                               "whether membership held and how fast the sync caught up.")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Registry -> balancers, on a private rig (own etcd, HAProxy, nginx, pool, sync on free ports).
+
+    Prints {"register_to_routed_p99_s", "nginx_register_to_routed_p99_s", "drain_to_idle_p99_s",
+    "changes_per_s"} last. Targets: HAProxy p99 <= 1 s, nginx <= 2 s, >= 50 changes/s.
+    """
+    import tempfile
+
+    from infra.benches.registry import run_registry_bench
+
+    with tempfile.TemporaryDirectory(prefix="foresight-bench-registry-") as folder:
+        result = run_registry_bench(Path(folder), rounds=rounds, grow=grow, burst=burst, etcd_outage_s=etcd_outage,
+                                    say=_say)
+    if not as_json:
+        console.print(result)
+    keys = ("register_to_routed_p99_s", "nginx_register_to_routed_p99_s", "drain_to_idle_p99_s", "changes_per_s")
+    print(json.dumps({k: result[k] for k in keys}))
+@bench_app.command("autoscale")
+def bench_autoscale(
+    ctx: typer.Context,
+    windows: Annotated[int, typer.Option(help="Closed feature windows written, one at a time.")] = 40,
+    gap_s: Annotated[float, typer.Option(help="Seconds between two windows.")] = 1.5,
+    pool_url: Annotated[str | None, typer.Option(help="A running pool's admin API (default: a stand-in on "
+                                                 "loopback that keeps reporting one replica).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """From a closed feature window to the scale action applied, through the real autoscaler loop.
+
+    Needs ClickHouse, Kafka and serving (`foresight stack up`); uses its own database and decision topic.
+    Prints {"decision_p99_ms", "feature_to_applied_p99_s"} last.
+    """
+    from dataclasses import asdict
+
+    from infra.benches.autoscale import result_json, run_autoscale_bench
+
+    s = _ctx(ctx).settings
+    result = run_autoscale_bench(s, windows=windows, gap_s=gap_s, pool_url=pool_url, say=_say)
+    if not as_json:
+        console.print(asdict(result))
+    print(result_json(result))
+
+
 @app.command()
 def stream(ctx: typer.Context) -> None:
     """Run a Faust stream worker: `fs.access` + `fs.metrics` -> feature windows -> `fs.features` and ClickHouse."""
     from infra.workers import run_stream_worker
 
     run_stream_worker(_ctx(ctx).settings)
+
+
+@app.command()
+def record(ctx: typer.Context) -> None:
+    """Write the raw record: `fs.access` -> ClickHouse `access_events`, `fs.metrics` -> `metric_samples`.
+
+    Its own consumer group (`record.group_id`); offsets are committed only after ClickHouse took a
+    batch, and re-delivered rows collapse under FINAL, so a crash neither loses nor double counts.
+    Bad records go to `fs.dlq` with their reason. Metrics on `record.metrics_port`.
+    """
+    from infra.workers import run_record_sink
+
+    run_record_sink(_ctx(ctx).settings)
+
+
+def parse_time_ms(text: str, *, option: str, now_s: float | None = None) -> int:
+    """`2026-12-05T03:00:00` (UTC unless it says), epoch seconds or ms, or an age: `90s`, `15m`, `2h`, `1d`."""
+    from datetime import UTC, datetime
+
+    text = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    now = time.time() if now_s is None else now_s
+    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in units:
+        return int((now - float(text[:-1]) * units[text[-1]]) * 1000)
+    if text.isdigit():
+        value = int(text)
+        return value if value >= 100_000_000_000 else value * 1000  # ms, or seconds
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r}: use an ISO time (2026-12-05T03:00:00, UTC unless it says), epoch "
+                                 "seconds or ms, or an age like 15m, 2h, 1d", param_hint=option) from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+@app.command()
+def verify(
+    ctx: typer.Context,
+    since: Annotated[str, typer.Option(help="Count events with event time from here: ISO time (UTC unless it "
+                                       "says), epoch s/ms, or an age like 15m.")],
+    sent: Annotated[int | None, typer.Option(help="Events the replay or ingest run reported sending.")] = None,
+    file: Annotated[Path | None, typer.Option(help="Log file that was ingested: its event count is what one run "
+                                              "sent.", exists=True, dir_okay=False)] = None,
+    copies: Annotated[int, typer.Option(min=1, help="How many times that run was repeated (a double ingest: 2): "
+                                        "`sent` counts every copy, `missing` distinct events.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON object only.")] = False,
+) -> None:
+    """Check the pipeline end to end: what was sent, what sits on `fs.access`, what ClickHouse
+    `access_events` and `features` hold since --since.
+
+    Prints {"sent", "in_kafka", "in_access_events", "in_features", "duplicates_dropped", "missing"}
+    (plus distinct_in_kafka and whether the stream worker reports duplicates). `missing` > 0 means
+    events were lost; exit code 1 then. Run it once the record sink and the stream worker caught up.
+    """
+    from infra.record_commands import file_event_count, verify_report
+
+    s = _ctx(ctx).settings
+    since_ms = parse_time_ms(since, option="--since")
+    if file is not None and sent is not None:
+        raise typer.BadParameter("give what was sent as --sent N or as --file PATH, not both", param_hint="--sent")
+    try:
+        distinct = file_event_count(s, file) if file is not None else sent
+        total = None if distinct is None else distinct * copies
+        report = verify_report(s, since_ms, distinct)
+    except (ValueError, TimeoutError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if total is not None:
+        report["sent"] = total
+    if as_json:
+        print(json.dumps(report))
+    else:
+        table = Table(title=f"foresight verify since {since}")
+        for col in ("count", "value"):
+            table.add_column(col)
+        for k, v in report.items():
+            table.add_row(k, str(v))
+        console.print(table)
+        if not report["duplicates_metric"]:
+            console.print("the stream worker reports no duplicates metric: in_features may count duplicates")
+    if report["missing"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def decisions(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Option(help="Only this service's decisions.")] = None,
+    since: Annotated[str, typer.Option(help="From here: ISO time, epoch s/ms, or an age like 15m, 1d.")] = "1d",
+    limit: Annotated[int, typer.Option(min=1, help="The newest N decisions at most.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list, one object per decision.")] = False,
+) -> None:
+    """Explain decisions: each with its reason, the prediction values it rested on (its
+    `prediction_refs` resolved in ClickHouse `predictions`) and the feature windows before it
+    (the service's `*` windows and its target instance's)."""
+    from rich.markup import escape
+
+    from infra.record_commands import decisions_report
+
+    s = _ctx(ctx).settings
+    rows = decisions_report(s, parse_time_ms(since, option="--since"), service, limit)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    if not rows:
+        _say("no decisions in that range")
+        return
+    for d in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d["ts_ms"] / 1000))
+        outcome = escape(f"[{d['outcome']}{', dry run' if d['dry_run'] and d['outcome'] != 'dry_run' else ''}]")
+        console.print(f"[bold]{when}[/] " + escape(f"{d['service']} {d['actuator']} {d['target']} {d['action']} "
+                                                   f"{d['before']} -> {d['after']} ") + outcome)
+        console.print("  reason: " + escape(d["reason"]))
+        for p in d["predictions"]:
+            values = ", ".join(f"h{v['horizon_s']}s q{v['quantile']}: {v['value']:.3g}" for v in p["values"])
+            console.print("  prediction " + escape(f"{p['ref']}: {values or 'not found in predictions'}"))
+        for w in d["features"][-4:]:
+            console.print(f"  window {time.strftime('%H:%M:%S', time.gmtime(w['window_start']))} {w['instance']}: "
+                          f"{w['requests']} req, p99 {w['latency_p99_ms']:.1f} ms, 5xx {w['status_5xx']}")
 
 
 @app.command()
@@ -395,7 +573,15 @@ def adapt(
     interval: Annotated[float, typer.Option(help="Seconds between rounds.")] = 10.0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and record, do not touch HAProxy.")] = False,
 ) -> None:
-    """Run the weight adapter: latest features -> /v1/weights -> policy -> HAProxy runtime API."""
+    """Run the weight adapter: latest features -> /v1/weights -> policy -> HAProxy runtime API.
+
+    Only the copy that holds the service's leadership in etcd (`<prefix>/leaders/<service>/weights`) changes
+    weights; another copy stands by and takes over within registry.leader_ttl_s when the leader dies.
+    `--dry-run` changes nothing and needs no leadership."""
+    import os
+    import socket
+
+    from infra.core.service_registry import Leadership
     from infra.workers import build_weight_controller
 
     s = _ctx(ctx).settings
@@ -407,34 +593,248 @@ def adapt(
         from prometheus_client import start_http_server
 
         start_http_server(s.adapter.metrics_port, addr="127.0.0.1")
-    from clickhouse_driver.errors import Error as ClickHouseError
-    from kafka.errors import KafkaError
-    from pydantic import ValidationError
+    from lb_adapters.metrics import LEADER, ROUNDS
 
-    from lb_adapters.actuators.base import ActuatorError
-    from lb_adapters.metrics import ROUNDS
-    from lb_adapters.predictions import ServingError
-
-    # What an unavailable dependency raises: serving, ClickHouse, HAProxy's socket, Kafka, a malformed
-    # answer. A round that meets one is counted and the loop goes on; anything else is a bug and ends it.
-    round_errors = (ServingError, ClickHouseError, ActuatorError, KafkaError, ValidationError, OSError, EOFError)
-    while True:
-        try:
-            report = controller.step(target)
-        except round_errors as exc:  # one failed round (serving or ClickHouse away) must not end the loop
-            ROUNDS.labels("failed").inc()
-            _say(f"[red]round failed:[/] {exc}")
+    leadership = None if dry_run else Leadership(_registry(s), target, f"adapt@{socket.gethostname()}:{os.getpid()}",
+                                                 ttl_s=s.registry.leader_ttl_s, role="weights")
+    try:
+        while True:
+            # --once waits one lease TTL for a dead leader's key to expire; the loop re-checks every round
+            if leadership is not None and not leadership.acquire(timeout=s.registry.leader_ttl_s + 1 if once else 0):
+                LEADER.labels(target).set(0)
+                ROUNDS.labels("standby").inc()
+                _say(f"standing by: another copy leads {target} ({leadership.current_holder_text()})")
+                if once:
+                    return
+                time.sleep(interval)
+                continue
+            LEADER.labels(target).set(1 if leadership is not None else 0)
+            try:
+                report = controller.step(target)
+            except Exception as exc:  # one failed round (serving or ClickHouse away) must not end the loop
+                ROUNDS.labels("failed").inc()
+                _say(f"[red]round failed:[/] {exc}")
+                if once:
+                    raise typer.Exit(1) from exc
+            else:
+                ROUNDS.labels("ok").inc()
+                for d in report.decisions:
+                    _say(f"{d.target}: weight {d.before} -> {d.after} ({d.reason}; {d.outcome})")
+                if report.note:
+                    _say(report.note)
             if once:
-                raise typer.Exit(1) from exc
-        else:
-            ROUNDS.labels("ok").inc()
+                if leadership is not None:
+                    leadership.resign()
+                return
+            time.sleep(interval)
+    finally:
+        close = getattr(controller.sink, "close", None)
+        if close is not None:
+            pending = getattr(controller.sink, "pending", 0)
+            close()  # what Kafka or ClickHouse did not take stays spooled for the next start
+            if pending:
+                _say(f"{pending} decision record(s) stay spooled in {s.decision_spool_dir}; the next run replays them")
+
+
+@app.command()
+def health(
+    ctx: typer.Context,
+    service: Annotated[list[str] | None, typer.Option(help="Service(s) to watch (default: health.services).")
+                       ] = None,
+    once: Annotated[bool, typer.Option("--once", help="One round per service, then exit.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and record, do not touch the registry.")
+                       ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --once: one JSON object per service.")] = False,
+) -> None:
+    """Drain instances before they fail, and re-admit them once healthy: risk from /v1/risk (a served
+    model, else the peer-deviation baseline) -> drain policy with its guardrails (hysteresis, at most
+    health.max_drained_fraction out, never the last ready instance, never undoing an operator's
+    state) -> the instance's state in the registry, which the balancer sync applies to HAProxy and nginx.
+
+    Example: `foresight health --service web --once --dry-run --json` shows what it would do now.
+    """
+    from infra.workers import build_health_controller
+
+    s = _ctx(ctx).settings
+    if dry_run:
+        s = s.model_copy(update={"health": s.health.model_copy(update={"dry_run": True})})
+    services = service or s.health.services
+    if not services:
+        err.print("[red]error:[/] no service to watch: pass --service NAME or set health.services")
+        raise typer.Exit(2)
+    controller = build_health_controller(s)
+    if not once:
+        from prometheus_client import start_http_server
+
+        start_http_server(s.health.metrics_port, addr="127.0.0.1")
+    while True:
+        for name in services:
+            try:
+                report = controller.step(name)
+            except Exception as exc:
+                _say(f"[red]{name}: round failed:[/] {exc}")
+                if once:
+                    raise typer.Exit(1) from exc
+                continue
+            if once and as_json:
+                print(json.dumps({"service": name, "model": report.model, "risk": report.risk, "note": report.note,
+                                  "decisions": [d.model_dump() for d in report.decisions]}))
+                continue
             for d in report.decisions:
-                _say(f"{d.target}: weight {d.before} -> {d.after} ({d.reason}; {d.outcome})")
+                _say(f"{d.target}: {d.action} ({d.reason}; {d.outcome})")
             if report.note:
-                _say(report.note)
+                _say(f"{name}: {report.note}")
         if once:
             return
-        time.sleep(interval)
+        time.sleep(s.health.interval_s)
+
+
+AUTOSCALE_EXAMPLE = """[[autoscaler.services]]
+name = "api"
+capacity_rps = 20
+startup_s = 20
+scaler = { kind = "pool", url = "http://127.0.0.1:19110" }"""
+
+
+@app.command()
+def autoscale(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Option(help="Only this service of autoscaler.services.")] = None,
+    once: Annotated[bool, typer.Option("--once", help="One decision round per service, then exit.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and record, do not touch the scalers.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --once: print the decisions as JSON lines.")] = False,
+) -> None:
+    """Scale replicas ahead of load: features -> /v1/forecast -> replica policy -> guardrails -> scaler.
+
+    Each service in `autoscaler.services` names its scaler (the local pool, a Ray Serve deployment, a
+    Kubernetes Deployment), its policy (predictive, reactive, static:N), capacity and startup. A round
+    runs when a new feature window closes and at least every `autoscaler.interval_s`; every decision
+    goes to fs.decisions with its reason and the forecast it used. When predictions are stale or
+    serving is down the reactive policy decides ("fallback" in the reason); when ClickHouse is down
+    nothing changes. Example foresight.toml:
+
+    \b
+    \\[\\[autoscaler.services]]
+    name = "api"
+    capacity_rps = 20
+    startup_s = 20
+    scaler = { kind = "pool", url = "http://127.0.0.1:19110" }
+    """
+    import signal
+    import threading
+
+    from rich.markup import escape
+
+    from infra.workers import build_autoscaler
+
+    s = _ctx(ctx).settings
+    if dry_run:
+        s = s.model_copy(update={"autoscaler": s.autoscaler.model_copy(update={"dry_run": True})})
+    if once and not s.autoscaler.services:
+        err.print("[red]error:[/] no services to scale: add an \\[\\[autoscaler.services]] table to "
+                  f"foresight.toml, e.g.\n{escape(AUTOSCALE_EXAMPLE)}")
+        raise typer.Exit(2)
+    try:
+        scaler = build_autoscaler(s, service)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+    def say(report: object) -> None:
+        from lb_adapters.autoscaler import RoundReport
+
+        assert isinstance(report, RoundReport)
+        d = report.decision
+        if as_json and d is not None:
+            print(d.model_dump_json())
+        elif d is not None:
+            _say(f"{d.service}: {d.before} -> {d.after} replicas [{d.outcome}] {d.reason}")
+        elif report.note:
+            _say(f"{report.service}: {report.note}")
+
+    if once:
+        failed = False
+        for name in scaler.services:
+            try:
+                say(scaler.step(name))
+            except Exception as exc:  # one service's failure must not hide the others' rounds
+                failed = True
+                err.print(f"[red]{name}: round failed:[/] {exc}")
+        raise typer.Exit(1 if failed else 0)
+    from prometheus_client import start_http_server
+
+    start_http_server(s.autoscaler.metrics_port, addr="127.0.0.1")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    if not scaler.services:
+        _say("no services to scale (autoscaler.services is empty); idle, serving metrics. Example:\n"
+             + escape(AUTOSCALE_EXAMPLE))
+    _say(f"autoscaling {', '.join(scaler.services) or 'nothing'} (metrics :{s.autoscaler.metrics_port})")
+    scaler.run(stop, on_round=say)
+
+
+@app.command()
+def whatif(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Option(help="Service whose recorded demand (ClickHouse `features`) is replayed.")],
+    from_: Annotated[str, typer.Option("--from", help="Range start, ISO 8601 (UTC when no offset), "
+                                                      "e.g. 2026-12-05T03:00.")],
+    to: Annotated[str, typer.Option(help="Range end, ISO 8601, exclusive.")],
+    policy: Annotated[str, typer.Option(help="predictive | hpa | static:N")] = "predictive",
+    capacity: Annotated[float | None, typer.Option(help="Requests/s one replica serves; default: the service's "
+                                                        "`autoscaler.services` entry.")] = None,
+    startup: Annotated[float | None, typer.Option(help="Seconds a new replica takes to become ready; default: "
+                                                       "the service's entry.")] = None,
+    headroom: Annotated[float | None, typer.Option(help="Predictive: extra share over the forecast quantile.")] = None,
+    quantile: Annotated[float | None, typer.Option(help="Predictive: forecast quantile to provision for.")] = None,
+    target_utilization: Annotated[float | None, typer.Option(help="HPA: target share of capacity.")] = None,
+    min_replicas: Annotated[int | None, typer.Option(help="Fewest replicas.")] = None,
+    max_replicas: Annotated[int | None, typer.Option(help="Most replicas.")] = None,
+    feedback_gain: Annotated[float | None, typer.Option(help="Online headroom feedback gain (0: off).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Only the JSON result on stdout, no bars.")] = False,
+) -> None:
+    """Counterfactual replay: what a policy would have done with a service's recorded demand.
+
+    Reads the service's per-minute demand from ClickHouse `features`, runs it through the autoscaling
+    simulator with --policy (the same code and guardrails the live autoscaler runs; predictive forecasts
+    each minute with the newest registered forecast model), and compares replica-seconds and
+    under-provisioned minutes (demand above ready replicas x capacity) with what the controller actually
+    did: its scaler decisions in ClickHouse `decisions` over the same range, replayed with the same startup
+    delay. Run it before turning a policy on. Prints a table, then the JSON result as the last line.
+    """
+    from clickhouse_driver.errors import Error as ClickHouseError
+
+    from infra.core.db import client
+    from infra.core.model_registry import registry_root
+    from training.whatif_command import knobs_for, whatif_command
+
+    s = _ctx(ctx).settings
+    configured = next((x for x in getattr(getattr(s, "autoscaler", None), "services", []) if x.name == service),
+                      None)
+    cap = capacity if capacity is not None else getattr(configured, "capacity_rps", None)
+    start_s = startup if startup is not None else getattr(configured, "startup_s", None)
+    if cap is None or start_s is None:
+        err.print(f"[red]error:[/] service {service!r} is not in autoscaler.services: pass --capacity and --startup")
+        raise typer.Exit(2)
+    own = None if configured is None else (configured.reactive if policy in ("hpa", "reactive") else configured.knobs)
+    try:
+        knobs = knobs_for(policy, own, {"headroom": headroom, "quantile": quantile, "target_utilization":
+                                        target_utilization, "min_replicas": min_replicas,
+                                        "max_replicas": max_replicas, "feedback_gain": feedback_gain})
+        cl = client(s.clickhouse, s.clickhouse.database)
+        try:
+            whatif_command(cl, s.clickhouse.database, registry_root(s.state), service=service, start=from_, end=to,
+                           policy=policy, capacity=cap, startup_s=start_s, knobs=knobs, as_json=as_json)
+        finally:
+            cl.disconnect()
+    except ValueError as exc:  # a bad range, policy, quantile or no data: say which, no traceback
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    except ClickHouseError as exc:
+        err.print(f"[red]error:[/] ClickHouse at {s.clickhouse.host}:{s.clickhouse.tcp_port}: {exc}; "
+                  "is the stack up (`foresight stack status`)?")
+        raise typer.Exit(1) from exc
 
 
 @app.command("keda-scaler")
@@ -539,6 +939,10 @@ def backtest(
     refit: Annotated[bool, typer.Option("--refit/--no-refit", help="Retrain the forecaster on train + validation "
                                         "for the epoch count validation chose before scoring it on the test "
                                         "range (--no-refit: score the validation-phase model).")] = True,
+    feedback_gain: Annotated[float | None, typer.Option(help="Online headroom feedback of both policies: after "
+                                                        "each minute the correction moves by gain x (missed - SLO), "
+                                                        "so the realised SLO converges to the target; 0: off. "
+                                                        "Default: the backtest's.")] = None,
 ) -> None:
     """Train on the past of a trace, then score forecaster, baselines and autoscaling policies on its test range.
 
@@ -549,7 +953,8 @@ def backtest(
     try:
         backtest_command(trace, test_from=test_from, val_from=val_from, scale=scale, capacity=capacity,
                          startup_s=startup, slo_pct=slo, start=start, report=report, epochs=epochs, seed=seed,
-                         threads=threads, as_json=as_json, refit=refit)
+                         threads=threads, as_json=as_json, refit=refit,
+                         feedback_gain=feedback_gain)
     except ValueError as exc:  # a trace too short or splits out of order: say which, no traceback
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
@@ -559,8 +964,13 @@ def backtest(
 def train(
     ctx: typer.Context,
     kind: Annotated[str, typer.Option(help="Model kind; only `forecast` is trained here.")] = "forecast",
-    source: Annotated[str, typer.Option(help="`file:PATH` (per-second trace) or `clickhouse` (feature windows "
-                                        "of --service).")] = "clickhouse",
+    source: Annotated[str, typer.Option(help="`file:PATH` (per-second trace), `clickhouse` (feature windows "
+                                        "of --service) or `clickhouse:access_events` (its raw events).")
+                      ] = "clickhouse",
+    from_: Annotated[str | None, typer.Option("--from", help="ClickHouse sources: first time to read (ISO, UTC "
+                                              "unless it says, epoch s/ms, or an age like 7d).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="ClickHouse sources: read up to here (exclusive).")
+                  ] = None,
     service: Annotated[str | None, typer.Option(help="Service to read from ClickHouse (default: the demo "
                                                 "service).")] = None,
     start: Annotated[str | None, typer.Option(help="ISO time of a trace file's first second.")] = None,
@@ -582,7 +992,9 @@ def train(
         raise typer.BadParameter("only --kind forecast is trained by this command", param_hint="--kind")
     s = _ctx(ctx).settings
     try:
-        train_command(source=source, service=service or s.demo.service, start=start,
+        start_s = parse_time_ms(from_, option="--from") // 1000 if from_ else None
+        end_s = parse_time_ms(to, option="--to") // 1000 if to else None
+        train_command(source=source, service=service or s.demo.service, start=start, time_range=(start_s, end_s),
                       cfg=TrainConfig(epochs=epochs, members=members, hidden=hidden, seed=seed), val_frac=val_frac,
                       ray_address=ray_address or s.ray.address, ray_num_cpus=s.ray.num_cpus, state_dir=s.state,
                       ch=s.clickhouse, workers=workers)
@@ -592,13 +1004,104 @@ def train(
 
 
 @app.command()
-def demo(ctx: typer.Context) -> None:
-    """The main job: bring the stack up, send traffic through HAProxy, show every hop with timings."""
-    from infra.demo import run_demo
+def demo(
+    ctx: typer.Context,
+    quick: Annotated[bool, typer.Option("--quick", help="Only the 30-second thin path: one burst through every "
+                                                       "stage, each hop shown.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object, last.")] = False,
+    duration: Annotated[float | None, typer.Option(help="Wall seconds of traffic (default demo.duration_s).")] = None,
+) -> None:
+    """The main job: the whole loop on real traffic, shown as it happens.
 
+    The stack and the pool come up; a NASA 1995 morning ramp is replayed (time-compressed) through
+    HAProxy to the pool's `demo.loop_service`; the autoscaler scales it predictively with the HPA-style
+    policy in shadow, the health controller drains at-risk instances, and one instance gets a leak
+    that ends in a crash. It ends with a summary table (under-provisioned seconds and replica-seconds
+    beside the shadow HPA and the oracle, client p99 and errors, the drain's lead over the crash,
+    decisions) and an HTML report with charts under the state folder. Watch it live on the dashboard
+    (`foresight dashboard`, http://127.0.0.1:19120/). `--quick` keeps the 30-second thin path.
+    """
     c = _ctx(ctx)
-    if not run_demo(c.settings, c.config, console, _say):
-        raise typer.Exit(1)
+    if quick:
+        from infra.demo import run_demo
+
+        if not run_demo(c.settings, c.config, console, _say):
+            raise typer.Exit(1)
+        return
+    from infra.closed_loop import run_closed_loop
+    from infra.stack.launcher import StackError, up
+
+    s = c.settings
+    if duration is not None:
+        s = s.model_copy(update={"demo": s.demo.model_copy(update={"duration_s": duration})})
+    console.rule("Foresight demo: predictive scaling and draining on a real traffic ramp")
+    try:
+        up(s, _say, c.config)
+    except StackError as exc:
+        err.print(f"[red]stack up failed:[/] {exc}")
+        raise typer.Exit(1) from exc
+    report_dir = s.state / "reports" / f"demo-{time.strftime('%Y%m%dT%H%M%S')}"
+    try:
+        summary = run_closed_loop(s, _say, report_dir, progress=not as_json)
+    except (RuntimeError, ValueError, OSError) as exc:
+        err.print(f"[red]demo failed:[/] {exc}")
+        raise typer.Exit(1) from exc
+    table = Table(title=f"closed loop, {summary.wall_s:g} s of traffic")
+    for column in ("", "predictive", "shadow HPA", "oracle", "measured (predictive)"):
+        table.add_column(column)
+    table.add_row("under-provisioned s", *(str(summary.underprov_s.get(k)) for k in ("predictive", "hpa_shadow")),
+                  "0", str(summary.underprov_s.get("predictive_measured")))
+    table.add_row("replica-seconds", *(str(summary.replica_seconds.get(k)) for k in ("predictive", "hpa_shadow",
+                                                                                     "oracle", "predictive_measured")))
+    console.print(table)
+    console.print(f"clients: p99 {summary.client_p99_ms} ms, errors {summary.client_error_pct} %; drain lead "
+                  f"{summary.drain_lead_s} s before the crash; {summary.decisions} decisions")
+    for note in summary.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"report: {summary.report}")
+    if as_json:
+        print(summary.model_dump_json())
+
+
+@app.command()
+def dashboard(ctx: typer.Context) -> None:
+    """Serve the live dashboard: one page per service (traffic and forecast band, replicas beside the
+    shadow HPA, weights and risk, decisions with reasons, component health), updated live.
+
+    Open http://127.0.0.1:19120/ (add `?token=...` once when `dashboard.token` is set). Everything it
+    shows is read from ClickHouse, so it shows what the control plane saw and did.
+    """
+    import uvicorn
+
+    from infra.core.db import client as clickhouse_client
+    from infra.dashboards.data import DashboardData
+    from infra.dashboards.health import cached_stack_health
+    from infra.dashboards.web import build_dashboard_app
+
+    s = _ctx(ctx).settings
+    data = DashboardData(clickhouse_client(s.clickhouse, s.clickhouse.database), s.clickhouse.database,
+                         cached_stack_health(s), window_minutes=s.dashboard.window_minutes)
+    app_ = build_dashboard_app(data, token=s.dashboard.token, refresh_s=s.dashboard.refresh_s)
+    uvicorn.run(app_, host=s.dashboard.host, port=s.dashboard.port, log_level="warning")
+
+
+@app.command()
+def grafana(
+    out: Annotated[Path | None, typer.Option(help="Write the dashboard JSON here instead of to stdout.")] = None,
+) -> None:
+    """Print the Grafana dashboard (JSON, generated from code) to import into Grafana.
+
+    It reads the stack's Prometheus (pick it as the `datasource` variable on import); a
+    `service` variable selects the service. The same panels as `foresight dashboard`.
+    """
+    from infra.dashboards.grafana import dashboard_json
+
+    text = dashboard_json()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        console.print(f"wrote {out}")
 
 
 @app.command("demo-backend", hidden=True)
@@ -611,6 +1114,341 @@ def demo_backend(
     from infra.demo_backend import serve as serve_backend
 
     serve_backend(name, "127.0.0.1", port, latency_ms)
+
+
+# -- foresight registry: instances in etcd ----------------------------------------------------------------
+
+registry_app = typer.Typer(
+    help="Service registry in etcd: list instances, drain or undrain one, deregister one, see the leaders.\n\n"
+    "Keys: <prefix>/services/<service>/instances/<instance> (JSON, under the instance's lease). "
+    "drain/undrain/deregister are refused (exit status 2) when they would leave a service without a "
+    "ready instance or take more than registry.max_unavailable of it out of service at once; each "
+    "change is recorded as a decision (actuator etcd) on the decisions topic.",
+    no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+def _registry(s: Settings) -> Registry:
+    from infra.core.service_registry import Registry
+
+    return Registry(s.registry_endpoint, s.registry.prefix, s.registry.timeout_s)
+
+
+def _entry_row(e: RegistryEntry) -> dict[str, object]:
+    r = e.record
+    return {"service": e.service, "instance": e.instance, "mod_revision": e.mod_revision, "lease": e.lease,
+            "valid": r is not None, "error": e.error, "record": r.model_dump() if r is not None else None}
+
+
+@registry_app.command("list")
+def registry_list(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Argument(help="Only this service (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="{revision, instances: [...]}; invalid values have "
+                                          "valid=false and their error.")] = False,
+) -> None:
+    """Every registered instance: state, weight, address, who set the state; invalid values with their error."""
+    from infra.core.service_registry import RegistryError
+
+    s = _ctx(ctx).settings
+    try:
+        snap = _registry(s).snapshot(service)
+    except RegistryError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    if as_json:
+        print(json.dumps({"revision": snap.revision, "instances": [_entry_row(e) for e in snap.entries]}))
+        return
+    table = Table(title=f"registry {s.registry.prefix} at revision {snap.revision}")
+    for col in ("service", "instance", "state", "weight", "address", "version", "set by", "mod rev"):
+        table.add_column(col, overflow="fold")
+    colours = {"ready": "green", "draining": "yellow", "drained": "dim"}
+    for e in snap.entries:
+        r = e.record
+        if r is None:
+            table.add_row(e.service, e.instance, "[red]invalid[/]", "", str(e.error), "", "", str(e.mod_revision))
+            continue
+        table.add_row(e.service, e.instance, f"[{colours[r.state]}]{r.state}[/]", str(r.weight),
+                      f"{r.address}:{r.port}", r.version, r.metadata.get("set_by", ""), str(e.mod_revision))
+    console.print(table)
+    if not snap.entries:
+        _say("no instances registered" + (f" for {service}" if service else ""))
+
+
+@registry_app.command("leaders")
+def registry_leaders(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="[{service, role, holder, lease, mod_revision}].")] = False,
+) -> None:
+    """Who leads each service, per kind of controller (role): `<prefix>/leaders/<service>/<role>`."""
+    from dataclasses import asdict
+
+    from infra.core.service_registry import RegistryError
+
+    s = _ctx(ctx).settings
+    try:
+        found = _registry(s).leaders()
+    except RegistryError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    if as_json:
+        print(json.dumps([asdict(info) for info in found]))
+        return
+    table = Table(title=f"leaders under {s.registry.prefix}")
+    for col in ("service", "role", "holder", "lease"):
+        table.add_column(col, overflow="fold")
+    for info in found:
+        table.add_row(info.service, info.role or "-", info.holder, str(info.lease))
+    console.print(table)
+    if not found:
+        _say("no controller leads any service")
+
+
+@registry_app.command("show")
+def registry_show(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="Service name.")],
+    instance: Annotated[str, typer.Argument(help="Instance name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="The entry as JSON.")] = False,
+) -> None:
+    """One instance's record, mod_revision and lease (exit status 1 if it is not registered)."""
+    from infra.core.service_registry import RegistryError
+
+    s = _ctx(ctx).settings
+    try:
+        entry = _registry(s).get(service, instance)
+    except (RegistryError, ValueError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    if entry is None:
+        err.print(f"[red]error:[/] no instance {service}/{instance} (see `foresight registry list`)")
+        raise typer.Exit(1)
+    row = _entry_row(entry)
+    print(json.dumps(row) if as_json else json.dumps(row, indent=2))
+
+
+def _registry_change(ctx: typer.Context, service: str, instance: str, action: str, as_json: bool) -> None:
+    from infra.core.service_registry import RegistryError
+    from infra.workers import decision_log
+    from lb_adapters import registry_admin
+
+    s = _ctx(ctx).settings
+    registry = _registry(s)
+    try:
+        # the sink first: a change that could not be recorded is not made
+        sink = decision_log(s, "registry-cli")
+    except Exception as exc:
+        err.print(f"[red]error:[/] cannot record decisions on {s.kafka.topic_decisions} at "
+                  f"{s.kafka.bootstrap_servers} ({exc}); nothing changed. Is Kafka up? (`foresight stack status`)")
+        raise typer.Exit(1) from exc
+    try:
+        if action == "deregister":
+            result = registry_admin.deregister(registry, sink, service, instance, s.registry.max_unavailable)
+        else:
+            result = registry_admin.change_state(registry, sink, service, instance,
+                                                 "drain" if action == "drain" else "undrain",
+                                                 s.registry.max_unavailable)
+    except registry_admin.AdminRefused as exc:
+        err.print(f"[red]refused:[/] {exc}")
+        if as_json:
+            print(json.dumps({"service": service, "instance": instance, "action": action, "changed": False,
+                              "refused": str(exc)}))
+        raise typer.Exit(2) from exc
+    except (registry_admin.AdminNotFound, registry_admin.DecisionNotRecorded, RegistryError, ValueError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        with contextlib.suppress(Exception):  # a close that cannot flush was reported by publish already
+            sink.close()
+    if as_json:
+        print(result.model_dump_json())
+    else:
+        _say(result.message + ("" if result.changed else " (nothing to do)"))
+
+
+_SERVICE_ARG = Annotated[str, typer.Argument(help="Service name.")]
+_INSTANCE_ARG = Annotated[str, typer.Argument(help="Instance name (see `foresight registry list`).")]
+_CHANGE_JSON = Annotated[bool, typer.Option("--json", help="The result as JSON: {service, instance, action, "
+                                            "before, after, changed, message} (or {refused} with exit 2).")]
+
+
+@registry_app.command("drain")
+def registry_drain(ctx: typer.Context, service: _SERVICE_ARG, instance: _INSTANCE_ARG,
+                   as_json: _CHANGE_JSON = False) -> None:
+    """Mark an instance `draining` (the balancers stop sending it new requests). Pinned: no controller
+    undoes it. Refused (exit 2) for the last ready instance or past registry.max_unavailable."""
+    _registry_change(ctx, service, instance, "drain", as_json)
+
+
+@registry_app.command("undrain")
+def registry_undrain(ctx: typer.Context, service: _SERVICE_ARG, instance: _INSTANCE_ARG,
+                     as_json: _CHANGE_JSON = False) -> None:
+    """Put a draining or drained instance back to `ready`."""
+    _registry_change(ctx, service, instance, "undrain", as_json)
+
+
+@registry_app.command("deregister")
+def registry_deregister(ctx: typer.Context, service: _SERVICE_ARG, instance: _INSTANCE_ARG,
+                        as_json: _CHANGE_JSON = False) -> None:
+    """Delete an instance's key (the balancers drop it). Refused (exit 2) for the last ready instance;
+    drain it first. A running instance keeps its lease but does not re-register by itself."""
+    _registry_change(ctx, service, instance, "deregister", as_json)
+
+
+# -- foresight pool / registry-sync: the instance pool and balancer membership ---------------------------
+
+pool_app = typer.Typer(
+    help="The local instance pool: real backend processes per service (pool.services), scaled with graceful "
+    "drain.\n\n`foresight pool run` is the stack component `pool`; `status` and `scale` talk to its admin API "
+    "(pool.admin_port, loopback).",
+    no_args_is_help=True,
+)
+app.add_typer(pool_app, name="pool")
+
+
+@pool_app.command("run")
+def pool_run(ctx: typer.Context) -> None:
+    """Run the pool and its admin API until SIGTERM; each instance registers in etcd once warmed up."""
+    from infra.pool.admin import run_pool
+
+    run_pool(_ctx(ctx).settings)
+
+
+def _pool_call(s: Settings, method: str, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
+    import httpx
+
+    url = f"http://127.0.0.1:{s.pool.admin_port}{path}"
+    try:
+        resp = httpx.request(method, url, json=body, timeout=10.0)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]error:[/] the pool's admin API at {url} does not answer ({exc}); "
+                  "is the pool running? (`foresight stack status`)")
+        raise typer.Exit(1) from exc
+    if resp.status_code >= 400:
+        err.print(f"[red]error:[/] {resp.status_code}: {resp.json().get('detail', resp.text)}")
+        raise typer.Exit(2)
+    data: dict[str, object] = resp.json()
+    return data
+
+
+def _print_pool(data: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data))
+        return
+    table = Table(title=f"pool {data['service']}: desired {data['desired']}, current {data['current']}, "
+                        f"ready {data['ready']}")
+    for col in ("instance", "port", "state", "pid"):
+        table.add_column(col)
+    for row in data["instances"]:  # type: ignore[attr-defined]
+        table.add_row(row["instance"], str(row["port"]), row["state"], str(row["pid"]))
+    console.print(table)
+
+
+@pool_app.command("status")
+def pool_status(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="A service of pool.services, e.g. `web`.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Desired, running and ready instances of one service, each with its state."""
+    _print_pool(_pool_call(_ctx(ctx).settings, "GET", f"/v1/pools/{service}"), as_json)
+
+
+@pool_app.command("scale")
+def pool_scale(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="A service of pool.services, e.g. `web`.")],
+    replicas: Annotated[int, typer.Argument(help="Instances wanted, within the service's min/max.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Ask for N instances: new ones start and register; extra ones drain first, then stop. Exit 2 if refused."""
+    _print_pool(_pool_call(_ctx(ctx).settings, "PUT", f"/v1/pools/{service}/replicas", {"replicas": replicas}),
+                as_json)
+
+
+@app.command("pool-backend", hidden=True)
+def pool_backend(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Option()],
+    instance: Annotated[str, typer.Option()],
+    port: Annotated[int, typer.Option()],
+    scenario: Annotated[Path | None, typer.Option(help="Fault scenario (YAML) whose faults for this instance "
+                                                       "it plays, from the moment it is ready.")] = None,
+    index: Annotated[int | None, typer.Option(help="This instance's index in the pool, for faults on `#k`.")] = None,
+) -> None:
+    """One pool instance (started by `foresight pool run`)."""
+    from infra.core.service_registry import Registry
+    from infra.pool.backend import run_registered
+    from infra.pool.faults import Fault, Scenario, load_scenario
+
+    s = _ctx(ctx).settings
+    svc = s.pool.service(service)
+    if svc is None:
+        err.print(f"[red]error:[/] service {service!r} is not in pool.services")
+        raise typer.Exit(2)
+    scenario = scenario or svc.scenario
+    try:
+        plan = load_scenario(scenario) if scenario else None
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/] fault scenario {scenario}: {exc}")
+        raise typer.Exit(2) from exc
+    faults = plan.for_instance(instance, -1 if index is None else index) if plan else []
+
+    def record_truth(played: list[Fault], t0_ms: int) -> None:
+        """The labels of the health models; losing them would silently bias an evaluation, so say so."""
+        from infra.pool.ground_truth import fault_rows, record_faults
+
+        scenario_ = plan or Scenario(name="injected")
+        try:
+            record_faults(s.clickhouse, fault_rows(scenario_, played, service, instance, t0_ms))
+        except Exception as exc:
+            logging.getLogger("foresight.pool").error("%s/%s: fault ground truth not recorded: %s", service,
+                                                      instance, exc)
+
+    run_registered(service, instance, port, svc, Registry(s.registry_endpoint, s.registry.prefix,
+                                                          s.registry.timeout_s), s.registry.lease_ttl_s, faults,
+                   on_faults=record_truth)
+
+
+faults_app = typer.Typer(help="Fault scenarios for the pool's backends (slowdown, capacity loss, errors, hang, "
+                                "crash, leak).", no_args_is_help=True)
+app.add_typer(faults_app, name="faults")
+
+
+@faults_app.command("generate")
+def faults_generate(
+    seed: Annotated[int, typer.Option(help="Same seed, same scenario.")],
+    instances: Annotated[int, typer.Option(help="Instances in the pool; faults name them `#0`, `#1`, ...")] = 4,
+    duration: Annotated[float, typer.Option(help="Seconds the run lasts; faults start in its middle half.")] = 300.0,
+    faults: Annotated[int, typer.Option(help="Faulty instances (always fewer than all).")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Write the YAML here instead of to stdout.")] = None,
+) -> None:
+    """Generate a reproducible fault scenario from a seed (keep held-out seeds out of training)."""
+    from infra.pool.faults import dump_scenario, generate
+
+    try:
+        text = dump_scenario(generate(seed, instances, duration, faults))
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        console.print(f"wrote {out}")
+
+
+@app.command("registry-sync")
+def registry_sync(ctx: typer.Context) -> None:
+    """HAProxy and nginx membership follow the registry (a watch on etcd) until SIGTERM.
+
+    HAProxy changes through its runtime API (add, drain, maintenance, delete; no reload); nginx's
+    upstream file is re-rendered, checked with `nginx -t` and reloaded gracefully. One copy per service
+    acts (leadership in etcd); another stands by. etcd down: the balancers keep the last membership.
+    """
+    from infra.workers import run_registry_sync
+
+    run_registry_sync(_ctx(ctx).settings)
 
 
 def main() -> None:

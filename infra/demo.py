@@ -67,7 +67,7 @@ def run_demo(s: Settings, config: Path | None, console: Console, say: Callable[[
               f"holding {ch.detail['requests']} requests")
 
     t0 = time.monotonic()
-    report: StepReport = build_weight_controller(s).step(s.demo.service)
+    report: StepReport = build_weight_controller(s, "demo").step(s.demo.service)
     adapt = Hop("features -> /v1/weights (Ray Serve) -> policy -> HAProxy runtime API",
                 report.response is not None and bool(report.after), time.monotonic() - t0)
     hops.append(adapt)

@@ -29,7 +29,7 @@ import re
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -40,13 +40,13 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client import REGISTRY
 
 from infra.core.settings import KafkaSettings, RouteRule
+from infra.core.spool import Spool
 from ingest.parsers.base import LineParser, now_ms
 from ingest.parsers.clf import CLFParser
 from ingest.routing import Router
 from ingest.runtime import tune_gc
 from ingest.schemas import AccessEvent, Rejection
 from ingest.sinks.kafka import BATCH_SIZE, KafkaSink, producer_config
-from ingest.spool import Spool
 
 TOPIC_PREFIX = "fs.bench"
 _DATE = re.compile(rb"\[(\d\d)/([A-Z][a-z]{2})/(\d{4}):(\d\d):(\d\d):(\d\d)( [+-]\d{4})?\]")
@@ -173,44 +173,81 @@ def run_ingest_bench(
     # long-lived, and the collector runs less often.
     tune_gc()
     try:
-        with tempfile.TemporaryDirectory(prefix="foresight-bench-spool-") as spool_dir:
-            spool = Spool(Path(spool_dir), 256 * 1024 * 1024)
-            sink = KafkaSink(bench, batch_max, spool=spool, client_id="foresight-bench", batch_size=batch_size)
-            raw = KafkaProducer(**config)
-            try:
-                _warm_up(sink, raw, raw_topic, parser, data)
-                for i in range(repeat):
-                    order = (0, 1) if i % 2 == 0 else (1, 0)  # alternate, so drift hurts neither side
-                    run: dict[str, float] = {}
-                    for side in order:
-                        if side == 0:
-                            records0 = _sample("foresight_ingest_records_sent_total", topic=bench.topic_access)
-                            acked0 = _sample("foresight_ingest_events_sent_total")
-                            secs, cpu, counts = _timed(lambda: run_pipeline(data, parser, sink, batch_max))
-                            run["events_per_s"] = counts["events"] / secs
-                            run["events_per_cpu_s"] = counts["events"] / cpu
-                            run["pipeline_s"] = secs
-                            detail.update(counts)
-                            detail["records"] = int(
-                                _sample("foresight_ingest_records_sent_total", topic=bench.topic_access) - records0)
-                            detail["events_acked"] = int(_sample("foresight_ingest_events_sent_total") - acked0)
-                        else:
-                            secs, cpu, _ = _timed(lambda: run_raw(data, raw, raw_topic))
-                            run["raw_producer_per_s"] = len(data) / secs
-                            run["raw_per_cpu_s"] = len(data) / cpu
-                            run["raw_s"] = secs
-                    run["ratio"] = run["events_per_s"] / run["raw_producer_per_s"]
-                    runs.append(run)
-                if profile_path is not None:
-                    prof = cProfile.Profile()
-                    prof.runcall(run_pipeline, data, parser, sink, batch_max)
-                    prof.dump_stats(str(profile_path))
-            finally:
-                raw.close(timeout=10)
-                sink.close(timeout=10)
+        with _bench_clients(bench, batch_max, batch_size, config) as (sink, raw):
+            _warm_up(sink, raw, raw_topic, parser, data)
+
+            def pipeline_side() -> dict[str, float]:
+                timing, counts = _time_pipeline(data, parser, sink, batch_max, bench.topic_access)
+                detail.update(counts)
+                return timing
+
+            def raw_side() -> dict[str, float]:
+                return _time_raw(data, raw, raw_topic)
+
+            for i in range(repeat):
+                runs.append(_alternating_run(i, pipeline_side, raw_side))
+            if profile_path is not None:
+                _profile_pipeline(profile_path, data, parser, sink, batch_max)
     finally:
         gc.unfreeze()
         _delete_topics(bench, topics)
+    return _report(runs, detail, repeat=repeat, lines=len(data), config=config, batch_max=batch_max,
+                   bootstrap_servers=kafka.bootstrap_servers, topics=topics, profile_path=profile_path)
+
+
+@contextlib.contextmanager
+def _bench_clients(bench: KafkaSettings, batch_max: int, batch_size: int,
+                   config: dict[str, Any]) -> Iterator[tuple[KafkaSink, KafkaProducer]]:
+    """The pipeline's sink (with its disk spool, as in production) and the naive shipper's producer."""
+    with tempfile.TemporaryDirectory(prefix="foresight-bench-spool-") as spool_dir:
+        spool = Spool(Path(spool_dir), 256 * 1024 * 1024)
+        sink = KafkaSink(bench, batch_max, spool=spool, client_id="foresight-bench", batch_size=batch_size)
+        raw = KafkaProducer(**config)
+        try:
+            yield sink, raw
+        finally:
+            raw.close(timeout=10)
+            sink.close(timeout=10)
+
+
+def _alternating_run(i: int, pipeline: Callable[[], dict[str, float]],
+                     raw: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Run `i` of both sides, the pipeline first on even runs, so drift hurts neither side."""
+    run: dict[str, float] = {}
+    for side in ((pipeline, raw) if i % 2 == 0 else (raw, pipeline)):
+        run.update(side())
+    run["ratio"] = run["events_per_s"] / run["raw_producer_per_s"]
+    return run
+
+
+def _time_pipeline(data: list[bytes], parser: LineParser, sink: KafkaSink, batch_max: int,
+                   topic_access: str) -> tuple[dict[str, float], dict[str, Any]]:
+    """Timing of one pipeline run, and its counts with the records and events Kafka acknowledged."""
+    records0 = _sample("foresight_ingest_records_sent_total", topic=topic_access)
+    acked0 = _sample("foresight_ingest_events_sent_total")
+    secs, cpu, counts = _timed(lambda: run_pipeline(data, parser, sink, batch_max))
+    timing = {"events_per_s": counts["events"] / secs, "events_per_cpu_s": counts["events"] / cpu, "pipeline_s": secs}
+    detail = {**counts,
+              "records": int(_sample("foresight_ingest_records_sent_total", topic=topic_access) - records0),
+              "events_acked": int(_sample("foresight_ingest_events_sent_total") - acked0)}
+    return timing, detail
+
+
+def _time_raw(data: list[bytes], raw: KafkaProducer, raw_topic: str) -> dict[str, float]:
+    secs, cpu, _ = _timed(lambda: run_raw(data, raw, raw_topic))
+    return {"raw_producer_per_s": len(data) / secs, "raw_per_cpu_s": len(data) / cpu, "raw_s": secs}
+
+
+def _profile_pipeline(path: Path, data: list[bytes], parser: LineParser, sink: KafkaSink, batch_max: int) -> None:
+    prof = cProfile.Profile()
+    prof.runcall(run_pipeline, data, parser, sink, batch_max)
+    prof.dump_stats(str(path))
+
+
+def _report(runs: list[dict[str, float]], detail: dict[str, Any], *, repeat: int, lines: int,
+            config: dict[str, Any], batch_max: int, bootstrap_servers: str, topics: list[str],
+            profile_path: Path | None) -> dict[str, Any]:
+    """Medians of the runs, their spread, and what was measured with what."""
 
     def spread(key: str) -> dict[str, float]:
         values = [r[key] for r in runs]
@@ -222,7 +259,7 @@ def run_ingest_bench(
         "events_per_s": events_per_s,
         "raw_producer_per_s": raw_per_s,
         "ratio": events_per_s / raw_per_s,
-        "lines": len(data),
+        "lines": lines,
         **detail,
         "events_per_record": detail["events"] / detail["records"] if detail.get("records") else None,
         "repeat": repeat,
@@ -232,7 +269,7 @@ def run_ingest_bench(
         "producer": {k: config[k] for k in ("acks", "compression_type", "linger_ms", "batch_size",
                                             "max_in_flight_requests_per_connection")},
         "batch_max": batch_max,
-        "bootstrap_servers": kafka.bootstrap_servers,
+        "bootstrap_servers": bootstrap_servers,
         "topics": topics,
         "profile": str(profile_path) if profile_path is not None else None,
     }

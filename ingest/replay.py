@@ -55,13 +55,26 @@ class ReplaySummary:
     dropped_by_cap: int = 0
     wall_s: float = 0.0
     statuses: dict[int, int] = field(default_factory=dict)  # HTTP mode
+    # HTTP mode, one per answered request: (wall time it was sent, latency ms, failed); not in as_dict()
+    answers: list[tuple[float, float, bool]] = field(default_factory=list, repr=False)
 
     @property
     def achieved_rps(self) -> float:
         return self.requests_sent / self.wall_s if self.wall_s > 0 else 0.0
 
+    def latency_ms(self, q: float) -> float | None:
+        """The client-side latency quantile `q` of the answered requests (HTTP mode)."""
+        if not self.answers:
+            return None
+        ordered = sorted(a[1] for a in self.answers)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "wall_s": round(self.wall_s, 3), "achieved_rps": round(self.achieved_rps, 2)}
+        out = {k: v for k, v in asdict(self).items() if k != "answers"}
+        p50, p99 = self.latency_ms(0.5), self.latency_ms(0.99)
+        return {**out, "wall_s": round(self.wall_s, 3), "achieved_rps": round(self.achieved_rps, 2),
+                "latency_p50_ms": None if p50 is None else round(p50, 2),
+                "latency_p99_ms": None if p99 is None else round(p99, 2)}
 
 
 def read_trace(path: str | Path, start: int = 0) -> Generator[int, None, None]:
@@ -91,13 +104,17 @@ def read_trace(path: str | Path, start: int = 0) -> Generator[int, None, None]:
 def replay(trace_path: str | Path, *, speedup: float = 1.0, to: Literal["http", "kafka"] = "http",
            base_url: str | None = None, sink: EventSink | None = None, start: int = 0,
            duration_s: float | None = None, max_rps: float | None = None, progress: bool = False,
-           concurrency: int = DEFAULT_CONCURRENCY, parser: LineParser | None = None) -> ReplaySummary:
+           concurrency: int = DEFAULT_CONCURRENCY, parser: LineParser | None = None,
+           scale: float = 1.0) -> ReplaySummary:
     """Replay `trace_path` to `base_url` (http) or `sink` (kafka) until the trace, or `duration_s`, ends.
 
     `parser` turns the synthetic lines into events in kafka mode (default: CLF, service `replay`).
+    `scale` multiplies each trace second's requests (rounded at random, seeded, so the mean is kept).
     """
     if speedup <= 0:
         raise ValueError("speedup must be positive")
+    if scale <= 0:
+        raise ValueError("scale must be positive")
     if max_rps is not None and max_rps <= 0:
         raise ValueError("max_rps must be positive")
     if to not in ("http", "kafka"):
@@ -106,7 +123,8 @@ def replay(trace_path: str | Path, *, speedup: float = 1.0, to: Literal["http", 
         raise ValueError("http replay needs base_url")
     if to == "kafka" and sink is None:
         raise ValueError("kafka replay needs a sink")
-    values = read_trace(trace_path, start)
+    counts = read_trace(trace_path, start)
+    values = counts if scale == 1 else _scaled(counts, scale)
     first = next(values, None)  # skip to `start` (and open the file) before the clock starts
     slots = _Pacer(itertools.chain(() if first is None else (first,), values), speedup, max_rps)
     bar = _Bar(duration_s) if progress else None
@@ -118,11 +136,18 @@ def replay(trace_path: str | Path, *, speedup: float = 1.0, to: Literal["http", 
             _replay_kafka(slots, sink, parser or CLFParser(Router([], REPLAY_SERVICE)), start, duration_s,
                           summary, bar)
     finally:
-        values.close()
+        counts.close()
         if bar is not None:
             bar.close()
     summary.dropped_by_cap = slots.dropped
     return summary
+
+
+def _scaled(values: Iterator[int], scale: float) -> Generator[int, None, None]:
+    rng = random.Random(0)
+    for v in values:
+        x = v * scale
+        yield int(x) + (rng.random() < x - int(x))
 
 
 class _Pacer:
@@ -158,14 +183,18 @@ async def _replay_http(slots: _Pacer, base_url: str, concurrency: int, duration_
     loop = asyncio.get_running_loop()
 
     async def one(client: httpx.AsyncClient) -> None:
+        sent, began = time.time(), loop.time()
+        failed = True
         try:
             response = await client.get(base_url)
             summary.statuses[response.status_code] = summary.statuses.get(response.status_code, 0) + 1
-            if response.status_code >= 500:
+            failed = response.status_code >= 500
+            if failed:
                 summary.errors += 1
         except httpx.HTTPError:
             summary.errors += 1
         finally:
+            summary.answers.append((sent, (loop.time() - began) * 1000, failed))
             free.release()
 
     async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S) as client:

@@ -15,7 +15,7 @@ from infra.core.settings import AdapterSettings
 from lb_adapters import metrics
 from lb_adapters.actuators.base import ActuatorError, WeightActuator
 from lb_adapters.policies.weights import decide_weights
-from lb_adapters.schemas import Decision, DecisionSink
+from lb_adapters.schemas import Decision, DecisionSink, PredictionRecord
 from serving.schemas import InstanceFeatures, WeightsRequest, WeightsResponse
 
 log = logging.getLogger("foresight.adapter")
@@ -55,6 +55,10 @@ class WeightController:
         report.before = self.actuator.weights(self.backend)
         predicted = {w.instance: w.weight for w in report.response.weights}
         ref = f"{report.response.model}@{report.response.model_version}"
+        asked_ms = int(self.clock() * 1000)
+        predictions = [PredictionRecord(ts=asked_ms, kind="weights", service=service, instance=w.instance,
+                                        model=report.response.model, model_version=report.response.model_version,
+                                        value=float(w.weight)) for w in report.response.weights]
         for change in decide_weights(predicted, report.before, self.cfg):
             decision = Decision(
                 ts=int(self.clock() * 1000), service=service, actuator=self.actuator.name,
@@ -64,8 +68,8 @@ class WeightController:
             decision.outcome = "dry_run" if self.cfg.dry_run else self._apply(change.instance, change.after)
             metrics.DECISIONS.labels(self.actuator.name, decision.outcome.split(":")[0]).inc()
             report.decisions.append(decision)
-        if report.decisions:
-            self.sink.publish(report.decisions)
+        if report.decisions:  # with the weights they rest on, so each decision's prediction_refs resolve
+            self.sink.publish(report.decisions, predictions)
         report.after = self.actuator.weights(self.backend)
         for server, weight in report.after.items():
             metrics.WEIGHT.labels(self.backend, server).set(weight)

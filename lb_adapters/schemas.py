@@ -17,7 +17,8 @@ class Decision(BaseModel):
     target: str = Field(description="What was acted on, e.g. `demo/s1`.")
     action: str = Field(description="e.g. `set_weight`.")
     before: float | None
-    after: float
+    after: float | None = Field(description="Numeric value after; None for a change without one (a membership "
+                                "state change: before/after states are in `reason`).")
     reason: str
     prediction_ref: str = Field(description="`model@version` whose answer drove the decision.")
     dry_run: bool = False

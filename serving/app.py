@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infra.core.settings import ClickHouseSettings, ServingSettings
 from serving import examples
+from serving.compat import ray_serve
 from serving.deployment_options import ingress_options, model_options
 from serving.forecast_model import ForecastCall, ForecastModel, ForecastResult
 from serving.history import read_rate_history
@@ -133,7 +134,7 @@ class ServingApi:
         self._clickhouse = clickhouse
         # By value: a call goes straight to the model replica's gRPC server (every replica runs one)
         # instead of a Ray actor call and the object store, ~2 ms less CPU per 1,000-instance request.
-        self._weights, self._forecast, self._risk = (handle.options(_by_reference=False)
+        self._weights, self._forecast, self._risk = (ray_serve.by_value(handle)
                                                      for handle in (weights, forecast, risk))
         self.metrics = ApiMetrics()
 
@@ -245,7 +246,8 @@ class ServingApi:
                    401: examples.ERRORS[401]},
     )
     async def reload(self) -> ReloadResponse:
-        """Reaches one forecast replica; the others pick new versions up on their next poll."""
+        """Refreshes one forecast replica and marks the reload in the registry; every other replica
+        follows the mark before its next answer (serving.registry_loader)."""
         forecast: ReloadResponse = await self._forecast.reload.remote()
         others = await asyncio.gather(self._risk.status.remote(), self._weights.status.remote())
         return ReloadResponse(models=[*forecast.models, *others], loaded=forecast.loaded, refused=forecast.refused)

@@ -1,7 +1,9 @@
 """The forecast deployment: the registry's newest valid forecast version, or the baseline.
 
 Each replica loads from the registry at start, polls it every `poll_s`, and reloads on
-request; the version in service is read once per batch, so a swap never splits a batch.
+request; a reload requested on any replica is followed by every replica before its next answer
+(see serving.registry_loader). The version in service is read once per batch, so a swap never
+splits a batch.
 Concurrent requests are padded to the model's history length and evaluated as one tensor.
 """
 
@@ -86,6 +88,7 @@ class ForecastModelReplica:
                           spec.quantiles, spec.step_s)
 
     def status(self) -> ModelStatus:
+        self._slot.follow()
         answering = self._answering()
         loaded = self._slot.current
         return ModelStatus(
@@ -96,8 +99,8 @@ class ForecastModelReplica:
             refused=[RefusedModel(**r.model_dump()) for r in self._slot.refused])
 
     def reload(self) -> ReloadResponse:
-        """Check the registry now (this replica; the others pick it up on their next poll)."""
-        result = self._slot.refresh()
+        """Check the registry now, here, and have every other replica follow before its next answer."""
+        result = self._slot.request_reload()
         return ReloadResponse(
             models=[self.status()],
             loaded=[f"forecast/{result.loaded}"] if result.loaded else [],
@@ -109,6 +112,7 @@ class ForecastModelReplica:
 
     def forecast_batch(self, calls: list[ForecastCall]) -> list[ForecastResult]:
         """One tensor evaluation for all `calls`, with the version in service when the batch starts."""
+        self._slot.follow()
         answering = self._answering()
         try:
             output = self._run(answering, calls)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.core.settings import ServingSettings
+from serving.compat import ray_serve
 
 # Serve puts HAProxy's admin socket at <dir>/<node id, 56 hex>/admin.sock and AF_UNIX paths stop
 # at 107 bytes, so the dir is short and in /tmp (one per user; node ids keep heads apart). Its name
@@ -44,12 +45,13 @@ REQUEST_PATH_ENV = {
 
 # Ray renders its HAProxy config with the stats page and the exporter bound on every interface
 # and has no setting for their address. This wrapper (Serve's HAProxy binary) pins every `bind`
-# of the config it is given to the serving host, then becomes HAProxy.
+# of the config it is given to the serving host (`serving.compat.ray_serve` knows those lines),
+# then becomes HAProxy.
 WRAPPER = """#!/bin/sh
 # Written by foresight's serving/front.py: pin HAProxy's bind lines to {host}, then exec HAProxy.
 prev=
 for arg in "$@"; do
-  if [ "$prev" = -f ]; then sed -i -E 's/^([[:space:]]*bind )[*]?:([0-9]+)$/\\1{host}:\\2/' "$arg"; fi
+  if [ "$prev" = -f ]; then sed -i -E '{pin_binds}' "$arg"; fi
   prev=$arg
 done
 exec {binary} "$@"
@@ -104,7 +106,8 @@ def loopback_wrapper(serving: ServingSettings) -> Path:
     if binary is None:
         raise FileNotFoundError(f"serving.front = haproxy needs HAProxy: {serving.haproxy_binary!r} not found "
                                 "(apt-get install haproxy, or set serving.haproxy_binary)")
-    text = WRAPPER.format(host=serving.host, binary=shlex.quote(binary))
+    text = WRAPPER.format(host=serving.host, pin_binds=ray_serve.pin_binds_sed(serving.host),
+                          binary=shlex.quote(binary))
     path = private_dir(HAPROXY_DIR) / f"haproxy-{hashlib.sha256(text.encode()).hexdigest()[:12]}.sh"
     if not path.exists():
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -5,11 +5,18 @@ replays its smoke case goes into service; a newer one replaces it only once it h
 same checks, by swapping one reference (a request sees the old model or the new, never a mix);
 a version that fails is refused with its reason, remembered so it is not retried on every
 poll, and the version in service stays.
+
+A reload request reaches one replica, but must reach them all: it bumps a reload marker in the
+registry (`<root>/<kind>/.reload`, replaced atomically), and every replica compares the marker
+with the one it last saw before it answers (`follow`, one `stat`), refreshing when it changed.
+So with polling off (`registry_poll_s = 0`) every replica answers with the reloaded version from
+its first answer after the reload on; the registry is already the shared medium between replicas.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -112,6 +119,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
+RELOAD_MARKER = ".reload"  # in <root>/<kind>/; versions are folders, so list_versions never sees it
+
+
 class ModelSlot:
     """The version of one kind in service, and the versions refused, for one replica."""
 
@@ -121,6 +131,33 @@ class ModelSlot:
         self._current: LoadedVersion | None = None
         self._refused: dict[str, Refusal] = {}
         self._lock = threading.Lock()  # one refresh at a time (poll thread and reload request)
+        self._marker = root / kind / RELOAD_MARKER
+        self._seen_marker = self._marker_id()
+
+    def _marker_id(self) -> tuple[int, int] | None:
+        """(inode, mtime ns) of the reload marker: a replace gives a new inode, so no write goes unseen."""
+        try:
+            st = os.stat(self._marker)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    def request_reload(self) -> RefreshResult:
+        """Refresh here, and bump the marker so every other replica refreshes before its next answer."""
+        self._marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._marker.with_name(f"{RELOAD_MARKER}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(f"{time.time_ns()}\n")
+        tmp.replace(self._marker)
+        self._seen_marker = self._marker_id()
+        return self.refresh()
+
+    def follow(self) -> RefreshResult | None:
+        """Refresh if a reload was requested (on any replica) since this one last looked; else None."""
+        seen = self._marker_id()
+        if seen == self._seen_marker:
+            return None
+        self._seen_marker = seen
+        return self.refresh()
 
     @property
     def current(self) -> LoadedVersion | None:

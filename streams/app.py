@@ -10,6 +10,11 @@ Two stages, each with its state in a Faust table (changelog topic, recovered on 
    ahead of the recovered table (a revoked worker still writing while the next owner recovers was
    seen on Tansu): a worker compares them with the mark and reads from the mark again, and a record
    arriving past the mark does the same, so nothing is skipped either: exactly once per window.
+   Within each open window, an event whose id was already counted there is a duplicate from
+   ingest (spool replay, HTTP retry, a file sent twice): not counted, but tallied in
+   `foresight_stream_duplicates_total` (the ids' keys live in the state, see `streams.state`).
+   A worker holds at most `max_instances_per_service` instances per service: events of any more
+   are counted and dead-lettered as `too_many_instances`, so input cannot grow its state at will.
 2. per service: each closed instance window (with its DDSketch) goes to an internal topic keyed
    by service, where `ServiceWindow`s merge them by instance name into the `*` window. Instances
    of one service may sit on partitions of different workers; this is where they meet.
@@ -25,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter as Tally
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +40,13 @@ import faust
 import orjson
 from faust.types import TP
 
+from infra.core import retry
 from infra.core.contracts import SERVICE_WIDE
 from infra.core.settings import KafkaSettings, StreamSettings
 from ingest.schemas import Rejection, decode_access_record, truncate_raw
-from streams.access_columns import access_columns
+from streams.access_columns import AccessColumns, access_columns
+from streams.compat import faust as faust_internals
+from streams.event_ids import id_key
 from streams.metrics import StreamMetrics
 from streams.schemas import FeatureWindow, WindowPartial
 from streams.sinks.clickhouse import FeatureSink
@@ -46,6 +56,28 @@ log = logging.getLogger("foresight.streams")
 MARK_PREFIX = b"__position__/"
 MAX_SEEKS = 5  # times a gap in the input is read again before it is given up
 FORGET_DONE_S = 86_400.0  # a retired service window is remembered (to ignore stragglers) for a day
+
+
+@dataclass
+class _Fold:
+    """What folding one batch did: to persist (touched states, position marks), to dead-letter, to count."""
+
+    rejects: list[tuple[bytes, str, str]] = field(default_factory=list)
+    touched: set[InstanceState] = field(default_factory=set)
+    marks: dict[int, dict[str, int]] = field(default_factory=dict)
+    counted: int = 0
+    late_access: int = 0
+    late_metric: int = 0
+    duplicates: int = 0
+    over_cap: int = 0
+
+    def refuse(self, raw: bytes, service: str, events: dict[str, int], cap: int) -> None:
+        """Set a record's events of instances past the cap aside, counted, with the reason."""
+        self.over_cap += sum(events.values())
+        shown = ", ".join(sorted(events)[:5]) + (", ..." if len(events) > 5 else "")
+        self.rejects.append((raw, "too_many_instances",
+                             f"service {service!r} already has {cap} instances here (streams.max_instances_per_"
+                             f"service); {sum(events.values())} events of {shown} set aside"))
 
 
 def _mark_key(partition: int) -> bytes:
@@ -88,6 +120,7 @@ class FeatureStream:
         self._wake = asyncio.Event()
         # In-memory views of the tables for the partitions this worker owns, loaded on first use.
         self._instances: dict[int, dict[bytes, InstanceState]] = {}
+        self._tracked: Tally[str] = Tally()  # service -> instances in `_instances`, held to the cap
         self._clocks: dict[int, PartitionClock] = {}
         self._services: dict[int, dict[bytes, ServiceWindow]] = {}
         self._next_offset: dict[TP, int] = {}
@@ -146,6 +179,7 @@ class FeatureStream:
         self._settled = False
         async with self._lock:
             self._instances.clear()
+            self._tracked.clear()
             self._clocks.clear()
             self._services.clear()
             self._next_offset.clear()
@@ -170,17 +204,23 @@ class FeatureStream:
                 st = InstanceState.loads(raw)
                 if st.partition == partition:
                     states[key] = st
+                    self._tracked[st.service] += 1
                     self._republish.extend(st.pending_closed())
             self._clocks[partition] = PartitionClock(self.lateness_ms, max((s.max_ts for s in states.values()),
                                                                            default=0))
         return states
 
-    def _instance(self, partition: int, service: str, instance: str) -> InstanceState:
+    def _instance(self, partition: int, service: str, instance: str) -> InstanceState | None:
+        """The instance's state, created on its first event; None when this worker already holds
+        `max_instances_per_service` instances of the service (the caller sets the events aside)."""
         states = self._instances_of(partition)
         key = f"{service}/{instance}".encode()
         st = states.get(key)
         if st is None:
+            if self._tracked[service] >= self.cfg.max_instances_per_service:
+                return None
             st = states[key] = InstanceState(service, instance, partition)
+            self._tracked[service] += 1
         return st
 
     async def _process(self, stream: Any) -> None:
@@ -268,81 +308,118 @@ class FeatureStream:
                ) -> tuple[list[tuple[bytes, str, str]], set[InstanceState], dict[int, dict[str, int]]]:
         """Fold a batch in. A partition that shows a gap is left alone for the rest of the batch, and
         `gaps` says where to read it again."""
-        rejects: list[tuple[bytes, str, str]] = []
-        touched: set[InstanceState] = set()
-        window_ms = self.window_ms
-        counted = late_access = late_metric = 0
-        marks: dict[int, dict[str, int]] = {}
+        fold = _Fold()
         for event in events:
             msg = event.message
-            value: bytes = event.value
-            tp_key = f"{msg.topic}:{msg.partition}"
-            if msg.tp in gaps:
+            tp_key = self._admit(msg, gaps, fold.marks)
+            if tp_key is None:
                 continue
-            expected = self._position(msg.tp, tp_key)
-            if expected is not None and msg.offset > expected and self._gap(msg.tp, expected, msg.offset):
-                gaps[msg.tp] = expected  # input topics have no holes of their own (no transactions)
-                self._next_offset[msg.tp] = expected
-                continue
-            self._next_offset[msg.tp] = max(expected or 0, msg.offset + 1)
-            marks.setdefault(msg.partition, {})[tp_key] = msg.offset
             access = msg.topic == self.topic_access
-            if msg.partition not in self._clocks:
-                self._instances_of(msg.partition)
-            clock = self._clocks[msg.partition]
             # Ingest keys by instance, so a record is usually one instance's envelope: decoded into
             # columns, folded in at once. Anything else (mixed, ill-typed, metrics) goes event by event.
-            cols = access_columns(value) if access else None
-            if cols is not None:
-                whole = self._instance(msg.partition, cols.service, cols.instance)
-                if whole.applied(tp_key, msg.offset):  # a replay: this state already holds it
-                    continue
-                folded = whole.add_access_columns(cols.ts, cols.status, cols.latency_ms, cols.bytes_sent,
-                                                  window_ms, clock)
-                if folded is not None:
-                    counted += folded[0]
-                    late_access += folded[1]
-                    whole.offsets[tp_key] = msg.offset
-                    touched.add(whole)
-                    continue
+            cols = access_columns(event.value) if access else None
+            if cols is None or cols.keys is None or not self._fold_columns(msg, tp_key, cols, event.value, fold):
+                self._fold_items(msg, tp_key, event.value, access, fold)
+        self._count(fold)
+        return fold.rejects, fold.touched, fold.marks
+
+    def _admit(self, msg: Any, gaps: dict[TP, int], marks: dict[int, dict[str, int]]) -> str | None:
+        """The record's `topic:partition` when it is the next one of its partition to fold (its position
+        noted), None when it is to be read again later: its partition shows a gap in this batch."""
+        tp_key = f"{msg.topic}:{msg.partition}"
+        if msg.tp in gaps:
+            return None
+        expected = self._position(msg.tp, tp_key)
+        if expected is not None and msg.offset > expected and self._gap(msg.tp, expected, msg.offset):
+            gaps[msg.tp] = expected  # input topics have no holes of their own (no transactions)
+            self._next_offset[msg.tp] = expected
+            return None
+        self._next_offset[msg.tp] = max(expected or 0, msg.offset + 1)
+        marks.setdefault(msg.partition, {})[tp_key] = msg.offset
+        if msg.partition not in self._clocks:
+            self._instances_of(msg.partition)
+        return tp_key
+
+    def _fold_columns(self, msg: Any, tp_key: str, cols: AccessColumns, raw: bytes, fold: _Fold) -> bool:
+        """One instance's envelope folded in at once; False (nothing changed) to go event by event instead."""
+        st = self._instance(msg.partition, cols.service, cols.instance)
+        if st is None:
+            fold.refuse(raw, cols.service, {cols.instance: len(cols.ts)}, self.cfg.max_instances_per_service)
+            return True
+        if st.applied(tp_key, msg.offset):  # a replay: this state already holds it
+            return True
+        folded = st.add_access_columns(cols.ts, cols.status, cols.latency_ms, cols.bytes_sent, self.window_ms,
+                                       self._clocks[msg.partition], cols.keys)
+        if folded is None:
+            return False
+        fold.counted += folded[0]
+        fold.late_access += folded[1]
+        fold.duplicates += len(cols.ts) - folded[0] - folded[1]
+        st.offsets[tp_key] = msg.offset
+        fold.touched.add(st)
+        return True
+
+    def _fold_items(self, msg: Any, tp_key: str, raw: bytes, access: bool, fold: _Fold) -> None:
+        """A record event by event; a bad event is dead-lettered with its reason, the others counted."""
+        try:
+            items = decode_access_record(raw)
+        except (ValueError, TypeError) as exc:
+            fold.rejects.append((raw, "bad_record", str(exc)))
+            return
+        record_states: list[InstanceState] = []
+        refused: Tally[tuple[str, str]] = Tally()
+        last: tuple[str, str] | None = None
+        st: InstanceState | None = None
+        over = False
+        for item in items:
             try:
-                items = decode_access_record(value)
-            except (ValueError, TypeError) as exc:
-                rejects.append((value, "bad_record", str(exc)))
-                continue
-            record_states: list[InstanceState] = []
-            last: tuple[str, str] | None = None
-            st: InstanceState | None = None
-            for item in items:
-                try:
-                    key = (item["service"], item["instance"])
-                    if key != last:
-                        last = key
-                        st = self._instance(msg.partition, *key)
-                        if st.applied(tp_key, msg.offset):  # a replay: this state already holds it
-                            st = None
-                        elif st not in record_states:
-                            record_states.append(st)
-                    if st is None:
-                        continue
-                    if access:
-                        if st.add_access(item, window_ms, clock):
-                            counted += 1
-                        else:
-                            late_access += 1
-                    elif st.add_sample(item, window_ms, clock) is False:
-                        late_metric += 1
-                except (KeyError, TypeError, ValueError) as exc:
-                    rejects.append((value, "bad_event", f"{type(exc).__name__}: {exc}"))
-            for st in record_states:
-                st.offsets[tp_key] = msg.offset
-            touched.update(record_states)
-        self.metrics.events.inc(counted)  # once per batch: a Prometheus increment per event costs more
-        if late_access:
-            self.metrics.late.labels("access").inc(late_access)
-        if late_metric:
-            self.metrics.late.labels("metric").inc(late_metric)
-        return rejects, touched, marks
+                key = (item["service"], item["instance"])
+                if key != last:
+                    last = key
+                    st = self._instance(msg.partition, *key)
+                    over = st is None
+                    if st is not None and st.applied(tp_key, msg.offset):  # a replay: this state holds it
+                        st = None
+                    elif st is not None and st not in record_states:
+                        record_states.append(st)
+                if over:
+                    refused[key] += 1
+                elif st is not None:
+                    self._fold_item(st, item, access, fold)
+            except (KeyError, TypeError, ValueError) as exc:
+                fold.rejects.append((raw, "bad_event", f"{type(exc).__name__}: {exc}"))
+        for st in record_states:
+            st.offsets[tp_key] = msg.offset
+        fold.touched.update(record_states)
+        for service in dict.fromkeys(s for s, _ in refused):
+            fold.refuse(raw, service, {i: n for (s, i), n in refused.items() if s == service},
+                        self.cfg.max_instances_per_service)
+
+    def _fold_item(self, st: InstanceState, item: dict[str, Any], access: bool, fold: _Fold) -> None:
+        clock = self._clocks[st.partition]
+        if not access:
+            if st.add_sample(item, self.window_ms, clock) is False:
+                fold.late_metric += 1
+            return
+        added = st.add_access(item, self.window_ms, clock, id_key(item["id"]))
+        if added:
+            fold.counted += 1
+        elif added is None:
+            fold.duplicates += 1
+        else:
+            fold.late_access += 1
+
+    def _count(self, fold: _Fold) -> None:
+        """The batch's tallies into the metrics: once per batch, a Prometheus increment per event costs more."""
+        self.metrics.events.inc(fold.counted)
+        if fold.late_access:
+            self.metrics.late.labels("access").inc(fold.late_access)
+        if fold.late_metric:
+            self.metrics.late.labels("metric").inc(fold.late_metric)
+        if fold.duplicates:
+            self.metrics.duplicates.inc(fold.duplicates)
+        if fold.over_cap:
+            self.metrics.over_cap.inc(fold.over_cap)
 
     def _close(self, partitions: Iterable[int], wall_ms: int | None
                ) -> tuple[set[InstanceState], list[tuple[FeatureWindow, WindowPartial | None]]]:
@@ -359,6 +436,7 @@ class FeatureStream:
                     states.add(st)
         self.metrics.open_windows.set(sum(len(st.windows) for by_key in self._instances.values()
                                           for st in by_key.values()))
+        self.metrics.tracked_instances.set(sum(self._tracked.values()))
         return states, out
 
     def _persist(self, table: Any, states: Iterable[InstanceState | ServiceWindow]) -> list[Any]:
@@ -440,7 +518,7 @@ class FeatureStream:
         Not the fetch position: a worker that just took a partition over has fetched far ahead of
         what it processed. Faust keeps the committed offsets (next to read) in a private mapping."""
         consumer = self.app.consumer
-        committed = getattr(consumer, "_committed_offset", {})
+        committed = faust_internals.committed_offsets(consumer)
         for tp in consumer.assignment():
             if tp.topic not in (self.topic_access, self.topic_metrics):
                 continue
@@ -456,7 +534,7 @@ class FeatureStream:
         """Once per assignment: where the group committed past what the recovered table holds, read
         from the table's position (replays are skipped per state; missing records are not lost)."""
         consumer = self.app.consumer
-        committed = getattr(consumer, "_committed_offset", {})
+        committed = faust_internals.committed_offsets(consumer)
         seeks: dict[TP, int] = {}
         async with self._lock:
             for tp in consumer.assignment():
@@ -496,8 +574,22 @@ class FeatureStream:
                 futures = self._persist(self.instance_table, closed_states)
             await self._finish(futures, closed, [])
         await self._emit_services()
+        async with self._lock:
+            self._forget_idle_instances()
         if any(pending_windows(self._all_states())):
             self._wake.set()
+
+    def _forget_idle_instances(self) -> None:
+        """Drop the states of instances idle for `instance_retain_s` of their partition's event time
+        (`InstanceState.forgettable`), so instances that come and go (pods) do not use up the cap."""
+        retain_ms = int(self.cfg.instance_retain_s * 1000)
+        for partition, states in self._instances.items():
+            watermark = self._clocks[partition].watermark
+            for key in [k for k, st in states.items() if st.forgettable(watermark, retain_ms)]:
+                st = states.pop(key)
+                self._tracked[st.service] -= 1
+                self.instance_table.data.pop(key, None)
+                self.instance_table.send_changelog(partition, key, None, value_serializer="raw")
 
     # -- ClickHouse ------------------------------------------------------------------------------
 
@@ -511,25 +603,34 @@ class FeatureStream:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            async with self._lock:
-                batch = [w for w in pending_windows(self._all_states()) if window_id(w) in self._published]
-            self.metrics.unsent.set(len(batch))
+            batch: list[dict[str, Any]] = []
+            # ClickHouse down or refusing: keep them, and retry shortly with what is pending then.
+            async for attempt in retry.until_stored():
+                with attempt:
+                    batch = await self._write_pending()
             if not batch:
                 continue
-            windows = [FeatureWindow.model_validate(w) for w in batch]
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.sink.write, windows)
-            except Exception as exc:  # ClickHouse down or refusing: keep them, retry shortly
-                self.metrics.sink_errors.inc()
-                log.warning("ClickHouse write of %d windows failed, will retry: %s", len(windows), exc)
-                await asyncio.sleep(1.0)
-                self._wake.set()
-                continue
-            self.metrics.windows.inc(len(windows))
             try:
                 await self._acknowledge(batch)
             except Exception:  # the windows stay pending and are written again: harmless, keep going
                 log.exception("acknowledging %d written windows failed", len(batch))
+
+    async def _write_pending(self) -> list[dict[str, Any]]:
+        """One write of every pending published window to ClickHouse; the windows written."""
+        async with self._lock:
+            batch = [w for w in pending_windows(self._all_states()) if window_id(w) in self._published]
+        self.metrics.unsent.set(len(batch))
+        if not batch:
+            return batch
+        windows = [FeatureWindow.model_validate(w) for w in batch]
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.sink.write, windows)
+        except Exception as exc:
+            self.metrics.sink_errors.inc()
+            log.warning("ClickHouse write of %d windows failed, will retry: %s", len(windows), exc)
+            raise
+        self.metrics.windows.inc(len(windows))
+        return batch
 
     async def _acknowledge(self, written: list[dict[str, Any]]) -> None:
         done = {window_id(w) for w in written}

@@ -16,6 +16,15 @@ class StreamMetrics:
                                          "Seconds from process start to the first processed event.", registry=r)
         self.records = Counter("foresight_stream_records", "Kafka records consumed.", registry=r)
         self.events = Counter("foresight_stream_events", "Access events aggregated.", registry=r)
+        self.duplicates = Counter("foresight_stream_duplicates",
+                                  "Access events not counted: their event id was already counted in their window "
+                                  "(delivered twice by ingest: spool replay, HTTP retry, a file sent again).",
+                                  registry=r)
+        self.over_cap = Counter("foresight_stream_over_cap_events",
+                                "Events (access and metric) of instances past streams.max_instances_per_service, "
+                                "sent to the dead-letter topic as too_many_instances.", registry=r)
+        self.tracked_instances = Gauge("foresight_stream_tracked_instances",
+                                       "Instances whose state this worker holds.", registry=r)
         self.late = Counter("foresight_stream_late_events",
                             "Events for already closed windows, by kind (access, metric; service: an instance "
                             "window after its service window retired).", ["kind"], registry=r)

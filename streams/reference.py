@@ -62,9 +62,16 @@ ROW_COLUMNS = tuple(WindowRow.model_fields)
 
 
 def reference_windows(events: Iterable[Mapping[str, Any]], window_s: int) -> dict[WindowKey, RefWindow]:
-    """Tumbling event-time windows per service/instance and per service, every event counted."""
+    """Tumbling event-time windows per service/instance and per service, every event counted once:
+    a repeat of an id already counted (ingest delivers at least once) is not counted again."""
     out: dict[WindowKey, RefWindow] = {}
+    seen: set[str] = set()
     for ev in events:
+        eid = ev.get("id")
+        if eid is not None:
+            if eid in seen:
+                continue
+            seen.add(eid)
         start = int(ev["ts"]) // 1000 // window_s * window_s
         status = int(ev["status"])
         for instance in (ev["instance"], SERVICE_WIDE):

@@ -2,8 +2,9 @@
 instance sketches can travel to the service-wide merge.
 
 The library's protobuf form needs the generated module and is slower than this; the fields
-below are all a DDSketch with the default (logarithmic, dense, unbounded) layout holds.
-Latencies are clamped at 0, so the negative store is always empty.
+below are all a DDSketch with the default (logarithmic, dense, unbounded) layout holds. They are
+private: `streams.compat.ddsketch` reads and writes them. Latencies are clamped at 0, so the
+negative store is always empty.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from ddsketch import DDSketch
+
+from streams.compat import ddsketch as internals
 
 SKETCH_RELATIVE_ACCURACY = 0.01
 
@@ -20,23 +23,24 @@ def new_sketch() -> DDSketch:
 
 
 def sketch_to_dict(sk: DDSketch) -> dict[str, Any]:
-    st = sk._store
-    out: dict[str, Any] = {"z": sk._zero_count, "c": sk._count, "s": sk._sum}
-    if sk._count:
-        out.update(mn=sk._min, mx=sk._max, o=st.offset, b=st.bins, k=[st.min_key, st.max_key], sc=st.count)
+    zero_count, count, total, low, high = internals.totals(sk)
+    out: dict[str, Any] = {"z": zero_count, "c": count, "s": total}
+    if count:
+        st: Any = internals.store(sk)
+        out.update(mn=low, mx=high, o=st.offset, b=st.bins, k=[st.min_key, st.max_key], sc=st.count)
     return out
 
 
 def sketch_from_dict(d: dict[str, Any]) -> DDSketch:
     sk = new_sketch()
-    sk._zero_count = d["z"]
-    sk._count = d["c"]
-    sk._sum = d["s"]
     if d["c"]:
-        sk._min, sk._max = d["mn"], d["mx"]
-        st = sk._store
+        internals.set_totals(sk, d["z"], d["c"], d["s"], d["mn"], d["mx"])
+        st: Any = internals.store(sk)
         st.offset, st.bins, st.count = d["o"], list(d["b"]), d["sc"]
         st.min_key, st.max_key = d["k"]
+    else:  # min and max stay those of an empty sketch
+        _, _, _, low, high = internals.totals(sk)
+        internals.set_totals(sk, d["z"], d["c"], d["s"], low, high)
     return sk
 
 

@@ -20,6 +20,8 @@ from ddsketch import DDSketch
 from ddsketch.mapping import LogarithmicMapping
 from ddsketch.store import DenseStore
 
+from streams.compat import ddsketch as internals
+
 _VECTOR_FROM = 32
 _LN2 = math.log(2)
 
@@ -40,7 +42,7 @@ def _add_dense(store: DenseStore, keys: np.ndarray, counts: np.ndarray) -> None:
     grows |= keys > np.maximum.accumulate(bounds)[:-1]
     grows[0] |= empty
     for key in keys[grows].tolist():
-        store._extend_range(key)
+        internals.extend_range(store, key)
     bins = np.asarray(store.bins, dtype=np.float64)
     bins[keys - store.offset] += counts
     store.bins = bins.tolist()
@@ -54,7 +56,7 @@ def add_many(sketch: DDSketch, values: Sequence[float] | np.ndarray) -> None:
     n = len(values)
     if n == 0:
         return
-    mapping = sketch._mapping
+    mapping = internals.mapping(sketch)
     # numpy's fixed cost (~10 us a call) beats the per-value loop from a few dozen values on; the
     # vector form below is the logarithmic mapping's formula.
     if n < _VECTOR_FROM or type(mapping) is not LogarithmicMapping:
@@ -64,24 +66,27 @@ def add_many(sketch: DDSketch, values: Sequence[float] | np.ndarray) -> None:
     raw = np.asarray(values, dtype=np.float64)
     a = np.where(raw > 0, raw, 0.0)  # exactly `v if v > 0 else 0.0`: -0.0 becomes 0.0
     positive = a[a > mapping.min_possible]
-    sketch._zero_count += float(n - positive.size)
     if positive.size:
-        keys = np.ceil(np.log(positive) / _LN2 * mapping._multiplier) + mapping._offset
+        multiplier, offset = internals.log_key_terms(mapping)
+        keys = np.ceil(np.log(positive) / _LN2 * multiplier) + offset
         unique, first, counts = np.unique(keys.astype(np.int64), return_index=True, return_counts=True)
         order = np.argsort(first, kind="stable")
-        store = sketch._store
+        store = internals.store(sketch)
         if type(store) is DenseStore:
             _add_dense(store, unique[order], counts[order])
         else:
             for key, count in zip(unique[order].tolist(), counts[order].tolist(), strict=True):
                 store.add(key, float(count))
-    sketch._count += float(n)
+    zeros, counted, total, low_before, high_before = internals.totals(sketch)
     sums = np.empty(n + 1)
-    sums[0] = sketch._sum
+    sums[0] = total
     sums[1:] = a
-    sketch._sum = float(np.add.accumulate(sums)[-1])  # sequential, not numpy's pairwise sum
     low, high = float(a.min()), float(a.max())
-    if low < sketch._min:
-        sketch._min = low
-    if high > sketch._max:
-        sketch._max = high
+    internals.set_totals(
+        sketch,
+        zeros + float(n - positive.size),
+        counted + float(n),
+        float(np.add.accumulate(sums)[-1]),  # sequential, not numpy's pairwise sum
+        low if low < low_before else low_before,
+        high if high > high_before else high_before,
+    )

@@ -3,7 +3,11 @@
 `InstanceState` (key `service/instance`) is one instance's open windows plus the highest offset
 of every input partition already folded in: a record at or below that offset is a replay after a
 crash and is skipped, so a state recovered from the changelog plus re-read offsets never counts
-an event twice. Closed windows stay in `pending` until ClickHouse acknowledged them.
+an event twice. Each open window also keeps the keys of the event ids it counted
+(`streams.event_ids`), so an event that ingest delivered twice (a spool replay, an HTTP retry,
+a file sent again) is counted once: they live in the changelog with the window, so a recovered
+worker still knows them, and go when the window closes (a copy arriving after that is late).
+Closed windows stay in `pending` until ClickHouse acknowledged them.
 `ServiceWindow` (key `service|window_start`) collects the instances' closed windows of one
 service-wide window by instance name, so a partial delivered twice replaces itself.
 """
@@ -11,12 +15,13 @@ service-wide window by instance name, so a partial delivered twice replaces itse
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import orjson
 
 from infra.core.contracts import SERVICE_WIDE
+from streams.event_ids import IdSet
 from streams.schemas import FeatureWindow, WindowPartial
 from streams.windows import SATURATION_METRICS, WindowAcc, counter_delta
 
@@ -43,6 +48,7 @@ class InstanceState:
     __slots__ = (
         "closed_before",
         "counter",
+        "ids",
         "instance",
         "late",
         "max_ts",
@@ -56,6 +62,7 @@ class InstanceState:
     def __init__(self, service: str, instance: str, partition: int) -> None:
         self.service, self.instance, self.partition = service, instance, partition
         self.windows: dict[int, WindowAcc] = {}
+        self.ids: dict[int, IdSet] = {}  # window start -> keys of the event ids counted in it
         self.closed_before = 0  # windows starting before this are closed: their events are late
         self.late = 0  # late access events not yet reported (they go with the next closed window)
         self.offsets: dict[str, int] = {}  # "topic:partition" -> highest offset applied
@@ -80,11 +87,20 @@ class InstanceState:
             acc = self.windows[start] = WindowAcc()
         return acc
 
-    def add_access(self, ev: Mapping[str, Any], window_ms: int, clock: PartitionClock) -> bool:
-        """Fold one access event in; False when it was late (counted, reported with the next window).
+    @overload
+    def add_access(self, ev: Mapping[str, Any], window_ms: int, clock: PartitionClock) -> bool: ...
+
+    @overload
+    def add_access(self, ev: Mapping[str, Any], window_ms: int, clock: PartitionClock, key: int) -> bool | None: ...
+
+    def add_access(self, ev: Mapping[str, Any], window_ms: int, clock: PartitionClock,
+                   key: int | None = None) -> bool | None:
+        """Fold one access event in; False when it was late (counted, reported with the next window),
+        None when its id `key` (`streams.event_ids.id_key`) was already counted in its window.
 
         Lateness is decided per event against the partition watermark *before* it, so the answer
-        depends only on the partition's order, not on how records were batched."""
+        depends only on the partition's order, not on how records were batched. A duplicate moves
+        the watermark as any event does (a copy has its original's time, so it never does)."""
         ts = int(ev["ts"])
         status, latency, size = int(ev["status"]), float(ev["latency_ms"]), int(ev["bytes_sent"])
         acc = self._acc(ts, window_ms, clock.watermark)
@@ -95,15 +111,18 @@ class InstanceState:
         if acc is None:
             self.late += 1
             return False
+        if key is not None and not self._ids(ts - ts % window_ms).add(key):
+            return None
         acc.add(status, latency, size)
         return True
 
     def add_access_columns(self, ts: np.ndarray, status: np.ndarray, latency: np.ndarray, size: np.ndarray,
-                           window_ms: int, clock: PartitionClock) -> tuple[int, int] | None:
+                           window_ms: int, clock: PartitionClock, keys: np.ndarray | None = None
+                           ) -> tuple[int, int] | None:
         """`add_access` for every event of a record at once, in numpy, from its columns (int64
-        ts/status/size, float64 latency, in event order): (counted, late), or None (and nothing
-        changed) when a value is out of the range the arithmetic is exact in, so the caller folds
-        the record in event by event instead.
+        ts/status/size, float64 latency, uint64 id keys, in event order): (counted, late), the rest
+        being duplicates, or None (and nothing changed) when a value is out of the range the
+        arithmetic is exact in, so the caller folds the record in event by event instead.
 
         The per-event rules, for the whole record: each event's lateness is against the watermark
         before it (the running maximum of the times before it, seeded with the partition's), windows
@@ -125,23 +144,46 @@ class InstanceState:
             self.max_ts = ts_hi
         if ts_hi > clock.max_ts:
             clock.max_ts = ts_hi
-        counted = int(np.count_nonzero(on_time))
-        self.late += n - counted
-        if counted == 0:
+        on = int(np.count_nonzero(on_time))
+        late = n - on
+        self.late += late
+        if on == 0:
             return 0, n
-        if counted < n:
+        if on < n:
             starts, status, latency, size = starts[on_time], status[on_time], latency[on_time], size[on_time]
+            keys = None if keys is None else keys[on_time]
         first = int(starts[0])
         if (starts == first).all():
-            self._window(first).add_many(status, latency, size)
-            return counted, n - counted
-        keys, first_at, group, sizes = np.unique(starts, return_index=True, return_inverse=True, return_counts=True)
+            return self._add_window_columns(first, status, latency, size, keys), late
+        windows, first_at, group, sizes = np.unique(starts, return_index=True, return_inverse=True,
+                                                    return_counts=True)
         order = np.argsort(group, kind="stable")  # by window, each in event order
         ends = np.cumsum(sizes)
+        counted = 0
         for g in np.argsort(first_at).tolist():  # windows open in the order of their first event
             idx = order[ends[g] - sizes[g]:ends[g]]
-            self._window(int(keys[g])).add_many(status[idx], latency[idx], size[idx])
-        return counted, n - counted
+            counted += self._add_window_columns(int(windows[g]), status[idx], latency[idx], size[idx],
+                                                None if keys is None else keys[idx])
+        return counted, late
+
+    def _add_window_columns(self, start: int, status: np.ndarray, latency: np.ndarray, size: np.ndarray,
+                            keys: np.ndarray | None) -> int:
+        """One window's on-time events, in order, less those whose id it already counted: how many counted."""
+        acc = self._window(start)
+        if keys is not None:
+            fresh = self._ids(start).add_new(keys)
+            if not fresh.all():
+                status, latency, size = status[fresh], latency[fresh], size[fresh]
+                if len(status) == 0:
+                    return 0
+        acc.add_many(status, latency, size)
+        return len(status)
+
+    def _ids(self, start: int) -> IdSet:
+        ids = self.ids.get(start)
+        if ids is None:
+            ids = self.ids[start] = IdSet()
+        return ids
 
     def _window(self, start: int) -> WindowAcc:
         acc = self.windows.get(start)
@@ -170,6 +212,7 @@ class InstanceState:
         out = []
         for start in sorted(s for s in self.windows if s + window_ms <= watermark):
             acc = self.windows.pop(start)
+            self.ids.pop(start, None)  # a copy arriving from now on is late, as any event of this window
             late, self.late = self.late, 0
             window = acc.to_window(self.service, self.instance, start, window_ms, late, emitted_at)
             partial = WindowPartial(service=self.service, instance=self.instance, window_start=start,
@@ -178,6 +221,14 @@ class InstanceState:
             self.closed_before = max(self.closed_before, start + window_ms)
             out.append((window, partial))
         return out
+
+    def forgettable(self, watermark: int, retain_ms: int) -> bool:
+        """True when dropping this state changes no count: nothing open, unacknowledged or late to
+        report, and the partition watermark `retain_ms` past its last closed window, so any event of
+        it arriving again would be late with or without the state (a new state then counts it late).
+        Only the connection-errors counter is lost: the next sample after that is an increase of 0."""
+        return (not self.windows and not self.pending and self.late == 0 and self.closed_before > 0
+                and self.closed_before + retain_ms <= watermark)
 
     def pending_closed(self) -> list[tuple[FeatureWindow, WindowPartial]]:
         """The closed windows not yet acknowledged, to publish again after a recovery."""
@@ -189,6 +240,7 @@ class InstanceState:
             "sv": self.service, "in": self.instance, "p": self.partition, "cb": self.closed_before, "late": self.late,
             "o": self.offsets, "pd": list(self.pending.values()), "ctr": self.counter, "mt": self.max_ts,
             "w": [[start, acc.to_dict()] for start, acc in self.windows.items()],
+            "ids": [[start, self.ids[start].dumps()] for start in sorted(self.ids)],
         })
 
     @classmethod
@@ -198,6 +250,7 @@ class InstanceState:
         st.closed_before, st.late, st.offsets, st.counter, st.max_ts = d["cb"], d["late"], d["o"], d["ctr"], d["mt"]
         st.pending = {p["w"]["window_start"]: p for p in d["pd"]}
         st.windows = {start: WindowAcc.from_dict(acc) for start, acc in d["w"]}
+        st.ids = {start: IdSet.loads(keys) for start, keys in d.get("ids", ())}  # absent before dedup
         return st
 
 

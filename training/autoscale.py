@@ -1,12 +1,14 @@
-"""Autoscaling simulator and policies: pure functions of a demand series, no servers.
+"""Autoscaling simulator: the shared replica policies (infra.core.scaling) replayed over a demand series.
 
 Model: minute i has demand d[i] req/s (trace rate x scale). Replicas serve `capacity` req/s
 each. A scale-up started at minute i is ready `ceil(startup_s / 60)` minutes later (a replica
 counts only for whole minutes it is ready); a scale-down is immediate (pending replicas are
-cancelled first). A policy is asked once a minute, at its start, knowing demand up to the
-minute before. A minute is under-provisioned when d[i] > ready x capacity; bursts inside a
-minute are left to queues. Replica-seconds count every started replica, ready or not. Minutes
-without data (NaN demand) are neither judged nor billed, but the replicas carry on through them.
+cancelled first). The policy is asked once a minute, at its start, through
+`infra.core.scaling.decide` exactly as the live autoscaler asks it: a `ScalingContext` with the
+demand of the minute before as the observed rate and the forecast made at the start of the
+minute. A minute is under-provisioned when d[i] > ready x capacity; bursts inside a minute are
+left to queues. Replica-seconds count every started replica, ready or not. Minutes without data
+(NaN demand) are neither judged nor billed, but the replicas carry on through them.
 """
 
 from __future__ import annotations
@@ -14,21 +16,32 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from infra.core.scaling import (
+    Policy,
+    QuantileForecast,
+    ScalingContext,
+    ScalingDecision,
+    ScalingKnobs,
+    ScalingState,
+    decide,
+    predictive,
+)
 
 STEP_S = 60
 
 
 class ScalingSpec(BaseModel):
+    """What the service is, as opposed to how it is scaled (the knobs)."""
+
     model_config = ConfigDict(extra="forbid")
 
     capacity: float = Field(gt=0, description="Requests per second one replica serves.")
     startup_s: float = Field(ge=0, description="Seconds from scale-up to a ready replica.")
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(100_000, gt=0)
 
     @property
     def delay_min(self) -> int:
@@ -46,27 +59,60 @@ class SimResult(BaseModel):
     knob_value: float | None = None
 
 
-class Policy(Protocol):
-    def decide(self, minute: int, current: int, ready: int) -> int:
-        """Replicas wanted from minute `minute` on, given `current` started of which `ready` serve."""
-        ...
+class Forecasts(BaseModel):
+    """values[i, k, j]: quantile levels[j] of demand for minute i + k, made at the start of minute i."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    values: np.ndarray
+    levels: tuple[float, ...]
+
+    def at(self, minute: int) -> QuantileForecast:
+        return QuantileForecast(start_s=float(minute * STEP_S), step_s=float(STEP_S), levels=self.levels,
+                                values=self.values[minute])
 
 
-def simulate(demand: np.ndarray, policy: Policy, spec: ScalingSpec, replicas: list[int] | None = None) -> SimResult:
-    """Run `policy` over `demand`; `replicas`, when a list, receives the ready count per minute."""
+@dataclass
+class Trace:
+    """What `simulate` records minute by minute besides the totals."""
+
+    ready: list[int] = field(default_factory=list)
+    decisions: list[ScalingDecision] = field(default_factory=list)
+    underprov: list[bool] = field(default_factory=list)
+    seen: list[tuple[int, int]] = field(default_factory=list)  # (started, ready) before each decision
+
+
+def context(minute: int, demand: np.ndarray, spec: ScalingSpec, knobs: ScalingKnobs, current: int, ready: int,
+            state: ScalingState, forecasts: Forecasts | None) -> ScalingContext:
+    """The context the policy sees at the start of `minute`: exactly what the live controller builds."""
+    seen = float(demand[minute - 1]) if minute > 0 else math.nan
+    return ScalingContext(now_s=float(minute * STEP_S), interval_s=float(STEP_S), startup_s=spec.startup_s,
+                          capacity=spec.capacity, current=current, ready=ready,
+                          observed_rate=seen if math.isfinite(seen) else None,
+                          forecast=None if forecasts is None else forecasts.at(minute), knobs=knobs, state=state)
+
+
+def simulate(demand: np.ndarray, policy: Policy, knobs: ScalingKnobs, spec: ScalingSpec,
+             forecasts: Forecasts | None = None, trace: Trace | None = None,
+             on_minute: Callable[[int], None] | None = None, initial: int | None = None) -> SimResult:
+    """Run `policy` (through the guardrails) over `demand`; `trace`, when given, records each minute.
+    It starts with `initial` ready replicas (default: enough for the first minute)."""
     delay = spec.delay_min
     pending: deque[tuple[int, int]] = deque()  # (minute it becomes ready, count), oldest first
     start = demand[0] if len(demand) and np.isfinite(demand[0]) else 0.0
-    ready = min(max(math.ceil(start / spec.capacity), spec.min_replicas), spec.max_replicas)
-    n_pending = 0
+    if initial is None:
+        initial = min(max(math.ceil(start / spec.capacity), knobs.min_replicas), knobs.max_replicas)
+    ready = initial
+    state = ScalingState()
     under = counted = actions = 0
     replica_min = 0
     for i, d in enumerate(demand):
         while pending and pending[0][0] <= i:
             ready += pending.popleft()[1]
-        n_pending = sum(c for _, c in pending)
-        total = ready + n_pending
-        want = min(max(policy.decide(i, total, ready), spec.min_replicas), spec.max_replicas)
+        total = ready + sum(c for _, c in pending)
+        ready_before = ready
+        decision = decide(policy, context(i, demand, spec, knobs, total, ready, state, forecasts))
+        want, state = decision.desired, decision.state
         if want > total:
             actions += 1
             if delay == 0:
@@ -83,79 +129,40 @@ def simulate(demand: np.ndarray, policy: Policy, spec: ScalingSpec, replicas: li
                 if count > take:
                     pending.append((when, count - take))
             ready -= drop
-        if replicas is not None:
-            replicas.append(ready)
+        short = bool(d == d and d > ready * spec.capacity + 1e-9)
+        if trace is not None:
+            trace.seen.append((total, ready_before))
+            trace.ready.append(ready)
+            trace.decisions.append(decision)
+            trace.underprov.append(short)
         if d == d:  # judged and billed only where there is data
             counted += 1
-            under += int(d > ready * spec.capacity + 1e-9)
+            under += int(short)
             replica_min += ready + sum(c for _, c in pending)
+        if on_minute is not None:
+            on_minute(i)
     return SimResult(underprov_pct=round(100.0 * under / max(counted, 1), 4),
                      replica_seconds=float(replica_min * STEP_S), actions=actions, minutes=counted)
 
 
-class OraclePolicy:
-    """ceil(demand / capacity) for the minute itself: run with startup 0, the bound no policy beats."""
-
-    def __init__(self, demand: np.ndarray, capacity: float) -> None:
-        self.demand, self.capacity = demand, capacity
-
-    def decide(self, minute: int, current: int, ready: int) -> int:
-        d = self.demand[minute]
-        return current if d != d else math.ceil(d / self.capacity - 1e-9)
+def oracle(demand: np.ndarray, spec: ScalingSpec, trace: Trace | None = None) -> SimResult:
+    """ceil(demand / capacity) for the minute itself, ready at once: the bound no policy beats. It is the
+    predictive policy given the true demand as its forecast, with startup 0 and no guardrails."""
+    perfect = Forecasts(values=demand[:, None, None], levels=(0.5,))
+    knobs = ScalingKnobs(quantile=0.5, min_replicas=1)
+    return simulate(demand, predictive, knobs, spec.model_copy(update={"startup_s": 0.0}), perfect, trace)
 
 
-class HPAPolicy:
-    """Kubernetes' HPA on the observed request rate (an AverageValue target of target x capacity
-    per replica): desired = ceil(current x observed / (current x capacity x target)), nothing
-    when the ratio is within the tolerance, and scale-down to the highest recommendation of the
-    stabilization window (scale-up immediate, as the default `behavior`)."""
-
-    def __init__(self, observed: np.ndarray, capacity: float, target: float, tolerance: float = 0.1,
-                 stabilization_s: float = 300.0) -> None:
-        self.observed, self.capacity, self.target, self.tolerance = observed, capacity, target, tolerance
-        self.window: deque[int] = deque(maxlen=max(1, math.ceil(stabilization_s / STEP_S)))
-
-    def decide(self, minute: int, current: int, ready: int) -> int:
-        seen = self.observed[minute - 1] if minute > 0 else math.nan
-        if seen != seen or current == 0:
-            rec = current if seen != seen else math.ceil(seen / (self.capacity * self.target))
-        else:
-            ratio = seen / (current * self.capacity * self.target)
-            rec = current if abs(ratio - 1.0) <= self.tolerance else math.ceil(seen / (self.capacity * self.target))
-        self.window.append(rec)
-        if rec > current:
-            return rec
-        return min(current, max(self.window))
-
-
-class PredictivePolicy:
-    """Replicas for the forecast upper quantile of demand from now until a replica started now is
-    ready, times (1 + headroom); scale-down by at most `max_down` replicas (or that fraction of
-    the current count, whichever is more) per minute, since forecasts of a drop can be wrong."""
-
-    def __init__(self, upper: np.ndarray, capacity: float, headroom: float, lead_min: int,
-                 max_down: int = 1, max_down_frac: float = 0.1) -> None:
-        # upper[i, k]: forecast upper quantile of demand for minute i + k, made at the start of minute i.
-        self.upper, self.capacity, self.headroom = upper, capacity, headroom
-        self.lead = min(lead_min + 1, upper.shape[1])
-        self.max_down, self.max_down_frac = max_down, max_down_frac
-
-    def decide(self, minute: int, current: int, ready: int) -> int:
-        ahead = self.upper[minute, : self.lead]
-        if not np.all(np.isfinite(ahead)):
-            return current
-        want = math.ceil(float(ahead.max()) * (1.0 + self.headroom) / self.capacity - 1e-9)
-        if want >= current:
-            return want
-        step = max(self.max_down, math.floor(current * self.max_down_frac))
-        return max(want, current - step)
-
-
-def tune(make: Callable[[float], Policy], grid: Sequence[float], demand: np.ndarray, spec: ScalingSpec,
-         slo_pct: float) -> tuple[float, SimResult]:
+def tune(make: Callable[[float], ScalingKnobs], policy: Policy, grid: Sequence[float], demand: np.ndarray,
+         spec: ScalingSpec, slo_pct: float, forecasts: Forecasts | None = None,
+         on_run: Callable[[], None] | None = None) -> tuple[float, SimResult]:
     """The knob value with the fewest replica-seconds among those meeting the SLO on `demand`
     (or, when none does, the one closest to it), and its result."""
-    results = [(k, simulate(demand, make(k), spec)) for k in grid]
+    results = []
+    for k in grid:
+        results.append((k, simulate(demand, policy, make(k), spec, forecasts)))
+        if on_run is not None:
+            on_run()
     meeting = [(k, r) for k, r in results if r.underprov_pct <= slo_pct]
     if meeting:
         return min(meeting, key=lambda kr: kr[1].replica_seconds)

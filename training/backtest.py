@@ -11,6 +11,7 @@ validation range (to tune the predictive headroom); the refit model only predict
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,19 +20,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from infra.core.scaling import FEEDBACK_GAIN, ScalingKnobs, predictive, predictive_knobs, reactive, reactive_knobs
 from training import baselines
-from training.autoscale import (
-    HPAPolicy,
-    OraclePolicy,
-    Policy,
-    PredictivePolicy,
-    ScalingSpec,
-    SimResult,
-    simulate,
-    tune,
-)
+from training.autoscale import Forecasts, ScalingSpec, Trace, oracle, simulate, tune
 from training.fit import OnEpoch, TrainConfig, TrainResult, forecast, script, targets, train
 from training.metrics import centred_mean, floor_table, horizon_table, mase_scale
+from training.progress import sim_bar
 from training.series import STEP_S, RateSeries
 from training.splits import Splits
 
@@ -56,6 +50,8 @@ class BacktestConfig(BaseModel):
     ma_window: int = Field(10, gt=0)
     floor_half_window: int = Field(5, gt=0, description="Minutes each side of the two-sided moving average "
                                                         "reported as a reference (it sees the future).")
+    feedback_gain: float = Field(FEEDBACK_GAIN, ge=0, description="Online headroom feedback of both policies "
+                                 "(infra.core.scaling): correction += gain x (miss - SLO) each minute; 0: off.")
     refit: bool = Field(True, description="Retrain the forecaster on train + validation, for the epoch count "
                                           "validation chose, before scoring it on the test range.")
 
@@ -111,16 +107,58 @@ def forecast_table(series: RateSeries, splits: Splits, cfg: BacktestConfig, modu
     return {"table": table, "floor": floor, "params": params}, origins, model_fc
 
 
-def _upper(module: torch.nn.Module, series: RateSeries, lo: int, hi: int, history: int, q_index: int,
-           scale: float) -> np.ndarray:
-    """[minutes, horizon] forecast quantile of demand, made at the start of each minute of [lo, hi)."""
-    return forecast(module, series, np.arange(lo, hi), history)[:, :, q_index] * scale
+def _forecasts(module: torch.nn.Module, series: RateSeries, lo: int, hi: int, history: int,
+               levels: tuple[float, ...], scale: float) -> Forecasts:
+    """Every forecast quantile of demand, made at the start of each minute of [lo, hi)."""
+    return Forecasts(values=forecast(module, series, np.arange(lo, hi), history) * scale, levels=levels)
+
+
+def _periods(series: RateSeries, lo: int, hi: int, days: int) -> list[tuple[str, int, int]]:
+    """Consecutive `days`-long stretches of [lo, hi) from its start, as (label, first minute, end minute)
+    relative to lo; labelled by their UTC start when the series has a clock."""
+    step = days * 1440
+    out = []
+    for a in range(0, hi - lo, step):
+        unix = float(series.unix_of(np.array([lo + a]))[0])
+        label = time.strftime("%Y-%m-%d %H:%M", time.gmtime(unix)) if np.isfinite(unix) else f"day {a // 1440}"
+        out.append((label, a, min(a + step, hi - lo)))
+    return out
+
+
+def _period_rows(traces: dict[str, Trace], demand: np.ndarray, periods: list[tuple[str, int, int]]) -> list[dict]:
+    """Per period: each policy's under-provisioned % and replica-seconds, and the ratios the targets use."""
+    rows = []
+    billed = np.isfinite(demand)
+    for label, a, b in periods:
+        row: dict[str, Any] = {"from": label, "minutes": int(billed[a:b].sum())}
+        for name, tr in traces.items():
+            ready = np.asarray(tr.ready[a:b])
+            started = np.asarray([d.desired for d in tr.decisions[a:b]])
+            mask = billed[a:b]
+            under = np.asarray(tr.underprov[a:b])[mask]
+            row[name] = {"underprov_pct": round(100.0 * float(under.mean()), 3) if len(under) else None,
+                         "replica_seconds": float(np.maximum(started, ready)[mask].sum() * STEP_S)}
+        for a_name, b_name in (("predictive", "hpa"), ("predictive", "oracle"), ("hpa", "oracle")):
+            den = row[b_name]["replica_seconds"]
+            row[f"{a_name}_vs_{b_name}"] = round(row[a_name]["replica_seconds"] / den, 3) if den else None
+        rows.append(row)
+    return rows
+
+
+def _spread(rows: list[dict], key: str) -> dict[str, float] | None:
+    vals = [r[key] for r in rows if r.get(key) is not None and r["minutes"] >= 720]
+    if not vals:
+        return None
+    return {"min": round(min(vals), 3), "median": round(float(np.median(vals)), 3), "max": round(max(vals), 3)}
 
 
 def autoscale_table(series: RateSeries, splits: Splits, cfg: BacktestConfig, module: torch.nn.Module, history: int,
                     say: Say, test_module: torch.nn.Module | None = None,
                     ) -> tuple[dict[str, Any], dict[str, list[int]], np.ndarray]:
     """Tune each policy's knob on the validation range, judge it on the test range.
+
+    Both policies run through `infra.core.scaling.decide`, the code the live autoscaler runs,
+    with the same online feedback correction of the headroom (`cfg.feedback_gain`).
 
     `module` must not have been trained on the validation range: it makes the forecasts the
     headroom is tuned on. A model refit on train + validation would forecast validation minutes it
@@ -131,41 +169,52 @@ def autoscale_table(series: RateSeries, splits: Splits, cfg: BacktestConfig, mod
     spec, slo = cfg.spec, cfg.slo_pct
     demand = series.values * cfg.scale
     val_d, test_d = demand[slice(*splits.val)], demand[slice(*splits.test)]
-    q_index = cfg.train.quantiles.index(cfg.predictive_quantile)
-    val_up = _upper(module, series, *splits.val, history, q_index, cfg.scale)
-    test_up = _upper(module if test_module is None else test_module, series, *splits.test, history, q_index,
-                     cfg.scale)
+    levels = tuple(cfg.train.quantiles)
+    val_fc = _forecasts(module, series, *splits.val, history, levels, cfg.scale)
+    test_fc = _forecasts(module if test_module is None else test_module, series, *splits.test, history, levels,
+                         cfg.scale)
+    feedback = {"slo": slo / 100.0, "feedback_gain": cfg.feedback_gain}
 
-    def hpa(d: np.ndarray) -> Callable[[float], Policy]:
-        return lambda target: HPAPolicy(d, spec.capacity, target)
+    def hpa(target: float) -> ScalingKnobs:
+        return reactive_knobs(target, **feedback)
 
-    def predictive(up: np.ndarray) -> Callable[[float], Policy]:
-        return lambda headroom: PredictivePolicy(up, spec.capacity, headroom, spec.delay_min)
+    def pred(headroom: float) -> ScalingKnobs:
+        return predictive_knobs(headroom, cfg.predictive_quantile, **feedback)
 
-    say("tuning HPA's target utilization on the validation range")
-    hpa_knob, hpa_val = tune(hpa(val_d), cfg.hpa_targets, val_d, spec, slo)
-    say("tuning the predictive headroom on the validation range")
-    pred_knob, pred_val = tune(predictive(val_up), cfg.headrooms, val_d, spec, slo)
+    with sim_bar(len(cfg.hpa_targets) + len(cfg.headrooms)) as tick:
+        say("tuning HPA's target utilization on the validation range")
+        hpa_knob, hpa_val = tune(hpa, reactive, cfg.hpa_targets, val_d, spec, slo, on_run=tick)
+        say("tuning the predictive headroom on the validation range")
+        pred_knob, pred_val = tune(pred, predictive, cfg.headrooms, val_d, spec, slo, val_fc, on_run=tick)
     say("judging the policies on the test range")
-    replicas: dict[str, list[int]] = {"predictive": [], "hpa": [], "oracle": []}
+    traces = {"predictive": Trace(), "hpa": Trace(), "oracle": Trace()}
+    results = {
+        "predictive": (simulate(test_d, predictive, pred(pred_knob), spec, test_fc, traces["predictive"]),
+                       "headroom", pred_knob, pred_val),
+        "hpa": (simulate(test_d, reactive, hpa(hpa_knob), spec, None, traces["hpa"]), "target_utilization",
+                hpa_knob, hpa_val),
+        "oracle": (oracle(test_d, spec, traces["oracle"]), None, None, None),
+    }
     out: dict[str, Any] = {}
-    runs: list[tuple[str, Policy, ScalingSpec, str | None, float | None, SimResult | None]] = [
-        ("predictive", predictive(test_up)(pred_knob), spec, "headroom", pred_knob, pred_val),
-        ("hpa", hpa(test_d)(hpa_knob), spec, "target_utilization", hpa_knob, hpa_val),
-        ("oracle", OraclePolicy(test_d, spec.capacity), spec.model_copy(update={"startup_s": 0.0}), None, None, None),
-    ]
-    for name, policy, run_spec, knob, value, val_result in runs:
-        res = simulate(test_d, policy, run_spec, replicas[name])
+    for name, (res, knob, value, val_result) in results.items():
         row = res.model_dump(exclude={"knob", "knob_value"})
         if knob is not None:
             row.update({"knob": knob, "knob_value": value})
         if val_result is not None:
             row["val_underprov_pct"] = val_result.underprov_pct
             row["val_replica_seconds"] = val_result.replica_seconds
+            row["slo_gap_points"] = round(res.underprov_pct - slo, 3)
+            row["final_correction"] = round(traces[name].decisions[-1].state.correction, 4) if len(test_d) else None
         out[name] = row
     oracle_rs = out["oracle"]["replica_seconds"]
     for row in out.values():
         row["vs_oracle"] = round(row["replica_seconds"] / oracle_rs, 3) if oracle_rs else None
+    days = _period_rows(traces, test_d, _periods(series, *splits.test, 1))
+    weeks = _period_rows(traces, test_d, _periods(series, *splits.test, 7))
+    out["per_day"] = days
+    out["per_week"] = weeks
+    out["per_day_spread"] = {key: _spread(days, key) for key in ("predictive_vs_hpa", "predictive_vs_oracle")}
+    replicas = {name: tr.ready for name, tr in traces.items()}
     return out, replicas, test_d
 
 
@@ -205,12 +254,16 @@ def run_backtest(series: RateSeries, splits: Splits, cfg: BacktestConfig, say: S
             "mase5_model_vs_ewma": _ratio(h5, "model", "ewma", "mase"),
             "mase5_model_vs_holt_winters": _ratio(h5, "model", "holt_winters", "mase"),
             "replica_seconds_predictive_vs_hpa": _ratio(scaling, "predictive", "hpa", "replica_seconds"),
+            "replica_seconds_predictive_vs_oracle": _ratio(scaling, "predictive", "oracle", "replica_seconds"),
+            "underprov_pct_predictive": scaling["predictive"]["underprov_pct"],
+            "underprov_pct_hpa": scaling["hpa"]["underprov_pct"],
             "mase5_poisson_floor_vs_seasonal_naive": fc["floor"].get("5", {}).get("poisson_floor"),
             "mase5_centred_ma_vs_seasonal_naive": fc["floor"].get("5", {}).get("centred_ma"),
         },
         "setup": {
             "scale": cfg.scale, "capacity": cfg.spec.capacity, "startup_s": cfg.spec.startup_s,
             "slo_pct": cfg.slo_pct, "predictive_quantile": cfg.predictive_quantile,
+            "feedback_gain": cfg.feedback_gain,
             "minutes": {"train": list(splits.train), "val": list(splits.val), "test": list(splits.test)},
             "unix_s": [None if not np.isfinite(u) else float(u) for u in unix],
             "train_seconds": round(trained.seconds, 1), "best_epoch": trained.best_epoch,

@@ -31,12 +31,14 @@ def parse_start(start: str | None) -> float | None:
 
 def backtest_command(trace: Path, *, test_from: int | None, val_from: int | None, scale: float, capacity: float,
                      startup_s: float, slo_pct: float, start: str | None, report: Path | None, epochs: int,
-                     seed: int, threads: int, as_json: bool, refit: bool = True) -> dict[str, Any]:
+                     seed: int, threads: int, as_json: bool, refit: bool = True,
+                     feedback_gain: float | None = None) -> dict[str, Any]:
     say(f"reading {trace}")
     series = load_trace(trace, parse_start(start))
     splits = split_by_index(series, test_from, val_from)
     cfg = BacktestConfig(scale=scale, spec=ScalingSpec(capacity=capacity, startup_s=startup_s), slo_pct=slo_pct,
-                         train=TrainConfig(epochs=epochs, seed=seed, torch_threads=threads), refit=refit)
+                         train=TrainConfig(epochs=epochs, seed=seed, torch_threads=threads), refit=refit,
+                         **({} if feedback_gain is None else {"feedback_gain": feedback_gain}))
     with epoch_bar(epochs) as on_epoch:
         bt = run_backtest(series, splits, cfg, say, on_epoch)
     if report is not None:
@@ -73,3 +75,15 @@ def print_tables(result: dict[str, Any]) -> None:
         auto.add_row(name, f"{r['underprov_pct']:.3f}", f"{r['replica_seconds']:.0f}", str(r["vs_oracle"]),
                      str(r["actions"]), knob)
     console.print(auto)
+    weeks = Table(title="realised under-provisioned minutes (%) per week of the test range "
+                        f"(SLO {result['setup']['slo_pct']}%)")
+    for col in ("from", "minutes", "predictive", "hpa", "predictive / hpa replica-s", "predictive / oracle"):
+        weeks.add_column(col)
+    for row in result["autoscale"].get("per_week", []):
+        weeks.add_row(row["from"], str(row["minutes"]), str(row["predictive"]["underprov_pct"]),
+                      str(row["hpa"]["underprov_pct"]), str(row["predictive_vs_hpa"]), str(row["predictive_vs_oracle"]))
+    console.print(weeks)
+    spread = result["autoscale"].get("per_day_spread", {})
+    for key, s in spread.items():
+        if s:
+            console.print(f"per day, {key.replace('_', ' ')}: min {s['min']}, median {s['median']}, max {s['max']}")

@@ -1,4 +1,5 @@
-"""Request-rate series of one service from ClickHouse `features` (the stream's windows)."""
+"""Request-rate series of one service from ClickHouse: `features` (the stream's windows) or
+`access_events` (the raw record, one row per request), over a time range or all of it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 from clickhouse_driver import Client
 
 from infra.core.features_table import read_minute_requests
+from infra.core.record_tables import access_minute_requests
 from training.series import STEP_S, RateSeries
 
 # The stream emits no window for a quiet stretch, so a short hole is zero traffic; a long one is
@@ -34,6 +36,15 @@ def minutes_to_series(rows: list[tuple[int, int]], max_quiet_min: int = DEFAULT_
     return RateSeries(values=values, start_unix_s=float(first), second_index=second_index, n_seconds=n * STEP_S)
 
 
-def load_service(client: Client, database: str, service: str, max_quiet_min: int = DEFAULT_MAX_QUIET_MIN
-                 ) -> RateSeries:
-    return minutes_to_series(read_minute_requests(client, database, service), max_quiet_min)
+def load_service(client: Client, database: str, service: str, max_quiet_min: int = DEFAULT_MAX_QUIET_MIN, *,
+                 table: str = "features", start_s: int | None = None, end_s: int | None = None) -> RateSeries:
+    """`table` is `features` or `access_events`; [start_s, end_s) bounds the minutes read (either may be open)."""
+    if table == "access_events":
+        rows = access_minute_requests(client, database, service, start_s, end_s)
+    elif table == "features":
+        bounded = start_s is not None or end_s is not None
+        rows = read_minute_requests(client, database, service, *((start_s or 0, end_s or 2**32 - 1) if bounded
+                                                                 else (None, None)))
+    else:
+        raise ValueError(f"cannot train from table {table!r}: features or access_events")
+    return minutes_to_series(rows, max_quiet_min)

@@ -118,6 +118,86 @@ def _average_gradients(module: torch.nn.Module, world: int) -> None:
             p.grad /= world
 
 
+@dataclass
+class _Samples:
+    """Model inputs of some origins: features, level, targets relative to the level, sample weights."""
+
+    x: torch.Tensor
+    level: torch.Tensor
+    y: torch.Tensor
+    weights: torch.Tensor | None
+
+
+def _standardise_level(module: QuantileForecaster, series: RateSeries, origins: np.ndarray) -> None:
+    """Standardise the log-level input with training statistics (computed on a sample of origins)."""
+    sample = origins[:: max(1, len(origins) // 2000)]
+    recent_means = np.array([np.nanmean(series.values[max(t - 60, 0) : t]) for t in sample])
+    logs = np.log(np.clip(recent_means[np.isfinite(recent_means)], 1e-3, None))
+    module.log_level_mean.fill_(float(np.mean(logs)) if len(logs) else 0.0)
+    module.log_level_std.fill_(max(float(np.std(logs)), 1e-3) if len(logs) else 1.0)
+
+
+def _samples(module: QuantileForecaster, series: RateSeries, origins: np.ndarray, cfg: TrainConfig,
+             device: torch.device) -> _Samples | None:
+    """The samples of `origins` (None when there are none)."""
+    if not len(origins):
+        return None
+    x, level = _features(module, series, origins, device)
+    y = torch.from_numpy(targets(series.values, origins, cfg.horizon)).to(device) / level.unsqueeze(1)
+    return _Samples(x, level, y, level / level.mean() if cfg.level_weighted else None)
+
+
+def _optimiser(module: QuantileForecaster, cfg: TrainConfig, n_train: int,
+               world: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.OneCycleLR]:
+    """AdamW on a one-cycle schedule over `cfg.epochs` epochs of this worker's share of the samples."""
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    per_worker = n_train // world
+    steps = cfg.epochs * ((per_worker + cfg.batch_size - 1) // cfg.batch_size)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+
+
+def _epoch_order(rng: np.random.Generator, n: int, shard: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """This worker's samples for one epoch: same seed on every worker, so same order, disjoint shards."""
+    rank, world = shard
+    perm = rng.permutation(n)
+    perm = perm[: len(perm) - len(perm) % world][rank::world]
+    return torch.from_numpy(perm).to(device)
+
+
+def _train_epoch(module: QuantileForecaster, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.OneCycleLR,
+                 train: _Samples, order: torch.Tensor, q: torch.Tensor, batch_size: int, world: int) -> float:
+    """One pass over `order` in batches; the mean training loss."""
+    module.train()
+    total, batches = 0.0, 0
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        w = train.weights[idx] if train.weights is not None else None
+        outputs = module.member_outputs(train.x[idx])
+        loss = torch.stack([pinball_loss(out, train.y[idx], q, w) for out in outputs]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if world > 1:
+            _average_gradients(module, world)
+        opt.step()
+        sched.step()
+        total += float(loss.detach())
+        batches += 1
+    return total / batches
+
+
+@torch.no_grad()
+def _validation_loss(module: QuantileForecaster, val: _Samples | None, q: torch.Tensor, train_loss: float) -> float:
+    """Pinball loss on the validation samples; without any, the training loss."""
+    module.eval()
+    if val is None:
+        return train_loss
+    return float(pinball_loss(module.normalised(val.x), val.y, q, val.weights))
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
 def train(series: RateSeries, train_range: tuple[int, int], val_range: tuple[int, int] | None, cfg: TrainConfig,
           on_epoch: OnEpoch | None = None, shard: tuple[int, int] = (0, 1),
           stop_after: int | None = None) -> TrainResult:
@@ -133,7 +213,7 @@ def train(series: RateSeries, train_range: tuple[int, int], val_range: tuple[int
     group must be up), so all end with the same weights."""
     if stop_after is not None and not (val_range is None and 0 < stop_after <= cfg.epochs):
         raise ValueError(f"stop_after={stop_after} needs no validation range and 1..{cfg.epochs} epochs")
-    rank, world = shard
+    world = shard[1]
     started = time.monotonic()
     torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
@@ -143,54 +223,23 @@ def train(series: RateSeries, train_range: tuple[int, int], val_range: tuple[int
     tr = trainable_origins(series, *train_range, cfg, module.history_len)
     if len(tr) < cfg.batch_size:
         raise ValueError(f"only {len(tr)} training origins with data in minutes {train_range}; need more history")
-    # Standardise the log-level input with training statistics (computed on a sample of origins).
-    sample = tr[:: max(1, len(tr) // 2000)]
-    recent_means = np.array([np.nanmean(series.values[max(t - 60, 0) : t]) for t in sample])
-    logs = np.log(np.clip(recent_means[np.isfinite(recent_means)], 1e-3, None))
-    module.log_level_mean.fill_(float(np.mean(logs)) if len(logs) else 0.0)
-    module.log_level_std.fill_(max(float(np.std(logs)), 1e-3) if len(logs) else 1.0)
-    x_tr, lv_tr = _features(module, series, tr, device)
-    y_tr = torch.from_numpy(targets(series.values, tr, cfg.horizon)).to(device) / lv_tr.unsqueeze(1)
-    w_tr = lv_tr / lv_tr.mean() if cfg.level_weighted else None
+    _standardise_level(module, series, tr)
+    train_set = _samples(module, series, tr, cfg, device)
+    assert train_set is not None
     va = trainable_origins(series, *val_range, cfg, module.history_len) if val_range else np.array([], dtype=int)
-    x_va, lv_va = _features(module, series, va, device) if len(va) else (None, None)
-    y_va = (torch.from_numpy(targets(series.values, va, cfg.horizon)).to(device) / lv_va.unsqueeze(1)
-            if lv_va is not None else None)
+    val_set = _samples(module, series, va, cfg, device)
     q = torch.tensor(cfg.quantiles, device=device, dtype=torch.float32)
 
-    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_worker = len(tr) // world
-    steps = cfg.epochs * ((per_worker + cfg.batch_size - 1) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
-    best = (float("inf"), -1, {k: v.clone() for k, v in module.state_dict().items()})
+    opt, sched = _optimiser(module, cfg, len(tr), world)
+    best = (float("inf"), -1, _weights(module))
     train_loss = float("nan")
     run_epochs = cfg.epochs if stop_after is None else stop_after
     for epoch in range(run_epochs):
-        module.train()
-        perm = rng.permutation(len(tr))  # same seed on every worker: same order, disjoint shards
-        perm = perm[: len(perm) - len(perm) % world][rank::world]
-        order = torch.from_numpy(perm).to(device)
-        total, batches = 0.0, 0
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            w = w_tr[idx] if w_tr is not None else None
-            loss = torch.stack([pinball_loss(out, y_tr[idx], q, w) for out in module.member_outputs(x_tr[idx])]).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if world > 1:
-                _average_gradients(module, world)
-            opt.step()
-            sched.step()
-            total += float(loss.detach())
-            batches += 1
-        train_loss = total / batches
-        module.eval()
-        with torch.no_grad():
-            w_va = lv_va / lv_va.mean() if cfg.level_weighted and lv_va is not None else None
-            val_loss = (float(pinball_loss(module.normalised(x_va), y_va, q, w_va))
-                        if x_va is not None and y_va is not None else train_loss)
+        order = _epoch_order(rng, len(tr), shard, device)
+        train_loss = _train_epoch(module, opt, sched, train_set, order, q, cfg.batch_size, world)
+        val_loss = _validation_loss(module, val_set, q, train_loss)
         if val_loss < best[0] or (stop_after is not None and epoch + 1 == stop_after):
-            best = (val_loss, epoch, {k: v.clone() for k, v in module.state_dict().items()})
+            best = (val_loss, epoch, _weights(module))
         if on_epoch is not None:
             on_epoch(epoch + 1, run_epochs, train_loss, val_loss)
     module.load_state_dict(best[2])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -29,3 +29,12 @@ def epoch_bar(epochs: int) -> Iterator[OnEpoch]:
             bar.update(task, completed=epoch, total=total, loss=f"loss {train_loss:.4f} val {val_loss:.4f}")
 
         yield on_epoch
+
+
+@contextmanager
+def sim_bar(runs: int) -> Iterator[Callable[[], None]]:
+    """A callback that moves a progress bar, one call per simulator run."""
+    with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
+                  TimeElapsedColumn(), console=err, transient=False) as bar:
+        task = bar.add_task("sim", total=runs)
+        yield lambda: bar.advance(task)

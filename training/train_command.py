@@ -16,25 +16,31 @@ from training.ray_job import run_on_ray
 from training.series import RateSeries, load_trace
 
 FILE_PREFIX = "file:"
+CLICKHOUSE_TABLES = {"clickhouse": "features", "clickhouse:features": "features",
+                     "clickhouse:access_events": "access_events"}
 
 
-def load_source(source: str, service: str, start: str | None, ch: ClickHouseSettings) -> tuple[RateSeries,
-                                                                                                dict[str, Any]]:
-    """`file:PATH` (a per-second trace) or `clickhouse` (the service's feature windows)."""
+def load_source(source: str, service: str, start: str | None, ch: ClickHouseSettings,
+                time_range: tuple[int | None, int | None] = (None, None)) -> tuple[RateSeries, dict[str, Any]]:
+    """`file:PATH` (a per-second trace), `clickhouse` (the service's feature windows) or
+    `clickhouse:access_events` (its raw events), the ClickHouse ones over [start_s, end_s) when given."""
     if source.startswith(FILE_PREFIX):
         path = Path(source[len(FILE_PREFIX) :])
         return load_trace(path, parse_start(start)), {"source": "file", "path": str(path.resolve())}
-    if source == "clickhouse":
+    if source in CLICKHOUSE_TABLES:
         from infra.core.db import client
         from training.clickhouse_source import load_service
 
+        table = CLICKHOUSE_TABLES[source]
+        start_s, end_s = time_range
         cl = client(ch, ch.database)
         try:
-            series = load_service(cl, ch.database, service)
+            series = load_service(cl, ch.database, service, table=table, start_s=start_s, end_s=end_s)
         finally:
             cl.disconnect()
-        return series, {"source": "clickhouse", "database": ch.database, "service": service}
-    raise ValueError(f"--source must be file:PATH or clickhouse, not {source!r}")
+        return series, {"source": "clickhouse", "database": ch.database, "table": table, "service": service,
+                        "from_s": start_s, "to_s": end_s}
+    raise ValueError(f"--source must be file:PATH, {' or '.join(CLICKHOUSE_TABLES)}, not {source!r}")
 
 
 def record_in_clickhouse(ch: ClickHouseSettings, manifest: Any, path: Path) -> str | None:
@@ -60,8 +66,8 @@ def record_in_clickhouse(ch: ClickHouseSettings, manifest: Any, path: Path) -> s
 
 def train_command(*, source: str, service: str, start: str | None, cfg: TrainConfig, val_frac: float,
                   ray_address: str | None, ray_num_cpus: int, state_dir: Path, ch: ClickHouseSettings,
-                  workers: int = 0) -> dict[str, Any]:
-    series, description = load_source(source, service, start, ch)
+                  workers: int = 0, time_range: tuple[int | None, int | None] = (None, None)) -> dict[str, Any]:
+    series, description = load_source(source, service, start, ch, time_range)
     how = f"Ray Train, {workers} worker(s)" if workers else "a Ray task"
     say(f"{len(series)} minutes of data ({description['source']}); training as {how} on "
         f"{ray_address or 'a local Ray'}")

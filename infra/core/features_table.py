@@ -60,3 +60,77 @@ def latest_instance_windows(client: Client, database: str, service: str, max_age
         {"service": service, "all": SERVICE_WIDE, "age": max_age_s},
     )
     return [InstanceWindow(inst, float(p99), float(p50), int(n), int(err)) for inst, p99, p50, n, err in rows]
+
+
+def recent_services(client: Client, database: str, since_s: int) -> list[str]:
+    """Services with a service-wide window since `since_s`, by name."""
+    rows = client.execute(
+        f"SELECT DISTINCT service FROM {database}.features WHERE instance = %(all)s "
+        f"AND window_start >= toDateTime(%(since)s) ORDER BY service",
+        {"all": SERVICE_WIDE, "since": since_s},
+    )
+    return [str(r[0]) for r in rows]
+
+
+@dataclass(frozen=True)
+class ServiceWindow:
+    """A closed service-wide (`*`) window."""
+
+    start_s: int
+    end_s: int
+    requests: int
+    rate: float
+
+
+def recent_service_windows(client: Client, database: str, service: str, since_s: int) -> list[ServiceWindow]:
+    """`service`'s service-wide windows ending after `since_s` (epoch s), oldest first."""
+    rows = client.execute(
+        f"""
+        SELECT toUInt32(window_start), toUInt32(window_end), requests, rate
+        FROM {database}.features FINAL
+        WHERE service = %(service)s AND instance = %(all)s AND window_end > toDateTime(%(since)s)
+        ORDER BY window_start
+        """,
+        {"service": service, "all": SERVICE_WIDE, "since": since_s},
+    )
+    return [ServiceWindow(int(s), int(e), int(n), float(r)) for s, e, n, r in rows]
+
+
+def newest_window_ends(client: Client, database: str, services: list[str], since_s: int) -> dict[str, int]:
+    """End (epoch s) of each service's newest service-wide window ending after `since_s`; a cheap poll
+    (no FINAL: a re-emitted window has the same end)."""
+    rows = client.execute(
+        f"""
+        SELECT service, toUInt32(max(window_end)) FROM {database}.features
+        WHERE service IN %(services)s AND instance = %(all)s AND window_start >= toDateTime(%(since)s)
+        GROUP BY service
+        """,
+        {"services": tuple(services), "all": SERVICE_WIDE, "since": since_s},
+    )
+    return {str(s): int(e) for s, e in rows}
+
+
+def instance_requests_since(client: Client, database: str, since_s: int) -> int:
+    """Events counted in the per-instance windows that start at or after `since_s` (`*` rows left out,
+    they count the same events again)."""
+    rows = client.execute(
+        f"SELECT sum(requests) FROM {database}.features FINAL "
+        "WHERE instance != %(all)s AND window_start >= toDateTime(%(since)s)",
+        {"all": SERVICE_WIDE, "since": since_s})
+    return int(rows[0][0] or 0)
+
+
+WINDOW_FIELDS = ("window_start", "instance", "requests", "rate", "status_5xx", "latency_p50_ms", "latency_p99_ms",
+                 "queue_max")
+
+
+def windows_between(client: Client, database: str, service: str, instances: list[str], start_s: int,
+                    end_s: int) -> list[dict[str, object]]:
+    """The windows of `service` (of `instances`, e.g. `*` and one instance) that start in [start_s, end_s]."""
+    rows = client.execute(
+        f"SELECT toUInt32(window_start), instance, requests, rate, status_5xx, latency_p50_ms, latency_p99_ms, "
+        f"queue_max FROM {database}.features FINAL WHERE service = %(service)s AND instance IN %(instances)s "
+        "AND window_start >= toDateTime(%(start)s) AND window_start <= toDateTime(%(end)s) "
+        "ORDER BY window_start, instance",
+        {"service": service, "instances": tuple(instances), "start": start_s, "end": end_s})
+    return [dict(zip(WINDOW_FIELDS, row, strict=True)) for row in rows]

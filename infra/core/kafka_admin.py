@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Iterator
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
@@ -24,3 +26,33 @@ def ensure_topics(kafka: KafkaSettings) -> list[str]:
         return missing
     finally:
         admin.close()
+
+
+def iter_topic(bootstrap_servers: str, topic: str, timeout_s: float = 120.0, client_id: str = "foresight-reader"
+               ) -> Iterator[bytes]:
+    """Every record value of `topic`, each partition from its start to its end, outside any group.
+
+    The end is where a poll comes back empty once past the listed end offsets: Tansu lists the last
+    batch's base offset as the end, so stopping there would miss the rest of that batch.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers.split(","), enable_auto_commit=False,
+                             client_id=client_id, max_partition_fetch_bytes=8 * 1024 * 1024)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        if not parts:
+            raise ValueError(f"topic {topic} does not exist on {bootstrap_servers}")
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        ends = consumer.end_offsets(parts)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end in {timeout_s:.0f} s")
+            polled = consumer.poll(timeout_ms=1000)
+            if not polled and all(consumer.position(tp) >= ends[tp] for tp in parts):
+                return
+            for records in polled.values():
+                for r in records:
+                    yield r.value
+    finally:
+        consumer.close()

@@ -13,13 +13,15 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from infra.core.scaling import ScalingKnobs, predictive_knobs, reactive_knobs
 
 LOOPBACK = "127.0.0.1"
 
@@ -35,8 +37,10 @@ class Section(BaseModel):
 
     @model_validator(mode="after")
     def _secrets_from_files(self) -> Self:
-        for name in type(self).model_fields:
-            source = getattr(self, f"{name}_file", None) if not name.endswith("_file") else None
+        for name, info in type(self).model_fields.items():
+            if "SecretStr" not in str(info.annotation):
+                continue
+            source = getattr(self, f"{name}_file", None)
             if source is None:
                 continue
             if getattr(self, name):
@@ -186,7 +190,20 @@ class DemoSettings(Section):
     service: str = Field("demo", description="Service name of the demo backends (HAProxy backend).")
     ports: list[int] = Field(default_factory=lambda: [18001, 18002], description="One demo backend per port.")
     latencies_ms: list[float] = Field(default_factory=lambda: [5.0, 40.0], description="Latency of each backend.")
-    burst_requests: int = Field(400, description="Requests `foresight demo` sends through HAProxy.")
+    burst_requests: int = Field(400, description="Requests `foresight demo --quick` sends through HAProxy.")
+    loop_service: str = Field("shop", description="Pool service the closed-loop demo scales, drains and loads.")
+    trace_start: int = Field(2_914_345, ge=0, description="First NASA trace second the demo replays (a weekday, "
+                             "04:00 in the trace: the morning ramp follows).")
+    speedup: float = Field(60.0, gt=0, description="Trace seconds per wall second: 60 replays 8 trace hours in "
+                           "8 minutes.")
+    scale: float = Field(1.3, gt=0, description="Multiplier of the trace's rate (NASA's ~1 req/s becomes a load "
+                         "for several instances).")
+    duration_s: float = Field(480.0, gt=0, description="Wall seconds the closed-loop demo replays.")
+    fault_at_s: float = Field(150.0, ge=0, description="When the demo injects its fault into one instance.")
+    fault_lead_s: float = Field(75.0, gt=0, description="The injected leak's precursors (latency, resource "
+                                "gauge) before it crashes the instance.")
+    interval_s: float = Field(5.0, gt=0, description="Rounds of the demo's autoscaler and health controller.")
+
 
 
 class RouteRule(Section):
@@ -232,6 +249,13 @@ class StreamSettings(Section):
     idle_close_s: float = Field(1.0, description="With no new events for this long, close windows by wall clock.")
     service_retain_s: float = Field(300.0, description="How long a service-wide (`*`) window takes late "
                                     "instance windows (and re-emits itself) before it is retired.")
+    max_instances_per_service: int = Field(
+        1000, ge=1, description="Instances of one service a stream worker keeps state for; events of any more "
+                                "go to the dead-letter topic as `too_many_instances` (untrusted input must not "
+                                "decide how much state the worker holds).")
+    instance_retain_s: float = Field(
+        300.0, ge=0, description="An instance with no open window for this long (event time of its partition) "
+                                 "is forgotten, freeing its place under `max_instances_per_service`.")
     take_max: int = Field(2000, description="Kafka records (one event, or an envelope of many) per batch at most.")
     take_within_s: float = Field(0.25, description="Longest wait to fill a batch.")
     producer_batch_bytes: int = Field(
@@ -242,6 +266,20 @@ class StreamSettings(Section):
     heartbeat_interval_s: float = Field(1.0, description="Consumer heartbeat; must be under a third of the session.")
     rebalance_timeout_s: float = Field(10.0, description="Consumer-group rebalance timeout.")
     metrics_port: int = Field(19102, description="Prometheus metrics of the stream worker.")
+
+
+class RecordSettings(Section):
+    """The history in ClickHouse: the record sink (`foresight record`) and the decision log's spool."""
+
+    group_id: str = Field("foresight-record", description="Consumer group of the record sink (its own, not the "
+                          "stream worker's).")
+    batch_max_rows: int = Field(50_000, ge=1, description="Rows per ClickHouse insert (and offset commit) at most.")
+    flush_s: float = Field(1.0, gt=0, description="Longest wait to fill a batch before it is written.")
+    metrics_port: int = Field(19112, description="Prometheus metrics of the record sink.")
+    decision_spool_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=65_536, description="Disk spool of decisions and predictions that Kafka or "
+                                                 "ClickHouse could not take; full = the publish raises.")
+    decision_retry_s: float = Field(2.0, gt=0, description="Seconds between attempts to replay the decision spool.")
 
 
 RAY_ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9.\-\[\]:]+:\d+$|^auto$")
@@ -311,6 +349,149 @@ class AdapterSettings(Section):
     metrics_port: int = Field(19105, description="Prometheus metrics of the `foresight adapt` loop.")
 
 
+class RegistrySettings(Section):
+    """Service registry in etcd: instance keys under leases, leadership per service."""
+
+    endpoint: str | None = Field(None, description="etcd client URL; none = http://127.0.0.1:<etcd.client_port>.")
+    prefix: str = Field("/foresight", description="Key prefix: `<prefix>/services/<service>/instances/<instance>`, "
+                        "`<prefix>/leaders/<service>/<role>`.")
+    lease_ttl_s: int = Field(10, ge=2, description="Instance lease TTL; a dead instance leaves within it "
+                             "(renewed every TTL/3).")
+    leader_ttl_s: int = Field(10, ge=2, description="Leadership lease TTL; a standby takes over within it.")
+    max_unavailable: float = Field(0.25, gt=0, le=1, description="Most instances of a service draining or drained "
+                                   "at once, as a fraction (at least one; never the last ready one).")
+    timeout_s: float = Field(3.0, gt=0, description="Timeout of one etcd request.")
+
+
+class PoolServiceSettings(Section):
+    """One service of the local instance pool: real backend processes that queue and saturate."""
+
+    name: str = Field(description="Service name (registry key, HAProxy backend, nginx upstream).")
+    capacity_rps: float = Field(50.0, gt=0, description="Requests/s one instance serves at saturation "
+                                "(= workers / mean service time).")
+    workers: int = Field(4, ge=1, description="Requests one instance serves at once; the rest queue.")
+    service_time: Literal["exponential", "lognormal", "constant"] = Field(
+        "exponential", description="Distribution of one request's service time (mean = workers / capacity).")
+    service_time_sigma: float = Field(0.5, ge=0, description="Shape (sigma of log) of the lognormal service time.")
+    startup_delay_s: float = Field(0.5, ge=0, description="Seconds an instance warms up before it registers.")
+    replicas: int = Field(2, ge=0, description="Instances the pool starts with.")
+    min_replicas: int = Field(1, ge=0, description="Fewest instances a replicas request may ask for.")
+    max_replicas: int = Field(8, ge=1, description="Most instances a replicas request may ask for.")
+    scenario: Path | None = Field(None, description="Fault scenario (YAML, `foresight faults generate`) its "
+                                  "instances play; `#k` in it is the k-th instance the pool starts.")
+    weight: int = Field(100, ge=0, le=256, description="Weight each instance registers with.")
+    haproxy_port: int = Field(18081, description="HAProxy frontend port of this service.")
+    nginx_port: int = Field(18082, description="nginx port of this service.")
+
+    @property
+    def mean_service_s(self) -> float:
+        return self.workers / self.capacity_rps
+
+
+class PoolSettings(Section):
+    admin_port: int = Field(19110, description="`foresight pool` admin API (/v1/pools) and /metrics, on loopback.")
+    drain_timeout_s: float = Field(30.0, gt=0, description="Longest wait for a draining instance to go idle before "
+                                   "it is stopped anyway.")
+    drain_quiet_s: float = Field(1.0, ge=0, description="A draining instance is idle once it got no request for "
+                                 "this long and has none in flight.")
+    stop_timeout_s: float = Field(10.0, gt=0, description="SIGTERM to SIGKILL for an instance being stopped.")
+    services: list[PoolServiceSettings] = Field(
+        default_factory=lambda: [
+            PoolServiceSettings(name="web"),
+            # the closed-loop demo's service: small instances that take a while to start, so capacity must be
+            # ordered ahead of the load
+            PoolServiceSettings(name="shop", capacity_rps=20, workers=4, startup_delay_s=20, replicas=2,
+                                min_replicas=1, max_replicas=10, haproxy_port=18084, nginx_port=18085),
+        ], description="Services the pool runs.")
+
+    def service(self, name: str) -> PoolServiceSettings | None:
+        return next((svc for svc in self.services if svc.name == name), None)
+
+
+class NginxSettings(Section):
+    binary: str = Field("nginx", description="nginx executable (Debian nginx-light).")
+    status_port: int = Field(18083, description="nginx stub_status (/status) and /healthz, on loopback.")
+
+
+class SyncSettings(Section):
+    """`foresight registry-sync`: balancer membership follows the registry."""
+
+    metrics_port: int = Field(19111, description="Prometheus metrics of the registry sync.")
+    del_timeout_s: float = Field(10.0, gt=0, description="Longest wait for a server in maintenance to lose its "
+                                 "connections and queue before HAProxy's `del server`.")
+    services: list[str] = Field(default_factory=list, description="Services to sync; empty = the pool's services.")
+class PoolScalerSettings(Section):
+    kind: Literal["pool"] = "pool"
+    url: str = Field(f"http://{LOOPBACK}:19110", description="The pool's admin API (`foresight pool`).")
+
+
+class RayServeScalerSettings(Section):
+    kind: Literal["ray_serve"] = "ray_serve"
+    dashboard_url: str = Field(f"http://{LOOPBACK}:8265", description="Ray's dashboard (Serve's REST API).")
+    app: str = Field(description="Serve application, deployed with `external_scaler_enabled`.")
+    deployment: str = Field(description="Deployment of that application whose replicas are scaled.")
+    token_file: Path | None = Field(None, description="File with Ray's auth token (token authentication); "
+                                                      "none = ~/.ray/auth_token when it exists.")
+
+
+class KubernetesScalerSettings(Section):
+    kind: Literal["kubernetes"] = "kubernetes"
+    server: str | None = Field(None, description="API server URL; none = kubeconfig or the pod's service account.")
+    namespace: str = Field("default", description="Namespace of the Deployment.")
+    deployment: str = Field(description="Deployment whose `scale` subresource is set.")
+
+
+class AutoscaledService(Section):
+    """One service the autoscaler scales: its scaler, its replica policy and the policy's knobs."""
+
+    name: str = Field(description="Service name, as in `features` and `/v1/forecast`.")
+    scaler: PoolScalerSettings | RayServeScalerSettings | KubernetesScalerSettings = Field(
+        discriminator="kind", description="Where its replicas are: `pool`, `ray_serve` or `kubernetes`.")
+    policy: str = Field("predictive", description="predictive | reactive | static:N.")
+    capacity_rps: float = Field(gt=0, description="Requests per second one replica serves.")
+    startup_s: float = Field(ge=0, description="Seconds from a scale-up to a ready replica.")
+    knobs: ScalingKnobs = Field(default_factory=predictive_knobs,
+                                description="Knobs of `policy` and its guardrails: a table of overrides of the "
+                                            "predictive preset (down by max(1, 10%) a minute).")
+    reactive: ScalingKnobs = Field(default_factory=reactive_knobs,
+                                   description="Knobs of the reactive policy (shadow and fallback), overrides of HPA's "
+                                               "defaults; min/max replicas and max_unavailable come from `knobs`.")
+
+    @field_validator("knobs", mode="before")
+    @classmethod
+    def _over_predictive(cls, value: Any) -> Any:
+        return {**predictive_knobs().model_dump(), **value} if isinstance(value, dict) else value
+
+    @field_validator("reactive", mode="before")
+    @classmethod
+    def _over_reactive(cls, value: Any) -> Any:
+        return {**reactive_knobs().model_dump(), **value} if isinstance(value, dict) else value
+
+
+class AutoscalerSettings(Section):
+    """`foresight autoscale`: features -> /v1/forecast -> replica policy -> guardrails -> scaler."""
+
+    interval_s: float = Field(15.0, gt=0, description="Longest time between two decisions of a service.")
+    poll_s: float = Field(1.0, gt=0, description="How often to look for a new closed feature window; a new one "
+                                                 "triggers a decision at once.")
+    stale_intervals: int = Field(4, ge=1, description="Predictions built on features older than this many "
+                                                      "intervals are stale: the reactive fallback decides.")
+    history_minutes: int = Field(1440, ge=1, le=10080, description="Minutes of rate history sent to `/v1/forecast` "
+                                                                   "(at most a week, the API's limit).")
+    serving_timeout_s: float = Field(3.0, gt=0, description="Timeout of each `/v1/forecast` call.")
+    dry_run: bool = Field(False, description="Decide and record, do not touch the scalers.")
+    metrics_port: int = Field(19108, description="Prometheus metrics of the `foresight autoscale` loop.")
+    services: list[AutoscaledService] = Field(default_factory=list,
+                                              description="Services to scale ([[autoscaler.services]] tables).")
+
+    @model_validator(mode="after")
+    def _unique(self) -> AutoscalerSettings:
+        names = [s.name for s in self.services]
+        if len(names) != len(set(names)):
+            raise ValueError(f"autoscaler.services: a service is listed twice in {names}")
+        return self
+
+
 class KedaSettings(Section):
     """The KEDA external scaler (`foresight keda-scaler`): forecast-based metrics for KEDA/HPA."""
 
@@ -340,6 +521,35 @@ class PrometheusSettings(Section):
                                    "requests that may fail (5xx) through the stack's balancers.")
 
 
+class DashboardSettings(Section):
+    host: str = Field(LOOPBACK, description="Bind address of `foresight dashboard`; loopback by default.")
+    port: int = Field(19120, description="Port of the live dashboard (one page per service).")
+    token: str | None = Field(None, description="Token the dashboard requires when set "
+                              "(`?token=` once, then a cookie).")
+    refresh_s: float = Field(2.0, gt=0, description="How often the page's event stream re-reads the record.")
+    window_minutes: int = Field(60, gt=0, description="How much history the charts show.")
+
+
+class HealthSettings(Section):
+    services: list[str] = Field(default_factory=list, description="Services whose instances `foresight health` "
+                                "drains before they fail (registry names); empty = none.")
+    interval_s: float = Field(5.0, gt=0, description="Seconds between two rounds.")
+    drain_above: float = Field(0.8, gt=0, le=1, description="Drain a ready instance whose risk reaches this.")
+    readmit_below: float = Field(0.3, ge=0, lt=1, description="Re-admit a drained one after `readmit_after` rounds "
+                                 "at or below this risk (hysteresis: below `drain_above`).")
+    readmit_after: int = Field(3, ge=1, description="Consecutive healthy rounds before re-admission.")
+    max_drained_fraction: float = Field(0.25, gt=0, le=1, description="Most of a service's instances out of "
+                                        "service at once (at least one; never the last ready one).")
+    features_max_age_s: int = Field(30, gt=0, description="An instance whose newest window is older is unknown: "
+                                    "neither drained nor re-admitted.")
+    capacity_rps: float | None = Field(None, gt=0, description="Requests/s one instance serves; when set, no drain "
+                                       "that would overload the ready instances left (none = no such guard).")
+    cooldown_rounds: int = Field(6, ge=0, description="After a drain, rounds before the next drain of the service "
+                                 "(the replacement arrives and the peers' windows settle first).")
+    dry_run: bool = Field(False, description="Decide and record, do not touch the registry.")
+    metrics_port: int = Field(19113, description="Prometheus metrics of the `foresight health` loop.")
+
+
 class AuthSettings(Section):
     """The local stack's API token: `stack up` writes one (0600) into the state folder, every process
     with that state folder sends and requires it (serving API, ingest HTTP) unless told otherwise."""
@@ -365,12 +575,22 @@ class Settings(BaseSettings):
     demo: DemoSettings = DemoSettings()
     ingest: IngestSettings = IngestSettings()
     streams: StreamSettings = StreamSettings()
+    record: RecordSettings = RecordSettings()
     ray: RaySettings = RaySettings()
     serving: ServingSettings = ServingSettings()
     adapter: AdapterSettings = AdapterSettings()
+    registry: RegistrySettings = RegistrySettings()
+    pool: PoolSettings = PoolSettings()
+    nginx: NginxSettings = NginxSettings()
+    sync: SyncSettings = SyncSettings()
+    autoscaler: AutoscalerSettings = AutoscalerSettings()
+
+
     keda: KedaSettings = KedaSettings()
     auth: AuthSettings = AuthSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
+    dashboard: DashboardSettings = DashboardSettings()
+    health: HealthSettings = HealthSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -421,8 +641,16 @@ class Settings(BaseSettings):
         return self.state / "ingest" / "spool"
 
     @property
+    def decision_spool_dir(self) -> Path:
+        return self.state / "lb_adapters" / "decision-spool"
+
+    @property
     def checkpoint_dir(self) -> Path:
         return self.state / "ingest" / "checkpoints"
+
+    @property
+    def registry_endpoint(self) -> str:
+        return self.registry.endpoint or f"http://{LOOPBACK}:{self.etcd.client_port}"
 
     @property
     def serving_token(self) -> str | None:

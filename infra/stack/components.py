@@ -141,7 +141,8 @@ def haproxy(s: Settings) -> Component:
         )
         _render("haproxy.cfg", s.state / "haproxy" / "haproxy.cfg", syslog_host=s.ingest.syslog_host,
                 syslog_tcp_port=s.ingest.syslog_tcp_port, socket=s.haproxy_socket, backend=s.haproxy.backend,
-                frontend_port=s.haproxy.frontend_port, exporter_port=s.haproxy.exporter_port, servers=servers)
+                frontend_port=s.haproxy.frontend_port, exporter_port=s.haproxy.exporter_port, servers=servers,
+                pool_sections=haproxy_pool_sections(s))
         s.haproxy_socket.unlink(missing_ok=True)
 
     return Component(
@@ -151,9 +152,91 @@ def haproxy(s: Settings) -> Component:
         probe=probes.all_of(probes.haproxy_runtime(s.haproxy_socket),
                             probes.http_ok(f"http://127.0.0.1:{s.haproxy.exporter_port}/metrics")),
         address=f"http://127.0.0.1:{s.haproxy.frontend_port} (metrics :{s.haproxy.exporter_port})",
-        tcp_ports=[s.haproxy.frontend_port, s.haproxy.exporter_port],
+        tcp_ports=[s.haproxy.frontend_port, s.haproxy.exporter_port, *(svc.haproxy_port for svc in s.pool.services)],
         prepare=prepare,
         install_hint="apt-get install haproxy",
+    )
+
+
+def haproxy_pool_sections(s: Settings) -> str:
+    """A frontend and an empty backend per pool service: `registry-sync` adds the servers at runtime
+    (`add server` needs a dynamic algorithm: roundrobin). A refused connection (an instance that just
+    died, before its lease expired) is retried on another server, so clients do not see it."""
+    return "".join(f"""
+frontend fe_{svc.name}
+    bind 127.0.0.1:{svc.haproxy_port}
+    default_backend {svc.name}
+
+backend {svc.name}
+    balance roundrobin
+    option httpchk GET /healthz
+    retry-on conn-failure empty-response
+    retries 3
+    option redispatch 1
+""" for svc in s.pool.services)
+
+
+def nginx(s: Settings) -> Component:
+    """nginx in front of the same pool as HAProxy, each service on its own port; `registry-sync`
+    renders the upstream files and reloads it gracefully."""
+    folder = s.state / "nginx"
+    conf = folder / "nginx.conf"
+
+    def prepare() -> None:
+        from lb_adapters.sync.plan import render_nginx_upstreams, upstream_name
+
+        for sub in ("tmp", "upstreams"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        servers = "".join(
+            f"    server {{\n        listen 127.0.0.1:{svc.nginx_port};\n"
+            # no client keep-alive: each membership change reloads nginx, and the old workers close
+            # their idle kept-alive connections; a client sending on one just then would see a disconnect
+            "        keepalive_timeout 0;\n"
+            f"        location / {{ proxy_pass http://{upstream_name(svc.name)}; }}\n    }}\n"
+            for svc in s.pool.services)
+        _render("nginx.conf", conf, nginx_dir=folder, servers=servers, status_port=s.nginx.status_port)
+        for svc in s.pool.services:  # until the sync renders it: no server (502), but a valid config
+            upstream = folder / "upstreams" / f"{svc.name}.conf"
+            if not upstream.exists():
+                upstream.write_text(render_nginx_upstreams({svc.name: {}}))
+
+    return Component(
+        name="nginx",
+        argv=[shutil.which(s.nginx.binary) or s.nginx.binary, "-c", str(conf), "-e", str(folder / "error.log"),
+              "-g", "daemon off;"],
+        probe=probes.http_ok(f"http://127.0.0.1:{s.nginx.status_port}/healthz"),
+        address=", ".join(f"{svc.name} http://127.0.0.1:{svc.nginx_port}" for svc in s.pool.services)
+        + f" (status :{s.nginx.status_port})",
+        tcp_ports=[s.nginx.status_port, *(svc.nginx_port for svc in s.pool.services)],
+        prepare=prepare,
+        install_hint="apt-get install nginx-light",
+    )
+
+
+def pool(s: Settings) -> Component:
+    url = f"http://127.0.0.1:{s.pool.admin_port}"
+    return Component(
+        name="pool",
+        metrics_url=f"{url}/metrics",
+        argv=_python("pool", "run"),
+        probe=probes.http_ok(f"{url}/healthz"),
+        address=f"{url}/v1/pools ("
+        + ", ".join(f"{svc.name} x{svc.replicas}" for svc in s.pool.services) + ")",
+        tcp_ports=[s.pool.admin_port],
+        needs=["etcd"],
+    )
+
+
+def registry_sync(s: Settings) -> Component:
+    url = f"http://127.0.0.1:{s.sync.metrics_port}/metrics"
+    return Component(
+        name="registry-sync",
+        metrics_url=url,
+        argv=_python("registry-sync"),
+        probe=probes.http_ok(url),
+        address=f"etcd {s.registry.prefix} -> HAProxy + nginx (metrics :{s.sync.metrics_port})",
+        tcp_ports=[s.sync.metrics_port],
+        needs=["etcd", "haproxy", "nginx"],
     )
 
 
@@ -223,6 +306,35 @@ def stream_worker(s: Settings) -> Component:
     )
 
 
+def autoscaler(s: Settings) -> Component:
+    """`foresight autoscale`; with no `autoscaler.services` it idles and serves its metrics."""
+    metrics = f"http://127.0.0.1:{s.autoscaler.metrics_port}/metrics"
+    return Component(
+        name="autoscaler",
+        metrics_url=metrics,
+        argv=_python("autoscale"),
+        probe=probes.http_ok(metrics),
+        address=f"{len(s.autoscaler.services)} service(s), on each new window or every {s.autoscaler.interval_s:g} s "
+                f"(metrics :{s.autoscaler.metrics_port})",
+        tcp_ports=[s.autoscaler.metrics_port],
+        needs=["kafka", "clickhouse"],
+    )
+
+
+def record_sink(s: Settings) -> Component:
+    """`fs.access` / `fs.metrics` -> ClickHouse `access_events` / `metric_samples` (`foresight record`)."""
+    url = f"http://127.0.0.1:{s.record.metrics_port}/metrics"
+    return Component(
+        name="record-sink",
+        metrics_url=url,
+        argv=_python("record"),
+        probe=probes.http_ok(url, expect="foresight_record_ready 1.0"),
+        address=f"group {s.record.group_id} -> access_events, metric_samples (metrics :{s.record.metrics_port})",
+        tcp_ports=[s.record.metrics_port],
+        needs=["kafka", "clickhouse"],
+    )
+
+
 def build_components(s: Settings) -> list[Component]:
     """Every component of the stack, in start order; Prometheus last, scraping the others."""
     components = [
@@ -231,13 +343,32 @@ def build_components(s: Settings) -> list[Component]:
         etcd(s),
         *backends(s),
         haproxy(s),
+        nginx(s),
+        pool(s),
+        registry_sync(s),
         serving(s),
         ingest_syslog(s),
         ingest_http(s),
         ingest_scrape(s),
         stream_worker(s),
+        dashboard(s),
+        autoscaler(s),
+        record_sink(s),
     ]
     return [*components, prometheus(s, components)]
+
+
+def dashboard(s: Settings) -> Component:
+    url = f"http://{s.dashboard.host}:{s.dashboard.port}"
+    return Component(
+        name="dashboard",
+        metrics_url=f"{url}/metrics",
+        argv=_python("dashboard"),
+        probe=probes.http_ok(f"{url}/healthz"),
+        address=f"{url}/ (live, one page per service)",
+        tcp_ports=[s.dashboard.port],
+        needs=["clickhouse"],
+    )
 
 
 def prometheus(s: Settings, scraped: list[Component]) -> Component:

@@ -52,9 +52,10 @@ from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from infra.core.settings import KafkaSettings
+from infra.core.spool import Record, Spool, SpoolFull, record_size
 from ingest import metrics
+from ingest.compat import kafka_python as kafka_internals
 from ingest.schemas import AccessEvent, MetricSample, Rejection, encode_batch
-from ingest.spool import Record, Spool, SpoolFull, record_size
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +147,6 @@ def tcp_probe(bootstrap_servers: str, timeout_s: float = 1.0) -> Callable[[], bo
         return False
 
     return probe
-
-
-def _abort(producer: Any) -> None:
-    """Make a producer fail what it still holds instead of sending it (no public API does this:
-    `close` first flushes, and raises when that cannot finish). Does not block."""
-    sender = getattr(producer, "_sender", None)
-    if sender is not None:
-        sender.force_close()
 
 
 class KafkaSink:
@@ -320,7 +313,7 @@ class KafkaSink:
         with self._lock:
             producer, self._producer = self._producer, None
         if producer is not None:
-            _abort(producer)  # everything it held is acknowledged or spooled; a replay chunk waiting ends
+            kafka_internals.abort(producer)  # all it held is acknowledged or spooled; a replay chunk waiting ends
             self._retired.append(producer)
         if self._replayer is not None:
             self._replayer.join(timeout=10.0)
@@ -429,7 +422,7 @@ class KafkaSink:
             log.warning("ingest: Kafka unreachable; spooling records to %s", self._spool_dir())
         self._spooling = True
         if self._factory is not None and self._producer is not None and not self._stop.is_set():
-            _abort(self._producer)
+            kafka_internals.abort(self._producer)
             self._retired.append(self._producer)
             self._producer = None
             self._wake.set()

@@ -91,7 +91,8 @@ METRICS_BODY: dict[str, Any] = {
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed body: bad gzip, not UTF-8 where JSON or exposition text is required, no "
-                         "lines, unparsable exposition text, or a format this server cannot parse.",
+                         "lines, unparsable exposition text, exposition samples without an instance (no "
+                         "`server` label, no `instance` query parameter), or a format this server cannot parse.",
           "content": {"application/json": {"example": {"detail": "body is not valid gzip: incorrect header check"}}}},
     401: {"description": "A token is configured and the request has none, or a wrong one.",
           "content": {"application/json": {"example": {
@@ -247,7 +248,7 @@ class _Ingest:
         with self.lock:
             for line in lines:
                 try:
-                    samples.append(MetricSample.model_validate_json(line))
+                    sample = MetricSample.model_validate_json(line)
                 except ValidationError as e:
                     first = e.errors()[0]
                     reason = "bad_json" if first["type"] == "json_invalid" else "bad_metric"
@@ -255,6 +256,13 @@ class _Ingest:
                     reasons[reason] += 1
                     self.sink.send_rejection(reject(METRICS_SOURCE, reason, f"{where}: {first['msg']}"[:200],
                                                     line, received))
+                    continue
+                if not sample.instance.strip():  # whose state would it be? never guessed (e.g. from the client)
+                    reasons["no_instance"] += 1
+                    self.sink.send_rejection(reject(METRICS_SOURCE, "no_instance", "instance: empty", line,
+                                                    received))
+                    continue
+                samples.append(sample)
             self._send_samples(samples, wait)
         return IngestResult(accepted=len(samples), rejected=sum(reasons.values()), reasons=dict(reasons),
                             skipped=skipped)
@@ -295,19 +303,25 @@ def build_http_app(ingest: IngestSettings, sink: EventSink, metrics_sink: Metric
                    parser_factory: ParserFactory | None = None) -> FastAPI:
     """The ingest HTTP API. Rejected lines go to `sink.send_rejection`; the sinks are flushed at shutdown."""
     state = _Ingest(ingest, sink, metrics_sink)
-    factory = parser_factory or default_parser_factory(ingest)
-    limit = ingest.http_max_body_bytes
+    app = FastAPI(title="Foresight ingest", version="0.1.0", lifespan=_flushing_at_shutdown(state),
+                  description="Access logs and metrics over HTTP, into Kafka (`fs.access`, `fs.metrics`, "
+                              "rejected input to `fs.dlq`).")
+    auth = [Depends(_BearerAuth(ingest.http_token.get_secret_value() if ingest.http_token else None))]
+    _add_health_and_metrics(app)
+    _add_logs_route(app, state, parser_factory or default_parser_factory(ingest), ingest.http_max_body_bytes, auth)
+    _add_metrics_route(app, state, ingest, auth)
+    return app
 
+
+def _flushing_at_shutdown(state: _Ingest) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await run_in_threadpool(state.flush)
+    return lifespan
 
-    app = FastAPI(title="Foresight ingest", version="0.1.0", lifespan=lifespan,
-                  description="Access logs and metrics over HTTP, into Kafka (`fs.access`, `fs.metrics`, "
-                              "rejected input to `fs.dlq`).")
-    auth = [Depends(_BearerAuth(ingest.http_token.get_secret_value() if ingest.http_token else None))]
 
+def _add_health_and_metrics(app: FastAPI) -> None:
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -316,6 +330,8 @@ def build_http_app(ingest: IngestSettings, sink: EventSink, metrics_sink: Metric
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+
+def _add_logs_route(app: FastAPI, state: _Ingest, factory: ParserFactory, limit: int, auth: list[Any]) -> None:
     @app.post("/v1/logs", dependencies=auth, response_model=IngestResult, status_code=202, responses={
         200: {"description": "`wait=true`: accepted and acknowledged by Kafka.", "model": IngestResult},
         202: {"content": {"application/json": {"example": ACCEPTED_EXAMPLE}}}, **ERRORS},
@@ -339,6 +355,8 @@ def build_http_app(ingest: IngestSettings, sink: EventSink, metrics_sink: Metric
             raise HTTPException(400, f"format {fmt!r} is not available here: {e}") from e
         return await _in_worker(lambda: state.logs(parser, lines, blank, wait), wait)
 
+
+def _add_metrics_route(app: FastAPI, state: _Ingest, ingest: IngestSettings, auth: list[Any]) -> None:
     @app.post("/v1/metrics", dependencies=auth, response_model=IngestResult, status_code=202, responses={
         200: {"description": "`wait=true`: accepted and acknowledged by Kafka.", "model": IngestResult},
         202: {"content": {"application/json": {"example": {"accepted": 2, "rejected": 0, "reasons": {},
@@ -351,27 +369,39 @@ def build_http_app(ingest: IngestSettings, sink: EventSink, metrics_sink: Metric
         service: Annotated[str | None, Query(description="Prometheus text: service of samples without a "
                                                          "`proxy` label (default ingest.default_service).")] = None,
         instance: Annotated[str | None, Query(description="Prometheus text: instance of samples without a "
-                                                          "`server` label (default: the client's address).")] = None,
+                                                          "`server` label; a sample with neither is refused "
+                                                          "(400).")] = None,
         wait: Annotated[bool, Query(description="Answer only once Kafka acknowledged (200), else 202.")] = False,
     ) -> JSONResponse:
-        body = await read_body(request, limit)
+        body = await read_body(request, ingest.http_max_body_bytes)
         text = _require_utf8(body, "metrics")
         received = now_ms()
         sniffed_json = _media_type(request) in JSON_TYPES or text.lstrip().startswith("{")
         if format == "ndjson" or (format == "auto" and sniffed_json):
             lines, blank = _lines(body)
             return await _in_worker(lambda: state.samples(lines, blank, received, wait), wait)
-        if not text.strip():
-            raise HTTPException(400, "body has no lines: send Prometheus text or NDJSON samples")
-        client = request.client.host if request.client else "unknown"
-        try:
-            samples, skipped = samples_from_exposition(text, received, service=service or ingest.default_service,
-                                                       instance=instance or client)
-        except ValueError as e:
-            raise HTTPException(400, f"not Prometheus text exposition: {e}"[:300]) from e
+        samples, skipped = _exposition_samples(text, received, service or ingest.default_service, instance)
         return await _in_worker(lambda: state.exposition(samples, skipped, wait), wait)
 
-    return app
+
+def _exposition_samples(text: str, received: int, service: str, instance: str | None
+                        ) -> tuple[list[MetricSample], int]:
+    """The samples of a Prometheus text body, each with an instance, or a 400 saying what is wrong.
+
+    The instance is a `server` label or the `instance` query parameter, never the client's address:
+    behind a proxy or NAT one address is many instances, and a sender that picks its own addresses
+    would pick how much state the stream worker keeps."""
+    if not text.strip():
+        raise HTTPException(400, "body has no lines: send Prometheus text or NDJSON samples")
+    try:
+        samples, skipped = samples_from_exposition(text, received, service=service, instance=instance or "")
+    except ValueError as e:
+        raise HTTPException(400, f"not Prometheus text exposition: {e}"[:300]) from e
+    anonymous = sorted({s.name for s in samples if not s.instance})
+    if anonymous:
+        raise HTTPException(400, f"{len(anonymous)} metrics have samples without an instance (e.g. "
+                                 f"{anonymous[0]!r}): give them a `server` label or send ?instance=<name>"[:300])
+    return samples, skipped
 
 
 def run_http_ingest(ingest: IngestSettings, sink: EventSink, metrics_sink: MetricSink,

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import Counter
 
+from infra.core import retry
 from infra.core.settings import IngestSettings
 from ingest import metrics
 from ingest.parsers.auto import parser_for
@@ -261,15 +262,10 @@ class _Batcher:
 
 
 async def _until_accepted(call: Callable[[], None]) -> None:
-    delay = 0.1
-    while True:
-        try:
+    """Hold this connection until the sink takes `call`'s events (its back-pressure)."""
+    async for attempt in retry.until_accepted(log, "syslog tcp: sink refused"):
+        with attempt:
             call()
-            return
-        except Exception as e:  # the sink's back-pressure: hold this connection until it takes it
-            log.warning("syslog tcp: sink refused: %s; retrying in %.1fs", e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 async def serve_syslog_tcp_ingest(ingest: IngestSettings, sink: EventSink, stop: asyncio.Event, *,

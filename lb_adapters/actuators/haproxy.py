@@ -1,4 +1,5 @@
-"""HAProxy runtime API over its unix socket: read and set server weights. I/O only, no policy."""
+"""HAProxy runtime API over its unix socket: server weights and dynamic membership (add, drain,
+maintenance, delete; no reload). I/O only, no policy."""
 
 from __future__ import annotations
 
@@ -53,3 +54,46 @@ class HAProxyRuntime:
         answer = self.command(f"set server {backend}/{server} weight {weight}").strip()
         if answer:  # HAProxy answers nothing on success
             raise HAProxyError(f"set server {backend}/{server} weight {weight}: {answer}")
+
+    # -- dynamic membership (HAProxy >= 2.6; the backend needs a dynamic algorithm such as roundrobin) --
+
+    def _ok(self, line: str, *accepted: str) -> str:
+        """Run a command that answers nothing (or one of `accepted`) on success; anything else is an error."""
+        answer = self.command(line).strip()
+        if answer and not any(a in answer for a in accepted):
+            raise HAProxyError(f"{line}: {answer}")
+        return answer
+
+    def add_server(self, backend: str, server: str, address: str, port: int, weight: int,
+                   check: bool = True, check_inter_ms: int = 1000) -> None:
+        """`add server`, then enable its health check (the backend's `option httpchk`; checks of a
+        dynamic server start disabled) and take it out of the maintenance it is born in."""
+        checks = f" check inter {check_inter_ms}ms" if check else ""
+        self._ok(f"add server {backend}/{server} {address}:{port} weight {weight}{checks}", "New server registered")
+        if check:
+            self._ok(f"enable health {backend}/{server}")
+        self._ok(f"set server {backend}/{server} state ready")
+
+    def servers(self, backend: str) -> dict[str, tuple[str, int, int, int]]:
+        """Each server's (address, port, user weight, admin state bits: 0x01 maint, 0x08 drain)."""
+        return {r["srv_name"]: (r["srv_addr"], int(r["srv_port"]), int(r["srv_uweight"]), int(r["srv_admin_state"]))
+                for r in self.servers_state(backend)}
+
+    def set_server_state(self, backend: str, server: str, state: str) -> None:
+        """`ready`, `drain` (no new requests, current ones finish) or `maint`."""
+        self._ok(f"set server {backend}/{server} state {state}")
+
+    def del_server(self, backend: str, server: str, force: bool = False) -> bool:
+        """Maintenance, then `del server`: True once gone (or never there).
+
+        HAProxy refuses while the server has connections or a queue; then it stays in maintenance
+        (it takes no new traffic) and the caller tries again later. `force` first shuts its
+        sessions down, for when the wait has run out.
+        """
+        answer = self.command(f"set server {backend}/{server} state maint").strip()
+        if "No such server" in answer:
+            return True
+        if force:
+            self.command(f"shutdown sessions server {backend}/{server}")
+        answer = self.command(f"del server {backend}/{server}").strip()
+        return "Server deleted" in answer or "No such server" in answer

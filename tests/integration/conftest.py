@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from infra.core.settings import Settings, load_settings
+from infra.core.settings import ClickHouseSettings, Settings, load_settings
 from infra.stack.launcher import status
 
 
@@ -43,3 +43,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def core_stack() -> Settings:
+    """Only the stack's Kafka and ClickHouse, started when down and never stopped. Unlike `stack`, a
+    running stack is not completed: a component this checkout adds would otherwise join a shared
+    stack, run from this checkout's code."""
+    from infra.stack import probes
+
+    settings = load_settings()
+    ch = settings.clickhouse
+    answering = (probes.kafka_metadata(settings.kafka.bootstrap_servers)()
+                 and probes.http_ok(f"http://{ch.host}:{ch.http_port}/?query=SELECT%201", expect="1")())
+    if not answering:  # asked of the servers themselves: the state folder may be another checkout's
+        foresight("stack", "up")
+    return settings
+
+
+@pytest.fixture
+def scratch_db(core_stack: Settings) -> Iterator[ClickHouseSettings]:
+    """A migrated ClickHouse database of this test's own on the stack's server, dropped afterwards."""
+    import uuid
+
+    from infra.core.db import client, migrate
+
+    ch = core_stack.clickhouse.model_copy(update={"database": f"foresight_test_{uuid.uuid4().hex[:10]}"})
+    migrate(ch)
+    try:
+        yield ch
+    finally:
+        cl = client(ch)
+        cl.execute(f"DROP DATABASE IF EXISTS {ch.database}")
+        cl.disconnect()

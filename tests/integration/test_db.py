@@ -15,7 +15,8 @@ import pytest
 from infra.core.db import client, load_migrations, migrate, retain
 from infra.core.settings import ClickHouseSettings, Settings
 
-TABLES = {"access_events", "decisions", "features", "metric_samples", "model_versions", "predictions"}
+TABLES = {"access_events", "decisions", "fault_events", "features", "metric_samples", "model_versions",
+          "predictions"}
 
 
 @pytest.fixture

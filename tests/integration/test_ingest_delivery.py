@@ -21,12 +21,12 @@ from prometheus_client import REGISTRY
 from infra.core.kafka_admin import ensure_topics
 from infra.core.ports import free_port
 from infra.core.settings import KafkaSettings
+from infra.core.spool import Spool
 from infra.stack import probes
 from infra.stack.components import tansu_binary
 from infra.stack.process import ProcessRecord, spawn, stop
 from ingest.schemas import AccessEvent, decode_access_record
 from ingest.sinks.kafka import KafkaSink
-from ingest.spool import Spool
 
 pytestmark = pytest.mark.timeout(180)
 DELIVERY_TIMEOUT_MS = 2_000  # the producer's own retries; the outage below lasts longer, so the spool must act

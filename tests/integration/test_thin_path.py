@@ -88,9 +88,10 @@ def test_every_hop_of_the_thin_path(stack: Settings) -> None:
     # Hop 5: the adapter applies the decision; HAProxy itself reports the new weights.
     for server in ("s1", "s2"):
         assert runtime_api(s, f"set server demo/{server} weight 100").strip() == ""
-    report = build_weight_controller(s).step("demo")
+    report = build_weight_controller(s, "thin-path-test").step("demo")
     assert report.decisions, report.note
-    applied = {d.target.split("/")[1]: int(d.after) for d in report.decisions if d.outcome == "applied"}
+    applied = {d.target.split("/")[1]: int(d.after) for d in report.decisions
+               if d.outcome == "applied" and d.after is not None}
     in_haproxy = haproxy_weights(s)
     assert applied and all(in_haproxy[inst] == w for inst, w in applied.items())
     assert in_haproxy["s1"] > in_haproxy["s2"]

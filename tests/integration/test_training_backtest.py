@@ -36,5 +36,13 @@ def test_backtest_prints_the_result_json_last_and_writes_plots(tmp_path: Path) -
     for name in ("predictive", "hpa"):
         assert set(auto[name]) >= {"underprov_pct", "replica_seconds", "actions", "knob", "knob_value"}
         assert auto[name]["replica_seconds"] >= auto["oracle"]["replica_seconds"]
+    # the realised SLO per week and the replica-seconds ratios per day, from the test range's start
+    weeks, days = auto["per_week"], auto["per_day"]
+    assert sum(w["minutes"] for w in weeks) == sum(d["minutes"] for d in days) == auto["predictive"]["minutes"]
+    assert {"predictive", "hpa", "oracle", "predictive_vs_hpa"} <= set(weeks[0])
+    assert result["setup"]["feedback_gain"] > 0  # the online headroom feedback is on by default
+    for name in ("predictive", "hpa"):
+        assert auto[name]["slo_gap_points"] == round(auto[name]["underprov_pct"] - 0.5, 3)
+    assert "per week of the test range" in proc.stdout
     assert (report / "forecast.png").stat().st_size > 10_000
     assert (report / "replicas.png").stat().st_size > 10_000

@@ -47,7 +47,8 @@ def test_train_from_clickhouse_features(stack: Settings) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     manifest = read_manifest(Path(summary["path"]))
-    assert manifest.config["data"] == {"source": "clickhouse", "database": ch.database, "service": service}
+    assert manifest.config["data"] == {"source": "clickhouse", "database": ch.database, "table": "features",
+                                       "service": service, "from_s": None, "to_s": None}
     assert manifest.config["workers"] == 2
     holdout = manifest.metrics["holdout"]["5"]
     # the hold-out is the last 15% of 4 days: every origin has data, and both models were scored on it.

@@ -248,6 +248,29 @@ def test_metrics_prometheus_text(client: TestClient, sink: Sink) -> None:
         ("be", "s1", "haproxy_server_current_sessions", 3.0), ("edge", "lb1", "process_open_fds", 12.0)]
 
 
+def test_exposition_samples_without_an_instance_are_400_never_the_client_address(client: TestClient,
+                                                                                  sink: Sink) -> None:
+    """A `server` label or `?instance=` names the instance; without either the body is refused whole."""
+    text = ('haproxy_server_current_sessions{proxy="be",server="s1"} 3\n'
+            'process_open_fds 12\n')
+    r = client.post("/v1/metrics?service=edge", content=text, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 400 and "process_open_fds" in r.json()["detail"] and "instance" in r.json()["detail"]
+    assert sink.samples == []
+    r = client.post("/v1/metrics", content=text.splitlines()[0])  # every sample has its `server`: fine
+    assert r.status_code == 202 and [(s.service, s.instance) for s in sink.samples] == [("be", "s1")]
+    assert "testclient" not in {s.instance for s in sink.samples}
+
+
+def test_ndjson_samples_with_an_empty_instance_are_dead_lettered(client: TestClient, sink: Sink) -> None:
+    good = {"ts": 1, "service": "demo", "instance": "s1", "name": "cpu", "value": 0.5}
+    body = "\n".join([json.dumps(good), json.dumps({**good, "instance": " "})]).encode()
+    r = client.post("/v1/metrics", content=body, headers={"Content-Type": "application/x-ndjson"})
+    assert r.status_code == 202
+    assert r.json() == {"accepted": 1, "rejected": 1, "reasons": {"no_instance": 1}, "skipped": 0}
+    assert [s.instance for s in sink.samples] == ["s1"]
+    assert [(rej.source, rej.reason) for rej in sink.rejections] == [("http_metrics", "no_instance")]
+
+
 @pytest.mark.parametrize(("body", "why"), [
     (b"caf\xe9 1\n", "not UTF-8"), (b"hello world\n", "not Prometheus text"), (b"  \n", "no lines"),
 ])

@@ -17,9 +17,9 @@ from kafka.future import Future
 from prometheus_client import REGISTRY
 
 from infra.core.settings import KafkaSettings
+from infra.core.spool import Spool
 from ingest.schemas import AccessEvent, Rejection, decode_access_record, encode_batch
 from ingest.sinks.kafka import BackPressure, KafkaSink
-from ingest.spool import Spool
 
 
 class FakeFuture(Future):

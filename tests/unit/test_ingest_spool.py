@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.spool import Spool, SpooledRecord, SpoolFull, SpoolLocked, encode_record
+from infra.core.spool import Spool, SpooledRecord, SpoolFull, SpoolLocked, encode_record
 
 
 def rec(i: int, size: int = 10, topic: str = "fs.access") -> tuple[str, bytes | None, bytes]:

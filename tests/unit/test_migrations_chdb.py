@@ -18,7 +18,8 @@ from infra.core.settings import ClickHouseSettings
 chdb_session = pytest.importorskip("chdb.session")
 
 DB = "fsdb"
-TABLES = ["access_events", "decisions", "features", "metric_samples", "model_versions", "predictions"]
+TABLES = ["access_events", "decisions", "fault_events", "features", "metric_samples", "model_versions",
+          "predictions"]
 
 
 class Chdb:
@@ -28,9 +29,13 @@ class Chdb:
         self.session = chdb_session.Session(str(path))
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
-        def literal(match: re.Match[str]) -> str:
-            value = (params or {})[match.group(1)]
+        def quote(value: Any) -> str:
+            if isinstance(value, tuple):  # as clickhouse_driver renders a tuple: for IN and tuple keys
+                return "(" + ", ".join(map(quote, value)) + ")"
             return str(value) if isinstance(value, int | float) else "'" + str(value).replace("'", "\\'") + "'"
+
+        def literal(match: re.Match[str]) -> str:
+            return quote((params or {})[match.group(1)])
 
         sql = re.sub(r"%\((\w+)\)s", literal, sql)
         result = self.session.query(sql, "JSONCompact")
@@ -66,6 +71,9 @@ def test_every_table_created_and_takes_a_row(ch: Chdb) -> None:
                " '{\"mae\": 1.5}', 'models/load/v3')")
     ch.execute(f"INSERT INTO {DB}.features (window_start, window_end, service, instance, requests, emitted_at)"
                " VALUES ('2025-11-28 00:00:00', '2025-11-28 00:00:10', 'web', 's1', 1, 1)")
+    ch.execute(f"INSERT INTO {DB}.fault_events (start_ms, scenario, seed, service, instance, kind, full_ms, end_ms,"
+               f" failure_ms, params) VALUES ({ms}, 'generated-7', 7, 'web', 's1', 'errors', {ms}, NULL, {ms + 2000},"
+               " '{}')")
     for table in TABLES:
         assert ch.execute(f"SELECT count() FROM {DB}.{table}") == [[1]], table
     # ts is derived from the contract's epoch ms, in UTC, and target_ts from the horizon.
@@ -149,3 +157,64 @@ def test_stale_partitions_pure() -> None:
 def test_retain_refuses_less_than_a_day(days: int) -> None:
     with pytest.raises(ValueError, match="at least 1 day"):
         retain(ClickHouseSettings(host="127.0.0.1", tcp_port=1), days)
+
+
+def test_redelivered_metric_sample_and_decision_collapse(ch: Chdb) -> None:
+    """Migration 0004: the record sink and the decision spool write at least once; FINAL counts once."""
+    ms = 1_764_300_000_456
+    sample = (f"INSERT INTO {DB}.metric_samples (ts_ms, service, instance, name, value, label_keys, label_values)"
+              f" VALUES ({ms}, 'idem', 's1', 'up', 1, ['backend'], ['{{}}'])")
+    for backend in ("web", "web", "api"):  # the same sample twice, and another labelled sample at the same ms
+        ch.execute(sample.format(backend))
+    assert ch.execute(f"SELECT count() FROM {DB}.metric_samples FINAL WHERE service = 'idem'") == [[2]]
+    decision = (f"INSERT INTO {DB}.decisions (ts_ms, service, actuator, target, action, before, after, reason,"
+                f" prediction_refs, dry_run, outcome) VALUES ({ms}, 'idem', 'haproxy', '{{}}', 'set_weight', 1, 2,"
+                " 'r', [], 0, 'applied')")
+    for target in ("demo/s1", "demo/s1", "demo/s2"):
+        ch.execute(decision.format(target))
+    assert ch.execute(f"SELECT count() FROM {DB}.decisions FINAL WHERE service = 'idem'") == [[2]]
+    engines = dict(ch.execute(f"SELECT name, engine FROM system.tables WHERE database = '{DB}'"))
+    assert engines["metric_samples"] == engines["decisions"] == "ReplacingMergeTree"
+
+
+def test_record_readers_run_on_chdb(ch: Chdb) -> None:
+    """The readers of infra.core.record_tables and features_table's additions, on a current engine."""
+    from infra.core.features_table import instance_requests_since, windows_between
+    from infra.core.record_tables import (
+        PredictionRef,
+        access_event_ids,
+        access_minute_requests,
+        read_decisions,
+        read_predictions,
+    )
+
+    t0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC
+    ch.execute(f"INSERT INTO {DB}.access_events (ts_ms, id, service, instance) VALUES"
+               + ", ".join(f"({(t0 + s) * 1000}, 'r{s}', 'rd', 'i')" for s in (0, 30, 61, 61, 125)))
+    db = cast(Any, ch)
+    # r61 was delivered twice: counted once.
+    assert access_minute_requests(db, DB, "rd") == [(t0, 2), (t0 + 60, 1), (t0 + 120, 1)]
+    assert access_minute_requests(db, DB, "rd", t0 + 60, t0 + 120) == [(t0 + 60, 1)]
+    assert access_event_ids(db, DB, (t0 + 61) * 1000) == {"r61", "r125"}
+
+    ch.execute(f"INSERT INTO {DB}.features (window_start, window_end, service, instance, requests, emitted_at)"
+               f" VALUES (toDateTime({t0}), toDateTime({t0 + 10}), 'rd', 'i', 4, 1),"
+               f" (toDateTime({t0}), toDateTime({t0 + 10}), 'rd', '*', 4, 1),"
+               f" (toDateTime({t0 + 10}), toDateTime({t0 + 20}), 'rd', 'j', 3, 1)")
+    assert instance_requests_since(db, DB, t0) >= 7  # other tests' instance windows are older or elsewhere
+    assert [(w["instance"], w["requests"]) for w in windows_between(db, DB, "rd", ["*", "i"], t0, t0 + 60)] == [
+        ("*", 4), ("i", 4)]
+
+    ms = t0 * 1000 + 5
+    ch.execute(f"INSERT INTO {DB}.predictions (ts_ms, kind, service, instance, model, model_version, horizon_s,"
+               f" quantile, value) VALUES ({ms}, 'forecast', 'rd', '*', 'mlp', 'v2', 60, 0.9, 12.5),"
+               f" ({ms}, 'forecast', 'rd', '*', 'mlp', 'v2', 60, 0.5, 10.0)")
+    ref = PredictionRef("forecast", "rd", "*", "mlp", "v2", ms)
+    assert read_predictions(db, DB, [ref]) == {ref: [{"horizon_s": 60, "quantile": 0.5, "value": 10.0},
+                                                     {"horizon_s": 60, "quantile": 0.9, "value": 12.5}]}
+    ch.execute(f"INSERT INTO {DB}.decisions (ts_ms, service, actuator, target, action, before, after, reason,"
+               f" prediction_refs, dry_run, outcome) VALUES ({ms}, 'rd', 'scaler', 'rd', 'scale', 2, 3, 'up',"
+               f" ['forecast:rd/*@mlp:v2#{ms}'], 0, 'applied')")
+    (row,) = read_decisions(db, DB, ms, "rd")
+    assert (row.action, row.after, row.prediction_refs, row.dry_run) == ("scale", 3, [f"forecast:rd/*@mlp:v2#{ms}"],
+                                                                         False)

@@ -147,12 +147,15 @@ def test_http_replay_sends_the_trace_paced(tmp_path: Path, http_ok: _Server) -> 
     assert summary.wall_s >= 0.15 and summary.achieved_rps == pytest.approx(10 / summary.wall_s)
     d = summary.as_dict()
     assert d["requests_sent"] == 10 and d["achieved_rps"] > 0
+    assert len(summary.answers) == 10 and not any(failed for _, _, failed in summary.answers)
+    assert 0 < d["latency_p50_ms"] <= d["latency_p99_ms"] and "answers" not in d
 
 
 def test_http_replay_counts_5xx_and_transport_errors(tmp_path: Path, http_500: _Server) -> None:
     path = trace(tmp_path, [4, 4])
     summary = replay(path, speedup=50.0, to="http", base_url=f"http://127.0.0.1:{http_500.server_port}/")
     assert (summary.requests_sent, summary.errors, summary.statuses) == (8, 8, {500: 8})
+    assert [failed for _, _, failed in summary.answers] == [True] * 8
     with _Server(200) as closed:
         port = closed.server_port  # bound then closed: nothing listens
     refused = replay(path, speedup=50.0, to="http", base_url=f"http://127.0.0.1:{port}/")
@@ -228,3 +231,16 @@ def test_progress_goes_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert summary.requests_sent == 4
     captured = capsys.readouterr()
     assert captured.out == "" and "replay" in captured.err
+
+
+def test_scale_multiplies_the_trace_and_keeps_its_mean() -> None:
+    from ingest.replay import _scaled
+
+    def trace() -> Iterator[int]:
+        yield from [10] * 1000
+
+    scaled = list(_scaled(trace(), 0.25))
+    assert set(scaled) == {2, 3} and sum(scaled) == pytest.approx(2500, rel=0.03)
+    assert list(_scaled(iter([4, 0, 7]), 3.0)) == [12, 0, 21]
+    with pytest.raises(ValueError, match="scale must be positive"):
+        replay(dataset_path(NASA_RPS_NAME), scale=0, base_url="http://127.0.0.1:9")

@@ -213,3 +213,19 @@ def test_files_that_do_not_match_the_manifest_are_refused_before_loading(
     assert reasons[smoke].startswith("smoke.json SHA-256")
     assert reasons[unsigned].startswith("manifest has no SHA-256 of model.pt")
     assert loaded == []  # no file was unpickled
+
+
+def test_a_reload_on_one_replica_is_followed_by_every_other(tmp_path: Path) -> None:
+    """Polling off: replica B never refreshes by itself, yet follows the reload requested on A."""
+    a, b = ModelSlot(tmp_path, "forecast"), ModelSlot(tmp_path, "forecast")  # two replicas, one registry
+    assert a.follow() is None and b.follow() is None  # nothing requested yet: no refresh, no cost but a stat
+    v1 = register(tmp_path, seed=1, offset_s=0)
+    assert b.follow() is None and b.current is None  # a new folder alone is not a reload request
+    assert a.request_reload().loaded == v1
+    followed = b.follow()
+    assert followed is not None and followed.loaded == v1 and b.current is not None and b.current.version == v1
+    assert b.follow() is None  # once per request
+    v2 = register(tmp_path, seed=2, offset_s=60)
+    assert b.request_reload().loaded == v2  # any replica may take the request
+    assert a.follow() is not None and a.current is not None and a.current.version == v2
+    assert sorted(p.name for p in (tmp_path / "forecast").iterdir()) == sorted([v1, v2, ".reload"])

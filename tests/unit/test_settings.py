@@ -33,3 +33,23 @@ def test_unknown_key_is_an_error(tmp_path: Path) -> None:
 def test_missing_named_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match="not found"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_no_two_components_default_to_the_same_port() -> None:
+    """Every `*port*` setting of every section, and each port of a list of them, is distinct."""
+    from infra.core.settings import Settings
+
+    seen: dict[int, str] = {}
+    settings = Settings()
+    for section_name in type(settings).model_fields:
+        section = getattr(settings, section_name)
+        if not hasattr(section, "model_dump"):
+            continue
+        for key, value in section.model_dump().items():
+            if "port" not in key or isinstance(value, str | type(None)):
+                continue
+            for port in value if isinstance(value, list) else [value]:
+                where = f"{section_name}.{key}"
+                assert port not in seen, f"{where} and {seen.get(port)} both default to port {port}"
+                seen[port] = where
+    assert len(seen) > 15

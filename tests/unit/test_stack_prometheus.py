@@ -29,7 +29,7 @@ def test_every_component_with_metrics_is_a_scrape_job(tmp_path: Path) -> None:
     path, scraped = _prepared(tmp_path)
     jobs = {j["job_name"]: j for j in yaml.safe_load(path.read_text())["scrape_configs"]}
     assert set(jobs) == set(scraped)
-    assert {"stream-worker", "serving", "haproxy", "etcd", "ingest-syslog"} <= set(jobs)
+    assert {"stream-worker", "record-sink", "serving", "haproxy", "etcd", "ingest-syslog"} <= set(jobs)
     assert jobs["haproxy"]["static_configs"][0]["targets"] == ["127.0.0.1:18404"]
     assert jobs["serving"]["metrics_path"] == "/metrics"
 

@@ -74,3 +74,11 @@ def test_compare_accepts_equal_rows_and_names_every_difference() -> None:
     assert any("twice" in p for p in compare_windows(ref, twice, 10, 0.01))
     longer = [row(k, w, window_end=k[2] + 60) if k == k0 else row(k, w) for k, w in ref.items()]
     assert any("window of 60 s" in p for p in compare_windows(ref, longer, 10, 0.01))
+
+
+def test_an_id_is_counted_once_however_often_it_is_delivered() -> None:
+    first = {**ev(1_000, "a", latency=3.0), "id": "x1"}
+    events = [first, {**ev(2_000, "a"), "id": "x2"}, dict(first), {**first, "ts": 12_000}]
+    ref = reference_windows(events, window_s=10)
+    assert set(ref) == {("svc", "a", 0), ("svc", "*", 0)}
+    assert (ref[("svc", "a", 0)].requests, ref[("svc", "a", 0)].latencies) == (2, [3.0, 10.0])

@@ -76,6 +76,23 @@ def test_closed_windows_stay_pending_until_acknowledged_and_late_ones_are_report
     assert back.pending_closed()[0] == (first, partial)  # republished as they were after a recovery
 
 
+def test_an_idle_instance_is_forgotten_only_when_that_changes_no_count() -> None:
+    clock = PartitionClock(lateness_ms=0)
+    st = InstanceState("web", "s1", 0)
+    st.add_access(ev(1_000), W, clock)
+    assert not st.forgettable(clock.watermark, 0)  # an open window
+    st.close(W, W, emitted_at=1)  # by wall clock: ahead of the partition's event time
+    assert st.closed_before == W and clock.watermark == 1_000
+    assert not st.forgettable(W, 0)  # unacknowledged
+    st.pending.clear()
+    assert not st.forgettable(clock.watermark, 0)  # an event of [0, W) would not be late by the partition yet
+    assert st.forgettable(W, 0) and not st.forgettable(W + 4_999, 5_000) and st.forgettable(W + 5_000, 5_000)
+    fresh = InstanceState("web", "s1", 0)  # what comes back once forgotten: the same event is late for it too
+    assert fresh.add_access(ev(1_500), W, PartitionClock(0, max_ts=W)) is False
+    st.add_access(ev(2_000), W, clock)  # late: reported with the next window, so kept
+    assert st.late == 1 and not st.forgettable(10 * W, 0)
+
+
 def test_non_signal_samples_are_ignored_and_counters_become_increases() -> None:
     clock = PartitionClock(lateness_ms=0)
     st = InstanceState("web", "s1", 0)

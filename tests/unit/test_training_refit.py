@@ -3,13 +3,12 @@ epoch count validation chose; the predictive headroom is still tuned with the va
 
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
 from tests.unit.test_training_forecaster import DAY, TINY, synthetic
 from training import backtest
-from training.autoscale import ScalingSpec
+from training.autoscale import Forecasts, ScalingSpec
 from training.backtest import BacktestConfig, run_backtest
 from training.fit import TrainResult, train, trainable_origins
 from training.splits import Splits
@@ -32,20 +31,20 @@ def _spied_backtest(monkeypatch: pytest.MonkeyPatch, refit: bool) -> tuple[dict[
                       "result": result, "name": "val-phase" if len(calls) == 0 else "refit"})
         return result
 
-    real_script, real_upper = backtest.script, backtest._upper
+    real_script, real_forecasts = backtest.script, backtest._forecasts
 
     def spy_script(module: Any) -> torch.jit.ScriptModule:
         scripted = real_script(module)
         sources[id(scripted)] = calls[-1]["name"]
         return scripted
 
-    def spy_upper(module: torch.nn.Module, series_: Any, lo: int, *rest: Any) -> np.ndarray:
+    def spy_forecasts(module: torch.nn.Module, series_: Any, lo: int, *rest: Any) -> Forecasts:
         uppers.append((lo, sources[id(module)]))
-        return real_upper(module, series_, lo, *rest)
+        return real_forecasts(module, series_, lo, *rest)
 
     monkeypatch.setattr(backtest, "train", spy_train)
     monkeypatch.setattr(backtest, "script", spy_script)
-    monkeypatch.setattr(backtest, "_upper", spy_upper)
+    monkeypatch.setattr(backtest, "_forecasts", spy_forecasts)
     cfg = BacktestConfig(scale=20, spec=ScalingSpec(capacity=10, startup_s=120), train=CFG, refit=refit,
                          hpa_targets=(0.5, 0.7), headrooms=(0.0, 0.5))
     bt = run_backtest(series, splits, cfg, lambda _: None)

@@ -1,4 +1,4 @@
-"""A bounded, append-only disk spool of Kafka records, for when the broker cannot take them.
+"""A bounded, append-only disk spool of (topic, key, value) records, for when their destination cannot take them.
 
 Layout of the spool directory (one process at a time: `LOCK` is held with `flock`):
 

@@ -1,0 +1,256 @@
+"""`foresight demo`: the whole loop on real traffic, as a person would watch it.
+
+The stack and its pool come up; a slice of the NASA trace with a morning ramp is replayed,
+time-compressed, as real requests through HAProxy to the pool's demo service; the autoscaler
+scales it predictively (the reactive HPA-style policy in shadow) and the health controller drains
+instances at risk, while one instance is given a leak that ends in a crash. At the end: a summary
+(under-provisioned seconds and replica-seconds beside the shadow HPA and the oracle, client p99 and
+errors, how long before the crash the faulty instance was drained, decisions) and an HTML report.
+
+The comparison with HPA is counterfactual and like for like: the recorded demand goes through the
+same simulator twice, once with what the autoscaler actually did and once with the reactive policy
+(`training.whatif`), both with the service's startup delay. The measured side (ready instances each
+second against the observed load) is reported beside it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+from infra.core.datasets import NASA_RPS, dataset_path
+from infra.core.db import client as clickhouse_client
+from infra.core.features_table import recent_service_windows
+from infra.core.settings import (
+    AutoscaledService,
+    AutoscalerSettings,
+    HealthSettings,
+    PoolScalerSettings,
+    PoolServiceSettings,
+    Settings,
+)
+from infra.workers import build_autoscaler, build_health_controller
+from ingest.replay import ReplaySummary, replay
+
+Say = Callable[[str], None]
+
+
+class LoopSummary(BaseModel):
+    """The demo's result; `--json` prints it as the last line."""
+
+    wall_s: float
+    underprov_s: dict[str, float | None]
+    replica_seconds: dict[str, float | None]
+    client_p99_ms: float | None
+    client_error_pct: float
+    drain_lead_s: float | None
+    decisions: int
+    report: str
+    notes: list[str]
+
+
+@dataclass
+class Timeline:
+    """What the demo saw each second: the pool's instances, and the autoscaler's and health rounds."""
+
+    pool: list[tuple[float, int, int]] = field(default_factory=list)  # (t, current, ready)
+    desired: list[tuple[float, int]] = field(default_factory=list)
+    shadow: list[tuple[float, int]] = field(default_factory=list)
+    drains: list[tuple[float, str, str]] = field(default_factory=list)  # (t, instance, outcome)
+    fault: tuple[float, str] | None = None  # (t injected, instance)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def demo_settings(s: Settings, svc: PoolServiceSettings) -> Settings:
+    """The stack's settings with the demo's own autoscaler and health controller for `svc`."""
+    scaled = AutoscaledService(name=svc.name, scaler=PoolScalerSettings(url=f"http://127.0.0.1:{s.pool.admin_port}"),
+                               capacity_rps=svc.capacity_rps, startup_s=svc.startup_delay_s,
+                               knobs={"min_replicas": svc.min_replicas, "max_replicas": svc.max_replicas})
+    return s.model_copy(update={
+        "autoscaler": AutoscalerSettings(interval_s=s.demo.interval_s, poll_s=1.0, services=[scaled]),
+        "health": HealthSettings(services=[svc.name], interval_s=s.demo.interval_s, features_max_age_s=30,
+                                 cooldown_rounds=int(120 / s.demo.interval_s)),
+    })
+
+
+def _pool_status(s: Settings, service: str) -> dict[str, Any]:
+    answer = httpx.get(f"http://127.0.0.1:{s.pool.admin_port}/v1/pools/{service}", timeout=5)
+    answer.raise_for_status()
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def _every(stop: threading.Event, period_s: float, work: Callable[[], None], say: Say, what: str) -> None:
+    while not stop.is_set():
+        try:
+            work()
+        except Exception as exc:
+            say(f"[yellow]{what}: {exc}[/]")
+        stop.wait(period_s)
+
+
+def _inject_fault(s: Settings, svc: PoolServiceSettings, tl: Timeline, say: Say) -> None:
+    """A leak in the oldest ready instance: latency and its resource gauge creep up, then it crashes."""
+    ready = [i for i in _pool_status(s, svc.name)["instances"] if i["state"] == "ready"]
+    if not ready:
+        say("[yellow]fault: no ready instance to inject into[/]")
+        return
+    target = ready[0]
+    fault = {"kind": "leak", "start_s": 0, "lead_s": s.demo.fault_lead_s, "factor": 4.0}
+    answer = httpx.post(f"http://127.0.0.1:{target['port']}/admin/faults", json=[fault], timeout=5)
+    answer.raise_for_status()
+    with tl.lock:
+        tl.fault = (time.time(), target["instance"])
+    say(f"fault: a leak in {svc.name}/{target['instance']}, crashing in {s.demo.fault_lead_s:g} s")
+
+
+def _integrate(samples: list[tuple[float, int]], start: float, end: float) -> float:
+    """Seconds x value of a step function sampled at `samples` (held until the next sample)."""
+    total = 0.0
+    for (t, v), (t_next, _) in zip(samples, [*samples[1:], (end, 0)], strict=True):
+        total += v * max(0.0, min(t_next, end) - max(t, start))
+    return total
+
+
+def run_closed_loop(s: Settings, say: Say, report_dir: Path, progress: bool = True) -> LoopSummary:
+    svc = s.pool.service(s.demo.loop_service)
+    if svc is None:
+        raise ValueError(f"demo.loop_service {s.demo.loop_service!r} is not in pool.services")
+    loop_s = demo_settings(s, svc)
+    autoscaler = build_autoscaler(loop_s, only=svc.name, name="demo-autoscale")  # spools of their own: the
+    health = build_health_controller(loop_s, leadership=False, name="demo-health")  # stack's copies run too
+    tl = Timeline()
+    stop = threading.Event()
+    notes: list[str] = []
+
+    def sample_pool() -> None:
+        body = _pool_status(s, svc.name)
+        with tl.lock:
+            tl.pool.append((time.time(), int(body["current"]), int(body["ready"])))
+
+    def autoscale_round() -> None:
+        report = autoscaler.step(svc.name)
+        with tl.lock:
+            if report.decision is not None and report.decision.after is not None:
+                tl.desired.append((time.time(), int(report.decision.after)))
+            if report.shadow is not None:
+                tl.shadow.append((time.time(), report.shadow))
+        if report.decision is not None and report.decision.outcome == "applied":
+            d = report.decision
+            say(f"autoscaler: {d.before} -> {d.after} ({d.reason})")
+
+    def health_round() -> None:
+        report = health.step(svc.name)
+        for d in report.decisions:
+            with tl.lock:
+                tl.drains.append((time.time(), d.target.rsplit("/", 1)[-1], f"{d.action}: {d.outcome}"))
+            say(f"health: {d.action} {d.target}: {d.outcome} ({d.reason})")
+
+    # a known starting point: the service's configured instances, ready
+    httpx.put(f"http://127.0.0.1:{s.pool.admin_port}/v1/pools/{svc.name}/replicas",
+              json={"replicas": max(svc.min_replicas, svc.replicas)}, timeout=5).raise_for_status()
+    deadline = time.monotonic() + svc.startup_delay_s + 60
+    while _pool_status(s, svc.name)["ready"] < max(svc.min_replicas, svc.replicas):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{svc.name}: instances not ready after {svc.startup_delay_s + 60:.0f} s; "
+                               f"see {s.state / 'logs' / 'pool'}")
+        time.sleep(1)
+    threads = [threading.Thread(target=_every, args=(stop, 1.0, sample_pool, say, "pool"), daemon=True),
+               threading.Thread(target=_every, args=(stop, s.demo.interval_s, autoscale_round, say, "autoscaler"),
+                                daemon=True),
+               threading.Thread(target=_every, args=(stop, s.demo.interval_s, health_round, say, "health"),
+                                daemon=True)]
+    for t in threads:
+        t.start()
+    fault_timer = threading.Timer(s.demo.fault_at_s, _inject_fault, args=(s, svc, tl, say))
+    fault_timer.start()
+    t0 = time.time()
+    say(f"replaying NASA from trace second {s.demo.trace_start} at {s.demo.speedup:g}x, rate x{s.demo.scale:g}, "
+        f"for {s.demo.duration_s:g} s through HAProxy :{svc.haproxy_port}")
+    try:
+        traffic = replay(dataset_path(NASA_RPS), speedup=s.demo.speedup, to="http", start=s.demo.trace_start,
+                         base_url=f"http://127.0.0.1:{svc.haproxy_port}/", duration_s=s.demo.duration_s,
+                         max_rps=500, progress=progress, scale=s.demo.scale)
+    finally:
+        fault_timer.cancel()
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    t1 = time.time()
+    time.sleep(s.streams.window_s + s.streams.allowed_lateness_s + 3)  # the last windows close and land
+    return summarise(s, svc, tl, traffic, t0, t1, report_dir, notes, say)
+
+
+def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: ReplaySummary, t0: float, t1: float,
+              report_dir: Path, notes: list[str], say: Say) -> LoopSummary:
+    from infra.core.scaling import reactive_knobs
+    from training.autoscale import ScalingSpec
+    from training.whatif import WhatIfConfig, whatif
+
+    cl = clickhouse_client(s.clickhouse, s.clickhouse.database)
+    db = s.clickhouse.database
+    try:
+        windows = [w for w in recent_service_windows(cl, db, svc.name, int(t0)) if w.start_s < t1]
+        decisions = cl.execute(f"SELECT count() FROM {db}.decisions WHERE service = %(s)s AND ts_ms >= %(t0)s "
+                               "AND ts_ms <= %(t1)s", {"s": svc.name, "t0": int(t0 * 1000), "t1": int(t1 * 1000)})
+        truth = (cl.execute(f"SELECT failure_ms FROM {db}.fault_events FINAL WHERE service = %(s)s "
+                            "AND instance = %(i)s ORDER BY start_ms DESC LIMIT 1",
+                            {"s": svc.name, "i": tl.fault[1]}) if tl.fault else [])
+        spec = ScalingSpec(capacity=svc.capacity_rps, startup_s=svc.startup_delay_s)
+        hpa = recorded = None
+        try:
+            cfg = WhatIfConfig(service=svc.name, start_s=int(t0), end_s=int(t1), policy="hpa", spec=spec,
+                               knobs=reactive_knobs().model_copy(update={"min_replicas": svc.min_replicas,
+                                                                        "max_replicas": svc.max_replicas}))
+            result = whatif(cl, db, cfg, s.state / "models")
+            hpa, recorded = result.policy, result.recorded
+            notes += result.notes
+        except ValueError as exc:
+            notes.append(f"what-if replay not possible: {exc}")
+    finally:
+        cl.disconnect()
+    # measured: each second, the load of its window against the ready instances' capacity
+    measured_under = 0.0
+    oracle = 0.0
+    for w in windows:
+        secs = w.end_s - w.start_s
+        need = max(svc.min_replicas, math.ceil(w.rate / svc.capacity_rps))
+        oracle += need * secs
+        ready_then = [r for t, _, r in tl.pool if t <= w.end_s]
+        if ready_then and w.rate > ready_then[-1] * svc.capacity_rps:
+            measured_under += secs
+    started = _integrate([(t, c) for t, c, _ in tl.pool], t0, t1)
+    failed = sum(1 for _, _, f in traffic.answers if f)
+    lead = None
+    if tl.fault and truth and truth[0][0] is not None:
+        drained = [t for t, inst, outcome in tl.drains if inst == tl.fault[1] and outcome.startswith("drain: applied")]
+        if drained:
+            lead = round(truth[0][0] / 1000 - drained[0], 1)
+        else:
+            notes.append(f"the faulty instance {tl.fault[1]} was not drained before the demo ended")
+    elif tl.fault is None:
+        notes.append("no fault was injected (the demo ended first, or no instance was ready)")
+    summary = LoopSummary(
+        wall_s=round(t1 - t0, 1),
+        underprov_s={"predictive": None if recorded is None else recorded.underprov_minutes * 60.0,
+                     "hpa_shadow": None if hpa is None else hpa.underprov_minutes * 60.0,
+                     "predictive_measured": measured_under},
+        replica_seconds={"predictive": None if recorded is None else round(recorded.replica_seconds),
+                         "hpa_shadow": None if hpa is None else round(hpa.replica_seconds),
+                         "oracle": round(oracle), "predictive_measured": round(started)},
+        client_p99_ms=traffic.latency_ms(0.99),
+        client_error_pct=round(100 * failed / max(1, len(traffic.answers)), 3),
+        drain_lead_s=lead, decisions=int(decisions[0][0]), report=str(report_dir / "index.html"), notes=notes)
+    from infra.closed_loop_report import write_report
+
+    write_report(report_dir, summary, tl, windows, traffic, svc.capacity_rps, t0, t1)
+    say(f"report: {summary.report}")
+    return summary

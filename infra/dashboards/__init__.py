@@ -1,0 +1,1 @@
+"""Dashboards for people: the Grafana dashboard generated from code (`foresight grafana`)."""

@@ -1,0 +1,118 @@
+"""The health controller: drain an instance before it fails, re-admit it once it is healthy again.
+
+Every round, per service: the latest feature window of each instance -> `/v1/risk` (a served model,
+or the peer-deviation baseline, named in the answer) -> the drain policy (pure, guardrails inside)
+-> the registry (a compare-and-set of the instance's state; the balancer sync carries it to HAProxy
+and nginx) -> a Decision per change, with the risk scores it acted on. Fail-static: with serving or
+the registry unreachable it changes nothing and says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from infra.core.service_registry import InstanceState, Leadership, Registry, RegistryEntry, RegistryError
+from lb_adapters import metrics
+from lb_adapters.controller import FeatureSource
+from lb_adapters.policies.drain import DrainDecision, DrainKnobs, DrainState, decide_drains
+from lb_adapters.predictions import ServingError
+from lb_adapters.schemas import Decision, DecisionSink, PredictionRecord
+from serving.schemas import RiskRequest, RiskResponse
+
+log = logging.getLogger("foresight.health")
+
+
+class RiskPredictor(Protocol):
+    def risk(self, request: RiskRequest) -> RiskResponse: ...
+
+
+@dataclass
+class HealthReport:
+    service: str
+    risk: dict[str, float | None] = field(default_factory=dict)
+    model: str = ""
+    decisions: list[Decision] = field(default_factory=list)
+    note: str = ""
+
+
+class HealthController:
+    def __init__(self, features: FeatureSource, predictor: RiskPredictor, registry: Registry, sink: DecisionSink,
+                 knobs: DrainKnobs, features_max_age_s: int, window_s: float = 10.0, dry_run: bool = False,
+                 leadership: Callable[[str], Leadership | None] = lambda _service: None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.features, self.predictor, self.registry, self.sink = features, predictor, registry, sink
+        self.knobs, self.max_age_s, self.dry_run, self.clock = knobs, features_max_age_s, dry_run, clock
+        self.window_s = window_s
+        self.leadership = leadership
+        self.state: dict[str, DrainState] = {}
+
+    def step(self, service: str) -> HealthReport:
+        report = HealthReport(service)
+        leader = self.leadership(service)
+        if leader is not None and not leader.is_leader:
+            report.note = f"standing by: {leader.current_holder_text()} leads {service}"
+            return report
+        try:
+            entries = self.registry.list(service)
+        except RegistryError as exc:
+            report.note = f"registry unreachable ({exc}): holding every instance as it is"
+            return report
+        records = {e.instance: e for e in entries if e.record is not None}
+        if not records:
+            report.note = f"no instance of {service} in the registry"
+            return report
+        windows = self.features.for_service(service, self.max_age_s)
+        report.risk = dict.fromkeys(records, None)  # no recent window: unknown, not healthy
+        scored: RiskResponse | None = None
+        if windows:
+            try:
+                scored = self.predictor.risk(RiskRequest(service=service, instances=windows))
+            except ServingError as exc:
+                report.note = f"risk unavailable ({exc}): holding every instance as it is"
+                return report
+            report.model = f"{scored.model}@{scored.model_version}"
+            report.risk.update({r.instance: r.risk for r in scored.risks if r.instance in records})
+        decisions, self.state[service] = decide_drains(
+            report.risk, {n: e.record for n, e in records.items() if e.record is not None},
+            self.state.get(service, DrainState()), self.knobs,
+            load_rps=sum(w.requests for w in windows) / self.window_s if windows else None)
+        now_ms = int(self.clock() * 1000)
+        predictions = [PredictionRecord(ts=now_ms, kind="risk", service=service, instance=n, model=scored.model,
+                                        model_version=scored.model_version, value=r)
+                       for n, r in report.risk.items() if r is not None] if scored else []
+        refs = {p.instance: p.ref() for p in predictions}
+        for d in decisions:
+            report.decisions.append(self._act(service, records[d.instance], d, now_ms, refs.get(d.instance, ""),
+                                               leader))
+        if report.decisions:
+            self.sink.publish(report.decisions, [p for p in predictions if p.instance in
+                                                 {d.instance for d in decisions}])
+        return report
+
+    def _act(self, service: str, entry: RegistryEntry, d: DrainDecision, now_ms: int, ref: str,
+             leader: Leadership | None) -> Decision:
+        before: InstanceState = entry.record.state if entry.record else "ready"
+        after: InstanceState = {"drain": "draining", "readmit": "ready"}.get(d.action, before)  # type: ignore[assignment]
+        decision = Decision(ts=now_ms, service=service, actuator="etcd", target=f"{service}/{d.instance}",
+                            action={"drain": "drain", "readmit": "undrain", "refuse": "drain"}[d.action],
+                            before=None, after=None, reason=f"{before} -> {after}: {d.reason}",
+                            prediction_ref=ref, dry_run=self.dry_run)
+        if d.action == "refuse":
+            decision.outcome = "skipped: guardrail"
+        elif self.dry_run:
+            decision.outcome = "dry_run"
+        else:
+            try:
+                done = self.registry.set_state(service, d.instance, after, entry.mod_revision, set_by="controller",
+                                               leader=leader)
+            except (RegistryError, ValueError) as exc:
+                decision.outcome = f"failed: {exc}"
+            else:
+                decision.outcome = "applied" if done else "skipped: the instance changed meanwhile; next round"
+        metrics.DECISIONS.labels("etcd", decision.outcome.split(":")[0]).inc()
+        log.info("%s %s: %s (%s)", decision.action, decision.target, decision.outcome, decision.reason)
+        return decision

@@ -1,0 +1,102 @@
+"""Drain policy: from each instance's risk and the registry's state to drains and re-admissions.
+Pure; the membership guardrails (last ready instance, `max_unavailable`, operator pins) are applied
+here too, so a decision that comes out is one the controller may carry out.
+
+- Hysteresis: drain at `drain_above`, re-admit only after `readmit_after` consecutive rounds at or
+  below `readmit_below` (< `drain_above`), so an instance near the threshold does not flap.
+- Unknown is not healthy: an instance with no recent window (risk None) is neither drained nor
+  counted towards its re-admission; its streak starts again.
+- Only what a controller drained is re-admitted by one; an operator's state is never undone.
+- One at a time: after a drain, `cooldown_rounds` pass before the next one, so the replacement
+  capacity arrives and the peers' windows settle before another instance is judged against them.
+- Never drain into overload: with the per-instance capacity known, an instance is drained only if the
+  ready ones left can carry the service's load. An overloaded instance looks sick to its peers, but
+  draining it moves the overload onto them (the cascade outlier ejection is known for); that is a
+  scaling problem, and the autoscaler's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from infra.core.service_registry import InstanceRecord
+from lb_adapters.policies.membership import Verdict, check_drain, may_change_state, set_by
+
+
+@dataclass(frozen=True)
+class DrainKnobs:
+    drain_above: float = 0.8
+    readmit_below: float = 0.3
+    readmit_after: int = 3
+    max_drained_fraction: float = 0.25
+    capacity_rps: float | None = None  # requests/s one instance serves; None: the overload guard is off
+    cooldown_rounds: int = 0  # after a drain, no other drain of the service for this many rounds
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.readmit_below < self.drain_above <= 1:
+            raise ValueError(f"need 0 <= readmit_below ({self.readmit_below}) < drain_above ({self.drain_above}) <= 1")
+        if self.readmit_after < 1:
+            raise ValueError("readmit_after must be at least 1 round")
+
+
+@dataclass(frozen=True)
+class DrainState:
+    """Consecutive healthy rounds of each instance a controller drained."""
+
+    healthy_streak: Mapping[str, int] = field(default_factory=dict)
+    cooldown: int = 0  # rounds left before the next drain may happen
+
+
+@dataclass(frozen=True)
+class DrainDecision:
+    instance: str
+    action: Literal["drain", "readmit", "refuse"]
+    risk: float | None
+    reason: str
+
+
+def decide_drains(risk: Mapping[str, float | None], records: Mapping[str, InstanceRecord], state: DrainState,
+                  knobs: DrainKnobs, load_rps: float | None = None) -> tuple[list[DrainDecision], DrainState]:
+    """`risk`: instance -> probability of failure soon (None: no recent window); `records`: every valid
+    registry record of the service; `load_rps`: the service's request rate now. Returns the decisions
+    (a `refuse` says which drain a guardrail stopped, and why) and the next state."""
+    decisions: list[DrainDecision] = []
+    streak: dict[str, int] = {}
+    for name, record in sorted(records.items()):
+        if record.state != "draining" or set_by(record) != "controller":
+            continue
+        r = risk.get(name)
+        streak[name] = state.healthy_streak.get(name, 0) + 1 if r is not None and r <= knobs.readmit_below else 0
+        if streak[name] >= knobs.readmit_after:
+            decisions.append(DrainDecision(name, "readmit", r, f"risk {r:.2f} <= {knobs.readmit_below:g} for "
+                                                              f"{streak[name]} rounds"))
+            del streak[name]
+    out_now = {n: r for n, r in records.items()}
+    cooling = state.cooldown
+    drained = False
+    for name in sorted((n for n, rec in records.items() if rec.state == "ready"),
+                       key=lambda n: -(risk.get(n) or 0.0)):
+        r = risk.get(name)
+        if r is None or r < knobs.drain_above:
+            continue
+        pinned = may_change_state(records[name], "draining", "controller")
+        verdict = pinned if not pinned.allowed else check_drain(out_now, [name], knobs.max_drained_fraction)
+        if verdict.allowed and cooling > 0:
+            verdict = Verdict(False, f"another drain happened {knobs.cooldown_rounds - cooling + 1} round(s) ago "
+                                     f"(cooldown of {knobs.cooldown_rounds} rounds)")
+        if verdict.allowed and knobs.capacity_rps is not None and load_rps is not None:
+            left = sum(1 for n, rec in out_now.items() if rec.state == "ready" and n != name)
+            if load_rps > left * knobs.capacity_rps:
+                verdict = Verdict(False, f"the {left} ready instance(s) left would be overloaded ({load_rps:.1f} req/s "
+                                         f"> {left} x {knobs.capacity_rps:g}); scale up first")
+        if not verdict.allowed:
+            decisions.append(DrainDecision(name, "refuse", r, f"risk {r:.2f} >= {knobs.drain_above:g}, "
+                                                              f"but {verdict.reason}"))
+            continue
+        decisions.append(DrainDecision(name, "drain", r, f"risk {r:.2f} >= {knobs.drain_above:g}; {verdict.reason}"))
+        out_now[name] = records[name].model_copy(update={"state": "draining"})
+        drained = True
+        cooling = knobs.cooldown_rounds
+    return decisions, DrainState(streak, knobs.cooldown_rounds if drained else max(0, cooling - 1))

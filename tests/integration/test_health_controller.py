@@ -1,0 +1,120 @@
+"""The health controller on the real path: feature windows in ClickHouse -> the stack's serving
+(/v1/risk, the peer-deviation baseline) -> drain policy -> the stack's etcd (compare-and-set) -> the
+durable decision log (ClickHouse decisions + predictions). The outlier is drained, the healthy ones
+are not, and it is re-admitted only after consecutive healthy rounds."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from clickhouse_driver import Client
+
+from infra.core.db import client as clickhouse_client
+from infra.core.db import migrate
+from infra.core.kafka_admin import ensure_topics
+from infra.core.service_registry import InstanceLease, InstanceRecord, Registry
+from infra.core.settings import Settings
+from infra.workers import decision_log
+from lb_adapters.features import LatestFeatures
+from lb_adapters.health import HealthController
+from lb_adapters.policies.drain import DrainKnobs
+from lb_adapters.predictions import RiskClient
+
+SERVICE = "web"
+INSTANCES = ("a", "b", "c", "d")
+
+
+def _window(cl: Client, db: str, instance: str, p99: float, errors: int, age_s: int = 5) -> None:
+    start = int(time.time()) - age_s - 10
+    cl.execute(f"INSERT INTO {db}.features (window_start, window_end, service, instance, requests, rate, status_2xx, "
+               "status_5xx, latency_p50_ms, latency_p90_ms, latency_p99_ms, emitted_at) VALUES",
+               [(start, start + 10, SERVICE, instance, 100, 10.0, 100 - errors, errors, p99 / 4, p99 / 2, p99,
+                 time.time_ns())])
+
+
+@pytest.fixture
+def rig(stack: Settings) -> Iterator[tuple[Settings, Client, Registry]]:
+    db = f"health_{uuid.uuid4().hex[:8]}"
+    s = stack.model_copy(update={
+        "clickhouse": stack.clickhouse.model_copy(update={"database": db}),
+        "kafka": stack.kafka.model_copy(update={"topic_decisions": f"fs.test-health-{db}.decisions"}),
+        "state_dir": stack.state / "test-health" / db,
+    })
+    migrate(s.clickhouse)
+    ensure_topics(s.kafka)
+    registry = Registry(s.registry_endpoint, f"/test-health-{secrets.token_hex(4)}", s.registry.timeout_s)
+    leases: list[InstanceLease] = []
+    for port, name in enumerate(INSTANCES, start=20001):
+        leases.append(registry.register(SERVICE, name, InstanceRecord(address="127.0.0.1", port=port,
+                                                                      started_at=int(time.time() * 1000)), 30))
+    cl = clickhouse_client(s.clickhouse, db)
+    try:
+        yield s, cl, registry
+    finally:
+        for lease in leases:
+            lease.revoke()
+        registry.close()
+        cl.execute(f"DROP DATABASE IF EXISTS {db}")
+        cl.disconnect()
+
+
+def test_the_outlier_is_drained_before_it_fails_and_readmitted_after_healthy_rounds(
+        rig: tuple[Settings, Client, Registry]) -> None:
+    s, cl, registry = rig
+    db = s.clickhouse.database
+    for name in INSTANCES:
+        _window(cl, db, name, p99=400.0 if name == "d" else 20.0 + INSTANCES.index(name), errors=3 if name == "d"
+                else 0)
+    sink = decision_log(s, "test-health")
+    controller = HealthController(LatestFeatures(clickhouse_client(s.clickhouse), db), RiskClient(s.serving_url),
+                                  registry, sink, DrainKnobs(readmit_after=2), features_max_age_s=60)
+    report = controller.step(SERVICE)
+    assert report.model == "peer-deviation@baseline"
+    assert report.risk["d"] is not None and report.risk["d"] >= 0.8
+    assert [(d.target, d.action, d.outcome) for d in report.decisions] == [("web/d", "drain", "applied")]
+    states = {e.instance: e.record.state for e in registry.list(SERVICE) if e.record}
+    assert states == {"a": "ready", "b": "ready", "c": "ready", "d": "draining"}
+    assert registry.get(SERVICE, "d").record.metadata["set_by"] == "controller"  # type: ignore[union-attr]
+
+    # recorded: the decision in ClickHouse with refs that resolve to the risk it acted on
+    assert sink.wait_replayed(timeout=20)
+    rows = cl.execute(f"SELECT action, target, outcome, prediction_refs FROM {db}.decisions FINAL")
+    assert [(a, t, o) for a, t, o, _ in rows] == [("drain", "web/d", "applied")]
+    refs = rows[0][3]
+    scored = cl.execute(f"SELECT instance, value FROM {db}.predictions FINAL WHERE kind = 'risk'")
+    assert len(refs) == 1 and [i for i, _ in scored] == ["d"] and scored[0][1] >= 0.8
+
+    # still bad: held; then healthy for two rounds: re-admitted on the second
+    assert controller.step(SERVICE).decisions == []
+    _window(cl, db, "d", p99=21.0, errors=0, age_s=0)
+    assert controller.step(SERVICE).decisions == []
+    readmit = controller.step(SERVICE).decisions
+    assert [(d.target, d.action, d.outcome) for d in readmit] == [("web/d", "undrain", "applied")]
+    assert registry.get(SERVICE, "d").record.state == "ready"  # type: ignore[union-attr]
+    sink.close()
+
+
+def test_an_operator_drain_is_left_alone_and_serving_down_holds(rig: tuple[Settings, Client, Registry]) -> None:
+    s, cl, registry = rig
+    db = s.clickhouse.database
+    for name in INSTANCES:
+        _window(cl, db, name, p99=20.0 + INSTANCES.index(name), errors=0)
+    entry = registry.get(SERVICE, "b")
+    assert entry is not None and registry.set_state(SERVICE, "b", "draining", entry.mod_revision, set_by="operator")
+    sink = decision_log(s, "test-health-2")
+    controller = HealthController(LatestFeatures(clickhouse_client(s.clickhouse), db), RiskClient(s.serving_url),
+                                  registry, sink, DrainKnobs(readmit_after=1), features_max_age_s=60)
+    for _ in range(3):
+        assert controller.step(SERVICE).decisions == []
+    assert registry.get(SERVICE, "b").record.state == "draining"  # type: ignore[union-attr]
+
+    away = HealthController(LatestFeatures(clickhouse_client(s.clickhouse), db), RiskClient("http://127.0.0.1:9"),
+                            registry, sink, DrainKnobs(), features_max_age_s=60)
+    _window(cl, db, "a", p99=900.0, errors=50, age_s=0)
+    report = away.step(SERVICE)
+    assert report.decisions == [] and "risk unavailable" in report.note
+    sink.close()

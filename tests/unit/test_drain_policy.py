@@ -1,0 +1,99 @@
+"""The drain policy: thresholds with hysteresis, unknown is not healthy, guardrails, operator pins."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.core.service_registry import InstanceRecord
+from lb_adapters.policies.drain import DrainKnobs, DrainState, decide_drains
+
+
+def rec(state: str = "ready", by: str | None = None, started: int = 1) -> InstanceRecord:
+    meta = {"set_by": by} if by else {}
+    return InstanceRecord(address="127.0.0.1", port=1000 + started, state=state, started_at=started,
+                          metadata=meta)
+
+
+FOUR = {f"i{k}": rec(started=k) for k in range(4)}
+KNOBS = DrainKnobs(drain_above=0.8, readmit_below=0.3, readmit_after=2, max_drained_fraction=0.25)
+
+
+def test_a_risky_instance_is_drained_and_a_quiet_one_is_not() -> None:
+    decisions, _ = decide_drains({"i0": 0.9, "i1": 0.79, "i2": 0.1, "i3": 0.0}, FOUR, DrainState(), KNOBS)
+    assert [(d.instance, d.action) for d in decisions] == [("i0", "drain")]
+    assert "0.90" in decisions[0].reason
+
+
+def test_max_drained_fraction_refuses_the_second_drain_riskiest_first() -> None:
+    decisions, _ = decide_drains({"i0": 0.85, "i1": 0.95, "i2": 0.1, "i3": 0.1}, FOUR, DrainState(), KNOBS)
+    assert [(d.instance, d.action) for d in decisions] == [("i1", "drain"), ("i0", "refuse")]
+    assert "max_unavailable" in decisions[1].reason
+
+
+def test_the_last_ready_instance_is_never_drained() -> None:
+    two = {"a": rec(started=1), "b": rec(state="draining", by="controller", started=2)}
+    decisions, _ = decide_drains({"a": 0.99, "b": 0.99}, two, DrainState(), DrainKnobs(max_drained_fraction=1.0))
+    assert [(d.instance, d.action) for d in decisions] == [("a", "refuse")]
+    assert "no ready instance" in decisions[0].reason
+
+
+def test_unknown_risk_neither_drains_nor_counts_towards_readmission() -> None:
+    records = {**FOUR, "i0": rec(state="draining", by="controller")}
+    decisions, state = decide_drains({"i0": 0.1}, records, DrainState(), KNOBS)
+    assert decisions == [] and state.healthy_streak == {"i0": 1}
+    decisions, state = decide_drains({"i0": None}, records, state, KNOBS)  # no window this round
+    assert decisions == [] and state.healthy_streak == {"i0": 0}
+    decisions, state = decide_drains({"i0": 0.2}, records, state, KNOBS)
+    assert decisions == []
+    decisions, state = decide_drains({"i0": 0.2}, records, state, KNOBS)
+    assert [(d.instance, d.action) for d in decisions] == [("i0", "readmit")]
+    assert state.healthy_streak == {}
+
+
+def test_hysteresis_a_risk_between_the_thresholds_keeps_the_drain() -> None:
+    records = {**FOUR, "i0": rec(state="draining", by="controller")}
+    state = DrainState()
+    for _ in range(5):
+        decisions, state = decide_drains({"i0": 0.5}, records, state, KNOBS)
+        assert decisions == []
+
+
+def test_an_operator_drain_is_never_undone_and_an_operator_ready_is_not_drained() -> None:
+    records = {**FOUR, "i0": rec(state="draining", by="operator"), "i1": rec(state="ready", by="operator")}
+    state = DrainState()
+    for _ in range(3):
+        decisions, state = decide_drains({"i0": 0.0, "i1": 0.99}, records, state, KNOBS)
+        assert [(d.instance, d.action) for d in decisions] == [("i1", "refuse")]
+    assert "operator" in decisions[0].reason
+
+
+@pytest.mark.parametrize("kwargs", [{"drain_above": 0.3, "readmit_below": 0.3}, {"readmit_after": 0},
+                                    {"drain_above": 1.2}])
+def test_knobs_that_would_flap_or_never_act_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        DrainKnobs(**kwargs)  # type: ignore[arg-type]
+
+
+def test_no_drain_into_overload_when_capacity_is_known() -> None:
+    knobs = DrainKnobs(capacity_rps=20, max_drained_fraction=0.5)
+    risky = {"i0": 0.95, "i1": 0.1, "i2": 0.1, "i3": 0.1}
+    decisions, _ = decide_drains(risky, FOUR, DrainState(), knobs, load_rps=70)  # 3 left x 20 < 70
+    assert [(d.instance, d.action) for d in decisions] == [("i0", "refuse")]
+    assert "overloaded" in decisions[0].reason
+    decisions, _ = decide_drains(risky, FOUR, DrainState(), knobs, load_rps=55)  # 3 x 20 carries 55
+    assert [(d.instance, d.action) for d in decisions] == [("i0", "drain")]
+    decisions, _ = decide_drains(risky, FOUR, DrainState(), DrainKnobs(max_drained_fraction=0.5), load_rps=500)
+    assert [(d.instance, d.action) for d in decisions] == [("i0", "drain")]  # capacity unknown: no guard
+
+
+def test_after_a_drain_the_cooldown_holds_the_next_one() -> None:
+    knobs = DrainKnobs(max_drained_fraction=1.0, cooldown_rounds=2)
+    decisions, state = decide_drains({"i0": 0.9}, FOUR, DrainState(), knobs)
+    assert [(d.instance, d.action) for d in decisions] == [("i0", "drain")] and state.cooldown == 2
+    records = {**FOUR, "i0": rec(state="draining", by="controller")}
+    decisions, state = decide_drains({"i1": 0.9}, records, state, knobs)
+    assert [(d.instance, d.action) for d in decisions] == [("i1", "refuse")] and "cooldown" in decisions[0].reason
+    decisions, state = decide_drains({"i1": 0.9}, records, state, knobs)
+    assert [(d.instance, d.action) for d in decisions] == [("i1", "refuse")]
+    decisions, state = decide_drains({"i1": 0.9}, records, state, knobs)
+    assert [(d.instance, d.action) for d in decisions] == [("i1", "drain")]
