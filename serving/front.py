@@ -21,7 +21,6 @@ import shlex
 import shutil
 import stat
 from pathlib import Path
-from typing import Any
 
 from infra.core.settings import ServingSettings
 from serving.compat import ray_serve
@@ -147,28 +146,7 @@ def remove_node_files(node_id: str) -> None:
 
 
 # Serve's replicas start their inter-deployment gRPC server on `[::]:0` (all interfaces), with no
-# setting; on a loopback-only local head this worker setup hook (runtime env of Serve's
-# controller, inherited by its replicas) pins it to 127.0.0.1, where Serve's routers reach it
-# through the node address (127.0.0.1 there).
-LOOPBACK_HOOK = "serving.front.bind_replica_grpc_to_loopback"
-
-
-def is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "::1")
-
-
-def bind_replica_grpc_to_loopback() -> None:
-    """Worker setup hook: wrap Serve's `add_port_to_grpc_server` so `[::]:N` becomes `127.0.0.1:N`."""
-    from ray.serve._private import replica
-
-    original = replica.add_port_to_grpc_server
-    if getattr(original, "foresight_loopback", False):
-        return
-
-    def on_loopback(server: Any, address: str) -> int:
-        if address.startswith("[::]:") or address.startswith("0.0.0.0:"):
-            address = "127.0.0.1:" + address.rsplit(":", 1)[1]
-        return int(original(server, address))
-
-    on_loopback.foresight_loopback = True  # type: ignore[attr-defined]
-    replica.add_port_to_grpc_server = on_loopback
+# setting; on a loopback-only local head this worker setup hook (the job's runtime env, inherited by
+# Serve's replicas) pins it to 127.0.0.1, where Serve's routers reach it through the node address
+# (127.0.0.1 there).
+LOOPBACK_HOOK = "serving.compat.ray_serve.pin_replica_grpc_to_loopback"

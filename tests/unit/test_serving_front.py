@@ -118,14 +118,14 @@ def test_replica_grpc_hook_pins_all_interfaces_to_loopback() -> None:
     import psutil
     from ray.serve._private import replica
 
-    from serving.front import bind_replica_grpc_to_loopback
+    from serving.compat.ray_serve import pin_replica_grpc_to_loopback
 
     original = replica.add_port_to_grpc_server
     try:
-        bind_replica_grpc_to_loopback()
+        pin_replica_grpc_to_loopback()
         wrapped = replica.add_port_to_grpc_server
         assert wrapped is not original
-        bind_replica_grpc_to_loopback()
+        pin_replica_grpc_to_loopback()
         assert replica.add_port_to_grpc_server is wrapped  # idempotent: wrapped once
         server = grpc.server(ThreadPoolExecutor(1))
         port = replica.add_port_to_grpc_server(server, "[::]:0")
