@@ -47,8 +47,9 @@ Say = Callable[[str], None]
 # What the pipeline needs to carry the replay; faults are crashed among these (and serving, etcd).
 PIPELINE = {"kafka", "clickhouse", "ingest-http", "stream-worker"}
 # What the weight controller (`foresight adapt`) acts through: serving's /v1/weights, HAProxy, the demo backends.
-CONTROLLED = {"serving", "haproxy", "backend-s1", "backend-s2"}
-DEFAULT_FAULTS = ["stream-worker", "clickhouse", "serving", "etcd"]
+CONTROLLED = {"serving", "haproxy", "backend-s1", "backend-s2", "etcd"}
+DEFAULT_FAULTS = ["stream-worker", "clickhouse", "serving", "autoscaler", "registry-sync", "etcd"]
+MEMBERSHIP_REMOVALS = {"remove", "drain", "deregister"}
 INSTANCE = "i1"
 MAX_UNAVAILABLE = 1
 
@@ -249,10 +250,12 @@ def decisions_between(s: Settings, start_ms: int, end_ms: int) -> list[dict[str,
 
 
 def unsafe(decisions: list[dict[str, Any]]) -> int:
-    """Drains to 0 from the weight controller, and rounds that change more than MAX_UNAVAILABLE instances."""
-    drains = sum(1 for d in decisions if d.get("after") in (0, "0") and d.get("outcome") != "skipped")
-    per_round = Counter(str(d.get("ts")) for d in decisions if d.get("after") in (0, "0"))
-    return drains + sum(1 for n in per_round.values() if n > MAX_UNAVAILABLE)
+    """Weights set to 0 (a drain from latency alone), and rounds of one service that take more than
+    MAX_UNAVAILABLE instances out of membership at once."""
+    acted = [d for d in decisions if d.get("outcome") not in ("skipped", "dry_run")]
+    zeroed = sum(1 for d in acted if d.get("action") == "set_weight" and d.get("after") in (0, 0.0))
+    removals = Counter((d.get("service"), d.get("ts")) for d in acted if d.get("action") in MEMBERSHIP_REMOVALS)
+    return zeroed + sum(1 for n in removals.values() if n > MAX_UNAVAILABLE)
 
 
 def run_fault(s: Settings, component: str, rate: float, down_s: float, after_s: float, settle_s: float,
