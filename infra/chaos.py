@@ -74,43 +74,65 @@ class FaultResult:
         return self.lost == 0 and self.double_counted_windows == 0 and self.unsafe_actions == 0
 
 
+def _moved_ports(node: Any, next_port: Callable[[], int]) -> Any:
+    """The port-bearing parts of a settings dump (`*port`, `ports`), each port replaced by a free one."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key.endswith("port") and isinstance(value, int):
+                out[key] = next_port()
+            elif key == "ports" and isinstance(value, list):
+                out[key] = [next_port() for _ in value]
+            elif isinstance(value, dict):
+                moved = _moved_ports(value, next_port)
+                if moved:
+                    out[key] = moved
+            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                # a list of tables replaces the default whole: keep every item, its ports moved
+                out[key] = [{**{k: v for k, v in item.items() if v is not None}, **_moved_ports(item, next_port)}
+                            for item in value]
+        return out
+    return {}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def _toml(tables: dict[str, Any], prefix: str = "") -> str:
+    """A small TOML writer for what `_moved_ports` returns: tables of scalars, lists and lists of tables."""
+    scalars = {k: v for k, v in tables.items() if not isinstance(v, dict) and not (
+        isinstance(v, list) and v and isinstance(v[0], dict))}
+    lines = [f"[{prefix}]"] if prefix and scalars else []
+    lines += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    for key, value in tables.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            lines.append(_toml(value, name))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                lines.append(f"[[{name}]]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in item.items() if not isinstance(v, dict)]
+    return "\n".join(lines)
+
+
 def private_config(folder: Path) -> Path:
     """A settings file that moves every port of the stack to a free block, and its state to `folder`."""
-    p = free_ports(48)
-    text = f"""state_dir = "{folder}"
-[kafka]
-bootstrap_servers = "127.0.0.1:{p}"
-partitions = 2
-[clickhouse]
-tcp_port = {p + 1}
-http_port = {p + 2}
-[etcd]
-client_port = {p + 3}
-peer_port = {p + 4}
-metrics_port = {p + 5}
-[haproxy]
-frontend_port = {p + 6}
-exporter_port = {p + 7}
-[demo]
-ports = [{p + 8}, {p + 9}]
-[ingest]
-syslog_port = {p + 10}
-syslog_tcp_port = {p + 11}
-metrics_port = {p + 12}
-http_port = {p + 13}
-scrape_metrics_port = {p + 14}
-[streams]
-metrics_port = {p + 15}
-[adapter]
-metrics_port = {p + 16}
-[prometheus]
-port = {p + 17}
-[serving]
-port = {p + 18}
-internal_ports = "{p + 20}-{p + 47}"
-"""
+    first = free_ports(96)
+    ports = iter(range(first, first + 64))
+    moved = _moved_ports(Settings().model_dump(mode="json"), lambda: next(ports))
+    moved["kafka"] = {"bootstrap_servers": f"127.0.0.1:{next(ports)}", "partitions": 2}
+    moved.setdefault("serving", {})["internal_ports"] = f"{first + 64}-{first + 95}"
     path = folder / "foresight.toml"
-    path.write_text(text)
+    path.write_text(f'state_dir = "{folder}"\n' + _toml(moved) + "\n")
     return path
 
 
