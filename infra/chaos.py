@@ -159,9 +159,9 @@ class Replay(threading.Thread):
         super().__init__(daemon=True, name=f"replay-{service}")
         self.instances = instances
         self.url = f"http://{s.ingest.http_host}:{s.ingest.http_port}/v1/logs"
-        token = s.ingest.http_token
+        token = s.ingest_token
         self.headers = {"Content-Type": "application/x-ndjson",
-                        **({"Authorization": f"Bearer {token.get_secret_value()}"} if token else {})}
+                        **({"Authorization": f"Bearer {token}"} if token else {})}
         self.service, self.rate, self.window_s = service, rate, window_s
         self.sent_by_window: Counter[int] = Counter()
         self.refused = 0

@@ -1101,7 +1101,7 @@ def dashboard(ctx: typer.Context) -> None:
     s = _ctx(ctx).settings
     data = DashboardData(clickhouse_client(s.clickhouse, s.clickhouse.database), s.clickhouse.database,
                          cached_stack_health(s), window_minutes=s.dashboard.window_minutes)
-    app_ = build_dashboard_app(data, token=s.dashboard.token, refresh_s=s.dashboard.refresh_s)
+    app_ = build_dashboard_app(data, token=s.dashboard_token, refresh_s=s.dashboard.refresh_s)
     uvicorn.run(app_, host=s.dashboard.host, port=s.dashboard.port, log_level="warning")
 
 

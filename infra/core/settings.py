@@ -524,8 +524,9 @@ class PrometheusSettings(Section):
 class DashboardSettings(Section):
     host: str = Field(LOOPBACK, description="Bind address of `foresight dashboard`; loopback by default.")
     port: int = Field(19120, description="Port of the live dashboard (one page per service).")
-    token: str | None = Field(None, description="Token the dashboard requires when set "
-                              "(`?token=` once, then a cookie).")
+    token: SecretStr | None = Field(None, description="Token the dashboard requires when set "
+                                    "(`?token=` once, then a cookie; masked in `foresight config`).")
+    token_file: Path | None = Field(None, description="File holding the dashboard's token instead.")
     refresh_s: float = Field(2.0, gt=0, description="How often the page's event stream re-reads the record.")
     window_minutes: int = Field(60, gt=0, description="How much history the charts show.")
 
@@ -656,6 +657,16 @@ class Settings(BaseSettings):
     def serving_token(self) -> str | None:
         """The serving API's bearer token in clear, for the clients that send it."""
         return self.serving.token.get_secret_value() if self.serving.token else None
+
+    @property
+    def ingest_token(self) -> str | None:
+        """Ingest HTTP's bearer token in clear, for the clients that send it."""
+        return self.ingest.http_token.get_secret_value() if self.ingest.http_token else None
+
+    @property
+    def dashboard_token(self) -> str | None:
+        """The dashboard's token in clear, for the page that checks it."""
+        return self.dashboard.token.get_secret_value() if self.dashboard.token else None
 
     @property
     def serving_url(self) -> str:

@@ -34,8 +34,7 @@ def events_after(s: Settings, topic: str, offsets: dict[int, int], want: int, ma
 
 def bearer(s: Settings) -> dict[str, str]:
     """The stack's ingest token (authenticated by default), when it has one."""
-    token = s.ingest.http_token
-    return {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+    return {"Authorization": f"Bearer {s.ingest_token}"} if s.ingest_token else {}
 
 
 def test_http_endpoint_takes_gzip_lines_and_refuses_bad_bodies(stack: Settings) -> None:

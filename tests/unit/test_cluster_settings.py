@@ -169,12 +169,19 @@ def test_foresight_config_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None
     from infra.cli import app
 
     env = {**SASL_ENV, "FORESIGHT_CLICKHOUSE__PASSWORD": "ch-pw-5678", "FORESIGHT_SERVING__TOKEN": "serve-tok-9",
-           "FORESIGHT_INGEST__HTTP_TOKEN": "ingest-tok-0"}
+           "FORESIGHT_INGEST__HTTP_TOKEN": "ingest-tok-0", "FORESIGHT_DASHBOARD__TOKEN": "dash-tok-3"}
     monkeypatch.chdir(Path("/"))
     result = CliRunner().invoke(app, ["config"], env=env)
     assert result.exit_code == 0, result.output
-    for secret in ("kafka-pw-1234", "ch-pw-5678", "serve-tok-9", "ingest-tok-0"):
+    for secret in ("kafka-pw-1234", "ch-pw-5678", "serve-tok-9", "ingest-tok-0", "dash-tok-3"):
         assert secret not in result.output
     shown = json.loads(result.output)
-    assert shown["serving"]["token"] == shown["clickhouse"]["password"] == "**********"
+    assert shown["serving"]["token"] == shown["clickhouse"]["password"] == shown["dashboard"]["token"] == "**********"
     assert shown["kafka"]["sasl_username"] == "foresight"
+
+
+def test_dashboard_token_from_a_file_in_clear_through_its_accessor(tmp_path: Path) -> None:
+    (tmp_path / "dash").write_text("dash-tok-4\n")
+    s = Settings(state_dir=tmp_path, dashboard={"token_file": tmp_path / "dash"})
+    assert s.dashboard_token == "dash-tok-4"
+    assert "dash-tok-4" not in repr(s.dashboard)

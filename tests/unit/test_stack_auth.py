@@ -23,7 +23,7 @@ def test_stack_up_writes_a_private_token_that_settings_then_use(tmp_path: Path) 
     assert s.serving_token == token  # this process's clients use it at once
     later = Settings(state_dir=tmp_path)  # and so does every process started after
     assert later.serving_token == token
-    assert later.ingest.http_token is not None and later.ingest.http_token.get_secret_value() == token
+    assert later.ingest_token == token
     assert ensure_token(later, said.append) == path and path.read_text() == token  # kept, not rotated
     assert token not in later.model_dump_json()
 
