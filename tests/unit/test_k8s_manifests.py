@@ -185,3 +185,31 @@ def test_the_validator_catches_mistakes(rendered: tuple[str, list[dict[str, Any]
     scaled = copy.deepcopy(next(iter(by_kind(objects, "ScaledObject").values())))
     scaled["spec"]["triggers"] = []
     assert validate(scaled)
+
+
+def test_the_autoscaler_runs_under_its_scale_only_account(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    autoscaler = by_kind(objects, "Deployment")["foresight-autoscaler"]
+    spec = autoscaler["spec"]["template"]["spec"]
+    assert spec["containers"][0]["args"] == ["autoscale"]
+    account = spec["serviceAccountName"]
+    bindings = [b for b in by_kind(objects, "RoleBinding").values()
+                if any(s["kind"] == "ServiceAccount" and s["name"] == account for s in b["subjects"])]
+    rules = [rule for b in bindings for rule in by_kind(objects, "Role")[b["roleRef"]["name"]]["rules"]]
+    assert rules == [{"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"]}]
+
+
+def test_controllers_reach_etcd_and_have_a_writable_spool(rendered: tuple[str, list[dict[str, Any]]],
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, objects = rendered
+    [config] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("foresight-config")]
+    (tmp_path / "f.toml").write_text(config["data"]["foresight.toml"])
+    for name, value in secret_env(objects).items():
+        monkeypatch.setenv(name, value)
+    s = load_settings(tmp_path / "f.toml")
+    assert "127.0.0.1" not in s.registry_endpoint  # leadership of adapt and autoscale lives in the cluster's etcd
+    for name in ("foresight-controllers", "foresight-autoscaler"):
+        container = by_kind(objects, "Deployment")[name]["spec"]["template"]["spec"]["containers"][0]
+        assert container["securityContext"]["readOnlyRootFilesystem"]
+        mounts = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+        assert str(s.state) in mounts, f"{name}: the decision spool under {s.state} is not writable"
