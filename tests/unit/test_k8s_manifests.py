@@ -213,3 +213,22 @@ def test_controllers_reach_etcd_and_have_a_writable_spool(rendered: tuple[str, l
         assert container["securityContext"]["readOnlyRootFilesystem"]
         mounts = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
         assert str(s.state) in mounts, f"{name}: the decision spool under {s.state} is not writable"
+
+
+def test_every_file_the_settings_name_is_mounted_where_they_are_read(
+        rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """kafka.ssl_cafile, clickhouse.ca_certs, keda.tls_*: each pod reading foresight.toml mounts them."""
+    import re
+
+    _, objects = rendered
+    [config] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("foresight-config")]
+    files = set(re.findall(r'"(/etc/[^"]+)"', config["data"]["foresight.toml"]))
+    missing = []
+    for where, spec in pod_specs(objects):
+        for container in spec["containers"]:
+            if not any(e["name"] == "FORESIGHT_CONFIG" for e in container.get("env", [])):
+                continue
+            mounts = {m["mountPath"].rstrip("/") for m in container.get("volumeMounts", [])}
+            missing += [f"{where} {container['name']}: {f}" for f in files
+                        if not any(f.startswith(m + "/") for m in mounts)]
+    assert missing == []
