@@ -54,7 +54,7 @@ def record_consumer(s: Settings, topics: list[str] | None = None) -> Any:
         client_id="foresight-record", enable_auto_commit=False, auto_offset_reset="earliest",
         session_timeout_ms=int(s.streams.session_timeout_s * 1000),
         heartbeat_interval_ms=int(s.streams.heartbeat_interval_s * 1000),
-        max_partition_fetch_bytes=4 * 1024 * 1024, reconnect_backoff_max_ms=2_000,
+        max_partition_fetch_bytes=4 * 1024 * 1024, reconnect_backoff_max_ms=2_000, **s.kafka.kafka_python_options(),
     )
 
 
@@ -63,7 +63,7 @@ def dead_letter_sender(s: Settings) -> Callable[[list[Rejection]], None]:
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=s.kafka.bootstrap_servers.split(","), acks="all",
-                             client_id="foresight-record-dlq", linger_ms=5)
+                             client_id="foresight-record-dlq", linger_ms=5, **s.kafka.kafka_python_options())
 
     def send(rejections: list[Rejection]) -> None:
         futures = [producer.send(s.kafka.topic_dlq, key=r.source.encode(), value=r.model_dump_json().encode())

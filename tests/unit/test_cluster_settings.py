@@ -185,3 +185,27 @@ def test_dashboard_token_from_a_file_in_clear_through_its_accessor(tmp_path: Pat
     s = Settings(state_dir=tmp_path, dashboard={"token_file": tmp_path / "dash"})
     assert s.dashboard_token == "dash-tok-4"
     assert "dash-tok-4" not in repr(s.dashboard)
+
+
+def test_the_controllers_and_record_sink_kafka_clients_carry_the_cluster_security(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every kafka-python client a cluster process builds (decision log, record sink, dead letters)."""
+    import kafka
+
+    import infra.workers as workers
+
+    s = env_settings(monkeypatch, {**SASL_ENV, "FORESIGHT_STATE_DIR": str(tmp_path)})
+    made: list[dict[str, Any]] = []
+
+    class Recorded:
+        def __init__(self, *_topics: str, **config: Any) -> None:
+            made.append(config)
+
+    monkeypatch.setattr(kafka, "KafkaProducer", Recorded)
+    monkeypatch.setattr(kafka, "KafkaConsumer", Recorded)
+    workers.record_consumer(s)
+    workers.dead_letter_sender(s)
+    workers.decision_log(s, "test")._producer_factory()
+    assert len(made) == 3
+    for config in made:
+        assert config["security_protocol"] == "SASL_SSL" and config["sasl_plain_password"] == "kafka-pw-1234"
