@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import grpc
 import psutil
 
 from infra.core.db import client as clickhouse_client
@@ -24,6 +23,8 @@ from lb_adapters.features import LatestFeatures
 from lb_adapters.predictions import WeightsClient
 
 if TYPE_CHECKING:
+    import grpc
+
     from lb_adapters.actuators.scalers.base import Scaler
     from lb_adapters.autoscaler import Autoscaler
     from lb_adapters.health import HealthController
