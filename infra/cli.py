@@ -877,6 +877,87 @@ def whatif(
         raise typer.Exit(1) from exc
 
 
+@app.command("keda-scaler")
+def keda_scaler(
+    ctx: typer.Context,
+    port: Annotated[int | None, typer.Option(help="gRPC port (default keda.port).")] = None,
+) -> None:
+    """KEDA external scaler (gRPC `externalscaler.ExternalScaler`): HPA scales on the forecast.
+
+    A ScaledObject trigger `type: external` with metadata `scalerAddress: <host>:<port>`,
+    `service: <name>`, `targetPerReplica: <req/s per replica>` (optional `startupSeconds`,
+    `intervalSeconds`, `quantile`, `activationValue`) gets the p90 forecast peak over startup +
+    interval; stale predictions fall back to observed load (logged, `foresight_keda_fallbacks`).
+    TLS: keda.tls_cert_file + keda.tls_key_file (+ keda.tls_client_ca_file for client certificates).
+    """
+    import signal
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from infra.workers import build_keda_scaler
+
+    s = _ctx(ctx).settings
+    if port is not None:
+        s = s.model_copy(update={"keda": s.keda.model_copy(update={"port": port})})
+    try:
+        server, bound = build_keda_scaler(s)
+    except (ValueError, OSError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    start_http_server(s.keda.metrics_port, addr=s.keda.host)
+    server.start()
+    _say(f"KEDA external scaler on {s.keda.host}:{bound} ({'TLS' if s.keda.tls_cert_file else 'plaintext'}), "
+         f"forecasts from {s.serving_url}, metrics on :{s.keda.metrics_port}")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=5).wait()
+
+
+@app.command()
+def chaos(
+    ctx: typer.Context,
+    fault: Annotated[list[str] | None, typer.Option(
+        "--fault", help="Component to crash (repeatable), in turn; default stream-worker, clickhouse, serving, "
+                        "autoscaler, registry-sync, etcd.")] = None,
+    rate: Annotated[float, typer.Option(help="Events per second of the replay during each fault.")] = 40.0,
+    down_s: Annotated[float, typer.Option(help="Seconds each component stays down.")] = 5.0,
+    after_s: Annotated[float, typer.Option(help="Seconds of replay after the restart.")] = 10.0,
+    settle_s: Annotated[float, typer.Option(help="Longest wait for the stream worker to drain.")] = 90.0,
+    this_stack: Annotated[bool, typer.Option("--this-stack", help="Crash the configured stack's components "
+                                             "instead of a private stack on free ports.")] = False,
+    with_controllers: Annotated[bool, typer.Option("--controllers/--no-controllers", help="Run the weight "
+                                                   "controller (with serving, HAProxy, backends) under a demo "
+                                                   "load during the faults.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Only the JSON result on stdout.")] = False,
+) -> None:
+    """Crash components one at a time under a bounded replay; report events lost, windows double-counted,
+    unsafe actuator actions and time to recover (targets: 0, 0, 0). Exit 1 when a target is missed.
+
+    Runs on a private stack it starts and stops (free ports, temp folder) unless --this-stack.
+    """
+    from infra.chaos import DEFAULT_FAULTS, run_chaos
+    from infra.chaos import as_json as chaos_json
+
+    results = run_chaos(_ctx(ctx).settings, fault or DEFAULT_FAULTS, rate, down_s, after_s, settle_s, _say,
+                        this_stack=this_stack, with_controllers=with_controllers)
+    summary = chaos_json(results)
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        table = Table(title="foresight chaos")
+        for col in ("component", "sent", "lost", "double-counted", "unsafe", "recover s", "flowing s"):
+            table.add_column(col)
+        for r in results:
+            table.add_row(r.component, str(r.sent), str(r.lost), str(r.double_counted_windows), str(r.unsafe_actions),
+                          f"{r.recover_s:.1f}", "-" if r.flowing_s is None else f"{r.flowing_s:.1f}")
+        console.print(table)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
 @app.command()
 def backtest(
     trace: Annotated[Path, typer.Option(help="Per-second request counts, space-separated (plain, .bz2, .gz).",
@@ -1046,7 +1127,7 @@ def dashboard(ctx: typer.Context) -> None:
     s = _ctx(ctx).settings
     data = DashboardData(clickhouse_client(s.clickhouse, s.clickhouse.database), s.clickhouse.database,
                          cached_stack_health(s), window_minutes=s.dashboard.window_minutes)
-    app_ = build_dashboard_app(data, token=s.dashboard.token, refresh_s=s.dashboard.refresh_s)
+    app_ = build_dashboard_app(data, token=s.dashboard_token, refresh_s=s.dashboard.refresh_s)
     uvicorn.run(app_, host=s.dashboard.host, port=s.dashboard.port, log_level="warning")
 
 

@@ -23,6 +23,8 @@ from lb_adapters.features import LatestFeatures
 from lb_adapters.predictions import WeightsClient
 
 if TYPE_CHECKING:
+    import grpc
+
     from lb_adapters.actuators.scalers.base import Scaler
     from lb_adapters.autoscaler import Autoscaler
     from lb_adapters.health import HealthController
@@ -53,7 +55,7 @@ def record_consumer(s: Settings, topics: list[str] | None = None) -> Any:
         client_id="foresight-record", enable_auto_commit=False, auto_offset_reset="earliest",
         session_timeout_ms=int(s.streams.session_timeout_s * 1000),
         heartbeat_interval_ms=int(s.streams.heartbeat_interval_s * 1000),
-        max_partition_fetch_bytes=4 * 1024 * 1024, reconnect_backoff_max_ms=2_000,
+        max_partition_fetch_bytes=4 * 1024 * 1024, reconnect_backoff_max_ms=2_000, **s.kafka.kafka_python_options(),
     )
 
 
@@ -62,7 +64,7 @@ def dead_letter_sender(s: Settings) -> Callable[[list[Rejection]], None]:
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=s.kafka.bootstrap_servers.split(","), acks="all",
-                             client_id="foresight-record-dlq", linger_ms=5)
+                             client_id="foresight-record-dlq", linger_ms=5, **s.kafka.kafka_python_options())
 
     def send(rejections: list[Rejection]) -> None:
         futures = [producer.send(s.kafka.topic_dlq, key=r.source.encode(), value=r.model_dump_json().encode())
@@ -107,7 +109,7 @@ def decision_log(s: Settings, name: str) -> DecisionLog:
                              acks="all", linger_ms=5, enable_idempotence=False,
                              max_in_flight_requests_per_connection=1, max_block_ms=3_000,
                              bootstrap_timeout_ms=3_000, request_timeout_ms=4_000, delivery_timeout_ms=5_000,
-                             reconnect_backoff_max_ms=2_000)
+                             reconnect_backoff_max_ms=2_000, **s.kafka.kafka_python_options())
 
     spool = Spool(s.decision_spool_dir / name, s.record.decision_spool_max_bytes)
     return DecisionLog(s.kafka.topic_decisions, s.clickhouse.database, spool, producer_factory=producer,
@@ -118,7 +120,7 @@ def build_weight_controller(s: Settings, name: str = "adapt") -> WeightControlle
     """`name`: whose decision spool (one process writes a spool: `adapt`, `demo`, a test's own)."""
     return WeightController(
         features=LatestFeatures(clickhouse_client(s.clickhouse), s.clickhouse.database),
-        predictor=WeightsClient(s.serving_url, s.serving.token),
+        predictor=WeightsClient(s.serving_url, s.serving_token),
         actuator=HAProxyRuntime(s.haproxy_socket),
         sink=decision_log(s, name),
         cfg=s.adapter,
@@ -152,7 +154,7 @@ def build_health_controller(s: Settings, leadership: bool = True, name: str = "h
 
     return HealthController(
         features=LatestFeatures(clickhouse_client(s.clickhouse), s.clickhouse.database),
-        predictor=RiskClient(s.serving_url, s.serving.token),
+        predictor=RiskClient(s.serving_url, s.serving_token),
         registry=registry,
         sink=decision_log(s, name),
         knobs=DrainKnobs(h.drain_above, h.readmit_below, h.readmit_after, h.max_drained_fraction, h.capacity_rps,
@@ -282,7 +284,24 @@ def build_autoscaler(s: Settings, only: str | None = None, name: str = "autoscal
     return Autoscaler(
         services=[ScaledService(svc, build_scaler(svc)) for svc in configured],
         rates=ClickHouseRates(clickhouse_client(s.clickhouse), s.clickhouse.database),
-        forecaster=ForecastClient(s.serving_url, s.serving.token, timeout_s=s.autoscaler.serving_timeout_s),
+        forecaster=ForecastClient(s.serving_url, s.serving_token, timeout_s=s.autoscaler.serving_timeout_s),
         sink=decision_log(s, name),
         cfg=s.autoscaler,
     )
+
+
+def build_keda_scaler(s: Settings) -> tuple[grpc.Server, int]:
+    """The KEDA external scaler's gRPC server (not started) and its bound port."""
+    from lb_adapters.keda.load import LoadSource
+    from lb_adapters.keda.server import ExternalScaler, TlsFiles, build_server
+    from lb_adapters.predictions import ForecastClient
+
+    k = s.keda
+    if (k.tls_cert_file is None) != (k.tls_key_file is None):
+        raise ValueError("keda.tls_cert_file and keda.tls_key_file go together: set both for TLS, or neither")
+    tls = TlsFiles(k.tls_cert_file, k.tls_key_file, k.tls_client_ca_file) if k.tls_cert_file and k.tls_key_file \
+        else None
+    source = LoadSource(ForecastClient(s.serving_url, s.serving_token, k.serving_timeout_s),
+                        lambda: clickhouse_client(s.clickhouse, s.clickhouse.database), s.clickhouse.database,
+                        k.forecast_max_age_s, k.observed_minutes)
+    return build_server(ExternalScaler(source, k.stream_interval_s), k.host, k.port, tls)

@@ -129,7 +129,7 @@ class ServingApi:
 
     def __init__(self, serving: ServingSettings, clickhouse: ClickHouseSettings, weights: DeploymentHandle,
                  forecast: DeploymentHandle, risk: DeploymentHandle) -> None:
-        self._token = serving.token
+        self._token = serving.token.get_secret_value() if serving.token else None
         self._history_max_minutes = serving.forecast_history_max_minutes
         self._clickhouse = clickhouse
         # By value: a call goes straight to the model replica's gRPC server (every replica runs one)

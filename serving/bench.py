@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 import torch
+from pydantic import SecretStr
 
 from infra.core.ports import free_ports
 from infra.core.settings import ClickHouseSettings, RaySettings, ServingSettings
@@ -112,6 +113,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def _clear(token: SecretStr | None) -> str | None:
+    return token.get_secret_value() if token else None
+
+
 def measure(url: str, token: str | None, instances: int, concurrency: int, requests: int,
             warmup: int, say: Say = _quiet) -> ServingBench:
     """`say` hears of each phase between them (no progress thread runs while requests are timed)."""
@@ -135,7 +140,7 @@ def run_serving_bench(serving: ServingSettings, ray_settings: RaySettings, click
                       warmup: int, say: Say = _quiet) -> ServingBench:
     """Bench `url`, or an app of its own on a fresh local Ray head (never the stack's Ray)."""
     if url is not None:
-        return measure(url.rstrip("/"), serving.token, instances, concurrency, requests, warmup, say)
+        return measure(url.rstrip("/"), _clear(serving.token), instances, concurrency, requests, warmup, say)
     from ray import serve
 
     from infra.core.model_registry import registry_root
@@ -148,6 +153,7 @@ def run_serving_bench(serving: ServingSettings, ray_settings: RaySettings, click
     try:
         start_serve(own)
         serve.run(build_app(own, clickhouse, registry_root(state_dir)), name=BENCH_APP, route_prefix="/")
-        return measure(f"http://{own.host}:{own.port}", own.token, instances, concurrency, requests, warmup, say)
+        return measure(f"http://{own.host}:{own.port}", _clear(own.token), instances, concurrency, requests,
+                       warmup, say)
     finally:
         shutdown(local_head=True)

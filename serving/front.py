@@ -14,17 +14,21 @@ controller's runtime env, which the actors it creates (HAProxy manager, proxy, r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
 import shutil
+import stat
 from pathlib import Path
 
 from infra.core.settings import ServingSettings
 from serving.compat import ray_serve
 
 # Serve puts HAProxy's admin socket at <dir>/<node id, 56 hex>/admin.sock and AF_UNIX paths stop
-# at 107 bytes, so the dir is short and in /tmp (one per user; node ids keep heads apart).
+# at 107 bytes, so the dir is short and in /tmp (one per user; node ids keep heads apart). Its name
+# is predictable, so it is private: created 0700, and used only if it is a real directory of ours
+# with no access for others (another user could have made it first and put a script of theirs in).
 HAPROXY_DIR = Path("/tmp") / f"foresight-haproxy-{os.getuid()}"
 # Internal ports, from the first of `serving.internal_ports`: Serve's Python proxy (HAProxy's backup
 # while no ingress replica is up), HAProxy's stats page, its Prometheus exporter, then the replicas'.
@@ -65,6 +69,7 @@ def serve_env(serving: ServingSettings, local_head: bool = True) -> dict[str, st
     first, last = serving.internal_port_range
     binary: dict[str, str] = {}
     if local_head:
+        private_dir(HAPROXY_DIR)
         binary["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(loopback_wrapper(serving))
     elif os.path.isabs(serving.haproxy_binary):
         binary["RAY_SERVE_HAPROXY_BINARY_PATH"] = serving.haproxy_binary
@@ -79,6 +84,10 @@ def serve_env(serving: ServingSettings, local_head: bool = True) -> dict[str, st
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(HAPROXY_DIR / "metrics.sock"),
         # Per-request Serve metrics from HAProxy's log lines: the API's /metrics already has them.
         "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+        # Serve's default log target (UDP 127.0.0.1:514, where nothing listens) makes HAProxy keep a UDP
+        # socket on all interfaces: TCP to where it is asked (HAProxy's ring holds lines while the
+        # receiver is away), else a unix socket in the private dir, off the network.
+        "RAY_SERVE_HAPROXY_LOG_TARGET": serving.haproxy_log_target or str(HAPROXY_DIR / "access-log.sock"),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(first + PROXY),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(first + STATS),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(first + EXPORTER),
@@ -98,9 +107,8 @@ def loopback_wrapper(serving: ServingSettings) -> Path:
                                 "(apt-get install haproxy, or set serving.haproxy_binary)")
     text = WRAPPER.format(host=serving.host, pin_binds=ray_serve.pin_binds_sed(serving.host),
                           binary=shlex.quote(binary))
-    path = HAPROXY_DIR / f"haproxy-{hashlib.sha256(text.encode()).hexdigest()[:12]}.sh"
+    path = private_dir(HAPROXY_DIR) / f"haproxy-{hashlib.sha256(text.encode()).hexdigest()[:12]}.sh"
     if not path.exists():
-        HAPROXY_DIR.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(text)
         tmp.chmod(0o755)
@@ -108,6 +116,37 @@ def loopback_wrapper(serving: ServingSettings) -> Path:
     return path
 
 
+class UnsafeDirectory(PermissionError):
+    """The HAProxy directory is not ours alone: using it would run or trust another user's files."""
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a directory only this user can use: created 0700, or checked (owner, mode, no symlink)."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = os.lstat(path)
+    problem = None
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory (a symlink or a file)"
+    elif info.st_uid != os.getuid():
+        problem = f"belongs to uid {info.st_uid}, not to us ({os.getuid()})"
+    elif info.st_mode & 0o022:
+        problem = f"has mode {stat.S_IMODE(info.st_mode):04o}: others may have put files in it"
+    elif info.st_mode & 0o077:  # ours, and only we could write in it: just close it
+        os.chmod(path, 0o700)
+    if problem:
+        raise UnsafeDirectory(f"{path} {problem}: remove it (or fix it to 0700 and ours) before starting "
+                              "serving with front = haproxy")
+    return path
+
+
 def remove_node_files(node_id: str) -> None:
     """HAProxy's config, socket and logs of one (local, stopped) Ray node."""
     shutil.rmtree(HAPROXY_DIR / node_id, ignore_errors=True)
+
+
+# Serve's replicas start their inter-deployment gRPC server on `[::]:0` (all interfaces), with no
+# setting; on a loopback-only local head this worker setup hook (the job's runtime env, inherited by
+# Serve's replicas) pins it to 127.0.0.1, where Serve's routers reach it through the node address
+# (127.0.0.1 there).
+LOOPBACK_HOOK = "serving.compat.ray_serve.pin_replica_grpc_to_loopback"

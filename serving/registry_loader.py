@@ -28,11 +28,13 @@ from pydantic import BaseModel, Field
 from infra.core.model_registry import (
     MODEL_FILE,
     SMOKE_FILE,
+    FileCheckError,
     ModelKind,
     ModelManifest,
     SmokeCase,
     list_versions,
     read_manifest,
+    verify_files,
 )
 from serving.smoke import SmokeFailure, replay
 
@@ -80,6 +82,10 @@ def load_version(version_dir: Path, kind: ModelKind) -> LoadedVersion:
         raise RefusedVersion(f"manifest names {manifest.kind}/{manifest.version}, folder is {kind}/{version}")
     if kind == "forecast":
         _check_forecast_spec(manifest)
+    try:  # before torch.jit.load: never unpickle a file the manifest does not vouch for
+        verify_files(version_dir, manifest)
+    except FileCheckError as exc:
+        raise RefusedVersion(str(exc)) from exc
     try:
         module = torch.jit.load(str(version_dir / MODEL_FILE), map_location="cpu")
     except Exception as exc:

@@ -23,9 +23,10 @@ import ray
 from ray import serve
 
 from infra.core.model_registry import registry_root
+from infra.core.ray_loopback import loopback_head_options
 from infra.core.settings import ClickHouseSettings, RaySettings, ServingSettings
 from serving.app import build_app
-from serving.front import remove_node_files, serve_env
+from serving.front import LOOPBACK_HOOK, remove_node_files, serve_env
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,9 @@ def init_ray(ray_settings: RaySettings, state_dir: Path) -> None:
         num_cpus=ray_settings.num_cpus,
         object_store_memory=OBJECT_STORE_BYTES,
         include_dashboard=False,
+        **loopback_head_options(),  # nothing Ray starts listens beyond 127.0.0.1
+        # The job's workers (Serve's replicas among them) keep their extra gRPC servers on loopback too.
+        runtime_env={"worker_process_setup_hook": LOOPBACK_HOOK},
         _temp_dir=str(temp_dir),
         _system_config=SYSTEM_CONFIG,
     )

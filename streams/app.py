@@ -88,6 +88,20 @@ def faust_broker_url(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap_servers.split(","))
 
 
+def broker_credentials(kafka: KafkaSettings) -> Any:
+    """Faust's credentials for the cluster's SASL and/or TLS (Faust hands them to aiokafka); None for plaintext."""
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    context = kafka.ssl_context()
+    if kafka.security_protocol.startswith("SASL_"):
+        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+        return SASLCredentials(username=kafka.sasl_username, password=password, mechanism=kafka.sasl_mechanism,
+                               ssl_context=context)
+    if context is not None:
+        return SSLCredentials(context)
+    return None
+
+
 class FeatureStream:
     def __init__(self, cfg: StreamSettings, kafka: KafkaSettings, sink: FeatureSink, data_dir: Path,
                  metrics: StreamMetrics | None = None, clock: Callable[[], float] = time.time,
@@ -123,6 +137,7 @@ class FeatureStream:
         self.app = faust.App(
             cfg.app_id,
             broker=faust_broker_url(kafka.bootstrap_servers),
+            broker_credentials=broker_credentials(kafka),
             store="memory://",
             web_enabled=False,
             datadir=str(data_dir),

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from infra.core.ray_loopback import loopback_head_options
 from training.baselines import residual_quantiles, seasonal_naive, with_quantiles
 from training.fit import OnEpoch, TrainConfig, forecast, script, targets, train
 from training.metrics import horizon_table, mase_scale
@@ -162,7 +163,8 @@ def run_on_ray(series: RateSeries, cfg: TrainConfig, val_frac: float, address: s
             temp = ray_temp_dir(state_dir)
             temp.mkdir(parents=True, exist_ok=True)
             ray.init(address="local", num_cpus=num_cpus, object_store_memory=OBJECT_STORE_BYTES,
-                     include_dashboard=False, _temp_dir=str(temp), log_to_driver=False)
+                     include_dashboard=False, _temp_dir=str(temp), log_to_driver=False,
+                     **loopback_head_options())  # nothing Ray starts listens beyond 127.0.0.1
     try:
         queue = Queue()
         if workers > 0:

@@ -12,7 +12,15 @@ from typing import Any
 
 import torch
 
-from infra.core.model_registry import MANIFEST_FILE, MODEL_FILE, SMOKE_FILE, TMP_PREFIX, ModelManifest, SmokeCase
+from infra.core.model_registry import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    SMOKE_FILE,
+    TMP_PREFIX,
+    ModelManifest,
+    SmokeCase,
+    file_checksums,
+)
 
 
 def new_version(fingerprint: str, now: datetime | None = None) -> str:
@@ -39,7 +47,9 @@ def write_version(
     manifest: ModelManifest,
     smoke_inputs: dict[str, torch.Tensor],
 ) -> Path:
-    """Save one version atomically: readers see the whole folder or none of it."""
+    """Save one version atomically: readers see the whole folder or none of it.
+
+    The manifest written carries the SHA-256 of the module and the smoke case (`files`)."""
     final = root / manifest.kind / manifest.version
     if final.exists():
         raise FileExistsError(f"model version {manifest.kind}/{manifest.version} already exists at {final}")
@@ -50,6 +60,7 @@ def write_version(
         torch.jit.save(module, str(tmp / MODEL_FILE))
         smoke = record_smoke(module, smoke_inputs)
         (tmp / SMOKE_FILE).write_text(smoke.model_dump_json())
+        manifest = manifest.model_copy(update={"files": file_checksums(tmp)})
         (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
         for name in (MODEL_FILE, SMOKE_FILE, MANIFEST_FILE):
             with open(tmp / name, "rb") as f:

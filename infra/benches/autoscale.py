@@ -118,7 +118,7 @@ def run_autoscale_bench(s: Settings, windows: int = 40, gap_s: float = 1.5, pool
     ensure_topics(kafka)
     cl = clickhouse_client(ch, ch.database)
     sink = decision_log(s.model_copy(update={"kafka": kafka, "clickhouse": ch}), f"bench-autoscale-{run_id}")
-    forecaster = ForecastClient(s.serving_url, s.serving.token, timeout_s=cfg.serving_timeout_s)
+    forecaster = ForecastClient(s.serving_url, s.serving_token, timeout_s=cfg.serving_timeout_s)
     try:
         now = int(time.time()) // WINDOW_S * WINDOW_S
         say(f"writing {cfg.history_minutes} minutes of history into {ch.database}.features")

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from typing import get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from infra.core.settings import Settings
@@ -23,6 +23,8 @@ def rows(model: type[BaseModel] = Settings, prefix: str = "",
             yield from rows(annotation, f"{prefix}{name}.", default if isinstance(default, annotation) else None)
             continue
         key = f"{prefix}{name}"
+        if isinstance(default, SecretStr):  # a secret's default is empty; never print one that is not
+            default = "" if not default.get_secret_value() else "**********"
         shown = "none" if default is None else "required" if default is PydanticUndefined else json.dumps(
             to_jsonable_python(default if not hasattr(default, "__fspath__") else str(default)))
         env = "FORESIGHT_" + key.replace(".", "__").upper() if "[]" not in prefix else "(in the list's JSON)"

@@ -33,8 +33,7 @@ READ_BUFFER_BYTES = 64 * 1024
 
 
 def client(ch: ClickHouseSettings, database: str | None = None) -> Client:
-    return Client(host=ch.host, port=ch.tcp_port, user=ch.user, password=ch.password,
-                  database=database or "default", connect_timeout=3, send_receive_timeout=30,
+    return Client(**ch.client_options(), database=database or "default", connect_timeout=3, send_receive_timeout=30,
                   settings={"max_read_buffer_size": READ_BUFFER_BYTES})
 
 

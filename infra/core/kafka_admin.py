@@ -15,7 +15,8 @@ from infra.core.settings import KafkaSettings
 
 def ensure_topics(kafka: KafkaSettings) -> list[str]:
     """Create the missing topics; returns the names created."""
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id="foresight-admin")
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id="foresight-admin",
+                             **kafka.kafka_python_options())
     try:
         missing = [t for t in kafka.topics if t not in set(admin.list_topics())]
         if missing:

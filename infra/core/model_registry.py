@@ -13,6 +13,10 @@ A version is a folder `<state>/models/<kind>/<version>/` holding:
   Serving replays it before a version goes into service, which catches truncated or
   mismatched files that still load.
 
+The manifest lists the SHA-256 of `model.pt` and `smoke.json` (`files`); a reader checks them
+(`verify_files`) before `torch.jit.load`, so a file swapped or altered after training (the
+registry is a shared folder) is refused instead of unpickled and run.
+
 Versions sort by name in creation order (`YYYYMMDDTHHMMSSZ-<hash>`); a folder appears under
 its final name only once complete (written under a `.tmp-` name, then renamed), so a reader
 never sees half a version.
@@ -28,6 +32,8 @@ manifest order, non-decreasing along the last axis.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +46,7 @@ MODEL_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
 SMOKE_FILE = "smoke.json"
 TMP_PREFIX = ".tmp-"
+CHECKED_FILES = (MODEL_FILE, SMOKE_FILE)
 
 
 class ForecastSpec(BaseModel):
@@ -65,6 +72,8 @@ class ModelManifest(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description="Training configuration.")
     data_fingerprint: str = Field(description="Hash of the training data (series and range).")
     metrics: dict[str, Any] = Field(default_factory=dict, description="Backtest metrics on held-out data.")
+    files: dict[str, str] = Field(default_factory=dict, description="SHA-256 (hex) of each file of the version "
+                                  "but the manifest itself; checked before the module is loaded.")
 
 
 class SmokeCase(BaseModel):
@@ -92,3 +101,35 @@ def list_versions(root: Path, kind: ModelKind) -> list[str]:
 
 def read_manifest(version_dir: Path) -> ModelManifest:
     return ModelManifest.model_validate_json((version_dir / MANIFEST_FILE).read_text())
+
+
+class FileCheckError(ValueError):
+    """A version's file is missing from the manifest's checksums, or does not match them."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_checksums(version_dir: Path) -> dict[str, str]:
+    """What a writer puts in `ModelManifest.files`."""
+    return {name: sha256_file(version_dir / name) for name in CHECKED_FILES}
+
+
+def verify_files(version_dir: Path, manifest: ModelManifest) -> None:
+    """Raise FileCheckError unless every checked file has its manifest checksum."""
+    for name in CHECKED_FILES:
+        expected = manifest.files.get(name)
+        if expected is None:
+            raise FileCheckError(f"manifest has no SHA-256 of {name} (a version written before checksums, "
+                                 "or tampered with): retrain to replace it")
+        try:
+            actual = sha256_file(version_dir / name)
+        except OSError as exc:
+            raise FileCheckError(f"{name} unreadable: {exc.strerror or exc}") from exc
+        if not hmac.compare_digest(actual, expected.lower()):
+            raise FileCheckError(f"{name} SHA-256 {actual[:16]}... differs from the manifest's {expected[:16]}...")

@@ -8,10 +8,12 @@ objects from its own section; stages never read the environment themselves.
 from __future__ import annotations
 
 import os
+import re
+import ssl
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,9 +27,40 @@ LOOPBACK = "127.0.0.1"
 
 
 class Section(BaseModel):
-    """A settings section; a misspelt key is an error, not a silently ignored line."""
+    """A settings section; a misspelt key is an error, not a silently ignored line.
+
+    A secret field `x` (SecretStr) may come from a file instead: `x_file` names it (a Kubernetes
+    Secret volume, a Docker secret). The file's content, less a trailing newline, is the value.
+    """
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> Self:
+        for name, info in type(self).model_fields.items():
+            if "SecretStr" not in str(info.annotation):
+                continue
+            source = getattr(self, f"{name}_file", None)
+            if source is None:
+                continue
+            if getattr(self, name):
+                raise ValueError(f"{name} and {name}_file are both set: keep one")
+            try:
+                value = Path(source).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"{name}_file {source}: {exc.strerror or exc}") from exc
+            object.__setattr__(self, name, SecretStr(value))
+        return self
+
+
+def _ssl_context(cafile: Path | None, certfile: Path | None, keyfile: Path | None,
+                 check_hostname: bool = True) -> ssl.SSLContext:
+    """A client TLS context: the CA (else the system's), and a client certificate when given."""
+    context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    context.check_hostname = check_hostname
+    if certfile:
+        context.load_cert_chain(str(certfile), str(keyfile) if keyfile else None)
+    return context
 
 
 class KafkaSettings(Section):
@@ -40,6 +73,68 @@ class KafkaSettings(Section):
     topic_decisions: str = Field("fs.decisions", description="Adapter decisions.")
     compression: str = Field("zstd", description="Producer compression codec (zstd is ~5x cheaper than gzip here).")
     linger_ms: int = Field(5, description="Producer linger; higher batches more.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security: SASL_SSL for SASL over TLS, SSL for TLS (client certificates).")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism, with `security_protocol` SASL_PLAINTEXT or SASL_SSL.")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (masked in `foresight config`).")
+    sasl_password_file: Path | None = Field(None, description="File holding the SASL password instead.")
+    ssl_cafile: Path | None = Field(None, description="PEM CA bundle that signed the brokers' certificates; "
+                                    "none = the system's.")
+    ssl_certfile: Path | None = Field(None, description="PEM client certificate (TLS client authentication).")
+    ssl_keyfile: Path | None = Field(None, description="PEM private key of `ssl_certfile`.")
+    ssl_check_hostname: bool = Field(True, description="Check the brokers' certificates name their host.")
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> Self:
+        sasl = self.security_protocol.startswith("SASL_")
+        has_password = self.sasl_password is not None or self.sasl_password_file is not None
+        if sasl and not (self.sasl_mechanism and self.sasl_username and has_password):
+            raise ValueError(f"kafka.security_protocol {self.security_protocol} needs kafka.sasl_mechanism, "
+                             "kafka.sasl_username and kafka.sasl_password (or sasl_password_file)")
+        if not sasl and (self.sasl_mechanism or self.sasl_username):
+            raise ValueError("kafka.sasl_* is set but kafka.security_protocol is "
+                             f"{self.security_protocol}: use SASL_SSL (or SASL_PLAINTEXT)")
+        if not self.uses_tls and (self.ssl_cafile or self.ssl_certfile):
+            raise ValueError(f"kafka.ssl_* is set but kafka.security_protocol is {self.security_protocol}: "
+                             "use SSL or SASL_SSL")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for aiokafka and Faust (kafka-python takes the files themselves)."""
+        if not self.uses_tls:
+            return None
+        return _ssl_context(self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile, self.ssl_check_hostname)
+
+    def _sasl_options(self) -> dict[str, Any]:
+        """The protocol and SASL keyword arguments, named alike by kafka-python and aiokafka."""
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL_"):
+            options |= {"sasl_mechanism": self.sasl_mechanism, "sasl_plain_username": self.sasl_username,
+                        "sasl_plain_password": self.sasl_password.get_secret_value() if self.sasl_password else None}
+        return options
+
+    def kafka_python_options(self) -> dict[str, Any]:
+        """Security keyword arguments of kafka-python's KafkaProducer, KafkaConsumer and KafkaAdminClient."""
+        options = self._sasl_options()
+        if self.uses_tls:
+            options |= {"ssl_cafile": str(self.ssl_cafile) if self.ssl_cafile else None,
+                        "ssl_certfile": str(self.ssl_certfile) if self.ssl_certfile else None,
+                        "ssl_keyfile": str(self.ssl_keyfile) if self.ssl_keyfile else None,
+                        "ssl_check_hostname": self.ssl_check_hostname}
+        return options
+
+    def aiokafka_options(self) -> dict[str, Any]:
+        """Security keyword arguments of aiokafka's AIOKafkaConsumer and AIOKafkaProducer."""
+        options = self._sasl_options()
+        if self.uses_tls:
+            options["ssl_context"] = self.ssl_context()
+        return options
 
     @property
     def topics(self) -> list[str]:
@@ -56,7 +151,24 @@ class ClickHouseSettings(Section):
     http_port: int = Field(18123, description="HTTP port (health checks).")
     database: str = Field("foresight", description="Database of every Foresight table.")
     user: str = Field("default", description="ClickHouse user.")
-    password: str = Field("", description="ClickHouse password.")
+    password: SecretStr = Field(SecretStr(""), description="ClickHouse password (masked in `foresight config`).")
+    password_file: Path | None = Field(None, description="File holding the ClickHouse password instead.")
+    secure: bool = Field(False, description="TLS to the native port (a cluster's is usually 9440).")
+    ca_certs: Path | None = Field(None, description="PEM CA bundle that signed the server's certificate; "
+                                  "none = the system's.")
+    verify: bool = Field(True, description="Check the server's certificate (only turn off to debug).")
+    certfile: Path | None = Field(None, description="PEM client certificate, for servers that ask for one.")
+    keyfile: Path | None = Field(None, description="PEM private key of `certfile`.")
+
+    def client_options(self) -> dict[str, Any]:
+        """Connection keyword arguments of clickhouse-driver's Client (host, credentials, TLS)."""
+        options: dict[str, Any] = {"host": self.host, "port": self.tcp_port, "user": self.user,
+                                   "password": self.password.get_secret_value(), "secure": self.secure}
+        if self.secure:
+            options |= {"verify": self.verify, "ca_certs": str(self.ca_certs) if self.ca_certs else None,
+                        "certfile": str(self.certfile) if self.certfile else None,
+                        "keyfile": str(self.keyfile) if self.keyfile else None}
+        return options
 
 
 class EtcdSettings(Section):
@@ -109,14 +221,15 @@ class RouteRule(Section):
 
 class IngestSettings(Section):
     syslog_host: str = Field(LOOPBACK, description="Where the syslog receivers listen.")
-    syslog_port: int = Field(15514, description="UDP port HAProxy sends its logs to.")
+    syslog_port: int = Field(15514, description="UDP syslog port (other senders; the stack's HAProxy logs over TCP).")
     syslog_tcp_port: int = Field(15515, description="TCP syslog port (RFC 6587 framing).")
     metrics_port: int = Field(19101, description="Prometheus metrics of the ingest process.")
     log_timezone: str | None = Field(None, description="IANA zone of log dates without one; None = this host's.")
     batch_max: int = Field(500, description="Events per Kafka record (batch envelope) at most.")
     http_host: str = Field(LOOPBACK, description="Bind address of the ingest HTTP endpoint.")
     http_port: int = Field(19103, description="Port of `POST /v1/logs` and `POST /v1/metrics`.")
-    http_token: str | None = Field(None, description="Bearer token the HTTP endpoint requires when set.")
+    http_token: SecretStr | None = Field(None, description="Bearer token the HTTP endpoint requires when set.")
+    http_token_file: Path | None = Field(None, description="File holding the HTTP endpoint's token instead.")
     http_max_body_bytes: int = Field(10 * 1024 * 1024, description="Larger bodies get 413 (after gunzip).")
     spool_max_bytes: int = Field(256 * 1024 * 1024,
                                  description="Disk spool for when Kafka is down; full = back-pressure.")
@@ -173,9 +286,20 @@ class RecordSettings(Section):
     decision_retry_s: float = Field(2.0, gt=0, description="Seconds between attempts to replay the decision spool.")
 
 
+RAY_ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9.\-\[\]:]+:\d+$|^auto$")
+
+
 class RaySettings(Section):
-    address: str | None = Field(None, description="`ray://host:port` of a cluster; None starts a local head.")
+    address: str | None = Field(None, description="`ray://host:port` of a cluster (Ray Client), `host:port` of "
+                                "its GCS, or `auto` inside one (a RayJob); None starts a local head.")
     num_cpus: int = Field(2, description="CPUs the local head offers.")
+
+    @model_validator(mode="after")
+    def _address_is_one_ray_takes(self) -> Self:
+        if self.address is not None and not RAY_ADDRESS.match(self.address):
+            raise ValueError(f"ray.address {self.address!r}: use ray://host:port (e.g. KubeRay's "
+                             "ray://<cluster>-head-svc:10001), host:port, or auto")
+        return self
 
 
 class ServingSettings(Section):
@@ -186,11 +310,18 @@ class ServingSettings(Section):
                                "replicas that serve HTTP themselves) or `proxy` (Serve's Python proxy, one more "
                                "Ray hop and about three times the CPU per request).")
     haproxy_binary: str = Field("haproxy", description="HAProxy executable (on PATH, or a path) for `front = haproxy`.")
+    haproxy_log_target: str | None = Field(
+        None, pattern=r"^tcp@[^\s:]+:\d+$",
+        description="`tcp@host:port`: Serve's HAProxy sends its access log there over TCP (e.g. ingest's TCP syslog "
+                    "port); none = a unix socket in its private directory that nothing reads.")
     internal_ports: str | None = Field(
         None, pattern=r"^\d+-\d+$",
         description="`FIRST-LAST` ports for Serve besides `port` (Serve's own proxy, HAProxy's stats page and "
                     "exporter, one per ingress replica and restart); none = `port`+10 to `port`+29.")
-    token: str | None = Field(None, description="Bearer token required by the API when set.")
+    token: SecretStr | None = Field(None, description="Bearer token required by the API when set.")
+    token_file: Path | None = Field(None, description="File holding the serving token instead.")
+    url: str | None = Field(None, description="Where clients (controllers, KEDA scaler) reach serving, e.g. "
+                            "KubeRay's `http://<name>-serve-svc:8000`; none = `http://host:port`.")
     ingress_replicas: int = Field(1, ge=1, description="Replicas of the HTTP ingress deployment.")
     model_min_replicas: int = Field(1, ge=1, description="Serve autoscaling: fewest replicas per model deployment.")
     model_max_replicas: int = Field(1, ge=1, description="Serve autoscaling: most replicas per model deployment.")
@@ -366,6 +497,26 @@ class AutoscalerSettings(Section):
         return self
 
 
+class KedaSettings(Section):
+    """The KEDA external scaler (`foresight keda-scaler`): forecast-based metrics for KEDA/HPA."""
+
+    host: str = Field(LOOPBACK, description="gRPC bind address of the KEDA external scaler; 0.0.0.0 in a pod.")
+    port: int = Field(19106, description="gRPC port of the KEDA external scaler.")
+    metrics_port: int = Field(19107, description="Prometheus metrics of the KEDA external scaler.")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate of the scaler's gRPC server; "
+                                       "with `tls_key_file` turns TLS on (KEDA's `caCert` trusts it).")
+    tls_key_file: Path | None = Field(None, description="PEM private key of `tls_cert_file`.")
+    tls_client_ca_file: Path | None = Field(None, description="PEM CA; when set, clients (KEDA's "
+                                            "`tlsClientCert`) must present a certificate it signed.")
+    forecast_max_age_s: float = Field(120.0, gt=0, description="A forecast older than this (serving away) is "
+                                      "stale: the scaler then answers with observed load and says so.")
+    observed_minutes: int = Field(5, ge=1, description="Fallback: the peak per-minute rate of the service's "
+                                  "last this many whole minutes in ClickHouse `features`.")
+    serving_timeout_s: float = Field(5.0, gt=0, description="Timeout of each `/v1/forecast` call.")
+    stream_interval_s: float = Field(15.0, gt=0, description="`StreamIsActive` (external-push): seconds "
+                                     "between checks; a change of activity is pushed at once.")
+
+
 class PrometheusSettings(Section):
     port: int = Field(19090, description="Prometheus server of the local stack (UI and API).")
     scrape_interval_s: float = Field(5.0, gt=0, description="How often Prometheus scrapes every process.")
@@ -378,8 +529,9 @@ class PrometheusSettings(Section):
 class DashboardSettings(Section):
     host: str = Field(LOOPBACK, description="Bind address of `foresight dashboard`; loopback by default.")
     port: int = Field(19120, description="Port of the live dashboard (one page per service).")
-    token: str | None = Field(None, description="Token the dashboard requires when set "
-                              "(`?token=` once, then a cookie).")
+    token: SecretStr | None = Field(None, description="Token the dashboard requires when set "
+                                    "(`?token=` once, then a cookie; masked in `foresight config`).")
+    token_file: Path | None = Field(None, description="File holding the dashboard's token instead.")
     refresh_s: float = Field(2.0, gt=0, description="How often the page's event stream re-reads the record.")
     window_minutes: int = Field(60, gt=0, description="How much history the charts show.")
 
@@ -402,6 +554,15 @@ class HealthSettings(Section):
                                  "(the replacement arrives and the peers' windows settle first).")
     dry_run: bool = Field(False, description="Decide and record, do not touch the registry.")
     metrics_port: int = Field(19113, description="Prometheus metrics of the `foresight health` loop.")
+
+
+class AuthSettings(Section):
+    """The local stack's API token: `stack up` writes one (0600) into the state folder, every process
+    with that state folder sends and requires it (serving API, ingest HTTP) unless told otherwise."""
+
+    anonymous: bool = Field(False, description="Run the local stack without a token (anyone on this host may "
+                            "call serving and ingest): the explicit opt-out of authentication by default.")
+    token_file_name: str = Field("api-token", description="The stack's token file, inside the state folder.")
 
 
 class Settings(BaseSettings):
@@ -429,6 +590,10 @@ class Settings(BaseSettings):
     nginx: NginxSettings = NginxSettings()
     sync: SyncSettings = SyncSettings()
     autoscaler: AutoscalerSettings = AutoscalerSettings()
+
+
+    keda: KedaSettings = KedaSettings()
+    auth: AuthSettings = AuthSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
     dashboard: DashboardSettings = DashboardSettings()
     health: HealthSettings = HealthSettings()
@@ -447,6 +612,31 @@ class Settings(BaseSettings):
     @property
     def state(self) -> Path:
         return self.state_dir.resolve()
+
+    @property
+    def token_file(self) -> Path:
+        return self.state / self.auth.token_file_name
+
+    @model_validator(mode="after")
+    def _stack_token(self) -> Self:
+        """The stack's token for serving and ingest HTTP, when neither names a token of its own."""
+        self.use_stack_token()
+        return self
+
+    def use_stack_token(self) -> None:
+        """Take the token of `token_file` (if there) for serving and ingest HTTP unless set otherwise."""
+        if self.auth.anonymous:
+            return
+        try:
+            token = self.token_file.read_text().strip()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ValueError(f"stack token {self.token_file}: {exc.strerror or exc}") from exc
+        if token and self.serving.token is None and self.serving.token_file is None:
+            self.serving.token = SecretStr(token)
+        if token and self.ingest.http_token is None and self.ingest.http_token_file is None:
+            self.ingest.http_token = SecretStr(token)
 
     @property
     def haproxy_socket(self) -> Path:
@@ -469,8 +659,23 @@ class Settings(BaseSettings):
         return self.registry.endpoint or f"http://{LOOPBACK}:{self.etcd.client_port}"
 
     @property
+    def serving_token(self) -> str | None:
+        """The serving API's bearer token in clear, for the clients that send it."""
+        return self.serving.token.get_secret_value() if self.serving.token else None
+
+    @property
+    def ingest_token(self) -> str | None:
+        """Ingest HTTP's bearer token in clear, for the clients that send it."""
+        return self.ingest.http_token.get_secret_value() if self.ingest.http_token else None
+
+    @property
+    def dashboard_token(self) -> str | None:
+        """The dashboard's token in clear, for the page that checks it."""
+        return self.dashboard.token.get_secret_value() if self.dashboard.token else None
+
+    @property
     def serving_url(self) -> str:
-        return f"http://{self.serving.host}:{self.serving.port}"
+        return self.serving.url or f"http://{self.serving.host}:{self.serving.port}"
 
 
 class ConfigFileError(ValueError):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
+from xml.sax.saxutils import escape as xml_escape
 
 from infra.core.settings import Settings
 from infra.stack import probes
@@ -84,7 +85,8 @@ def clickhouse(s: Settings) -> Component:
             (state / "clickhouse" / sub).mkdir(parents=True, exist_ok=True)
         _render("clickhouse-config.xml", state / "clickhouse" / "config.xml", state=state, host=ch.host,
                 http_port=ch.http_port, tcp_port=ch.tcp_port)
-        _render("clickhouse-users.xml", state / "clickhouse" / "users.xml", user=ch.user, password=ch.password)
+        _render("clickhouse-users.xml", state / "clickhouse" / "users.xml", user=ch.user,
+                password=xml_escape(ch.password.get_secret_value()))
 
     return Component(
         name="clickhouse",
@@ -138,7 +140,7 @@ def haproxy(s: Settings) -> Component:
             for i, port in enumerate(s.demo.ports)
         )
         _render("haproxy.cfg", s.state / "haproxy" / "haproxy.cfg", syslog_host=s.ingest.syslog_host,
-                syslog_port=s.ingest.syslog_port, socket=s.haproxy_socket, backend=s.haproxy.backend,
+                syslog_tcp_port=s.ingest.syslog_tcp_port, socket=s.haproxy_socket, backend=s.haproxy.backend,
                 frontend_port=s.haproxy.frontend_port, exporter_port=s.haproxy.exporter_port, servers=servers,
                 pool_sections=haproxy_pool_sections(s))
         s.haproxy_socket.unlink(missing_ok=True)

@@ -8,8 +8,10 @@ are applied as soon as their server is ready, before the pipeline processes star
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,10 +115,51 @@ def bootstrap(name: str, s: Settings, say: Say) -> None:
             say(f"clickhouse: applied migrations {', '.join(applied)}")
 
 
-def up(s: Settings, say: Say, config: Path | None = None) -> dict[str, float]:
-    """Start what is not running; returns seconds-to-ready per component started."""
+def ensure_token(s: Settings, say: Say) -> Path | None:
+    """The stack's API token file: created (random, mode 0600) unless there or `auth.anonymous`."""
+    if s.auth.anonymous:
+        say("auth: anonymous (auth.anonymous = true): serving and ingest HTTP take requests without a token")
+        return None
+    path = s.token_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise StackError(f"{path} must be a file of ours with mode 0600 (it is {stat.S_IMODE(info.st_mode):04o}, "
+                             f"uid {info.st_uid}): remove it and run `stack up` again") from None
+        s.use_stack_token()
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32))
+    s.use_stack_token()  # this process's clients (demo, tests) use it too
+    say(f"auth: wrote a new API token to {path} (mode 0600); the CLI and components read it from there")
+    return path
+
+
+def with_needs(components: list[Component], names: set[str]) -> list[Component]:
+    """`components` (in start order) limited to `names` and what they need, transitively."""
+    by_name = {c.name: c for c in components}
+    unknown = names - set(by_name)
+    if unknown:
+        raise StackError(f"no component named {', '.join(sorted(unknown))}; the stack has {', '.join(by_name)}")
+    wanted, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo += by_name[name].needs
+    return [c for c in components if c.name in wanted]
+
+
+def up(s: Settings, say: Say, config: Path | None = None, only: set[str] | None = None) -> dict[str, float]:
+    """Start what is not running (of `only` and what they need, when given); seconds-to-ready per component."""
+    ensure_token(s, say)
     files = pid_files(s)
     components = build_components(s)
+    if only is not None:
+        components = with_needs(components, only)
     env = child_env(s, config)
     t0 = time.monotonic()
     ready: set[str] = set()

@@ -132,6 +132,7 @@ def producer_config(
         "delivery_timeout_ms": delivery_timeout_ms,
         "max_block_ms": max_block_ms,
         "bootstrap_timeout_ms": max_block_ms,  # a broker that is down: spool after seconds, not 30 s
+        **kafka.kafka_python_options(),  # SASL / TLS of a cluster
     }
 
 

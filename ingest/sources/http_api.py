@@ -306,7 +306,7 @@ def build_http_app(ingest: IngestSettings, sink: EventSink, metrics_sink: Metric
     app = FastAPI(title="Foresight ingest", version="0.1.0", lifespan=_flushing_at_shutdown(state),
                   description="Access logs and metrics over HTTP, into Kafka (`fs.access`, `fs.metrics`, "
                               "rejected input to `fs.dlq`).")
-    auth = [Depends(_BearerAuth(ingest.http_token))]
+    auth = [Depends(_BearerAuth(ingest.http_token.get_secret_value() if ingest.http_token else None))]
     _add_health_and_metrics(app)
     _add_logs_route(app, state, parser_factory or default_parser_factory(ingest), ingest.http_max_body_bytes, auth)
     _add_metrics_route(app, state, ingest, auth)

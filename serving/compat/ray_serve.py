@@ -8,6 +8,9 @@
   address; `serving.front`'s wrapper rewrites those lines with `pin_binds_sed`.
 - Serve reads its HAProxy front's settings from `RAY_SERVE_*` environment variables in
   `ray.serve._private.constants`; a name it stops reading would be ignored without a word.
+- A replica starts its inter-deployment gRPC server on `[::]:0` (every interface) through
+  `ray.serve._private.replica.add_port_to_grpc_server`, with no setting for the address;
+  `pin_replica_grpc_to_loopback` (a worker setup hook on a loopback-only head) rewrites it.
 """
 
 from __future__ import annotations
@@ -60,3 +63,32 @@ def check(env_names: Iterable[str] = ()) -> None:
     source = inspect.getsource(constants)
     unread = sorted(name for name in env_names if f'"{name}"' not in source)
     require(LIBRARY, not unread, f"Serve no longer reads the environment variables {unread}", __name__)
+
+
+def pin_replica_grpc_to_loopback() -> None:
+    """Worker setup hook: Serve's `add_port_to_grpc_server` binds `127.0.0.1:N` where asked for `[::]:N`."""
+    from ray.serve._private import replica
+
+    original = replica.add_port_to_grpc_server
+    if getattr(original, "foresight_loopback", False):
+        return
+
+    def on_loopback(server: Any, address: str) -> int:
+        if address.startswith(("[::]:", "0.0.0.0:")):
+            address = "127.0.0.1:" + address.rsplit(":", 1)[1]
+        return int(original(server, address))
+
+    on_loopback.foresight_loopback = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = on_loopback
+
+
+def check_replica_grpc() -> None:
+    """The replica still binds its gRPC server through `add_port_to_grpc_server` on an all-interfaces address."""
+    from ray.serve._private import replica
+
+    require(LIBRARY, callable(getattr(replica, "add_port_to_grpc_server", None)),
+            "ray.serve._private.replica has no add_port_to_grpc_server", __name__)
+    source = inspect.getsource(replica)
+    require(LIBRARY, 'add_port_to_grpc_server(self._server, "[::]:0")' in source,
+            "Serve's replica no longer binds its gRPC server with add_port_to_grpc_server(server, \"[::]:0\")",
+            __name__)

@@ -31,6 +31,7 @@ def stack() -> Iterator[Settings]:
     states = [c.state for c in status(settings)]
     if any(state != "up" for state in states):
         foresight("stack", "up")
+        settings = load_settings()  # with the API token `stack up` may have just written
     try:
         yield settings
     finally:

@@ -70,7 +70,8 @@ def test_the_outlier_is_drained_before_it_fails_and_readmitted_after_healthy_rou
         _window(cl, db, name, p99=400.0 if name == "d" else 20.0 + INSTANCES.index(name), errors=3 if name == "d"
                 else 0)
     sink = decision_log(s, "test-health")
-    controller = HealthController(LatestFeatures(clickhouse_client(s.clickhouse), db), RiskClient(s.serving_url),
+    controller = HealthController(LatestFeatures(clickhouse_client(s.clickhouse), db),
+                                  RiskClient(s.serving_url, s.serving_token),
                                   registry, sink, DrainKnobs(readmit_after=2), features_max_age_s=60)
     report = controller.step(SERVICE)
     assert report.model == "peer-deviation@baseline"
@@ -106,7 +107,8 @@ def test_an_operator_drain_is_left_alone_and_serving_down_holds(rig: tuple[Setti
     entry = registry.get(SERVICE, "b")
     assert entry is not None and registry.set_state(SERVICE, "b", "draining", entry.mod_revision, set_by="operator")
     sink = decision_log(s, "test-health-2")
-    controller = HealthController(LatestFeatures(clickhouse_client(s.clickhouse), db), RiskClient(s.serving_url),
+    controller = HealthController(LatestFeatures(clickhouse_client(s.clickhouse), db),
+                                  RiskClient(s.serving_url, s.serving_token),
                                   registry, sink, DrainKnobs(readmit_after=1), features_max_age_s=60)
     for _ in range(3):
         assert controller.step(SERVICE).decisions == []

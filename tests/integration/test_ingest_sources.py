@@ -32,6 +32,11 @@ def events_after(s: Settings, topic: str, offsets: dict[int, int], want: int, ma
     return found
 
 
+def bearer(s: Settings) -> dict[str, str]:
+    """The stack's ingest token (authenticated by default), when it has one."""
+    return {"Authorization": f"Bearer {s.ingest_token}"} if s.ingest_token else {}
+
+
 def test_http_endpoint_takes_gzip_lines_and_refuses_bad_bodies(stack: Settings) -> None:
     s = stack
     url = f"http://{s.ingest.http_host}:{s.ingest.http_port}/v1/logs"
@@ -40,7 +45,7 @@ def test_http_endpoint_takes_gzip_lines_and_refuses_bad_bodies(stack: Settings) 
                     for i in range(30))
     offsets = end_offsets(s.kafka.bootstrap_servers, s.kafka.topic_access)
     resp = httpx.post(url, content=gzip.compress((lines + "this is not a log line\n").encode()),
-                      headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"}, timeout=10)
+                      headers={"Content-Encoding": "gzip", "Content-Type": "text/plain", **bearer(s)}, timeout=10)
     assert resp.status_code in (200, 202), resp.text
     body = resp.json()
     assert (body["accepted"], body["rejected"]) == (30, 1)
@@ -48,7 +53,8 @@ def test_http_endpoint_takes_gzip_lines_and_refuses_bad_bodies(stack: Settings) 
     assert len({e["id"] for e in events}) == 30
     assert all(AccessEvent.model_validate(e).status == 200 for e in events)
 
-    bad = httpx.post(url, content=b"\x1f\x8b not really gzip", headers={"Content-Encoding": "gzip"}, timeout=10)
+    bad = httpx.post(url, content=b"\x1f\x8b not really gzip", headers={"Content-Encoding": "gzip", **bearer(s)},
+                     timeout=10)
     assert bad.status_code == 400 and "gzip" in bad.text.lower()
 
 

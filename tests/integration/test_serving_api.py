@@ -7,6 +7,7 @@ build on each other's registry: empty -> v1 (reload) -> v2 (polling) -> broken v
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -29,6 +30,7 @@ from serving import front
 from serving.app import build_app
 from serving.bench import own_serving
 from serving.runner import init_ray, shutdown, start_serve
+from tests.integration.sockets import listeners, process_tree
 from tests.unit.test_serving_loader import QUANTILES, QuantileMLP, register_broken
 from training.registry import new_version, write_version
 
@@ -294,3 +296,11 @@ def test_haproxy_fronts_ingress_replicas_that_serve_http_themselves_all_on_loopb
     direct = httpx.get(f"http://127.0.0.1:{replica_ports[0]}/healthz", timeout=10)  # the replica itself
     assert direct.status_code == 200 and direct.json() == {"status": "ok"}
     assert httpx.get(f"http://127.0.0.1:{first + front.EXPORTER}/metrics", timeout=10).text.startswith("# HELP")
+
+
+def test_nothing_the_local_head_started_listens_beyond_loopback(served: Served) -> None:
+    """Ray's GCS, raylet, agents and workers, Serve's replicas (and their gRPC) and HAProxy: all on 127.0.0.1."""
+    tree = process_tree([os.getpid()])
+    found = listeners(tree)
+    assert len({f.pid for f in found}) >= 4, found  # raylet, GCS, workers, HAProxy: the check saw them
+    assert [f for f in found if not f.loopback] == []

@@ -15,7 +15,7 @@ from infra.core.settings import Settings
 
 
 def headers(s: Settings) -> dict[str, str]:
-    return {"Authorization": f"Bearer {s.serving.token}"} if s.serving.token else {}
+    return {"Authorization": f"Bearer {s.serving_token}"} if s.serving_token else {}
 
 
 def test_forecast_by_service_name_reads_its_history_from_clickhouse(stack: Settings) -> None:

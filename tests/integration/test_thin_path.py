@@ -76,7 +76,9 @@ def test_every_hop_of_the_thin_path(stack: Settings) -> None:
 
     # Hop 4: Ray Serve answers /v1/weights; the faster instance weighs more.
     feats = [{"instance": w.instance, "latency_p99_ms": w.latency_p99_ms} for w in windows]
-    resp = httpx.post(f"{s.serving_url}/v1/weights", json={"service": "demo", "instances": feats}, timeout=10)
+    auth = {"Authorization": f"Bearer {s.serving_token}"} if s.serving_token else {}
+    resp = httpx.post(f"{s.serving_url}/v1/weights", json={"service": "demo", "instances": feats}, headers=auth,
+                      timeout=10)
     assert resp.status_code == 200, resp.text
     answer = WeightsResponse.model_validate(resp.json())
     assert answer.model_version == "baseline"

@@ -28,12 +28,12 @@ SCRIPT_READ = {
     "registry list", "registry leaders", "registry show", "registry drain", "registry undrain",
     "registry deregister",
     "pool status", "pool scale",
-    "faults generate",
+    "faults generate", "chaos",
 }
 # long-running servers and workers (read through their metrics and ClickHouse, not their output)
 SERVERS = {
     "stream", "record", "serve", "dashboard", "registry-sync", "ingest syslog", "ingest tail", "ingest http",
-    "ingest scrape", "pool run",
+    "ingest scrape", "pool run", "keda-scaler",
 }
 # their output is already a JSON document meant for another program (Grafana's import)
 DOCUMENTS = {"grafana"}

@@ -12,6 +12,7 @@ from importlib.metadata import version
 import pytest
 from ddsketch import DDSketch
 
+from infra.core import ray_loopback
 from infra.core.internals import LibraryInternalsChanged, require
 from infra.core.settings import ServingSettings
 from ingest.compat import kafka_python
@@ -25,7 +26,9 @@ from streams.compat import ddsketch, faust
     ("faust-streaming", faust.check),
     ("ddsketch", ddsketch.check),
     ("ray", lambda: ray_serve.check(serve_env(ServingSettings(front="haproxy")))),
-], ids=["kafka-python", "faust", "ddsketch", "ray-serve"])
+    ("ray", ray_serve.check_replica_grpc),
+    ("ray", ray_loopback.check),
+], ids=["kafka-python", "faust", "ddsketch", "ray-serve", "ray-serve-replica-grpc", "ray-loopback-head"])
 def test_the_installed_library_still_has_the_internals_we_use(library: str, check: Callable[[], None]) -> None:
     try:
         check()

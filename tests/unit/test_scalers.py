@@ -15,7 +15,7 @@ from lb_adapters.actuators.scalers.kubernetes import KubernetesScaler, kube_clie
 from lb_adapters.actuators.scalers.pool import PoolScaler
 from tests.unit.scaler_fakes import SCALE_PATH, fake_kubernetes_api, fake_pool_admin
 
-RBAC = Path(__file__).resolve().parents[2] / "infra" / "k8s" / "scaler-rbac.yaml"
+RBAC = Path(__file__).resolve().parents[2] / "infra" / "k8s" / "base" / "scaler-rbac.yaml"
 
 
 def test_kubernetes_scaler_reads_and_patches_the_scale_subresource_only() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from infra.core.model_registry import MODEL_FILE, SMOKE_FILE, ForecastSpec, ModelManifest
+from infra.core.model_registry import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    SMOKE_FILE,
+    ForecastSpec,
+    ModelManifest,
+    file_checksums,
+    read_manifest,
+)
 from serving.registry_loader import ModelSlot, RefusedVersion, load_version
 from training.registry import new_version, write_version
 
@@ -61,8 +70,11 @@ def register(root: Path, seed: int, offset_s: int, history_len: int = 12, horizo
     return version
 
 
-def register_broken(root: Path, staging: Path, seed: int, offset_s: int, how: str) -> str:
-    """A version broken after writing (staged, then renamed in, as a complete folder would be)."""
+def register_broken(root: Path, staging: Path, seed: int, offset_s: int, how: str, resign: bool = True) -> str:
+    """A version broken after writing (staged, then renamed in, as a complete folder would be).
+
+    `resign`: the manifest's checksums are updated to the broken files (a writer that wrote bad
+    files), so the loader's later checks are the ones that catch it; without, the checksums do."""
     version = register(staging, seed, offset_s)
     folder = staging / "forecast" / version
     if how == "truncated":
@@ -72,8 +84,14 @@ def register_broken(root: Path, staging: Path, seed: int, offset_s: int, how: st
         smoke = json.loads((folder / SMOKE_FILE).read_text())
         smoke["output"][0][0] = [v + 5.0 for v in smoke["output"][0][0]]
         (folder / SMOKE_FILE).write_text(json.dumps(smoke))
+    elif how == "swapped":  # another valid module put in its place
+        torch.jit.save(scripted(seed + 100), str(folder / MODEL_FILE))
     else:
         raise ValueError(how)
+    if resign:
+        manifest = read_manifest(folder)
+        (folder / MANIFEST_FILE).write_text(manifest.model_copy(update={"files": file_checksums(folder)})
+                                            .model_dump_json())
     (root / "forecast").mkdir(parents=True, exist_ok=True)
     os.rename(folder, root / "forecast" / version)
     return version
@@ -163,6 +181,38 @@ def test_horizon_mismatch_with_the_manifest_is_refused(tmp_path: Path) -> None:
     version = register(tmp_path, seed=0, offset_s=0, horizon=6, module=scripted(0, horizon=4))
     with pytest.raises(RefusedVersion, match=r"output shape \(2, 4, 3\), expected \(2, 6, 3\)"):
         load_version(tmp_path / "forecast" / version, "forecast")
+
+
+def test_write_version_records_each_files_sha256(tmp_path: Path) -> None:
+    version = register(tmp_path, seed=1, offset_s=0)
+    folder = tmp_path / "forecast" / version
+    files = read_manifest(folder).files
+    assert files.keys() == {MODEL_FILE, SMOKE_FILE}
+    assert files[MODEL_FILE] == hashlib.sha256((folder / MODEL_FILE).read_bytes()).hexdigest()
+
+
+def test_files_that_do_not_match_the_manifest_are_refused_before_loading(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    swapped = register_broken(tmp_path, tmp_path / "staging", seed=2, offset_s=1, how="swapped", resign=False)
+    smoke = register_broken(tmp_path, tmp_path / "staging", seed=3, offset_s=2, how="smoke-mismatch", resign=False)
+    unsigned = register(tmp_path, seed=4, offset_s=3)
+    folder = tmp_path / "forecast" / unsigned
+    (folder / MANIFEST_FILE).write_text(read_manifest(folder).model_copy(update={"files": {}}).model_dump_json())
+    loaded: list[str] = []
+    real_load = torch.jit.load
+    def recording_load(path: str, **kw: object) -> torch.jit.ScriptModule:
+        loaded.append(str(path))
+        return real_load(path, **kw)
+
+    monkeypatch.setattr(torch.jit, "load", recording_load)
+    slot = ModelSlot(tmp_path, "forecast")
+    result = slot.refresh()
+    assert result.loaded is None and slot.current is None
+    reasons = {r.version: r.reason for r in result.refused}
+    assert reasons[swapped].startswith("model.pt SHA-256") and "differs from the manifest" in reasons[swapped]
+    assert reasons[smoke].startswith("smoke.json SHA-256")
+    assert reasons[unsigned].startswith("manifest has no SHA-256 of model.pt")
+    assert loaded == []  # no file was unpickled
 
 
 def test_a_reload_on_one_replica_is_followed_by_every_other(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """A Kubernetes Deployment's replicas through its `scale` subresource (lightkube).
 
-Only `get` and `patch` on `deployments/scale` (infra/k8s/scaler-rbac.yaml). The subresource carries
+Only `get` and `patch` on `deployments/scale` (infra/k8s/base/scaler-rbac.yaml). The subresource carries
 no readiness: `ready` is its `status.replicas` (pods that exist, capped at the spec), an upper bound of
 the ready count; reading `status.readyReplicas` would need `get` on the Deployment itself.
 """
