@@ -218,3 +218,48 @@ def test_record_readers_run_on_chdb(ch: Chdb) -> None:
     (row,) = read_decisions(db, DB, ms, "rd")
     assert (row.action, row.after, row.prediction_refs, row.dry_run) == ("scale", 3, [f"forecast:rd/*@mlp:v2#{ms}"],
                                                                          False)
+
+
+def test_dashboard_snapshot_reads_the_record_on_chdb(ch: Chdb) -> None:
+    """The dashboard's snapshot through the shared readers of infra.core (record_tables, features_table)."""
+    from infra.core.record_tables import DecisionRow
+    from infra.dashboards.data import ComponentHealth, DashboardData
+
+    t0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC
+    ms = t0 * 1000
+    ch.execute(f"INSERT INTO {DB}.features (window_start, window_end, service, instance, requests, rate, emitted_at)"
+               f" VALUES (toDateTime({t0}), toDateTime({t0 + 10}), 'dash', '*', 40, 4.0, 1),"
+               f" (toDateTime({t0 + 10}), toDateTime({t0 + 20}), 'dash', '*', 50, 5.0, 1)")
+    ch.execute(f"INSERT INTO {DB}.predictions (ts_ms, kind, service, instance, model, model_version, horizon_s,"
+               f" quantile, value) VALUES ({ms}, 'forecast', 'dash', '*', 'mlp', 'v1', 60, 0.5, 6.0),"
+               f" ({ms}, 'forecast', 'dash', '*', 'mlp', 'v1', 60, 0.9, 8.0),"
+               f" ({ms + 1000}, 'forecast', 'dash', '*', 'mlp', 'v1', 59, 0.9, 9.0),"  # same target, newer: wins
+               f" ({ms}, 'risk', 'dash', 's1', 'peer', 'v1', 0, 0.5, 0.25),"
+               f" ({ms + 2000}, 'hpa_shadow', 'dash', '*', 'hpa', 'v1', 0, 0.5, 3.0)")
+    decision = (f"INSERT INTO {DB}.decisions (ts_ms, service, actuator, target, action, before, after, reason,"
+                " prediction_refs, dry_run, outcome) VALUES ({}, 'dash', '{}', '{}', '{}', {}, {}, '{}', [], {}, '{}')")
+    ch.execute(decision.format(ms + 3000, "scaler", "pool/dash", "scale", 2, 3, "up", 0, "applied"))
+    ch.execute(decision.format(ms + 4000, "haproxy", "dash/s1", "set_weight", 100, 60, "p99", 0, "applied"))
+    ch.execute(decision.format(ms + 5000, "haproxy", "dash/s2", "set_weight", 100, 10, "p99", 1, "dry_run"))
+    ch.execute(decision.format(ms + 6000, "etcd", "dash/s1", "drain", "NULL", "NULL", "risk", 0, "applied"))
+
+    data = DashboardData(cast(Any, ch), DB, lambda: [ComponentHealth(name="clickhouse", state="up")],
+                         window_minutes=10, decisions_shown=3)
+    snap = data.snapshot("dash", now_s=t0 + 300)
+    assert snap.rate == [(t0, 4.0), (t0 + 10, 5.0)]
+    assert snap.forecast == {"0.5": [(t0 + 60, 6.0)], "0.9": [(t0 + 60, 9.0)]}
+    assert snap.desired == [(t0 + 3, 3.0)]
+    assert snap.shadow == [(t0 + 2, 3.0)]
+    assert snap.weights == {"s1": [(t0 + 4, 60.0)]}  # the dry run set nothing
+    assert snap.risk == {"s1": [(t0, 0.25)]}
+    assert [(d.ts_ms, d.action, d.before, d.after, d.dry_run) for d in snap.decisions] == [
+        (ms + 6000, "drain", None, None, False), (ms + 5000, "set_weight", 100.0, 10.0, True),
+        (ms + 4000, "set_weight", 100.0, 60.0, False)]  # the newest 3, newest first
+    assert all(isinstance(d, DecisionRow) for d in snap.decisions)
+    shown = json.loads(snap.model_dump_json())["decisions"][0]
+    assert {"ts_ms", "actuator", "target", "action", "before", "after", "reason", "outcome", "dry_run"} <= set(shown)
+    # The service list: services with a feature window or a decision in the last 24 h.
+    live_ms = int(datetime.now(UTC).timestamp() * 1000)
+    live = decision.replace("'dash'", "'dash-live'")
+    ch.execute(live.format(live_ms, "scaler", "pool/x", "scale", 1, 2, "", 0, "ok"))
+    assert "dash-live" in data.services() and "dash" not in data.services()
