@@ -3,6 +3,7 @@ and on what evidence): read-only views over Kafka and the ClickHouse record."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +94,15 @@ def decisions_report(s: Settings, since_ms: int, service: str | None, limit: int
         span = context_windows * s.streams.window_s
         out = []
         for d in decisions:
+            predictions = []
             for ref in d.prediction_refs:
                 parsed = refs[ref]
-                d.predictions.append({"ref": ref, "resolved": parsed is not None and parsed in resolved,
-                                      "values": resolved.get(parsed, []) if parsed is not None else []})
+                predictions.append({"ref": ref, "resolved": parsed is not None and parsed in resolved,
+                                    "values": resolved.get(parsed, []) if parsed is not None else []})
             at_s = d.ts_ms // 1000
             instance = d.target.rsplit("/", 1)[-1]
-            d.features = windows_between(cl, db, d.service, ["*", instance], at_s - span, at_s)
-            out.append(d.__dict__)
+            features = windows_between(cl, db, d.service, ["*", instance], at_s - span, at_s)
+            out.append({**asdict(d), "predictions": predictions, "features": features})
         return out
     finally:
         cl.disconnect()

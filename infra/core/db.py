@@ -1,15 +1,20 @@
 """ClickHouse schema migrations: numbered SQL files applied once each, recorded in a table.
 
 `{db}` in a file stands for the configured database. Statements are split on `;` at line ends.
+A line `-- when: <query>` before a statement is its guard: the statement runs only when the query's
+first value is not 0. A migration is recorded only once all of it ran, so a migration that failed
+part-way runs again from its start: each statement must be idempotent, which a guard (a look at
+system.tables / system.columns) makes of an ALTER, a RENAME or a copy that no IF [NOT] EXISTS form covers.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from clickhouse_driver import Client
 
@@ -17,6 +22,8 @@ from infra.core.settings import ClickHouseSettings
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _NAME = re.compile(r"^(\d{4})_[\w-]+\.sql$")
+_GUARD = re.compile(r"^--\s*when:\s*(?P<query>.+)$")
+_GUARD_MARK = "\0when "
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,7 @@ class Migration:
     version: int
     name: str
     statements: list[str]
+    guards: list[str | None]  # one a statement: the query that must answer non-zero for it to run, or None
 
 
 # ClickHouse 18.16 gives each column of each part it reads a buffer of this size (1 MiB by default),
@@ -37,20 +45,56 @@ def client(ch: ClickHouseSettings, database: str | None = None) -> Client:
                   settings={"max_read_buffer_size": READ_BUFFER_BYTES})
 
 
+def _split(text: str, db: str, path: Path) -> tuple[list[str], list[str | None]]:
+    lines = []
+    for line in text.splitlines():
+        guard = _GUARD.match(line.strip())
+        if guard:
+            lines.append(_GUARD_MARK + guard["query"].strip())
+        elif not line.strip().startswith("--"):
+            lines.append(line)
+    statements: list[str] = []
+    guards: list[str | None] = []
+    for chunk in re.split(r";\s*$", "\n".join(lines), flags=re.M):
+        marks = [line[len(_GUARD_MARK):] for line in chunk.splitlines() if line.startswith(_GUARD_MARK)]
+        statement = "\n".join(line for line in chunk.splitlines() if not line.startswith(_GUARD_MARK)).strip()
+        if len(marks) > 1 or (marks and not statement):
+            raise ValueError(f"{path.name}: each `-- when:` guard (one line, no `;` at its end) goes right before "
+                             f"one statement: {marks}")
+        if statement:
+            statements.append(statement.replace("{db}", db))
+            guards.append(marks[0].replace("{db}", db) if marks else None)
+    return statements, guards
+
+
 def load_migrations(db: str, folder: Path = MIGRATIONS) -> list[Migration]:
     out = []
     for path in sorted(folder.glob("*.sql")):
         match = _NAME.match(path.name)
         if not match:
             raise ValueError(f"migration file {path.name} must be named NNNN_description.sql")
-        text = "\n".join(line for line in path.read_text().splitlines() if not line.strip().startswith("--"))
-        statements = [st.strip().replace("{db}", db) for st in re.split(r";\s*$", text, flags=re.M) if st.strip()]
-        out.append(Migration(int(match.group(1)), path.stem, statements))
+        statements, guards = _split(path.read_text(), db, path)
+        out.append(Migration(int(match.group(1)), path.stem, statements, guards))
     return out
 
 
-def migrate(ch: ClickHouseSettings) -> list[str]:
-    """Apply the migrations not yet recorded; returns the names applied."""
+def apply_migration(m: Migration, execute: Callable[[str], Any]) -> list[str]:
+    """Run `m`'s statements in order through `execute` (a ClickHouse client's), each whose guard passes
+    (asked just before it: the statements before change what it sees); returns the statements run."""
+    ran = []
+    for statement, guard in zip(m.statements, m.guards, strict=True):
+        if guard is not None:
+            rows = execute(guard)
+            if not rows or not int(rows[0][0]):
+                continue
+        execute(statement)
+        ran.append(statement)
+    return ran
+
+
+def migrate(ch: ClickHouseSettings, folder: Path = MIGRATIONS) -> list[str]:
+    """Apply the migrations not yet recorded; returns the names applied. One that fails part-way is
+    not recorded, and the next run applies it again (its statements are idempotent)."""
     cl = client(ch)
     try:
         cl.execute(f"CREATE DATABASE IF NOT EXISTS {ch.database}")
@@ -61,11 +105,10 @@ def migrate(ch: ClickHouseSettings) -> list[str]:
         )
         done = {row[0] for row in cl.execute(f"SELECT version FROM {ch.database}.schema_migrations")}
         applied = []
-        for m in load_migrations(ch.database):
+        for m in load_migrations(ch.database, folder):
             if m.version in done:
                 continue
-            for statement in m.statements:
-                cl.execute(statement)
+            apply_migration(m, cl.execute)
             cl.execute(f"INSERT INTO {ch.database}.schema_migrations (version, name) VALUES", [(m.version, m.name)])
             applied.append(m.name)
         return applied

@@ -8,7 +8,7 @@ their ReplacingMergeTree keys, so only FINAL counts are exact. All SQL runs on C
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from clickhouse_driver import Client
@@ -62,8 +62,15 @@ def parse_ref(ref: str) -> PredictionRef | None:
     return PredictionRef(m["kind"], m["service"], m["instance"], m["model"], m["model_version"], int(m["ts_ms"]))
 
 
-@dataclass
+DECISION_FIELDS = ("ts_ms", "service", "actuator", "target", "action", "before", "after", "reason", "prediction_refs",
+                   "dry_run", "outcome")
+
+
+@dataclass(frozen=True)
 class DecisionRow:
+    """One row of `decisions`: what an adapter did or (dry_run) would have done, and why. The one model
+    of it that the readers share (`foresight decisions`, the dashboard)."""
+
     ts_ms: int
     service: str
     actuator: str
@@ -75,8 +82,6 @@ class DecisionRow:
     prediction_refs: list[str]
     dry_run: bool
     outcome: str
-    predictions: list[dict[str, Any]] = field(default_factory=list)
-    features: list[dict[str, Any]] = field(default_factory=list)
 
 
 def read_decisions(client: Client, database: str, since_ms: int, service: str | None = None,
@@ -84,12 +89,30 @@ def read_decisions(client: Client, database: str, since_ms: int, service: str | 
     """The newest `limit` decisions since `since_ms` (of `service`, if given), oldest first."""
     where = "ts_ms >= %(since)s" + (" AND service = %(service)s" if service else "")
     rows = client.execute(
-        f"SELECT ts_ms, service, actuator, target, action, before, after, reason, prediction_refs, dry_run, outcome "
+        f"SELECT {', '.join(DECISION_FIELDS)} "
         f"FROM {database}.decisions FINAL WHERE {where} ORDER BY ts_ms DESC, target LIMIT %(limit)s",
         {"since": since_ms, "service": service or "", "limit": limit})
     out = [DecisionRow(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], list(r[8]), bool(r[9]), r[10])
            for r in rows]
     return out[::-1]
+
+
+def decision_services(client: Client, database: str, since_s: int) -> list[str]:
+    """Services with a decision since `since_s` (epoch s), by name."""
+    rows = client.execute(f"SELECT DISTINCT service FROM {database}.decisions WHERE ts >= toDateTime(%(since)s) "
+                          "ORDER BY service", {"since": since_s})
+    return [str(r[0]) for r in rows]
+
+
+def applied_values(client: Client, database: str, service: str,
+                   since_s: int) -> list[tuple[str, str, str, int, float]]:
+    """(actuator, action, target, unix s, after) of `service`'s decisions since `since_s` that set a value
+    (`after` not NULL, outcome not `dry_run`), oldest first."""
+    rows = client.execute(
+        f"SELECT actuator, action, target, toUInt32(intDiv(ts_ms, 1000)), after FROM {database}.decisions FINAL "
+        "WHERE service = %(service)s AND ts >= toDateTime(%(since)s) AND isNotNull(after) "
+        "AND outcome != 'dry_run' ORDER BY ts_ms", {"service": service, "since": since_s})
+    return [(str(a), str(act), str(t), int(s), float(v)) for a, act, t, s, v in rows]
 
 
 PREDICTION_FIELDS = ("kind", "service", "instance", "model", "model_version", "ts_ms", "horizon_s", "quantile",
@@ -112,3 +135,23 @@ def read_predictions(client: Client, database: str, refs: list[PredictionRef]) -
         out.setdefault(ref, []).append({"horizon_s": int(d["horizon_s"]), "quantile": round(float(d["quantile"]), 4),
                                         "value": float(d["value"])})
     return out
+
+
+def forecast_points(client: Client, database: str, service: str, since_s: int) -> list[tuple[float, int, float]]:
+    """(quantile, target unix s, value) of `service`'s forecasts with a target time since `since_s`: for
+    each target time and quantile the newest forecast's value, by target time."""
+    rows = client.execute(
+        f"SELECT quantile, toUInt32(target_ts) AS t, argMax(value, ts_ms) FROM {database}.predictions FINAL "
+        "WHERE kind = 'forecast' AND service = %(service)s AND target_ts >= toDateTime(%(since)s) "
+        "GROUP BY quantile, t ORDER BY t", {"service": service, "since": since_s})
+    return [(float(q), int(t), float(v)) for q, t, v in rows]
+
+
+def scored_predictions(client: Client, database: str, service: str, kinds: tuple[str, ...],
+           since_s: int) -> list[tuple[str, str, int, float]]:
+    """(kind, instance, unix s, value) of `service`'s predictions of `kinds` made since `since_s`, oldest first."""
+    rows = client.execute(
+        f"SELECT kind, instance, toUInt32(ts), value FROM {database}.predictions FINAL "
+        "WHERE kind IN %(kinds)s AND service = %(service)s AND ts >= toDateTime(%(since)s) ORDER BY ts",
+        {"kinds": kinds, "service": service, "since": since_s})
+    return [(str(k), str(i), int(t), float(v)) for k, i, t, v in rows]

@@ -17,20 +17,16 @@ from clickhouse_driver import Client
 from pydantic import BaseModel, Field
 
 from infra.core.features_table import recent_service_windows, recent_services
+from infra.core.record_tables import (
+    DecisionRow,
+    applied_values,
+    decision_services,
+    forecast_points,
+    read_decisions,
+    scored_predictions,
+)
 
 Point = tuple[int, float]  # (unix s, value)
-
-
-class DecisionRow(BaseModel):
-    ts_ms: int
-    actuator: str
-    target: str
-    action: str
-    before: float | None
-    after: float | None
-    reason: str
-    outcome: str
-    dry_run: bool
 
 
 class ComponentHealth(BaseModel):
@@ -72,40 +68,25 @@ class DashboardData:
 
     def services(self) -> list[str]:
         since = int(time.time()) - 24 * 3600
-        from_decisions = self.client.execute(
-            f"SELECT DISTINCT service FROM {self.db}.decisions WHERE ts >= toDateTime(%(since)s)", {"since": since})
-        return sorted(set(recent_services(self.client, self.db, since)) | {str(r[0]) for r in from_decisions})
+        return sorted(set(recent_services(self.client, self.db, since)) | set(decision_services(self.client, self.db,
+                                                                                                 since)))
 
     def snapshot(self, service: str, now_s: float | None = None) -> ServiceSnapshot:
         now = time.time() if now_s is None else now_s
         since = int(now) - self.window_minutes * 60
-        params = {"service": service, "since": since}
-        forecast = self.client.execute(
-            f"SELECT quantile, toUInt32(target_ts) AS t, argMax(value, ts_ms) FROM {self.db}.predictions FINAL "
-            "WHERE kind = 'forecast' AND service = %(service)s AND target_ts >= toDateTime(%(since)s) "
-            "GROUP BY quantile, t ORDER BY t", params)
-        scored = self.client.execute(
-            f"SELECT kind, instance, toUInt32(ts), value FROM {self.db}.predictions FINAL "
-            "WHERE kind IN ('risk', 'hpa_shadow') AND service = %(service)s AND ts >= toDateTime(%(since)s) "
-            "ORDER BY ts", params)
-        acted = self.client.execute(
-            f"SELECT actuator, action, target, toUInt32(intDiv(ts_ms, 1000)), after FROM {self.db}.decisions FINAL "
-            "WHERE service = %(service)s AND ts >= toDateTime(%(since)s) AND isNotNull(after) "
-            "AND outcome != 'dry_run' ORDER BY ts_ms", params)
-        recent = self.client.execute(
-            f"SELECT ts_ms, actuator, target, action, before, after, reason, outcome, dry_run "
-            f"FROM {self.db}.decisions FINAL WHERE service = %(service)s ORDER BY ts_ms DESC LIMIT %(n)s",
-            {**params, "n": self.decisions_shown})
+        forecast = forecast_points(self.client, self.db, service, since)
+        scored = scored_predictions(self.client, self.db, service, ("risk", "hpa_shadow"), since)
+        acted = applied_values(self.client, self.db, service, since)
+        recent = read_decisions(self.client, self.db, 0, service, self.decisions_shown)[::-1]  # newest first
         return ServiceSnapshot(
             service=service, generated_at=now, window_minutes=self.window_minutes,
             rate=[(w.start_s, w.rate) for w in recent_service_windows(self.client, self.db, service, since)],
             forecast={f"{float(q):g}": pts for q, pts in _by_key(forecast).items()},
-            desired=[(int(t), float(v)) for act, action, _, t, v in acted if act == "scaler" and action == "scale"],
-            shadow=[(int(t), float(v)) for kind, _, t, v in scored if kind == "hpa_shadow"],
+            desired=[(t, v) for act, action, _, t, v in acted if act == "scaler" and action == "scale"],
+            shadow=[(t, v) for kind, _, t, v in scored if kind == "hpa_shadow"],
             weights=_by_key([(target.rsplit("/", 1)[-1], t, v) for _, action, target, t, v in acted
                              if action == "set_weight"]),
             risk=_by_key([(inst, t, v) for kind, inst, t, v in scored if kind == "risk"]),
-            decisions=[DecisionRow(ts_ms=r[0], actuator=r[1], target=r[2], action=r[3], before=r[4], after=r[5],
-                                   reason=r[6], outcome=r[7], dry_run=bool(r[8])) for r in recent],
+            decisions=recent,
             health=self.health(),
         )

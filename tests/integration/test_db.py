@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from clickhouse_driver.errors import ServerException
 
 from infra.core.db import client, load_migrations, migrate, retain
 from infra.core.settings import ClickHouseSettings, Settings
@@ -124,3 +126,84 @@ def test_final_over_hundreds_of_small_parts_stays_within_the_memory_limit(scratc
     finally:
         cl.execute(f"SYSTEM START MERGES {scratch.database}.features")
         cl.disconnect()
+
+
+CRASH = "SELECT * FROM {db}.no_such_table_the_run_stops_here"
+HALF_SWAP = "RENAME TABLE {db}.metric_samples TO {db}.metric_samples_0002"  # the first half of 0004's swap
+
+
+def _cut_short(folder: Path, version: int, k: int, then: list[str]) -> Path:
+    """The shipped migrations before `version`, and `version` cut after its first `k` statements and
+    ended with `then` (the last of which fails): a run that stopped part-way, so not recorded."""
+    folder.mkdir()
+    for m in load_migrations("{db}"):  # `{db}` kept, as in the shipped files
+        if m.version > version:
+            break
+        steps = list(zip(m.statements, m.guards, strict=True))
+        if m.version == version:
+            steps = steps[:k] + [(st, None) for st in then]
+        (folder / f"{m.name}.sql").write_text("".join((f"-- when: {g}\n" if g else "") + f"{st};\n" for st, g in steps))
+    return folder
+
+
+def _schema(ch: ClickHouseSettings) -> list[tuple[str, str, str, int]]:
+    cl = client(ch)
+    try:
+        return [(str(t), str(n), str(ty), int(k)) for t, n, ty, k in cl.execute(
+            "SELECT table, name, type, is_in_sorting_key FROM system.columns WHERE database = %(db)s "
+            "ORDER BY table, name", {"db": ch.database})]
+    finally:
+        cl.disconnect()
+
+
+def _write_a_row_each(ch: ClickHouseSettings) -> None:
+    cl = client(ch)
+    ms = 1_764_300_000_000
+    try:
+        cl.execute(f"INSERT INTO {ch.database}.metric_samples (ts_ms, service, instance, name, value) VALUES",
+                   [(ms, "s", "i", "up", 1.0)])
+        cl.execute(f"INSERT INTO {ch.database}.decisions (ts_ms, service, actuator, target, action, before, after,"
+                   " reason, prediction_refs, dry_run, outcome) VALUES",
+                   [(ms, "s", "scaler", "s", "scale", None, 2.0, "r", [], 0, "applied")])
+        cl.execute(f"INSERT INTO {ch.database}.predictions (ts_ms, kind, service, instance, model, model_version,"
+                   " horizon_s, quantile, value) VALUES", [(ms, "forecast", "s", "*", "mlp", "v1", 60, 0.5, 1.0)])
+    finally:
+        cl.disconnect()
+
+
+_SHIPPED = {m.version: len(m.statements) for m in load_migrations("d")}
+CUTS = ([(3, k, [CRASH]) for k in range(_SHIPPED[3] + 1)] + [(4, k, [CRASH]) for k in range(_SHIPPED[4] + 1)]
+        + [(4, 4, [HALF_SWAP, CRASH])])  # 0004's 5th statement is metric_samples' two-table RENAME
+
+
+@pytest.mark.parametrize(("version", "k", "then"), CUTS, ids=[f"{v}-{k}-{len(t)}" for v, k, t in CUTS])
+def test_a_migration_cut_short_completes_on_the_next_migrate(scratch: ClickHouseSettings, tmp_path: Path,
+                                                            version: int, k: int, then: list[str]) -> None:
+    """On 18.16: a `db migrate` that failed part-way through 0003 or 0004 (any statement; for 0004 also
+    between the two renames of a swap) is completed by the next one, with the schema of a database
+    migrated in one go and every row kept once."""
+    reference = scratch.model_copy(update={"database": f"{scratch.database}_ref"})
+    try:
+        migrate(reference)
+        expected = _schema(reference)
+    finally:
+        cl = client(reference)
+        cl.execute(f"DROP DATABASE IF EXISTS {reference.database}")
+        cl.disconnect()
+    migrate(scratch, _cut_short(tmp_path / "before", version - 1, 10**6, []))
+    _write_a_row_each(scratch)
+    with pytest.raises(ServerException):
+        migrate(scratch, _cut_short(tmp_path / "cut", version, k, then))
+    shipped = load_migrations(scratch.database)
+    assert migrate(scratch) == [m.name for m in shipped if m.version >= version]
+    assert migrate(scratch) == []
+    assert _schema(scratch) == expected
+    assert _tables(scratch) == TABLES | {"schema_migrations"}
+    cl = client(scratch)
+    try:
+        for table in ("metric_samples", "decisions", "predictions"):
+            assert cl.execute(f"SELECT count() FROM {scratch.database}.{table}") == [(1,)], table  # not FINAL
+        recorded = cl.execute(f"SELECT version FROM {scratch.database}.schema_migrations ORDER BY version")
+    finally:
+        cl.disconnect()
+    assert recorded == [(m.version,) for m in shipped]

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.core.db import load_migrations
+from infra.core.db import apply_migration, load_migrations
 
 
 def test_shipped_migrations_are_numbered_and_templated() -> None:
@@ -24,4 +24,29 @@ def test_statements_split_and_comments_dropped(tmp_path: Path) -> None:
 def test_badly_named_file_rejected(tmp_path: Path) -> None:
     (tmp_path / "features.sql").write_text("SELECT 1;")
     with pytest.raises(ValueError, match="NNNN_description"):
+        load_migrations("d", tmp_path)
+
+
+def test_a_guard_goes_with_the_next_statement(tmp_path: Path) -> None:
+    (tmp_path / "0001_g.sql").write_text(
+        "-- a comment\n-- when: SELECT count() = 0 FROM system.tables WHERE database = '{db}'\n"
+        "CREATE TABLE {db}.a (x UInt8) ENGINE = Memory;\nDROP TABLE {db}.b;\n")
+    (m,) = load_migrations("d", tmp_path)
+    assert m.guards == ["SELECT count() = 0 FROM system.tables WHERE database = 'd'", None]
+    ran: list[str] = []
+
+    def execute(sql: str) -> list[list[int]]:
+        ran.append(sql)
+        return [[answer]] if sql.startswith("SELECT") else []
+
+    answer = 0
+    assert apply_migration(m, execute) == ["DROP TABLE d.b"]
+    answer = 1
+    assert apply_migration(m, execute) == m.statements
+    assert ran == [m.guards[0], "DROP TABLE d.b", m.guards[0], *m.statements]
+
+
+def test_a_guard_without_its_statement_rejected(tmp_path: Path) -> None:
+    (tmp_path / "0001_g.sql").write_text("CREATE TABLE {db}.a (x UInt8) ENGINE = Memory;\n-- when: SELECT 1;\n")
+    with pytest.raises(ValueError, match="when"):
         load_migrations("d", tmp_path)

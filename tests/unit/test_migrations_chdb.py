@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
-from infra.core.db import drop_partition_sql, load_migrations, retain, stale_partitions
+from infra.core.db import Migration, apply_migration, drop_partition_sql, load_migrations, retain, stale_partitions
 from infra.core.settings import ClickHouseSettings
 
 chdb_session = pytest.importorskip("chdb.session")
@@ -48,8 +48,7 @@ def ch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chdb]:
     db = Chdb(tmp_path_factory.mktemp("chdb"))
     db.execute(f"CREATE DATABASE IF NOT EXISTS {DB}")
     for migration in load_migrations(DB):
-        for statement in migration.statements:
-            db.execute(statement)
+        apply_migration(migration, db.execute)
     yield db
     db.session.close()
 
@@ -218,3 +217,134 @@ def test_record_readers_run_on_chdb(ch: Chdb) -> None:
     (row,) = read_decisions(db, DB, ms, "rd")
     assert (row.action, row.after, row.prediction_refs, row.dry_run) == ("scale", 3, [f"forecast:rd/*@mlp:v2#{ms}"],
                                                                          False)
+
+
+def test_dashboard_snapshot_reads_the_record_on_chdb(ch: Chdb) -> None:
+    """The dashboard's snapshot through the shared readers of infra.core (record_tables, features_table)."""
+    from infra.core.record_tables import DecisionRow
+    from infra.dashboards.data import ComponentHealth, DashboardData
+
+    t0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC
+    ms = t0 * 1000
+    ch.execute(f"INSERT INTO {DB}.features (window_start, window_end, service, instance, requests, rate, emitted_at)"
+               f" VALUES (toDateTime({t0}), toDateTime({t0 + 10}), 'dash', '*', 40, 4.0, 1),"
+               f" (toDateTime({t0 + 10}), toDateTime({t0 + 20}), 'dash', '*', 50, 5.0, 1)")
+    ch.execute(f"INSERT INTO {DB}.predictions (ts_ms, kind, service, instance, model, model_version, horizon_s,"
+               f" quantile, value) VALUES ({ms}, 'forecast', 'dash', '*', 'mlp', 'v1', 60, 0.5, 6.0),"
+               f" ({ms}, 'forecast', 'dash', '*', 'mlp', 'v1', 60, 0.9, 8.0),"
+               f" ({ms + 1000}, 'forecast', 'dash', '*', 'mlp', 'v1', 59, 0.9, 9.0),"  # same target, newer: wins
+               f" ({ms}, 'risk', 'dash', 's1', 'peer', 'v1', 0, 0.5, 0.25),"
+               f" ({ms + 2000}, 'hpa_shadow', 'dash', '*', 'hpa', 'v1', 0, 0.5, 3.0)")
+    decision = (f"INSERT INTO {DB}.decisions (ts_ms, service, actuator, target, action, before, after, reason,"
+                " prediction_refs, dry_run, outcome) VALUES ({}, 'dash', '{}', '{}', '{}', {}, {}, '{}', [], {}, '{}')")
+    ch.execute(decision.format(ms + 3000, "scaler", "pool/dash", "scale", 2, 3, "up", 0, "applied"))
+    ch.execute(decision.format(ms + 4000, "haproxy", "dash/s1", "set_weight", 100, 60, "p99", 0, "applied"))
+    ch.execute(decision.format(ms + 5000, "haproxy", "dash/s2", "set_weight", 100, 10, "p99", 1, "dry_run"))
+    ch.execute(decision.format(ms + 6000, "etcd", "dash/s1", "drain", "NULL", "NULL", "risk", 0, "applied"))
+
+    data = DashboardData(cast(Any, ch), DB, lambda: [ComponentHealth(name="clickhouse", state="up")],
+                         window_minutes=10, decisions_shown=3)
+    snap = data.snapshot("dash", now_s=t0 + 300)
+    assert snap.rate == [(t0, 4.0), (t0 + 10, 5.0)]
+    assert snap.forecast == {"0.5": [(t0 + 60, 6.0)], "0.9": [(t0 + 60, 9.0)]}
+    assert snap.desired == [(t0 + 3, 3.0)]
+    assert snap.shadow == [(t0 + 2, 3.0)]
+    assert snap.weights == {"s1": [(t0 + 4, 60.0)]}  # the dry run set nothing
+    assert snap.risk == {"s1": [(t0, 0.25)]}
+    assert [(d.ts_ms, d.action, d.before, d.after, d.dry_run) for d in snap.decisions] == [
+        (ms + 6000, "drain", None, None, False), (ms + 5000, "set_weight", 100.0, 10.0, True),
+        (ms + 4000, "set_weight", 100.0, 60.0, False)]  # the newest 3, newest first
+    assert all(isinstance(d, DecisionRow) for d in snap.decisions)
+    shown = json.loads(snap.model_dump_json())["decisions"][0]
+    assert {"ts_ms", "actuator", "target", "action", "before", "after", "reason", "outcome", "dry_run"} <= set(shown)
+    # The service list: services with a feature window or a decision in the last 24 h.
+    live_ms = int(datetime.now(UTC).timestamp() * 1000)
+    live = decision.replace("'dash'", "'dash-live'")
+    ch.execute(live.format(live_ms, "scaler", "pool/x", "scale", 1, 2, "", 0, "ok"))
+    assert "dash-live" in data.services() and "dash" not in data.services()
+
+
+def _schema(ch: Chdb, db: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Each table's engine and columns (with their sorting-key flag)."""
+    tables = dict(ch.execute(f"SELECT name, engine FROM system.tables WHERE database = '{db}'"))
+    columns: dict[str, list[str]] = {}
+    for table, name, in_key in ch.execute(f"SELECT table, name, is_in_sorting_key FROM system.columns "
+                                          f"WHERE database = '{db}' ORDER BY table, position"):
+        columns.setdefault(table, []).append(name + ("*" if int(in_key) else ""))
+    return {t: (engine, tuple(columns.get(t, []))) for t, engine in tables.items()}
+
+
+def _fill(ch: Chdb, db: str) -> None:
+    ms = 1_764_300_000_000
+    ch.execute(f"INSERT INTO {db}.metric_samples (ts_ms, service, instance, name, value) VALUES ({ms}, 's', 'i', 'up',"
+               " 1)")
+    ch.execute(f"INSERT INTO {db}.decisions (ts_ms, service, actuator, target, action, after, reason, prediction_refs,"
+               f" dry_run, outcome) VALUES ({ms}, 's', 'scaler', 's', 'scale', 2, 'r', [], 0, 'applied')")
+    ch.execute(f"INSERT INTO {db}.predictions (ts_ms, kind, service, instance, model, model_version, horizon_s,"
+               f" quantile, value) VALUES ({ms}, 'forecast', 's', '*', 'mlp', 'v1', 60, 0.5, 1.0)")
+    ch.execute(f"INSERT INTO {db}.features (window_start, window_end, service, instance, requests, emitted_at)"
+               " VALUES ('2025-11-28 00:00:00', '2025-11-28 00:00:10', 's', 'i', 1, 1)")
+
+
+def _cut_short(ch: Chdb, db: str, cut: tuple[int, int], crash: Callable[[Chdb, str], None] | None = None) -> None:
+    """A database migrated up to migration `cut[0]`, whose run stopped after its first `cut[1]` statements
+    (then `crash`), with a row in each table written before that migration."""
+    ch.execute(f"DROP DATABASE IF EXISTS {db}")
+    ch.execute(f"CREATE DATABASE {db}")
+    for m in load_migrations(db):
+        if m.version == cut[0]:
+            _fill(ch, db)
+            apply_migration(Migration(m.version, m.name, m.statements[:cut[1]], m.guards[:cut[1]]), ch.execute)
+            if crash is not None:
+                crash(ch, db)
+            return
+        apply_migration(m, ch.execute)
+
+
+def _rerun_from(ch: Chdb, db: str, version: int) -> None:
+    for m in load_migrations(db):
+        if m.version >= version:
+            apply_migration(m, ch.execute)
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_a_migration_cut_short_completes_when_run_again(ch: Chdb, version: int) -> None:
+    """0003 and 0004 are not recorded until all of them ran: after a failure at any statement, the next
+    `db migrate` runs the whole migration again, and it must then finish the schema with every row
+    once (not fail on what the first run did, nor copy a table twice)."""
+    ch.execute("DROP DATABASE IF EXISTS fsdb_whole")
+    ch.execute("CREATE DATABASE fsdb_whole")
+    for whole_m in load_migrations("fsdb_whole"):
+        apply_migration(whole_m, ch.execute)
+    _fill(ch, "fsdb_whole")
+    whole = _schema(ch, "fsdb_whole")
+    assert {t for t, (_, cols) in whole.items() if "ts_ms*" in cols} >= {"metric_samples", "decisions",
+                                                                          "predictions"}
+    (m,) = [m for m in load_migrations("fsdb_cut") if m.version == version]
+    for k in range(len(m.statements) + 1):
+        _cut_short(ch, "fsdb_cut", (version, k))
+        _rerun_from(ch, "fsdb_cut", version)
+        assert _schema(ch, "fsdb_cut") == whole, k
+        for table in ("metric_samples", "decisions", "predictions", "features"):
+            assert ch.execute(f"SELECT count() FROM fsdb_cut.{table}") == [[1]], (k, table)  # not FINAL: no copy twice
+    ch.execute("DROP DATABASE fsdb_cut")
+    ch.execute("DROP DATABASE fsdb_whole")
+
+
+def test_0004_completes_a_swap_that_stopped_half_way(ch: Chdb) -> None:
+    """18.16 renames the two tables of a RENAME one after the other: a failure between leaves no
+    metric_samples, the old one as _0002 and the complete copy as _0004."""
+    (m,) = [m for m in load_migrations("fsdb_half") if m.version == 4]
+    swap = next(i for i, st in enumerate(m.statements) if st.startswith("RENAME TABLE fsdb_half.metric_samples TO"))
+
+    def half_rename(ch: Chdb, db: str) -> None:
+        ch.execute(f"RENAME TABLE {db}.metric_samples TO {db}.metric_samples_0002")
+
+    _cut_short(ch, "fsdb_half", (4, swap), half_rename)
+    assert {"metric_samples_0002", "metric_samples_0004"} <= set(_schema(ch, "fsdb_half"))
+    _rerun_from(ch, "fsdb_half", 4)
+    schema = _schema(ch, "fsdb_half")
+    assert "metric_samples_0002" not in schema and "metric_samples_0004" not in schema
+    assert "ts_ms*" in schema["metric_samples"][1]
+    assert ch.execute("SELECT count() FROM fsdb_half.metric_samples") == [[1]]
+    ch.execute("DROP DATABASE fsdb_half")
