@@ -41,7 +41,7 @@ from prometheus_client import REGISTRY
 
 from infra.core.settings import KafkaSettings, RouteRule
 from infra.core.spool import Spool
-from ingest.parsers.base import LineParser, now_ms
+from ingest.parsers.base import LineParser, Occurrences, now_ms
 from ingest.parsers.clf import CLFParser
 from ingest.routing import Router
 from ingest.runtime import tune_gc
@@ -111,9 +111,11 @@ def run_pipeline(lines: list[bytes], parser: LineParser, sink: KafkaSink, batch_
     """Parse every line, send the events in batches of `batch_max` and each rejection, then flush.
 
     A batch at a time, as a source reading a file or a socket buffer would: one clock reading and
-    one list comprehension per batch instead of per-line bookkeeping.
+    one list comprehension per batch instead of per-line bookkeeping. Identical lines are numbered
+    apart over the whole run, as `foresight ingest file` does over a file.
     """
     parsed = rejected = 0
+    distinct = Occurrences()
     for start in range(0, len(lines), batch_max):
         received = now_ms()
         results = [parser(raw, received) for raw in lines[start:start + batch_max]]
@@ -126,7 +128,7 @@ def run_pipeline(lines: list[bytes], parser: LineParser, sink: KafkaSink, batch_
                     sink.send_rejection(r)
                     rejected += 1
         if events:
-            sink.send_events(events)
+            sink.send_events(distinct.number(events))
             parsed += len(events)
     sink.flush()
     return {"events": parsed, "rejected": rejected}

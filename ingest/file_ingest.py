@@ -3,7 +3,11 @@
 Plain, gzip or bzip2 (told by the first bytes, not the name), read line by line in binary so a
 line in a foreign encoding reaches the parser intact. Events go to the sink in batches,
 rejections one by one; without a sink (dry run) only the counts are kept. Event ids hash the
-raw line, so ingesting the same file twice sends the same ids (downstream drops the duplicates).
+raw line, and identical lines are numbered over the whole file (`Occurrences`: the file is the
+delivery unit), so ingesting the same file twice sends the same ids (downstream drops the
+duplicates) while two identical lines stay two events. A file that grew in between gets the same
+ids for its old part; a file ingested in pieces (split, or tailed before) may merge twins the
+piece boundary separates.
 A line longer than `MAX_LINE_BYTES` is handed over cut to that length and the rest skipped, as
 the tailer does. A compressed file that ends early keeps what was read and says so in `error`.
 """
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from infra.core.settings import IngestSettings, KafkaSettings
-from ingest.parsers.base import LineParser, now_ms
+from ingest.parsers.base import LineParser, Occurrences, now_ms
 from ingest.schemas import AccessEvent, Rejection
 from ingest.sinks.base import EventSink
 
@@ -75,6 +79,7 @@ def ingest_file(path: str | Path, parser: LineParser, sink: EventSink | None, *,
     summary = IngestSummary()
     reasons: Counter[str] = Counter()
     batch: list[AccessEvent] = []
+    distinct = Occurrences()  # numbered batch by batch, in file order
     size = Path(path).stat().st_size
     lines, disk = open_log(path)
     bar = _Bar(str(path), size) if progress and size > PROGRESS_MIN_BYTES else None
@@ -97,7 +102,7 @@ def ingest_file(path: str | Path, parser: LineParser, sink: EventSink | None, *,
             if sink is not None:
                 batch.append(result)
                 if len(batch) >= batch_size:
-                    sink.send_events(batch)
+                    sink.send_events(distinct.number(batch))
                     batch = []
     finally:
         lines.close()
@@ -106,7 +111,7 @@ def ingest_file(path: str | Path, parser: LineParser, sink: EventSink | None, *,
             bar.close(size)
     if sink is not None:
         if batch:
-            sink.send_events(batch)
+            sink.send_events(distinct.number(batch))
         sink.flush()
     summary.rejected = sum(reasons.values())
     summary.reasons = dict(reasons)

@@ -3,6 +3,9 @@
 Events leave the buffer every `flush_interval_s` or at `flush_events`, whichever comes first: small
 enough a delay for the features window, large enough for records to carry many events each.
 Rejections go to the dead-letter topic right away (they are rare and never batched).
+Identical lines are numbered apart (`Occurrences`) over the pipeline's life: UDP re-sends nothing,
+so that only keeps twins (two requests logged alike) apart; after a restart a line identical to
+one just before it takes that one's id (merged).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from infra.core.settings import IngestSettings
 from ingest import metrics
-from ingest.parsers.base import LineParser, now_ms
+from ingest.parsers.base import LineParser, Occurrences, now_ms
 from ingest.parsers.haproxy import HAProxyParser
 from ingest.schemas import AccessEvent, Rejection
 from ingest.sinks.base import EventSink
@@ -39,6 +42,7 @@ class IngestPipeline:
         self._buffer: list[AccessEvent] = []
         self._held = False  # the sink pushed back: only the periodic flush retries
         self._lines = metrics.LINES_RECEIVED.labels(source=parser.source)
+        self._distinct = Occurrences()
 
     def on_line(self, raw: bytes) -> None:
         self._lines.inc()
@@ -46,7 +50,7 @@ class IngestPipeline:
         if isinstance(result, Rejection):
             self.sink.send_rejection(result)
             return
-        self._buffer.append(result)
+        self._buffer.append(self._distinct(result))
         if len(self._buffer) >= self.flush_events and not self._held:
             self.flush()
 

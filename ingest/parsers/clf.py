@@ -22,7 +22,7 @@ Referer and agent are not part of the event, so a cut inside them still yields o
 
 service/instance come from the routing rules (`ingest.routing.Router`) given the client host and
 the route. The id hashes the raw line without surrounding whitespace (line ending included), so
-re-reading a file gives the same ids.
+re-reading a file gives the same ids; the sources number repeats of a line (`base.Occurrences`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ Choices worth knowing:
 - the id hashes the message without its syslog header, so the same request logged twice (re-read,
   or sent to two log targets in different framings) gets one id. Two requests identical in every
   logged field, down to client port and millisecond, would share it too; HAProxy's default format
-  has nothing more unique (add `%ID` to a custom log-format if that ever matters).
+  has nothing more unique (add `%ID` to a custom log-format if that ever matters), so the sources
+  number such repeats within one delivery unit (`base.Occurrences`).
 - HAProxy escapes non-printable bytes as `#XX`, so input that is not UTF-8 did not come from it
   verbatim: `bad_encoding`.
 """

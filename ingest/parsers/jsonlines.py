@@ -13,7 +13,8 @@ wins over nesting). Fields and what is accepted:
   rules given `host` and the route (`ingest.routing`).
 A missing required field is the rejection `missing_<field>`, a wrong one `bad_<field>`, both with
 the input key in the detail; input that is not JSON is `bad_json`, not UTF-8 `bad_encoding`, not an
-object `not_object`. The id hashes the raw line, so re-reading a file gives the same ids.
+object `not_object`. The id hashes the raw line, so re-reading a file gives the same ids; the
+sources number repeats of a line (`base.Occurrences`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ Why these choices:
 - 202 means handed to the sink (Kafka sends asynchronously, the spool covers outages). With
   `?wait=true` the sink is flushed first and 200 means acknowledged; on failure the answer is 503
   and the client retries (event ids are stable, so a retry cannot double-count).
+- A body is a delivery unit: its identical lines are numbered apart (`Occurrences`, counted from
+  the body's first line), so they stay distinct events and a retry of the same body repeats its
+  ids. Identical lines sent in two bodies share an id (merged downstream): a sender that splits a
+  retry differently from the first try numbers its repeats differently.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from infra.core.settings import IngestSettings
 from ingest import metrics
 from ingest.parsers.auto import parser_for
-from ingest.parsers.base import LineParser, now_ms, reject
+from ingest.parsers.base import LineParser, Occurrences, now_ms, reject
 from ingest.schemas import AccessEvent, MetricSample
 from ingest.sinks.base import EventSink, MetricSink
 from ingest.sources.scrape import samples_from_exposition
@@ -236,7 +240,7 @@ class _Ingest:
                     self.sink.send_rejection(result)
             metrics.LINES_RECEIVED.labels(source=parser.source).inc(len(lines))
             if events:
-                self.sink.send_events(events)
+                self.sink.send_events(Occurrences().number(events))
             if wait:
                 self.sink.flush(timeout=FLUSH_TIMEOUT_S)
         return IngestResult(accepted=len(events), rejected=sum(reasons.values()), reasons=dict(reasons),

@@ -13,6 +13,11 @@ else ends at LF. The message keeps its syslog header (RFC 3164, RFC 5424, or non
 strip it (`ingest.parsers.syslog_framing`). A frame over `max_message_bytes` is dropped and
 reported (`on_oversize`), and the stream stays in step: an octet-counted frame is skipped by its
 length, a line up to its LF. The connection and the server carry on.
+
+A connection is a delivery unit: its identical messages are numbered apart (`Occurrences`), so a
+sender that reconnects and sends again from the same message gets the same ids. Twins sent over
+two connections share an id (merged), and a reconnect that resends from a later message numbers
+its repeats lower: they take an earlier twin's id (dropped, or merged if that one was never sent).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from infra.core import retry
 from infra.core.settings import IngestSettings
 from ingest import metrics
 from ingest.parsers.auto import parser_for
-from ingest.parsers.base import LineParser, now_ms, reject
+from ingest.parsers.base import LineParser, Occurrences, now_ms, reject
 from ingest.runtime import run_until_signalled
 from ingest.schemas import AccessEvent, Rejection
 from ingest.sinks.base import EventSink
@@ -38,6 +43,7 @@ from ingest.sinks.base import EventSink
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[bytes], Awaitable[None] | None]
+HandlerFactory = Callable[[], MessageHandler]  # a connection's own handler, made when it opens
 OversizeHandler = Callable[[int | None, bytes], None]  # declared length (None: unframed line), first bytes
 MAX_MESSAGE_BYTES = 64 * 1024  # HAProxy's `len` tops out at 65535
 MAX_LEN_DIGITS = 10
@@ -147,12 +153,17 @@ class FrameDecoder:
 class SyslogTCPSource:
     """Listens on `host:port` once `start()`ed; `port=0` picks a free port (see `address`)."""
 
-    def __init__(self, host: str, port: int, on_message: MessageHandler, *,
+    def __init__(self, host: str, port: int, on_message: MessageHandler | None = None, *,
+                 handler_per_connection: HandlerFactory | None = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, on_oversize: OversizeHandler | None = None,
                  max_connections: int = 1024, drain_s: float = 0.5) -> None:
+        """One of `on_message` (every message) or `handler_per_connection` (state of one stream)."""
+        if (on_message is None) == (handler_per_connection is None):
+            raise ValueError("give on_message or handler_per_connection, not both or neither")
         self.host = host
         self.port = port
         self.on_message = on_message
+        self.handler_per_connection = handler_per_connection
         self.max_message_bytes = max_message_bytes
         self.on_oversize = on_oversize
         self.max_connections = max_connections
@@ -197,12 +208,14 @@ class SyslogTCPSource:
         CONNECTIONS.inc()
         self._clients[task] = writer
         decoder = FrameDecoder(self.max_message_bytes, self.on_oversize)
+        handler = self.on_message if self.handler_per_connection is None else self.handler_per_connection()
+        assert handler is not None  # one of the two, checked in __init__
         try:
             while data := await reader.read(READ_BYTES):
                 for msg in decoder.feed(data):
-                    await self._deliver(msg)
+                    await _deliver(handler, msg)
             for msg in decoder.finish():
-                await self._deliver(msg)
+                await _deliver(handler, msg)
         except ConnectionError as e:
             log.info("syslog tcp: %s dropped: %r", peer, e)
         except asyncio.CancelledError:
@@ -212,14 +225,16 @@ class SyslogTCPSource:
             del self._clients[task]
             writer.close()
 
-    async def _deliver(self, msg: bytes) -> None:
-        MESSAGES.inc()
-        try:
-            result = self.on_message(msg)
-            if inspect.isawaitable(result):
-                await result  # back-pressure: this connection is not read meanwhile
-        except Exception:  # one bad message must not stop the connection
-            log.exception("syslog tcp message handler failed")
+
+
+async def _deliver(handler: MessageHandler, msg: bytes) -> None:
+    MESSAGES.inc()
+    try:
+        result = handler(msg)
+        if inspect.isawaitable(result):
+            await result  # back-pressure: this connection is not read meanwhile
+    except Exception:  # one bad message must not stop the connection
+        log.exception("syslog tcp message handler failed")
 
 
 class _Batcher:
@@ -236,13 +251,18 @@ class _Batcher:
         self.buffer: list[AccessEvent] = []
         self._lines = metrics.LINES_RECEIVED.labels(source=parser.source)
 
-    async def take(self, msg: bytes) -> None:
+    def connection_handler(self) -> MessageHandler:
+        """`take` with the numbering of one connection's identical messages (see the module doc)."""
+        distinct = Occurrences()
+        return lambda msg: self.take(msg, distinct)
+
+    async def take(self, msg: bytes, distinct: Occurrences) -> None:
         self._lines.inc()
         result = self.parser(msg, now_ms())
         if isinstance(result, Rejection):
             await _until_accepted(lambda: self.sink.send_rejection(result))
             return
-        self.buffer.append(result)
+        self.buffer.append(distinct(result))
         if len(self.buffer) >= self.batch_max:
             await _until_accepted(self.flush)
 
@@ -285,7 +305,8 @@ async def serve_syslog_tcp_ingest(ingest: IngestSettings, sink: EventSink, stop:
         except Exception as e:  # only a report of dropped input: not worth holding the connection for
             log.warning("syslog tcp: could not dead-letter an oversized frame: %s", e)
 
-    source = SyslogTCPSource(ingest.syslog_host, ingest.syslog_tcp_port, batcher.take,
+    source = SyslogTCPSource(ingest.syslog_host, ingest.syslog_tcp_port,
+                             handler_per_connection=batcher.connection_handler,
                              max_message_bytes=max_message_bytes, on_oversize=oversize)
     await source.start()
     log.info("ingest: syslog on tcp://%s:%d", *source.address)

@@ -23,6 +23,13 @@ re-reads at most the lines handed over since the last commit (their event ids ar
 downstream drops the duplicates); a clean stop re-reads nothing. If `durable` raises, no checkpoint
 is written. A handler that raises gets the same lines again after a back-off, so a full sink
 (back-pressure) stops the tailer reading instead of losing lines.
+
+Identical lines are numbered apart (`Occurrences`) over a tailing session of a path, rotations
+included: the session is the delivery unit. A restart counts afresh from the checkpoint, so a
+re-read line whose twin lies before it gets a lower number than at its first read, i.e. the id of
+an earlier twin: it is dropped as a duplicate. If it had been delivered before the crash nothing
+is lost; if not, it is merged with its twin (as every twin was before the numbering). Never
+counted twice, and a clean stop re-reads nothing.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from infra.core.settings import IngestSettings
 from ingest import metrics
 from ingest.checkpoint import HEAD_BYTES, Checkpoint, CheckpointStore, head_digest
 from ingest.parsers.auto import parser_for
-from ingest.parsers.base import LineParser, now_ms
+from ingest.parsers.base import LineParser, Occurrences, now_ms
 from ingest.runtime import run_until_signalled
 from ingest.schemas import AccessEvent, Rejection
 from ingest.sinks.base import EventSink
@@ -332,8 +339,10 @@ class FileTailer:
 
 def batch_handler(parser: LineParser, sink: EventSink) -> LinesHandler:
     """Parse a batch and hand it to `sink`: events in one call (all or nothing under back-pressure),
-    then the rejections. If the sink raises, the tailer hands the same batch again later."""
+    then the rejections. If the sink raises, the tailer hands the same batch again later: the
+    numbering of identical lines is rolled back, so the batch gets the same ids again."""
     lines_received = metrics.LINES_RECEIVED.labels(source=parser.source)
+    distinct = Occurrences()
 
     def on_lines(lines: list[bytes]) -> None:
         received = now_ms()
@@ -345,10 +354,15 @@ def batch_handler(parser: LineParser, sink: EventSink) -> LinesHandler:
                 rejections.append(result)
             else:
                 events.append(result)
-        if events:
-            sink.send_events(events)
-        for rej in rejections:
-            sink.send_rejection(rej)
+        before = distinct.snapshot()
+        try:
+            if events:
+                sink.send_events(distinct.number(events))
+            for rej in rejections:
+                sink.send_rejection(rej)
+        except BaseException:
+            distinct.restore(before)
+            raise
         lines_received.inc(len(lines))
     return on_lines
 
