@@ -1100,8 +1100,9 @@ def demo(
     table.add_row("replica-seconds", *(str(summary.replica_seconds.get(k)) for k in ("predictive", "hpa_shadow",
                                                                                      "oracle", "predictive_measured")))
     console.print(table)
+    lead = "none (not drained)" if summary.drain_lead_s is None else f"{summary.drain_lead_s} s before the crash"
     console.print(f"clients: p99 {summary.client_p99_ms} ms, errors {summary.client_error_pct} %; drain lead "
-                  f"{summary.drain_lead_s} s before the crash; {summary.decisions} decisions")
+                  f"{lead}; {summary.decisions} decisions")
     for note in summary.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"report: {summary.report}")

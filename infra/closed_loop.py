@@ -78,8 +78,10 @@ def demo_settings(s: Settings, svc: PoolServiceSettings) -> Settings:
                                       "scale_down_stabilization_s": s.demo.scale_down_stabilization_s})
     return s.model_copy(update={
         "autoscaler": AutoscalerSettings(interval_s=s.demo.interval_s, poll_s=1.0, services=[scaled]),
+        # the overload guard on (the demo knows the capacity): the peer-deviation baseline reads an
+        # overloaded instance as a sick one, and draining it during a ramp only moves the overload
         "health": HealthSettings(services=[svc.name], interval_s=s.demo.interval_s, features_max_age_s=30,
-                                 cooldown_rounds=int(120 / s.demo.interval_s)),
+                                 cooldown_rounds=int(120 / s.demo.interval_s), capacity_rps=svc.capacity_rps),
     })
 
 
@@ -100,12 +102,14 @@ def _every(stop: threading.Event, period_s: float, work: Callable[[], None], say
 
 
 def _inject_fault(s: Settings, svc: PoolServiceSettings, tl: Timeline, say: Say) -> None:
-    """A leak in the oldest ready instance: latency and its resource gauge creep up, then it crashes."""
+    """A leak in the oldest ready instance: latency and its resource gauge creep up, then it crashes.
+    The oldest, because a scale-down drains the newest first: a fault in it could leave with the scale-down
+    instead of being found by the health controller."""
     ready = [i for i in _pool_status(s, svc.name)["instances"] if i["state"] == "ready"]
     if not ready:
         say("[yellow]fault: no ready instance to inject into[/]")
         return
-    target = ready[0]
+    target = min(ready, key=lambda i: (i.get("started_at") or 0, i["instance"]))
     fault = {"kind": "leak", "start_s": 0, "lead_s": s.demo.fault_lead_s, "factor": 4.0}
     answer = httpx.post(f"http://127.0.0.1:{target['port']}/admin/faults", json=[fault], timeout=5)
     answer.raise_for_status()
@@ -248,7 +252,7 @@ def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: Repl
         replica_seconds={"predictive": None if recorded is None else round(recorded.replica_seconds),
                          "hpa_shadow": None if hpa is None else round(hpa.replica_seconds),
                          "oracle": round(oracle), "predictive_measured": round(started)},
-        client_p99_ms=traffic.latency_ms(0.99),
+        client_p99_ms=None if (p99 := traffic.latency_ms(0.99)) is None else round(p99, 1),
         client_error_pct=round(100 * failed / max(1, len(traffic.answers)), 3),
         drain_lead_s=lead, decisions=int(decisions[0][0]), report=str(report_dir / "index.html"), notes=notes)
     from infra.closed_loop_report import write_report

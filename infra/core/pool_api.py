@@ -12,6 +12,9 @@ class PoolInstance(BaseModel):
     state: str = Field(description="starting (not registered yet) | ready | draining | drained | stopping | "
                                    "unknown (etcd unreachable)")
     pid: int | None = None
+    started_at: int | None = Field(default=None, description="Epoch ms the instance registered as started "
+                                   "(its registry record); None before it registers. A scale-down drains the "
+                                   "newest ready instance first.")
 
 
 class PoolStatus(BaseModel):

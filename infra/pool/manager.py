@@ -110,7 +110,9 @@ class PoolManager:
             entry = entries.get(inst.name) if entries is not None else None
             state = "unknown" if entries is None else "stopping" if inst.stopping and entry is None else \
                 entry.record.state if entry is not None and entry.record is not None else "starting"
-            rows.append(PoolInstance(instance=inst.name, port=inst.port, state=state, pid=inst.proc.pid))
+            started_at = entry.record.started_at if entry is not None and entry.record is not None else None
+            rows.append(PoolInstance(instance=inst.name, port=inst.port, state=state, pid=inst.proc.pid,
+                                     started_at=started_at))
         ready = sum(1 for r in rows if r.state == "ready")
         READY.labels(service).set(ready)
         # current: what counts towards `desired` (instances out of service are being replaced)
