@@ -31,13 +31,21 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         assert r.ensure_database()
         r.start("etcd", "haproxy", "nginx", "pool", "registry-sync")
         wait_for("first pool instance ready", lambda: r.pool_status()["ready"] == 1)
-        # and routed by both balancers: nginx gets it a reload later than HAProxy, and until then a
-        # request through it finds no live upstream (a 502 the first test would count against scale-up)
-        wait_for("first pool instance in HAProxy and nginx", lambda: len(haproxy_servers(r)) == 1
-                 and len(nginx_ports(r)) == 1, 30)
+        # and answering through both balancers: nginx routes it once its reload has run (after the
+        # upstream file is written), and until then a request finds no live upstream: a 502 the
+        # first test would count against the scale-up
+        wait_for("first pool instance answering through HAProxy and nginx",
+                 lambda: _answers(r.haproxy_url) and _answers(r.nginx_url), 30)
         yield r
     finally:
         r.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def haproxy_servers(r: Rig) -> dict[str, tuple[str, int, int, int]]:
@@ -222,7 +230,10 @@ def test_pool_admin_api_contract(rig: Rig) -> None:
     assert status.status_code == 200
     body = status.json()
     assert set(body) == {"service", "desired", "current", "ready", "instances"}
-    assert set(body["instances"][0]) == {"instance", "port", "state", "pid"}
+    first = body["instances"][0]
+    assert set(first) == {"instance", "port", "state", "pid", "started_at"}
+    if first["state"] == "ready":  # registered: its registry record's start time, which scale-down ranks by
+        assert isinstance(first["started_at"], int) and first["started_at"] > 0
     assert httpx.get(rig.pool_url.replace("/web", "/nope"), timeout=5).status_code == 404
     put = f"{rig.pool_url}/replicas"
     assert httpx.put(put.replace("/web/", "/nope/"), json={"replicas": 1}, timeout=5).status_code == 404
