@@ -23,6 +23,15 @@ Closed windows go to `fs.features` at once and stay `pending` in their table sta
 ClickHouse acknowledged them (a writer task retries while it is down), so nothing is lost if it
 is down or the worker dies: the recovered state writes them again, and ReplacingMergeTree keeps
 one row. Consumer-group timeouts come from the settings (Tansu holds a join for half the session).
+
+A broker that lost its log (the local Tansu keeps everything in memory: a restart empties every
+topic and forgets the group's committed offsets) restarts each partition's offsets at 0, below the
+offsets the states hold, so every new record would pass for a replay and be skipped. The worker
+notes the highest offset the group ever committed per input partition; a group's committed offset
+never moves back on its own, so when it does (or vanished), the log is a new one: the partition's
+positions are forgotten (`_rebase_if_restarted`), its states (open windows, their event ids, pending windows) are
+kept and written again to the new changelog, and the new log is counted from its start. The worker
+also re-creates its own topics the broker lost, and retries refused changelog writes and sends.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ from streams.state import InstanceState, PartitionClock, ServiceWindow, pending_
 log = logging.getLogger("foresight.streams")
 MARK_PREFIX = b"__position__/"
 MAX_SEEKS = 5  # times a gap in the input is read again before it is given up
+TOPICS_EVERY_S = 2.0  # how often the worker checks that the broker still has its topics
 FORGET_DONE_S = 86_400.0  # a retired service window is remembered (to ignore stragglers) for a day
 
 
@@ -129,6 +139,10 @@ class FeatureStream:
         self._seeks: dict[tuple[TP, int], int] = {}
         self._checked: set[TP] = set()  # partitions compared with the group's committed offsets
         self._marks: dict[int, dict[str, int]] = {}
+        # Highest offset the group committed per input partition, kept across rebalances: one lower (or
+        # none) after a rebalance means the broker lost the log (`_log_restarted`).
+        self._committed_seen: dict[TP, int] = {}
+        self._log_checked: set[TP] = set()  # input partitions checked for a restarted log, this assignment
         # Windows on fs.features (and partials on their topic) in this process: only those go to
         # ClickHouse, so an acknowledged window was always published first. Recovered pending
         # windows are published again (`_republish`); their consumers take a repeat.
@@ -162,6 +176,8 @@ class FeatureStream:
         self.app.agent(source, name=f"{cfg.app_id}.windows")(self._process)
         self.app.agent(self.partials, name=f"{cfg.app_id}.services")(self._merge_services)
         self.app.timer(interval=0.5, name=f"{cfg.app_id}.tick")(self._tick)
+        self.app.timer(interval=TOPICS_EVERY_S, name=f"{cfg.app_id}.topics")(self._ensure_topics)
+        self.kafka = kafka
         self.app.task(self._on_start)
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_revoked)
@@ -172,6 +188,25 @@ class FeatureStream:
         self.metrics.startup_seconds.set(time.monotonic() - self.started_at)
         log.info("stream worker ready %.1f s after start", time.monotonic() - self.started_at)
         self._writer = asyncio.ensure_future(self._write_clickhouse())
+
+    async def _ensure_topics(self) -> None:
+        """Create any of the worker's topics the broker no longer has. Faust declares its changelogs and
+        the partials topic once, at start; a broker that lost them (the in-memory Tansu restarted)
+        refuses the group's commits for them for ever, and the group cannot rejoin."""
+        from infra.core.kafka_admin import ensure_topics
+
+        changelog = {"cleanup.policy": "compact"}
+        extra = {self.instance_table.changelog_topic.get_topic_name(): changelog,
+                 self.service_table.changelog_topic.get_topic_name(): changelog,
+                 self.partials.get_topic_name(): {}}
+        try:
+            created = await asyncio.get_running_loop().run_in_executor(None, ensure_topics, self.kafka, extra)
+        except Exception as exc:  # broker down, or no right to create topics: the next check tries again
+            log.debug("checking the worker's topics failed: %s", exc)
+            return
+        if created:
+            log.warning("created the missing topics %s (the broker lost them: restarted without storage?)",
+                        ", ".join(created))
 
     async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Forget the in-memory views: whoever owns a partition next recovers it from the changelog.
@@ -184,6 +219,7 @@ class FeatureStream:
             self._services.clear()
             self._next_offset.clear()
             self._checked.clear()
+            self._log_checked.clear()
             self._marks.clear()
             self._published.clear()
             self._republish.clear()
@@ -258,7 +294,8 @@ class FeatureStream:
                 marks[tp_key] = max(marks.get(tp_key, -1), offset)
             raw = orjson.dumps(marks)
             self.instance_table.data[_mark_key(partition)] = raw
-            futures.append(self.instance_table.send_changelog(partition, _mark_key(partition), raw))
+            futures.append(self._durable(self.instance_table, partition, _mark_key(partition),
+                                         self.instance_table.send_changelog(partition, _mark_key(partition), raw)))
         return futures
 
     def _position(self, tp: TP, tp_key: str) -> int | None:
@@ -284,25 +321,76 @@ class FeatureStream:
                     expected)
         return True
 
+    def _note_committed(self) -> None:
+        """Remember the highest offset the group committed per owned input partition."""
+        for tp, offset in faust_internals.committed_offsets(self.app.consumer).items():
+            if offset is not None and tp.topic in (self.topic_access, self.topic_metrics):
+                self._committed_seen[tp] = max(offset, self._committed_seen.get(tp, offset))
+
+    def _log_restarted(self, tp: TP) -> str | None:
+        """Why `tp`'s log is not the one this worker's states were built from; None when it is (or unknown).
+
+        The group's committed offset only moves forward (Faust never commits backwards, and a new owner
+        starts from the committed offset). After a rebalance it is read from the broker again: lower
+        than the highest one seen, or gone, means the broker lost the group's offsets, and with the
+        in-memory Tansu, the log with them. A brand-new group that never committed cannot tell."""
+        seen = self._committed_seen.get(tp)
+        if seen is None or self._marks_of(tp.partition).get(f"{tp.topic}:{tp.partition}") is None:
+            return None
+        committed = faust_internals.committed_offsets(self.app.consumer).get(tp)
+        if committed is None or committed < seen:
+            return f"the group's committed offset went back from {seen} to {committed}"
+        return None
+
+    def _rebase_if_restarted(self, tp: TP) -> set[InstanceState] | None:
+        """Once per assignment, before any of its records is folded: when `tp`'s log restarted, forget
+        every position that refers to the old log (the states' applied offsets, the position mark, the
+        gap seeks), so its new records count; the partition's states, to be written again to the new
+        changelog (which lost them too) together with the marks. None when the log is the same."""
+        self._log_checked.add(tp)
+        why = self._log_restarted(tp)
+        if why is None:
+            return None
+        tp_key = f"{tp.topic}:{tp.partition}"
+        self.metrics.log_restarts.inc()
+        self._committed_seen.pop(tp, None)
+        self._next_offset.pop(tp, None)
+        for seek in [k for k in self._seeks if k[0] == tp]:
+            del self._seeks[seek]
+        marks = self._marks_of(tp.partition)
+        old = marks.pop(tp_key, None)
+        states = set(self._instances_of(tp.partition).values())
+        for st in states:
+            st.offsets.pop(tp_key, None)
+        log.error("%s: the broker lost this partition's log (%s; a broker without durable storage restarted?). "
+                  "Records up to offset %s it held are gone; reading the new log from its start. %d instance "
+                  "states (open windows, their event ids, windows not yet in ClickHouse) are kept and written "
+                  "to the new changelog", tp, why, old, len(states))
+        return states
+
     async def _finish(self, futures: list[Any], closed: list[tuple[FeatureWindow, WindowPartial | None]],
                       rejects: list[tuple[bytes, str, str]]) -> None:
         """Wait until the states are in the changelog (only then may the batch be acked), then publish
         the closed windows; once delivered they may go to ClickHouse."""
         if futures:
             await asyncio.gather(*futures)
-        sent = []
-        for window, partial in closed:
-            sent.append(await self.features.send(key=f"{window.service}/{window.instance}".encode(),
-                                                 value=window.model_dump_json().encode()))
-            if partial is not None:
-                sent.append(await self.partials.send(key=window.service.encode(),
-                                                     value=partial.model_dump_json().encode()))
-        for raw, reason, detail in rejects:
-            await self._reject(raw, reason, detail)
-        if sent:
-            await asyncio.gather(*sent)
+        if closed:
+            # A broker gone or just restarted refuses sends for a while: publish them all again until
+            # acknowledged (a repeat on fs.features is harmless, a partial replaces itself).
+            async for attempt in retry.until_accepted(log, f"publishing {len(closed)} closed windows"):
+                with attempt:
+                    sent = []
+                    for window, partial in closed:
+                        sent.append(await self.features.send(key=f"{window.service}/{window.instance}".encode(),
+                                                             value=window.model_dump_json().encode()))
+                        if partial is not None:
+                            sent.append(await self.partials.send(key=window.service.encode(),
+                                                                 value=partial.model_dump_json().encode()))
+                    await asyncio.gather(*sent)
             self._published.update((w.service, w.instance, w.window_start, w.emitted_at) for w, _ in closed)
             self._wake.set()
+        for raw, reason, detail in rejects:
+            await self._reject(raw, reason, detail)
 
     def _apply(self, events: Iterable[Any], gaps: dict[TP, int]
                ) -> tuple[list[tuple[bytes, str, str]], set[InstanceState], dict[int, dict[str, int]]]:
@@ -311,7 +399,7 @@ class FeatureStream:
         fold = _Fold()
         for event in events:
             msg = event.message
-            tp_key = self._admit(msg, gaps, fold.marks)
+            tp_key = self._admit(msg, gaps, fold)
             if tp_key is None:
                 continue
             access = msg.topic == self.topic_access
@@ -323,12 +411,15 @@ class FeatureStream:
         self._count(fold)
         return fold.rejects, fold.touched, fold.marks
 
-    def _admit(self, msg: Any, gaps: dict[TP, int], marks: dict[int, dict[str, int]]) -> str | None:
+    def _admit(self, msg: Any, gaps: dict[TP, int], fold: _Fold) -> str | None:
         """The record's `topic:partition` when it is the next one of its partition to fold (its position
         noted), None when it is to be read again later: its partition shows a gap in this batch."""
         tp_key = f"{msg.topic}:{msg.partition}"
+        marks = fold.marks
         if msg.tp in gaps:
             return None
+        if msg.tp not in self._log_checked:
+            fold.touched.update(self._rebase_if_restarted(msg.tp) or ())
         expected = self._position(msg.tp, tp_key)
         if expected is not None and msg.offset > expected and self._gap(msg.tp, expected, msg.offset):
             gaps[msg.tp] = expected  # input topics have no holes of their own (no transactions)
@@ -445,8 +536,22 @@ class FeatureStream:
         for st in states:
             raw = st.dumps()
             table.data[st.key] = raw
-            futures.append(table.send_changelog(st.partition, st.key, raw))
+            futures.append(self._durable(table, st.partition, st.key, table.send_changelog(st.partition, st.key, raw)))
         return futures
+
+    def _durable(self, table: Any, partition: int, key: bytes, sent: Any) -> asyncio.Future[None]:
+        """A changelog write that completes once the broker acknowledged it: a failed one (the broker
+        gone or just restarted, its topics not yet answering) is sent again, with what the table
+        holds for the key by then, until it is acknowledged. The batch is acked only after that."""
+        async def settle() -> None:
+            pending = sent
+            async for attempt in retry.until_accepted(log, f"changelog write of {key!r} (partition {partition})"):
+                with attempt:
+                    if pending is None:  # the last try failed: the key's current value (None: deleted)
+                        pending = table.send_changelog(partition, key, table.data.get(key), value_serializer="raw")
+                    current, pending = pending, None
+                    await current
+        return asyncio.ensure_future(settle())
 
     # -- stage 2: service-wide windows ----------------------------------------------------------
 
@@ -536,15 +641,26 @@ class FeatureStream:
         consumer = self.app.consumer
         committed = faust_internals.committed_offsets(consumer)
         seeks: dict[TP, int] = {}
+        futures: list[Any] = []
         async with self._lock:
             for tp in consumer.assignment():
-                if tp.topic not in (self.topic_access, self.topic_metrics) or tp in self._checked:
+                if tp.topic not in (self.topic_access, self.topic_metrics):
+                    continue
+                if tp not in self._log_checked:
+                    rebased = self._rebase_if_restarted(tp)
+                    if rebased is not None:
+                        futures += self._persist(self.instance_table, rebased)
+                        futures += self._persist_marks({tp.partition: {}})
+                if tp in self._checked:
                     continue
                 self._checked.add(tp)
                 pos, done = self._position(tp, f"{tp.topic}:{tp.partition}"), committed.get(tp)
                 if pos is not None and done is not None and done > pos and self._gap(tp, pos, done):
                     seeks[tp] = pos
                     self._next_offset[tp] = pos
+            self._note_committed()
+        if futures:
+            await asyncio.gather(*futures)
         if seeks:
             await consumer.seek_wait(seeks)
 

@@ -36,5 +36,9 @@ class StreamMetrics:
                                    registry=r)
         self.offset_gaps = Counter("foresight_stream_offset_gaps",
                                    "Input offsets skipped by the consumer (records never delivered).", registry=r)
+        self.log_restarts = Counter("foresight_stream_log_restarts",
+                                    "Input partitions found restarted under the worker (the broker lost its log "
+                                    "and the group's offsets, e.g. an in-memory Tansu restarted): positions "
+                                    "rebased to the new log.", registry=r)
         self.unsent = Gauge("foresight_stream_unsent_windows", "Closed windows waiting for ClickHouse.",
                             registry=r)

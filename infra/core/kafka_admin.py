@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
@@ -13,16 +13,20 @@ from kafka.errors import TopicAlreadyExistsError
 from infra.core.settings import KafkaSettings
 
 
-def ensure_topics(kafka: KafkaSettings) -> list[str]:
-    """Create the missing topics; returns the names created."""
+def ensure_topics(kafka: KafkaSettings, extra: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
+    """Create the missing topics (the pipeline's, and `extra`: name -> topic configs, e.g. a stream
+    worker's changelogs); returns the names created."""
     admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id="foresight-admin",
                              **kafka.kafka_python_options())
     try:
-        missing = [t for t in kafka.topics if t not in set(admin.list_topics())]
+        wanted: dict[str, dict[str, str]] = {t: {} for t in kafka.topics}
+        wanted |= {t: dict(c) for t, c in (extra or {}).items()}
+        present = set(admin.list_topics())
+        missing = [t for t in wanted if t not in present]
         if missing:
             # Another process may win the race; the topic is there either way.
             with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([NewTopic(t, kafka.partitions, 1) for t in missing])
+                admin.create_topics([NewTopic(t, kafka.partitions, 1, topic_configs=wanted[t]) for t in missing])
         return missing
     finally:
         admin.close()
