@@ -20,6 +20,7 @@ import pytest
 from infra.benches.registry_rig import ClientLoop, RegistryClock, Rig, rig_settings
 from infra.benches.registry_rig import wait_until as wait_for
 from infra.core.ports import free_port
+from infra.stack.probes import http_ok
 from lb_adapters.actuators.haproxy import HAProxyRuntime
 
 
@@ -35,17 +36,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         # upstream file is written), and until then a request finds no live upstream: a 502 the
         # first test would count against the scale-up
         wait_for("first pool instance answering through HAProxy and nginx",
-                 lambda: _answers(r.haproxy_url) and _answers(r.nginx_url), 30)
+                 lambda: http_ok(r.haproxy_url)() and http_ok(r.nginx_url)(), 30)
         yield r
     finally:
         r.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def haproxy_servers(r: Rig) -> dict[str, tuple[str, int, int, int]]:
