@@ -62,7 +62,9 @@ def test_pool_scaler_and_loop_scale_real_pool_instances(core_stack: Settings, tm
         scaler = PoolScaler(f"http://127.0.0.1:{rig.s.pool.admin_port}", SERVICE)
         wait_for("one ready instance", lambda: scaler.current() == Replicas(1, 1))
         scaler.scale(2)
-        assert scaler.current().current == 2  # started at once, ready after its startup
+        # started by the pool's next reconcile round (asynchronous: not yet counted when the PUT answers),
+        # ready after its startup
+        wait_for("the second instance started", lambda: scaler.current().current == 2, 10)
         wait_for("two ready instances", lambda: scaler.current() == Replicas(2, 2))
         with pytest.raises(ActuatorError, match="answered 422"):
             scaler.scale(99)  # beyond the pool's max_replicas: refused, said
