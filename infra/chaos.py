@@ -124,11 +124,19 @@ def _toml(tables: dict[str, Any], prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-def private_config(folder: Path) -> Path:
-    """A settings file that moves every port of the stack to a free block, and its state to `folder`."""
+def private_config(folder: Path, overrides: dict[str, Any] | None = None) -> Path:
+    """A settings file that moves every port of the stack to a free block, and its state to `folder`.
+    `overrides`: settings tables to set first (a list of tables, e.g. `pool.services`, replaces the default
+    and gets its ports moved too; scalars are kept as given)."""
     first = free_ports(96)
     ports = iter(range(first, first + 64))
-    moved = _moved_ports(Settings().model_dump(mode="json"), lambda: next(ports))
+    base = Settings().model_dump(mode="json")
+    for section, values in (overrides or {}).items():
+        base[section] = {**base.get(section, {}), **values}
+    moved = _moved_ports(base, lambda: next(ports))
+    for section, values in (overrides or {}).items():
+        kept = {k: v for k, v in values.items() if not isinstance(v, list | dict)}
+        moved[section] = {**kept, **moved.get(section, {})}
     moved["kafka"] = {"bootstrap_servers": f"127.0.0.1:{next(ports)}", "partitions": 2}
     moved.setdefault("serving", {})["internal_ports"] = f"{first + 64}-{first + 95}"
     path = folder / "foresight.toml"

@@ -17,6 +17,7 @@ from infra.core.settings import ConfigFileError, Settings, load_settings
 
 if TYPE_CHECKING:
     from infra.core.service_registry import Registry, RegistryEntry
+    from infra.pool.faults import FaultKind
 
 app = typer.Typer(
     help="Foresight: a predictive high-availability control plane.\n\n"
@@ -1004,7 +1005,13 @@ def backtest(
 @app.command()
 def train(
     ctx: typer.Context,
-    kind: Annotated[str, typer.Option(help="Model kind; only `forecast` is trained here.")] = "forecast",
+    kind: Annotated[str, typer.Option(help="Model kind: `forecast` (the options below), or `risk` (the "
+                                      "instance-failure classifier, from a `foresight faults record` dataset).")
+                    ] = "forecast",
+    dataset: Annotated[Path | None, typer.Option(help="--kind risk: the dataset folder (default "
+                                                 "<state>/datasets/risk); only its TRAIN seeds are read.")] = None,
+    risk_epochs: Annotated[int, typer.Option(help="--kind risk: training epochs.")] = 60,
+    risk_hidden: Annotated[int, typer.Option(help="--kind risk: width of the MLP's hidden layers.")] = 32,
     source: Annotated[str, typer.Option(help="`file:PATH` (per-second trace), `clickhouse` (feature windows "
                                         "of --service) or `clickhouse:access_events` (its raw events).")
                       ] = "clickhouse",
@@ -1034,9 +1041,20 @@ def train(
     from training.fit import TrainConfig
     from training.train_command import train_command
 
-    if kind != "forecast":
-        raise typer.BadParameter("only --kind forecast is trained by this command", param_hint="--kind")
     s = _ctx(ctx).settings
+    if kind == "risk":
+        from training.risk_command import train_risk_command
+
+        try:
+            train_risk_command(dataset or s.state / "datasets" / "risk", s.state, s.clickhouse,
+                               horizon_s=s.health.horizon_s, heldout_from=s.health.heldout_seed_from,
+                               epochs=risk_epochs, hidden=risk_hidden, seed=seed, as_json=as_json)
+        except (ValueError, FileNotFoundError) as exc:  # held-out seeds, no dataset, no positive window
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from exc
+        return
+    if kind != "forecast":
+        raise typer.BadParameter("--kind is forecast or risk", param_hint="--kind")
     try:
         start_s = parse_time_ms(from_, option="--from") // 1000 if from_ else None
         end_s = parse_time_ms(to, option="--to") // 1000 if to else None
@@ -1047,6 +1065,48 @@ def train(
     except ValueError as exc:  # no data for the service, too little history, a bad --source
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
+
+
+evaluate_app = typer.Typer(help="Evaluate trained models on held-out data against the baselines.",
+                           no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
+
+
+@evaluate_app.command("risk")
+def evaluate_risk(
+    ctx: typer.Context,
+    dataset: Annotated[Path | None, typer.Option(help="Dataset folder (default <state>/datasets/risk); only its "
+                                                 "HELD-OUT seeds are evaluated on.")] = None,
+    version: Annotated[str | None, typer.Option(help="Risk model version (default: the newest).")] = None,
+    error_limit: Annotated[int, typer.Option(help="HAProxy `error-limit` (consecutive errors before mark-down; "
+                                             "HAProxy's default 10).")] = 10,
+    envoy_consecutive: Annotated[int, typer.Option(help="Envoy `consecutive_5xx`.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report last.")] = False,
+) -> None:
+    """Risk model vs reactive baselines on the held-out recordings: precision, recall (an alarm in
+    [failure - H, failure]), lead time p50 and false drains per instance-hour, overall and per fault kind,
+    for the model (through the drain policy, health.drain_above and its guardrails), the peer-deviation
+    baseline, HAProxy `observe layer7` + `error-limit` + active checks, and Envoy's consecutive-5xx ejection.
+    """
+    from infra.risk_eval import evaluate_command
+
+    s = _ctx(ctx).settings
+    try:
+        report = evaluate_command(s, dataset or s.state / "datasets" / "risk", version, error_limit,
+                                  envoy_consecutive)
+    except (ValueError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if not as_json:
+        table = Table(title="risk on the held-out seeds")
+        for col in ("detector", "recall", "precision", "lead p50 s", "false drains / inst-h", "leak recall"):
+            table.add_column(col)
+        for name, m in report["detectors"].items():
+            a, leak = m["all"], m.get("leak", {})
+            table.add_row(name, str(a["recall"]), str(a["precision"]), str(a["lead_s_p50"]),
+                          str(a["false_drains_per_instance_hour"]), str(leak.get("recall")))
+        console.print(table)
+    print(json.dumps(report))
 
 
 @app.command()
@@ -1489,6 +1549,78 @@ def faults_generate(
     else:
         out.write_text(text)
         console.print(f"wrote {out}")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`1-20`, `1,5,9` or `1000-1007,1010`: the seeds, in order, each once."""
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, _, high = part.partition("-")
+        try:
+            span = range(int(low), int(high or low) + 1)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{part!r}: seeds are N, N-M or a comma list of those", param_hint="--seeds"
+                                     ) from exc
+        out += [x for x in span if x not in out]
+    if not out:
+        raise typer.BadParameter("no seed given", param_hint="--seeds")
+    return out
+
+
+def parse_kinds(text: str) -> tuple[FaultKind, ...]:
+    from infra.pool.faults import KINDS
+
+    out = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in out if k not in KINDS]
+    if bad or not out:
+        raise typer.BadParameter(f"{', '.join(bad) or 'none'}: kinds are {', '.join(KINDS)}", param_hint="--kinds")
+    return out  # type: ignore[return-value]
+
+
+@faults_app.command("record")
+def faults_record(
+    ctx: typer.Context,
+    seeds: Annotated[str, typer.Option(help="Scenario seeds, e.g. `1-20` (train) or `1000-1007` (held out: at "
+                                       "or above health.heldout_seed_from). One service `health-s<seed>` each.")],
+    out: Annotated[Path | None, typer.Option(help="Dataset folder (default <state>/datasets/risk).")] = None,
+    duration: Annotated[float, typer.Option(min=30, help="Seconds of load per batch; faults start in its middle "
+                                            "half, leaks fail 30-120 s after their onset.")] = 240.0,
+    batch: Annotated[int, typer.Option(min=1, help="Services recorded at once on one private stack (2 cores: 4 "
+                                       "keep the load client within ~40 ms and the worker within its lateness; "
+                                       "8 put the client ~1 s behind).")] = 4,
+    utilisation: Annotated[float, typer.Option(min=0.05, max=0.95, help="Load as a share of a service's healthy "
+                                               "capacity (4 instances x --capacity).")] = 0.65,
+    capacity: Annotated[float, typer.Option(min=1, help="Requests/s one instance serves.")] = 12.0,
+    window: Annotated[int, typer.Option(min=1, help="Feature window length, seconds.")] = 2,
+    kinds: Annotated[str, typer.Option(help="Fault kinds the generator draws from, uniformly (a repeat weighs "
+                                       "one): the default triples leaks, the one kind with precursors.")
+                     ] = "leak,leak,leak,slowdown,capacity_loss,errors,hang,crash",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON summary last.")] = False,
+) -> None:
+    """Record a fault dataset for the risk model: per batch of seeds, a private stack (free ports, temp folder)
+    runs one pool service per seed (4 instances, one playing the seed's generated fault) under an open-loop
+    Poisson load through HAProxy, then exports its instance windows joined with the ground truth
+    (`fault_events`) and HAProxy's per-request log to parquet files under --out. Training and
+    `foresight evaluate risk` read those files; the stack is gone afterwards.
+
+    Example: `foresight faults record --seeds 1-20` then `--seeds 1000-1007` for the held-out set.
+    """
+    from rich.progress import Progress
+
+    from infra.fault_dataset import RecordPlan, record_dataset
+
+    s = _ctx(ctx).settings
+    plan = RecordPlan(seeds=parse_seeds(seeds), duration_s=duration, utilisation=utilisation, capacity_rps=capacity,
+                      batch=batch, window_s=window, kinds=parse_kinds(kinds))
+    folder = out or s.state / "datasets" / "risk"
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task(f"recording {len(plan.seeds)} seed(s) in {len(plan.batches())} batch(es)",
+                            total=len(plan.seeds))
+        summary = record_dataset(plan, folder, s.health.heldout_seed_from, _say,
+                                 progress=lambda n: bar.advance(task, n))
+    if not as_json:
+        console.print(f"dataset: {summary['windows']} windows, {summary['requests']} requests under {folder}")
+    print(json.dumps(summary))
 
 
 @app.command("registry-sync")

@@ -553,6 +553,10 @@ class HealthSettings(Section):
     cooldown_rounds: int = Field(6, ge=0, description="After a drain, rounds before the next drain of the service "
                                  "(the replacement arrives and the peers' windows settle first).")
     dry_run: bool = Field(False, description="Decide and record, do not touch the registry.")
+    horizon_s: float = Field(60.0, gt=0, description="The risk label's horizon: an instance window is positive "
+                             "when the instance fails within this many seconds after it.")
+    heldout_seed_from: int = Field(1000, ge=1, description="Fault scenario seeds at or above this are the held-out "
+                                   "set: recorded and evaluated on, refused by `foresight train --kind risk`.")
     metrics_port: int = Field(19113, description="Prometheus metrics of the `foresight health` loop.")
 
 

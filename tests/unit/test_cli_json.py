@@ -28,7 +28,7 @@ SCRIPT_READ = {
     "registry list", "registry leaders", "registry show", "registry drain", "registry undrain",
     "registry deregister",
     "pool status", "pool scale",
-    "faults generate", "chaos",
+    "faults generate", "faults record", "evaluate risk", "chaos",
 }
 # long-running servers and workers (read through their metrics and ClickHouse, not their output)
 SERVERS = {

@@ -1,0 +1,288 @@
+"""`foresight evaluate risk`: the risk model against reactive baselines on the held-out recordings.
+
+Every detector turns the same recordings into alarms (instance, time):
+
+- `model`: the registered `risk` model scores each round of windows; the drain policy (`decide_drains`:
+  hysteresis, at most `max_drained_fraction` out, cooldown, never the last instance) turns the scores
+  into drains, as the health controller would. A drain is an alarm.
+- `peer_deviation`: the baseline `/v1/risk` answers today (p99, error rate, queue against the peers),
+  through the same drain policy.
+- `haproxy_layer7`: `observe layer7` + `error-limit N` + `on-error mark-down` on HAProxy's own log of
+  each server (N consecutive 5xx/timeouts mark it down, it comes back after `rise` good checks), plus
+  the active check `inter 2s fall 3`, which sees a crash `fall x inter` after it (a hang answers
+  /healthz: the active check never sees it).
+- `envoy_outlier`: Envoy's outlier detection, `consecutive_5xx = 5`, ejecting for 30 s.
+
+A failure (the ground truth's `failure_ms`, F) is caught when an alarm fires on its instance in
+[F - H, F]; lead time = F - the first such alarm. An alarm is true when its instance fails within H
+after it, late when the instance had already failed (a reactive detection: right, but no lead),
+false otherwise: a false drain. Precision = true / (true + false).
+
+The alarm of a window is stamped at its end plus the stream worker's lateness (when it is emitted).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from infra.core.service_registry import InstanceRecord, InstanceState
+from lb_adapters.policies.drain import DrainKnobs, DrainState, decide_drains
+from lb_adapters.policies.membership import SET_BY
+
+Alarm = tuple[str, str, float]  # (service, instance, seconds)
+
+
+# -- reactive rules --------------------------------------------------------------------------------
+def is_layer7_error(status: int) -> bool:
+    """HAProxy `observe layer7`: 5xx but 501 and 505 count as errors (a timeout is logged as 504)."""
+    return status >= 500 and status not in (501, 505)
+
+
+def consecutive_error_alarms(times: Sequence[float], errors: Sequence[bool], limit: int, dead_s: float) -> list[float]:
+    """Times at which `limit` consecutive errors (in completion order) are reached; after one, the server is
+    out for `dead_s` (its requests then do not count) and the count starts again."""
+    out: list[float] = []
+    run = 0
+    until = -math.inf
+    for t, bad in zip(times, errors, strict=True):
+        if t < until:
+            continue
+        run = run + 1 if bad else 0
+        if run >= limit:
+            out.append(t)
+            run = 0
+            until = t + dead_s
+    return out
+
+
+def request_rule_alarms(requests: Any, limit: int, dead_s: float, is_error: Callable[[int], bool]) -> list[Alarm]:
+    """The consecutive-error rule over each server's requests, ordered by when their answer came."""
+    if requests.empty:
+        return []
+    r = requests.assign(done_s=(requests["ts_ms"] + requests["latency_ms"].clip(lower=0)) / 1000.0)
+    r = r.sort_values("done_s")
+    out: list[Alarm] = []
+    for (service, instance), g in r.groupby(["service", "instance"], sort=False):
+        errs = [is_error(int(s)) for s in g["status"]]
+        out += [(service, instance, t) for t in consecutive_error_alarms(g["done_s"].tolist(), errs, limit, dead_s)]
+    return out
+
+
+def active_check_alarms(truth: Any, inter_s: float = 2.0, fall: int = 3) -> list[Alarm]:
+    """HAProxy's active check (`inter 2s fall 3` on /healthz): a crashed process fails it from the crash on,
+    so it is marked down `fall` checks later. A hang or an error onset still answers /healthz."""
+    return [(row.service, row.instance, float(row.failure_ms) / 1000 + fall * inter_s)
+            for row in truth.itertuples() if row.fault_kind in ("crash", "leak") and not math.isnan(row.failure_ms)]
+
+
+# -- score-based detectors through the drain policy -------------------------------------------------
+def drain_alarms(scored: Any, knobs: DrainKnobs, delay_s: float) -> list[Alarm]:
+    """Replay the drain policy round by round (one round per window start) on `scored` (service, instance,
+    window_start, window_end, risk); each `drain` decision is an alarm. Instances a round has no window
+    for are unknown (None), as in the controller. A drained instance stays in the records as draining."""
+    out: list[Alarm] = []
+    for service, g in scored.groupby("service"):
+        state = DrainState()
+        states: dict[str, InstanceState] = {}
+        for start, rnd in g.groupby("window_start", sort=True):
+            risk = dict(zip(rnd["instance"], rnd["risk"].astype(float), strict=True))
+            for name in risk:
+                states.setdefault(name, "ready")
+            now = float(rnd["window_end"].max()) + delay_s
+            records = {n: InstanceRecord(address="127.0.0.1", port=1, state=st,
+                                         started_at=0, metadata={SET_BY: "controller"})
+                       for n, st in states.items()}
+            live = {n: risk.get(n) for n in states}
+            decisions, state = decide_drains(live, records, state, knobs)
+            for d in decisions:
+                if d.action == "drain":
+                    states[d.instance] = "draining"
+                    out.append((str(service), d.instance, now))
+                elif d.action == "readmit":
+                    states[d.instance] = "ready"
+            del start
+    return out
+
+
+def peer_deviation_scores(windows: Any) -> Any:
+    """The served baseline's risk, per round: its peers are the other instances of the same window."""
+    import torch
+
+    from serving.models import peer_risk
+
+    w = windows.copy()
+    w["error_rate"] = w["status_5xx"] / w["requests"].clip(lower=1)
+    risks = np.zeros(len(w))
+    for _key, idx in w.groupby(["service", "window_start"]).indices.items():
+        feats = torch.tensor(w.iloc[idx][["latency_p99_ms", "error_rate", "queue_max"]].to_numpy(np.float32))
+        risks[idx] = peer_risk.risk_scores(peer_risk.deviation_z(feats)).numpy()
+    w["risk"] = risks
+    return w
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Truth:
+    kind: str  # "" for a healthy instance
+    failure_s: float | None
+    observed_h: float  # instance-hours it was recorded
+
+
+def truths(windows: Any) -> dict[tuple[str, str], Truth]:
+    out = {}
+    for (service, instance), g in windows.groupby(["service", "instance"]):
+        fail = g["failure_ms"].iloc[0]
+        hours = (float(g["window_end"].max()) - float(g["window_start"].min())) / 3600
+        out[(str(service), str(instance))] = Truth(str(g["fault_kind"].iloc[0] or ""),
+                                                   None if fail is None or math.isnan(fail) else float(fail) / 1000,
+                                                   hours)
+    return out
+
+
+def _p50(values: list[float]) -> float | None:
+    return round(float(np.median(values)), 1) if values else None
+
+
+def score_alarms(alarms: Iterable[Alarm], truth: dict[tuple[str, str], Truth], horizon_s: float,
+                 recorded_until: dict[str, float]) -> dict[str, Any]:
+    """Precision, recall, lead p50, false drains per instance-hour; overall and per fault kind.
+    A failure after its service's recording ended cannot be caught or missed: it is not counted in recall
+    (alarms before it still count as true)."""
+    by_inst: dict[tuple[str, str], list[float]] = {}
+    for service, instance, t in alarms:
+        by_inst.setdefault((service, instance), []).append(t)
+    kinds = sorted({t.kind or "none" for t in truth.values()})
+    rows: dict[str, dict[str, Any]] = {k: {"failures": 0, "caught": 0, "leads": [], "true": 0, "false": 0,
+                                           "late": 0, "hours": 0.0, "detect": []} for k in ["all", *kinds]}
+    for key, tr in truth.items():
+        times = sorted(by_inst.get(key, []))
+        for k in ("all", tr.kind or "none"):
+            rows[k]["hours"] += tr.observed_h
+        f = tr.failure_s
+        verdict = {"true": 0, "false": 0, "late": 0}
+        for t in times:
+            if f is not None and t > f:
+                verdict["late"] += 1
+            elif f is not None and f - t <= horizon_s:
+                verdict["true"] += 1
+            else:
+                verdict["false"] += 1
+        counted = f is not None and f <= recorded_until.get(key[0], math.inf)
+        in_window = [t for t in times if f is not None and f - horizon_s <= t <= f]
+        after = [t for t in times if f is not None and f - horizon_s <= t <= f + horizon_s]
+        for k in ("all", tr.kind or "none"):
+            r = rows[k]
+            for v, n in verdict.items():
+                r[v] += n
+            if counted:
+                r["failures"] += 1
+                if in_window:
+                    r["caught"] += 1
+                    r["leads"].append(f - in_window[0])  # type: ignore[operator]
+                if after:
+                    r["detect"].append(after[0] - f)  # type: ignore[operator]
+    out = {}
+    for k, r in rows.items():
+        judged = r["true"] + r["false"]
+        out[k] = {"failures": r["failures"], "caught": r["caught"],
+                  "recall": round(r["caught"] / r["failures"], 3) if r["failures"] else None,
+                  "precision": round(r["true"] / judged, 3) if judged else None,
+                  "lead_s_p50": _p50(r["leads"]),
+                  "false_drains": r["false"],
+                  "false_drains_per_instance_hour": round(r["false"] / r["hours"], 3) if r["hours"] else None,
+                  "late_alarms": r["late"],
+                  "detected_within_h": len(r["detect"]),
+                  "detect_delay_s_p50": _p50(r["detect"]),  # first alarm in [F-H, F+H] minus F: < 0 is a lead
+                  "instance_hours": round(r["hours"], 3)}
+    return out
+
+
+def evaluate(windows: Any, requests: Any, model_scores: Any | None, knobs: DrainKnobs, horizon_s: float,
+             delay_s: float, error_limit: int = 10, envoy_consecutive: int = 5) -> dict[str, Any]:
+    """Every detector on the same held-out recordings; `model_scores` = windows with the model's `risk`."""
+    truth = truths(windows)
+    recorded_until = {str(k): float(v) for k, v in windows.groupby("service")["window_end"].max().items()}
+    firsts = windows.drop_duplicates(["service", "instance"])
+    detectors: dict[str, list[Alarm]] = {}
+    if model_scores is not None:
+        detectors["model"] = drain_alarms(model_scores, knobs, delay_s)
+        detectors["model_threshold"] = [(r.service, r.instance, float(r.window_end) + delay_s)
+                                        for r in model_scores.itertuples() if r.risk >= knobs.drain_above]
+    detectors["peer_deviation"] = drain_alarms(peer_deviation_scores(windows), knobs, delay_s)
+    detectors["haproxy_layer7"] = (request_rule_alarms(requests, error_limit, 4.0, is_layer7_error)
+                                   + active_check_alarms(firsts))
+    detectors["envoy_outlier"] = request_rule_alarms(requests, envoy_consecutive, 30.0, lambda s: s >= 500)
+    # an alarm after its service's recording (the active check's, synthesised from a late failure) saw nothing
+    return {name: score_alarms([a for a in alarms if a[2] <= recorded_until[a[0]] + delay_s], truth, horizon_s,
+                               recorded_until)
+            for name, alarms in detectors.items()}
+
+
+TARGETS = {"recall": 0.9, "lead_s_p50": 30.0, "false_drains_per_instance_hour": 0.1}
+
+
+def policy_knobs(s: Any) -> DrainKnobs:
+    """The health controller's knobs, its round counts rescaled from `health.interval_s` rounds to one round
+    per feature window (the replay judges every window)."""
+    rounds = s.health.interval_s / s.streams.window_s
+    return DrainKnobs(drain_above=s.health.drain_above, readmit_below=s.health.readmit_below,
+                      readmit_after=max(1, round(s.health.readmit_after * rounds)),
+                      max_drained_fraction=s.health.max_drained_fraction,
+                      cooldown_rounds=round(s.health.cooldown_rounds * rounds))
+
+
+def load_risk_module(state_dir: Any, version: str | None) -> tuple[Any, Any]:
+    import torch
+
+    from infra.core.model_registry import list_versions, read_manifest, registry_root, verify_files
+
+    root = registry_root(state_dir)
+    versions = list_versions(root, "risk")
+    if not versions:
+        raise FileNotFoundError(f"no risk model under {root / 'risk'}: `foresight train --kind risk` first")
+    chosen = version or versions[-1]
+    if chosen not in versions:
+        raise ValueError(f"risk version {chosen} not in {root / 'risk'} (have {', '.join(versions)})")
+    folder = root / "risk" / chosen
+    manifest = read_manifest(folder)
+    verify_files(folder, manifest)
+    return torch.jit.load(str(folder / "model.pt")), manifest
+
+
+def evaluate_command(s: Any, dataset: Any, version: str | None, error_limit: int,
+                     envoy_consecutive: int) -> dict[str, Any]:
+    from infra.fault_dataset import load_dataset
+    from training.risk import score
+    from training.risk_features import RISK_COLUMNS
+
+    windows, requests = load_dataset(dataset)
+    windows = windows[windows["seed"] >= s.health.heldout_seed_from]
+    if windows.empty:
+        raise ValueError(f"no held-out seed (>= {s.health.heldout_seed_from}) under {dataset}: record them with "
+                         f"`foresight faults record --seeds {s.health.heldout_seed_from}-...`")
+    if not requests.empty:
+        requests = requests[requests["service"].isin(set(windows["service"]))]
+    module, manifest = load_risk_module(s.state, version)
+    columns = manifest.config.get("columns")
+    if columns != list(RISK_COLUMNS):
+        raise ValueError(f"risk {manifest.version} reads columns {columns}, this evaluation derives {RISK_COLUMNS}")
+    trained_on = set(manifest.config.get("train_seeds", []))
+    heldout = sorted(int(x) for x in windows["seed"].unique())
+    if trained_on & set(heldout):
+        raise ValueError(f"risk {manifest.version} was trained on seeds {sorted(trained_on & set(heldout))}")
+    knobs = policy_knobs(s)
+    report = evaluate(windows, requests, score(module, windows), knobs, s.health.horizon_s,
+                      s.streams.allowed_lateness_s, error_limit, envoy_consecutive)
+    kinds = windows.drop_duplicates(["service", "instance"])["fault_kind"].replace("", "none").value_counts()
+    return {"model": f"{manifest.name}@{manifest.version}", "horizon_s": s.health.horizon_s, "heldout_seeds": heldout,
+            "instances_by_kind": {str(k): int(v) for k, v in kinds.items()},
+            "knobs": {"drain_above": knobs.drain_above, "readmit_below": knobs.readmit_below,
+                      "readmit_after_windows": knobs.readmit_after, "cooldown_windows": knobs.cooldown_rounds,
+                      "max_drained_fraction": knobs.max_drained_fraction,
+                      "error_limit": error_limit, "envoy_consecutive_5xx": envoy_consecutive},
+            "targets": TARGETS, "detectors": report}
