@@ -26,6 +26,10 @@ class FeatureWindow(BaseModel):
     sessions_max: float = Field(0.0, description="Peak HAProxy current sessions (service: sum of instance peaks).")
     queue_max: float = Field(0.0, description="Peak HAProxy queue (service: sum of instance peaks).")
     conn_errors: float = Field(0.0, description="Increase of HAProxy connection errors over the window.")
+    resource_max: float = Field(0.0, description="Peak of the backend's resource ratio, 0 healthy .. 1 about to "
+                                "crash (service: the highest instance peak).")
+    busy_max: float = Field(0.0, description="Peak share of the backend's workers busy (service: the highest "
+                            "instance peak).")
     late_events: int = Field(0, description="Events that arrived after the window closed (not in the counts).")
     emitted_at: int = Field(description="Epoch ms when the worker closed the window; the replace version.")
 

@@ -21,6 +21,7 @@ from streams.sketch import SKETCH_RELATIVE_ACCURACY, new_sketch, quantile, sketc
 from streams.sketch_batch import add_many
 
 __all__ = [
+    "RATIO_SIGNALS",
     "SATURATION_METRICS",
     "SKETCH_RELATIVE_ACCURACY",
     "WindowAcc",
@@ -28,13 +29,19 @@ __all__ = [
     "counter_delta",
 ]
 
-# HAProxy exporter samples (per server: `proxy` = service, `server` = instance) -> window signal.
+# Metric samples -> window signal. HAProxy exporter samples are per server (`proxy` = service,
+# `server` = instance); the pool backends' gauges carry `service` and `instance` labels.
 SATURATION_METRICS = {
     "haproxy_server_current_sessions": "sessions",
     "haproxy_server_current_queue": "queue",
     "haproxy_server_connection_errors_total": "conn_errors",
     "haproxy_server_connection_errors": "conn_errors",
+    "foresight_backend_resource_ratio": "resource",
+    "foresight_backend_busy_workers_ratio": "busy",
 }
+# Signals whose service-wide value is the highest instance peak, not the sum: a ratio of one
+# instance's capacity (0..1) does not add up over instances, and the riskiest instance is what matters.
+RATIO_SIGNALS = frozenset({"resource", "busy"})
 
 
 def counter_delta(previous: float | None, value: float) -> float:
@@ -48,6 +55,7 @@ class WindowAcc:
     """Counts, latency sketch and saturation signals of one window of one key."""
 
     __slots__ = (
+        "busy_max",
         "by_class",
         "bytes_sent",
         "conn_errors",
@@ -55,6 +63,7 @@ class WindowAcc:
         "latency",
         "queue_max",
         "requests",
+        "resource_max",
         "sessions_max",
     )
 
@@ -66,6 +75,8 @@ class WindowAcc:
         self.sessions_max = 0.0
         self.queue_max = 0.0
         self.conn_errors = 0.0
+        self.resource_max = 0.0  # peak of the backend's resource ratio (0 healthy .. 1 about to crash)
+        self.busy_max = 0.0  # peak of the backend's busy-workers ratio
         self.late = 0  # late events of this key reported with this window (service-wide merge only)
 
     def add(self, status: int, latency_ms: float, bytes_sent: int) -> None:
@@ -92,11 +103,16 @@ class WindowAcc:
             self.sessions_max = max(self.sessions_max, value)
         elif signal == "queue":
             self.queue_max = max(self.queue_max, value)
+        elif signal == "resource":
+            self.resource_max = max(self.resource_max, value)
+        elif signal == "busy":
+            self.busy_max = max(self.busy_max, value)
         else:
             self.conn_errors += value
 
     def merge(self, other: WindowAcc) -> None:
-        """Fold another key's window in (the service-wide window: peaks of instances add up)."""
+        """Fold another instance's window in (the service-wide window): peaks of sessions and queue add
+        up (requests in flight at once over the service), the ratios keep the highest (`RATIO_SIGNALS`)."""
         self.requests += other.requests
         self.by_class = [a + b for a, b in zip(self.by_class, other.by_class, strict=True)]
         self.bytes_sent += other.bytes_sent
@@ -104,11 +120,14 @@ class WindowAcc:
         self.sessions_max += other.sessions_max
         self.queue_max += other.queue_max
         self.conn_errors += other.conn_errors
+        self.resource_max = max(self.resource_max, other.resource_max)
+        self.busy_max = max(self.busy_max, other.busy_max)
         self.late += other.late
 
     def to_dict(self) -> dict[str, Any]:
         return {"r": self.requests, "c": self.by_class, "b": self.bytes_sent, "l": sketch_to_dict(self.latency),
-                "s": self.sessions_max, "q": self.queue_max, "e": self.conn_errors, "late": self.late}
+                "s": self.sessions_max, "q": self.queue_max, "e": self.conn_errors, "late": self.late,
+                "rs": self.resource_max, "bz": self.busy_max}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WindowAcc:
@@ -116,6 +135,7 @@ class WindowAcc:
         acc.requests, acc.by_class, acc.bytes_sent = d["r"], list(d["c"]), d["b"]
         acc.latency = sketch_from_dict(d["l"])
         acc.sessions_max, acc.queue_max, acc.conn_errors, acc.late = d["s"], d["q"], d["e"], d.get("late", 0)
+        acc.resource_max, acc.busy_max = d.get("rs", 0.0), d.get("bz", 0.0)  # absent in states written before them
         return acc
 
     def to_window(self, service: str, instance: str, start: int, window_ms: int, late: int,
@@ -128,7 +148,8 @@ class WindowAcc:
             status_5xx=self.by_class[3],
             latency_p50_ms=quantile(q, 0.5), latency_p90_ms=quantile(q, 0.9), latency_p99_ms=quantile(q, 0.99),
             bytes_sent=self.bytes_sent, sessions_max=self.sessions_max, queue_max=self.queue_max,
-            conn_errors=self.conn_errors, late_events=late, emitted_at=emitted_at,
+            conn_errors=self.conn_errors, resource_max=self.resource_max, busy_max=self.busy_max,
+            late_events=late, emitted_at=emitted_at,
         )
 
 
@@ -191,8 +212,8 @@ class WindowAggregator:
                 continue
             acc.add_signal(signal, value)
             service_acc = self._acc((key[0], SERVICE_WIDE), start)
-            if service_acc is not None:  # peaks of the service: sum of the instances' peaks, as in a merge
-                service_acc.add_signal(signal, value if signal == "conn_errors" else 0.0)
+            if service_acc is not None:  # as in a merge: summed peaks are set at close, ratios keep the highest
+                service_acc.add_signal(signal, value if signal == "conn_errors" or signal in RATIO_SIGNALS else 0.0)
             self.max_event_ts = max(self.max_event_ts, ts)
         return late
 

@@ -2,10 +2,10 @@
 
 Parsing is prometheus_client's (the maintained parser of the exposition format), not ours. Each
 sample becomes a `MetricSample` stamped with the scrape time, so the samples of one scrape line up
-in the feature windows. Service and instance follow HAProxy's exporter, the target this exists
-for: the `proxy` label is the service and `server` the instance; samples without them belong to
-the configured service and to the target's `host:port`. NaN and infinite values are skipped (JSON
-cannot carry them, and HAProxy reports NaN for every limit that is not set).
+in the feature windows. Service and instance follow HAProxy's exporter first (the `proxy` label is
+the service and `server` the instance), else the `service` and `instance` labels (the pool
+backends' gauges), else the configured service and the target's `host:port`. NaN and infinite
+values are skipped (JSON cannot carry them, and HAProxy reports NaN for every limit that is not set).
 
 A failed scrape (refused, timeout, HTTP error, unparsable body) is logged and counted, and the
 next one happens on schedule: one broken target must not stop the others.
@@ -71,7 +71,8 @@ def samples_from_exposition(text: str, ts_ms: int, *, service: str, instance: st
                 continue
             labels = {k: str(v) for k, v in s.labels.items()}
             out.append(MetricSample.model_construct(
-                v=1, ts=ts_ms, service=labels.get("proxy") or service, instance=labels.get("server") or instance,
+                v=1, ts=ts_ms, service=labels.get("proxy") or labels.get("service") or service,
+                instance=labels.get("server") or labels.get("instance") or instance,
                 name=s.name, value=value, labels=labels))
     return out, skipped
 

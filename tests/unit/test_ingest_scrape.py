@@ -216,6 +216,18 @@ def test_haproxy_exporter_capture_maps_proxy_and_server(server: tuple[str, list[
     assert len({s.ts for s in samples}) == 1 and before <= samples[0].ts <= after  # one scrape, one time
 
 
+def test_service_and_instance_labels_map_when_haproxy_labels_are_absent() -> None:
+    """The pool backends' gauges carry `service`/`instance`; HAProxy's `proxy`/`server` win over them."""
+    text = ('foresight_backend_resource_ratio{service="api",instance="api-1"} 0.25\n'
+            'haproxy_server_current_queue{proxy="be",server="s1",service="x",instance="y"} 3\n'
+            'process_open_fds 7\n')
+    samples, skipped = samples_from_exposition(text, 5, service="dflt", instance="h:1")
+    assert skipped == 0
+    assert [(s.name, s.service, s.instance) for s in samples] == [
+        ("foresight_backend_resource_ratio", "api", "api-1"), ("haproxy_server_current_queue", "be", "s1"),
+        ("process_open_fds", "dflt", "h:1")]
+
+
 def test_batches_respect_batch_max_and_gzip_is_undone(server: tuple[str, list[str]]) -> None:
     base, _ = server
     batches = scrape_once(f"{base}/gz", batch_max=2)

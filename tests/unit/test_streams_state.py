@@ -129,6 +129,27 @@ def test_service_window_merges_instances_and_ignores_replays() -> None:
     assert again.requests == 6 and again.emitted_at > w.emitted_at  # ... and replaces it
 
 
+def test_backend_gauges_survive_serialisation_and_old_states_read_zero() -> None:
+    clock = PartitionClock(lateness_ms=0)
+    st = InstanceState("web", "s1", partition=0)
+    st.add_access(ev(1_000), W, clock)
+    assert st.add_sample(sample(2_000, "foresight_backend_resource_ratio", 0.6), W, clock)
+    assert st.add_sample(sample(3_000, "foresight_backend_busy_workers_ratio", 0.3), W, clock)
+    (w, p), = InstanceState.loads(st.dumps()).close(20_000, W, emitted_at=5)
+    assert (w.resource_max, w.busy_max) == (0.6, 0.3)
+    old = {k: v for k, v in p.acc.items() if k not in ("rs", "bz")}  # a changelog written before the gauges
+    back = WindowAcc.from_dict(old)
+    assert (back.requests, back.resource_max, back.busy_max) == (1, 0.0, 0.0)
+    sw = ServiceWindow("web", 0, partition=0)
+    other = WindowAcc()
+    other.resource_max, other.busy_max, other.sessions_max = 0.9, 0.1, 2.0
+    sw.add(p, now=0.0)
+    sw.add(WindowPartial(service="web", instance="s2", window_start=0, acc=other.to_dict()), now=0.0)
+    sw.add(WindowPartial(service="web", instance="s3", window_start=0, acc=old), now=0.0)
+    merged = sw.emit(W, now_ms=1)
+    assert (merged.resource_max, merged.busy_max, merged.sessions_max) == (0.9, 0.3, 2.0)
+
+
 def test_service_window_retires_only_when_settled_and_acknowledged() -> None:
     sw = ServiceWindow("web", 0, partition=1)
     sw.add(partial("a", 1), now=0.0)

@@ -84,3 +84,19 @@ def test_saturation_samples_per_instance_and_service() -> None:
     assert closed[SERVICE_WIDE].conn_errors == 2.0
     assert agg.add_samples([{"ts": 3_000, "service": "web", "instance": "s1", "name":
                              "haproxy_server_current_queue", "value": 1}]) == 1  # window closed: late
+
+
+def test_backend_gauges_keep_peaks_and_the_service_keeps_the_highest_instance_peak() -> None:
+    """Resource and busy ratios: each instance's peak; for `*` the highest of them (a ratio of one
+    instance's capacity does not add up), while HAProxy's session peaks still add up."""
+    agg = WindowAggregator(window_s=10, allowed_lateness_s=0)
+    agg.add_events([ev(1_000, "s1"), ev(1_000, "s2")])
+    samples = [{"ts": 2_000, "service": "web", "instance": i, "name": n, "value": v} for i, n, v in [
+        ("s1", "foresight_backend_resource_ratio", 0.2), ("s1", "foresight_backend_resource_ratio", 0.7),
+        ("s2", "foresight_backend_resource_ratio", 0.4), ("s2", "foresight_backend_busy_workers_ratio", 0.5),
+        ("s1", "foresight_backend_busy_workers_ratio", 0.25), ("s1", "foresight_backend_in_flight", 9)]]
+    assert agg.add_samples(samples) == 0
+    agg.add_events([ev(25_000)])
+    closed = {w.instance: w for w in agg.close(agg.watermark(), emitted_at=1) if w.window_start == 0}
+    assert [(closed[k].resource_max, closed[k].busy_max) for k in ("s1", "s2", SERVICE_WIDE)] == [
+        (0.7, 0.25), (0.4, 0.5), (0.7, 0.5)]
