@@ -211,14 +211,25 @@ def run_http(s: Settings) -> None:
 
 
 def run_scrape(s: Settings, targets: list[str], metrics_port: int | None) -> None:
-    from ingest.sources.scrape import run_scrape_ingest
+    """`ingest scrape`: the static targets (default the stack's HAProxy exporter) and, with
+    `ingest.scrape_registry`, every instance the service registry lists (the pool backends)."""
+    from infra.core.service_registry import Registry
+    from ingest.sources.scrape import Discover, registry_targets, run_scrape_ingest
 
     sink = kafka_sink(s, "scrape")
     ingest = s.ingest.model_copy(update={"scrape_targets": targets}) if targets else s.ingest
+    registry = Registry(s.registry_endpoint, s.registry.prefix, s.registry.timeout_s)
+
+    def listed() -> list[str]:
+        return registry_targets(registry.list())
+
+    discover: Discover | None = listed if ingest.scrape_registry else None
     try:
-        run_scrape_ingest(ingest, sink, default_targets=[haproxy_exporter_url(s)], metrics_port=metrics_port)
+        run_scrape_ingest(ingest, sink, default_targets=[haproxy_exporter_url(s)], metrics_port=metrics_port,
+                          discover=discover)
     finally:
         sink.close()
+        registry.close()
 
 
 def run_registry_sync(s: Settings) -> None:

@@ -60,6 +60,7 @@ from streams.metrics import StreamMetrics
 from streams.schemas import FeatureWindow, WindowPartial
 from streams.sinks.clickhouse import FeatureSink
 from streams.state import InstanceState, PartitionClock, ServiceWindow, pending_windows, window_id
+from streams.windows import SATURATION_METRICS
 
 log = logging.getLogger("foresight.streams")
 MARK_PREFIX = b"__position__/"
@@ -464,6 +465,8 @@ class FeatureStream:
         over = False
         for item in items:
             try:
+                if not access and item["name"] not in SATURATION_METRICS:
+                    continue  # a sample no window keeps: no state for its service/instance (exporters' own)
                 key = (item["service"], item["instance"])
                 if key != last:
                     last = key

@@ -235,7 +235,12 @@ class IngestSettings(Section):
                                  description="Disk spool for when Kafka is down; full = back-pressure.")
     scrape_targets: list[str] = Field(default_factory=list,
                                       description="Prometheus URLs to scrape; empty = the stack's HAProxy exporter.")
-    scrape_interval_s: float = Field(10.0, description="Seconds between scrapes of each target.")
+    scrape_interval_s: float = Field(2.0, gt=0, description="Seconds between scrapes of each target: at most "
+                                     "the shortest feature window (`streams.instance_window_s`), so each has a sample.")
+    scrape_registry: bool = Field(True, description="Also scrape every ready or draining instance of the service "
+                                  "registry (etcd) at `http://<address>:<port>/metrics`: the pool backends' gauges.")
+    scrape_rediscover_every: int = Field(5, ge=1, description="List the registry's instances again every this "
+                                         "many scrape intervals.")
     scrape_metrics_port: int = Field(19104, description="Prometheus metrics of the scrape process.")
     default_service: str = Field("unknown", description="Service of lines no rule and no field names.")
     routes: list[RouteRule] = Field(default_factory=list, description="Service/instance rules, first match wins.")
