@@ -159,7 +159,7 @@ def build_health_controller(s: Settings, leadership: bool = True, name: str = "h
         sink=decision_log(s, name),
         knobs=DrainKnobs(h.drain_above, h.readmit_below, h.readmit_after, h.max_drained_fraction, h.capacity_rps,
                          h.cooldown_rounds),
-        features_max_age_s=h.features_max_age_s, window_s=s.streams.window_s, dry_run=h.dry_run, leadership=lead,
+        features_max_age_s=h.features_max_age_s, window_s=s.streams.instance_window, dry_run=h.dry_run, leadership=lead,
     )
 
 

@@ -110,6 +110,20 @@ class WindowAcc:
         else:
             self.conn_errors += value
 
+    def extend(self, other: WindowAcc) -> None:
+        """Fold in another window of the same key (an instance's shorter windows within a service-wide
+        one): counts add up, each peak keeps the highest (the instance's peak over the longer span)."""
+        self.requests += other.requests
+        self.by_class = [a + b for a, b in zip(self.by_class, other.by_class, strict=True)]
+        self.bytes_sent += other.bytes_sent
+        self.latency.merge(other.latency)
+        self.sessions_max = max(self.sessions_max, other.sessions_max)
+        self.queue_max = max(self.queue_max, other.queue_max)
+        self.conn_errors += other.conn_errors
+        self.resource_max = max(self.resource_max, other.resource_max)
+        self.busy_max = max(self.busy_max, other.busy_max)
+        self.late += other.late
+
     def merge(self, other: WindowAcc) -> None:
         """Fold another instance's window in (the service-wide window): peaks of sessions and queue add
         up (requests in flight at once over the service), the ratios keep the highest (`RATIO_SIGNALS`)."""
@@ -154,20 +168,33 @@ class WindowAcc:
 
 
 class WindowAggregator:
-    """Every key's windows in one process, closed by one watermark (the offline/single-process form)."""
+    """Every key's windows in one process, closed by one watermark (the offline/single-process form).
 
-    def __init__(self, window_s: int, allowed_lateness_s: float) -> None:
+    Instance windows last `instance_window_s` (default `window_s`, which it must divide), service-wide
+    `*` windows `window_s`: a `*` window counts the events of its instances' windows within it, and its
+    session/queue peaks are the sum over instances of each one's peak in it."""
+
+    def __init__(self, window_s: int, allowed_lateness_s: float, instance_window_s: int | None = None) -> None:
         self.window_ms = window_s * 1000
+        self.instance_window_ms = (instance_window_s or window_s) * 1000
+        if self.window_ms % self.instance_window_ms:
+            raise ValueError(f"instance_window_s {instance_window_s} does not divide window_s {window_s}")
         self.lateness_ms = int(allowed_lateness_s * 1000)
         self._open: dict[tuple[str, str, int], WindowAcc] = {}
         self._closed_before: dict[tuple[str, str], int] = {}  # per key: windows starting before this are closed
         self._late: dict[tuple[str, str], int] = {}
         self._counters: dict[tuple[str, str], float] = {}
+        # (service, `*` window start) -> instance -> its [sessions, queue] peak within that window
+        self._peaks: dict[tuple[str, int], dict[str, list[float]]] = {}
         self.max_event_ts = 0
         self.late_total = 0
 
-    def _acc(self, key: tuple[str, str], start: int) -> WindowAcc | None:
-        """The open window of `key` at `start`, or None (counted late) when it has closed."""
+    def _size(self, instance: str) -> int:
+        return self.window_ms if instance == SERVICE_WIDE else self.instance_window_ms
+
+    def _acc(self, key: tuple[str, str], ts: int) -> WindowAcc | None:
+        """The open window of `key` holding `ts`, or None (counted late) when it has closed."""
+        start = ts - ts % self._size(key[1])
         if start < self._closed_before.get(key, 0):
             self._late[key] = self._late.get(key, 0) + 1
             return None
@@ -181,15 +208,17 @@ class WindowAggregator:
         late = 0
         for ev in events:
             ts = int(ev["ts"])
-            start = ts - ts % self.window_ms
             service, instance = ev["service"], ev["instance"]
             status, latency, size = int(ev["status"]), float(ev["latency_ms"]), int(ev["bytes_sent"])
-            for key in ((service, instance), (service, SERVICE_WIDE)):
-                acc = self._acc(key, start)
-                if acc is None:
-                    late += key[1] != SERVICE_WIDE
-                    continue
+            acc = self._acc((service, instance), ts)
+            if acc is None:  # as in the worker, where `*` windows are merged from instance windows: not in `*`
+                late += 1
+                self._late[(service, SERVICE_WIDE)] = self._late.get((service, SERVICE_WIDE), 0) + 1
+            else:
                 acc.add(status, latency, size)
+                service_acc = self._acc((service, SERVICE_WIDE), ts)
+                if service_acc is not None:
+                    service_acc.add(status, latency, size)
             self.max_event_ts = max(self.max_event_ts, ts)
         self.late_total += late
         return late
@@ -205,15 +234,19 @@ class WindowAggregator:
             key = (sample["service"], sample["instance"])
             if signal == "conn_errors":
                 value, self._counters[key] = counter_delta(self._counters.get(key), value), value
-            start = ts - ts % self.window_ms
-            acc = self._acc(key, start)
+            acc = self._acc(key, ts)
             if acc is None:
                 late += 1
                 continue
             acc.add_signal(signal, value)
-            service_acc = self._acc((key[0], SERVICE_WIDE), start)
+            service_acc = self._acc((key[0], SERVICE_WIDE), ts)
             if service_acc is not None:  # as in a merge: summed peaks are set at close, ratios keep the highest
                 service_acc.add_signal(signal, value if signal == "conn_errors" or signal in RATIO_SIGNALS else 0.0)
+                if signal in ("sessions", "queue"):
+                    peaks = self._peaks.setdefault((key[0], ts - ts % self.window_ms), {}).setdefault(key[1],
+                                                                                                     [0.0, 0.0])
+                    i = 0 if signal == "sessions" else 1
+                    peaks[i] = max(peaks[i], value)
             self.max_event_ts = max(self.max_event_ts, ts)
         return late
 
@@ -226,20 +259,18 @@ class WindowAggregator:
 
     def close(self, watermark: int, emitted_at: int) -> list[FeatureWindow]:
         """Remove and return every window whose end is at or before `watermark`."""
-        done = sorted(k for k in self._open if k[2] + self.window_ms <= watermark)
-        closed: dict[tuple[str, str, int], WindowAcc] = {}
-        for service, instance, start in done:
-            closed[(service, instance, start)] = self._open.pop((service, instance, start))
-            key = (service, instance)
-            self._closed_before[key] = max(self._closed_before.get(key, 0), start + self.window_ms)
+        done = sorted(k for k in self._open if k[2] + self._size(k[1]) <= watermark)
         out = []
-        for (service, instance, start), acc in closed.items():
-            if instance == SERVICE_WIDE:  # peaks: sum of the instances' peaks closed with it
-                peers = [a for (s, i, st), a in closed.items() if s == service and st == start and i != SERVICE_WIDE]
-                acc.sessions_max = sum(a.sessions_max for a in peers)
-                acc.queue_max = sum(a.queue_max for a in peers)
-            out.append(acc.to_window(service, instance, start, self.window_ms, self._late.pop((service, instance), 0),
-                                     emitted_at))
+        for service, instance, start in done:
+            acc = self._open.pop((service, instance, start))
+            key = (service, instance)
+            size = self._size(instance)
+            self._closed_before[key] = max(self._closed_before.get(key, 0), start + size)
+            if instance == SERVICE_WIDE:  # peaks: sum of the instances' peaks within it
+                peaks = self._peaks.pop((service, start), {}).values()
+                acc.sessions_max = sum(p[0] for p in peaks)
+                acc.queue_max = sum(p[1] for p in peaks)
+            out.append(acc.to_window(service, instance, start, size, self._late.pop(key, 0), emitted_at))
         return out
 
     @property
