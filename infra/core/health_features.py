@@ -22,7 +22,7 @@ Counts (requests, offered) are per window: a model is trained on one window leng
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def median_of_others(x: np.ndarray) -> np.ndarray:
 
 
 def derive(values: Mapping[str, np.ndarray | list[float]], offered: np.ndarray | list[float] | None = None,
-           columns: tuple[str, ...] | list[str] = COLUMNS) -> np.ndarray:
+           columns: Sequence[str] = COLUMNS) -> np.ndarray:
     """float32 [n, len(columns)]: one service's instances (`values` keyed by `RAW_FIELDS`), NaN-free.
 
     `offered`: requests each instance is expected to receive in the next window (default: its
@@ -115,6 +115,6 @@ def derive(values: Mapping[str, np.ndarray | list[float]], offered: np.ndarray |
     return matrix.astype(np.float32).reshape(n, len(columns))
 
 
-def unknown_columns(columns: list[str] | tuple[str, ...]) -> list[str]:
+def unknown_columns(columns: Sequence[str]) -> list[str]:
     """Names in `columns` that `derive` does not produce (a manifest from a newer feature set)."""
     return [c for c in columns if c not in COLUMN_INDEX]
