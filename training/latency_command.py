@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from training.latency import MODEL_NAME, LatencyConfig, LatencyResult, Windows, 
 from training.progress import epoch_bar, say
 from training.publish import publish_health
 from training.registry import fingerprint
-from training.train_command import record_in_clickhouse
+from training.train_command import announce
 
 
 def service_patterns(service: str | None) -> list[str]:
@@ -69,14 +68,4 @@ def latency_command(*, service: str | None, time_range: tuple[int | None, int | 
     path, manifest = publish_health(registry_root(state_dir), "latency", result.module, MODEL_NAME, spec,
                                     {**cfg.model_dump(), "data": description}, data_fp, result.metrics,
                                     result.smoke_x)
-    say(f"wrote {path}")
-    why_not = record_in_clickhouse(ch, manifest, path)
-    if why_not:
-        say(f"[yellow]model_versions not written (ClickHouse unreachable): {why_not}[/]")
-    summary = {"kind": manifest.kind, "version": manifest.version, "path": str(path),
-               "model_versions": why_not is None, "metrics": manifest.metrics}
-    if not as_json:
-        print("\n".join(report_lines(result)))
-        print(f"registered {manifest.kind}@{manifest.version} in {path}")
-    print(json.dumps(summary))
-    return summary
+    return announce(ch, manifest, path, as_json, report_lines(result))
