@@ -1,0 +1,71 @@
+"""`foresight train --kind latency`: read per-instance windows from ClickHouse, train, compare, register."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from clickhouse_driver.errors import Error as ClickHouseError
+
+from infra.core.health_features import LATENCY_OUTPUTS
+from infra.core.model_registry import HealthSpec, registry_root
+from infra.core.settings import ClickHouseSettings
+from training.latency import MODEL_NAME, LatencyConfig, LatencyResult, Windows, train_latency
+from training.progress import epoch_bar, say
+from training.publish import publish_health
+from training.registry import fingerprint
+from training.train_command import announce
+
+
+def service_patterns(service: str | None) -> list[str]:
+    """`--service a,health-*` as LIKE patterns; none: every service."""
+    if not service:
+        return ["%"]
+    return [s.strip().replace("*", "%") for s in service.split(",") if s.strip()]
+
+
+def read_windows(ch: ClickHouseSettings, patterns: list[str], time_range: tuple[int | None, int | None]) -> Windows:
+    from infra.core.db import client
+    from infra.core.features_table import instance_windows
+
+    cl = client(ch, ch.database)
+    try:
+        return Windows.from_rows(instance_windows(cl, ch.database, patterns, *time_range))
+    except (OSError, EOFError, ClickHouseError) as exc:
+        raise ValueError(f"cannot read `features` from ClickHouse at {ch.host}:{ch.tcp_port}: "
+                         f"{str(exc).splitlines()[0][:200]}") from exc
+    finally:
+        cl.disconnect()
+
+
+def report_lines(result: LatencyResult) -> list[str]:
+    held = result.metrics["held_out"]
+    lines = [f"held-out pairs: {result.metrics['pairs']['held_out']} ({result.metrics['split']} split)",
+             f"{'':16} {'p50 MAE ms':>11} {'p99 MAE ms':>11} {'p99 MAE log':>12}"]
+    for name in ("model", "last_value", "inverse_latency"):
+        s = held[name]
+        lines.append(f"{name:16} {s['p50_mae_ms']:11.2f} {s['p99_mae_ms']:11.2f} {s['p99_mae_log']:12.3f}")
+    r = result.metrics["ratios"]
+    lines.append(f"p99 MAE: {r['p99_mae_vs_last_value']:.2f} x last value, "
+                 f"{r['p99_mae_vs_inverse_latency']:.2f} x the inverse-latency baseline")
+    return lines
+
+
+def latency_command(*, service: str | None, time_range: tuple[int | None, int | None], cfg: LatencyConfig,
+                    state_dir: Path, ch: ClickHouseSettings, as_json: bool = False,
+                    windows: Windows | None = None) -> dict[str, Any]:
+    patterns = service_patterns(service)
+    w = windows if windows is not None else read_windows(ch, patterns, time_range)
+    services = sorted(set(w.service.tolist()))
+    say(f"{len(w)} per-instance windows of {len(services)} service(s) from ClickHouse `features`")
+    with epoch_bar(cfg.epochs) as on_epoch:
+        result = train_latency(w, cfg, on_epoch)
+    description = {"source": "clickhouse", "table": "features", "services": services, "patterns": patterns,
+                   "from_s": time_range[0], "to_s": time_range[1]}
+    data_fp = fingerprint(description, w.start_s.tobytes(), np.nan_to_num(w.latency_p99_ms).tobytes())
+    spec = HealthSpec(columns=result.columns, window_s=result.window_s, outputs=list(LATENCY_OUTPUTS))
+    path, manifest = publish_health(registry_root(state_dir), "latency", result.module, MODEL_NAME, spec,
+                                    {**cfg.model_dump(), "data": description}, data_fp, result.metrics,
+                                    result.smoke_x)
+    return announce(ch, manifest, path, as_json, report_lines(result))
