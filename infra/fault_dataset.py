@@ -22,18 +22,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import shutil
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from infra.benches.load import LoadResult, percentile, poisson_schedule, run_load
+from infra.core.contracts import SERVICE_WIDE
 from infra.core.db import client as clickhouse_client
 from infra.core.settings import PoolServiceSettings, Settings, load_settings
 from infra.pool.faults import FaultKind, dump_scenario, generate
@@ -74,64 +75,19 @@ class RecordPlan:
         return [self.seeds[i:i + self.batch] for i in range(0, len(self.seeds), self.batch)]
 
 
-@dataclass
-class LoadStats:
-    sent: int = 0
-    statuses: Counter[int] = field(default_factory=Counter)
-    failed: int = 0  # no HTTP answer (timeout, refused)
-    late_ms: list[float] = field(default_factory=list)  # send time - scheduled time
-    dropped: int = 0  # not sent: the in-flight bound was reached
+def load_summary(result: LoadResult) -> dict[str, Any]:
+    """What a recording keeps of its load: counts, statuses, errors and the client's own lag (sent - scheduled),
+    which says whether the client (not the servers) fell behind."""
+    records = result.records
+    lags = [r.lag_ms for r in records if r.error != "overflow"]
+    statuses = Counter(r.status for r in records)
 
-    def summary(self) -> dict[str, Any]:
-        late = sorted(self.late_ms)
-        pick = (lambda q: round(late[min(len(late) - 1, int(q * len(late)))], 1)) if late else (lambda q: 0.0)
-        return {"sent": self.sent, "failed": self.failed, "dropped": self.dropped,
-                "status": {str(k): v for k, v in sorted(self.statuses.items())},
-                "late_ms_p50": pick(0.5), "late_ms_p99": pick(0.99), "late_ms_max": round(late[-1], 1) if late else 0}
+    def q(p: float) -> float:
+        return round(percentile(lags, p), 1) if lags else 0.0
 
-
-async def poisson_load(url: str, rate: float, duration_s: float, seed: int, stats: LoadStats,
-                       max_in_flight: int = 2000, timeout_s: float = 40.0) -> None:
-    """Open loop: arrivals at seeded exponential gaps whatever the answers do; each request on its own task.
-    Lateness (sent - scheduled) says whether this client kept up. Bounded by `max_in_flight`."""
-    rng = random.Random(seed)
-    in_flight: set[asyncio.Task[None]] = set()
-    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as http:
-        async def one() -> None:
-            try:
-                resp = await http.get(url)
-                stats.statuses[resp.status_code] += 1
-            except httpx.HTTPError:
-                stats.failed += 1
-
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        due = 0.0
-        while True:
-            due += rng.expovariate(rate)
-            if due >= duration_s:
-                break
-            delay = start + due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            stats.late_ms.append(max(0.0, (loop.time() - start - due) * 1000))
-            if len(in_flight) >= max_in_flight:
-                stats.dropped += 1
-                continue
-            stats.sent += 1
-            task = asyncio.create_task(one())
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-        if in_flight:
-            await asyncio.wait(in_flight, timeout=timeout_s)
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+    return {"scheduled": len(records), "status": {str(k): v for k, v in sorted(statuses.items())},
+            "errors": dict(Counter(r.error for r in records if r.error)),
+            "lag_ms_p50": q(50), "lag_ms_p99": q(99), "lag_ms_max": round(max(lags, default=0.0), 1)}
 
 
 def batch_settings(plan: RecordPlan, seeds: Sequence[int], scenario_dir: Path) -> dict[str, Any]:
@@ -144,8 +100,8 @@ def batch_settings(plan: RecordPlan, seeds: Sequence[int], scenario_dir: Path) -
             name=service_name(seed), capacity_rps=plan.capacity_rps, workers=plan.workers, replicas=INSTANCES,
             min_replicas=1, max_replicas=INSTANCES + 4, startup_delay_s=0.5, scenario=path,
         ).model_dump(mode="json", exclude_none=True))
-    return {"pool": {"services": services}, "streams": {"window_s": plan.window_s},
-            "ingest": {"scrape_interval_s": 2.0}}
+    # Service-wide windows stay at their default; the per-instance ones the risk model reads are short.
+    return {"pool": {"services": services}, "streams": {"instance_window_s": plan.window_s}}
 
 
 @contextlib.contextmanager
@@ -182,21 +138,22 @@ def wait_ready(s: Settings, services: Sequence[str], timeout_s: float = 60.0) ->
         raise TimeoutError(f"not ready after {timeout_s:.0f} s: {', '.join(sorted(pending))}")
 
 
-def run_load(s: Settings, plan: RecordPlan, seeds: Sequence[int]) -> dict[str, LoadStats]:
-    stats = {service_name(seed): LoadStats() for seed in seeds}
+def load_all(s: Settings, plan: RecordPlan, seeds: Sequence[int]) -> dict[str, LoadResult]:
+    """One open-loop Poisson load per service through its HAProxy frontend, all in one event loop. The timeout
+    outlasts HAProxy's `timeout server` (30 s), so a hung instance's requests end as HAProxy's 504s."""
     rate = plan.utilisation * plan.capacity_rps * INSTANCES
 
-    async def all_services() -> None:
+    async def all_services() -> list[LoadResult]:
         jobs = []
         for seed in seeds:
             svc = s.pool.service(service_name(seed))
             assert svc is not None
-            jobs.append(poisson_load(f"http://127.0.0.1:{svc.haproxy_port}/work", rate, plan.duration_s,
-                                     plan.load_seed * 100_003 + seed, stats[svc.name]))
-        await asyncio.gather(*jobs)
+            schedule = poisson_schedule(rate, plan.duration_s, plan.load_seed * 100_003 + seed)
+            jobs.append(run_load(f"http://127.0.0.1:{svc.haproxy_port}/work", schedule, timeout_s=40.0,
+                                 max_in_flight=2000, rate_rps=rate, seed=seed))
+        return list(await asyncio.gather(*jobs))
 
-    asyncio.run(all_services())
-    return stats
+    return dict(zip(map(service_name, seeds), asyncio.run(all_services()), strict=True))
 
 
 def wait_flushed(s: Settings, services: Sequence[str], until_s: float, timeout_s: float = 60.0) -> None:
@@ -227,7 +184,8 @@ def export_batch(s: Settings, services: Sequence[str], heldout_from: int) -> tup
                                          "AND table = 'features'")]
         select = [f"toUInt32({c})" if c in ("window_start", "window_end") else c for c in cols]
         rows = cl.execute(f"SELECT {', '.join(select)} FROM {db}.features FINAL WHERE service IN %(s)s "
-                          "AND instance != '*' ORDER BY service, instance, window_start", {"s": tuple(services)})
+                          "AND instance != %(all)s ORDER BY service, instance, window_start",
+                          {"s": tuple(services), "all": SERVICE_WIDE})
         windows = pd.DataFrame(rows, columns=cols)
         truth = pd.DataFrame(cl.execute(
             f"SELECT service, instance, kind, start_ms, failure_ms, seed FROM {db}.fault_events FINAL "
@@ -244,7 +202,7 @@ def export_batch(s: Settings, services: Sequence[str], heldout_from: int) -> tup
     windows["seed"] = windows["service"].str.removeprefix(SERVICE_PREFIX).astype(int)
     windows["split"] = [split_of(int(x), heldout_from) for x in windows["seed"]]
     windows["fault_kind"] = windows["fault_kind"].fillna("")
-    windows["window_s"] = s.streams.window_s
+    windows["window_s"] = windows["window_end"] - windows["window_start"]
     return windows, requests
 
 
@@ -268,7 +226,7 @@ def record_dataset(plan: RecordPlan, out_dir: Path, heldout_from: int, say: Say,
             say(f"{', '.join(names)}: load {plan.utilisation:.0%} of {plan.capacity_rps * INSTANCES:g} req/s for "
                 f"{plan.duration_s:g} s")
             started = time.time()
-            stats = run_load(s, plan, seeds)
+            loads = load_all(s, plan, seeds)
             wait_flushed(s, names, time.time() - 2 * plan.window_s - s.streams.allowed_lateness_s)
             time.sleep(2.0)  # the record sink's last batch
             windows, requests = export_batch(s, names, heldout_from)
@@ -276,12 +234,12 @@ def record_dataset(plan: RecordPlan, out_dir: Path, heldout_from: int, say: Say,
         requests.to_parquet(out_dir / f"requests-{tag}.parquet", index=False)
         info = {"seeds": list(seeds), "split": {str(x): split_of(x, heldout_from) for x in seeds},
                 "started_s": round(started, 1), "plan": asdict(plan) | {"seeds": list(seeds)},
-                "load": {n: st.summary() for n, st in stats.items()}, "windows": len(windows),
+                "load": {n: load_summary(r) for n, r in loads.items()}, "windows": len(windows),
                 "requests": len(requests), "faults": int(windows.drop_duplicates(["service", "instance"])
                                                          ["fault_kind"].ne("").sum()),
                 **pipeline_lag_s(windows)}
         (out_dir / f"batch-{tag}.json").write_text(json.dumps(info, indent=2))
-        worst = max((st.summary()["late_ms_p99"] for st in stats.values()), default=0)
+        worst = max((load_summary(r)["lag_ms_p99"] for r in loads.values()), default=0)
         say(f"batch {tag}: {len(windows)} windows, {len(requests)} requests, client lateness p99 {worst} ms, "
             f"worker lag p99 {info.get('lag_s_p99')} s")
         batches.append(info)

@@ -258,7 +258,6 @@ def evaluate_command(s: Any, dataset: Any, version: str | None, error_limit: int
                      envoy_consecutive: int) -> dict[str, Any]:
     from infra.fault_dataset import load_dataset
     from training.risk import score
-    from training.risk_features import RISK_COLUMNS
 
     windows, requests = load_dataset(dataset)
     windows = windows[windows["seed"] >= s.health.heldout_seed_from]
@@ -268,15 +267,14 @@ def evaluate_command(s: Any, dataset: Any, version: str | None, error_limit: int
     if not requests.empty:
         requests = requests[requests["service"].isin(set(windows["service"]))]
     module, manifest = load_risk_module(s.state, version)
-    columns = manifest.config.get("columns")
-    if columns != list(RISK_COLUMNS):
-        raise ValueError(f"risk {manifest.version} reads columns {columns}, this evaluation derives {RISK_COLUMNS}")
+    if manifest.health is None:
+        raise ValueError(f"risk {manifest.version} has no health spec (columns) in its manifest")
     trained_on = set(manifest.config.get("train_seeds", []))
     heldout = sorted(int(x) for x in windows["seed"].unique())
     if trained_on & set(heldout):
         raise ValueError(f"risk {manifest.version} was trained on seeds {sorted(trained_on & set(heldout))}")
     knobs = policy_knobs(s)
-    report = evaluate(windows, requests, score(module, windows), knobs, s.health.horizon_s,
+    report = evaluate(windows, requests, score(module, windows, manifest.health.columns), knobs, s.health.horizon_s,
                       s.streams.allowed_lateness_s, error_limit, envoy_consecutive)
     kinds = windows.drop_duplicates(["service", "instance"])["fault_kind"].replace("", "none").value_counts()
     return {"model": f"{manifest.name}@{manifest.version}", "horizon_s": s.health.horizon_s, "heldout_seeds": heldout,

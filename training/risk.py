@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.risk_features import RISK_COLUMNS, label_windows, matrix, risk_inputs
+from infra.core.health_features import RISK_COLUMNS
+from training.risk_features import label_windows, risk_inputs
 
 MODEL_NAME = "mlp-risk"
 
@@ -108,9 +109,11 @@ def train_risk(windows: Any, cfg: RiskTrainConfig, heldout_from: int,
     """Train on recorded windows (TRAIN seeds only). Returns the scripted module, its metrics (validation
     split, before and after calibration) and a few input rows for the smoke case."""
     refuse_heldout(windows["seed"].unique(), heldout_from)
-    w = label_windows(risk_inputs(windows), cfg.horizon_s)
-    w = w[w["keep"]]
-    x, y, seeds = matrix(w), w["label"].to_numpy(np.float32), w["seed"].to_numpy()
+    ordered, x_all = risk_inputs(windows)
+    w = label_windows(ordered, cfg.horizon_s)
+    keep = w["keep"].to_numpy()
+    w, x = w[keep], x_all[keep]
+    y, seeds = w["label"].to_numpy(np.float32), w["seed"].to_numpy()
     if y.sum() == 0:
         raise ValueError("no positive window (no instance fails in the recordings): record more seeds")
     torch.manual_seed(cfg.seed)
@@ -155,24 +158,25 @@ def train_risk(windows: Any, cfg: RiskTrainConfig, heldout_from: int,
 
 
 def publish_risk(root: Any, module: torch.jit.ScriptModule, metrics: dict[str, Any], smoke_x: np.ndarray,
-                 cfg: RiskTrainConfig, data_fp: str, extra: dict[str, Any]) -> tuple[Any, Any]:
-    """A registry version of kind `risk`; the input columns (in order) and horizon are in its config."""
+                 cfg: RiskTrainConfig, window_s: float, data_fp: str, extra: dict[str, Any]) -> tuple[Any, Any]:
+    """A registry version of kind `risk` (HealthSpec: its input columns in order, window length, horizon)."""
     from datetime import UTC, datetime
 
-    from infra.core.model_registry import ModelManifest
+    from infra.core.model_registry import HealthSpec, ModelManifest
     from training.registry import new_version, write_version
 
     now = datetime.now(UTC)
     manifest = ModelManifest(kind="risk", version=new_version(data_fp, now), name=MODEL_NAME, created_at=now,
-                             config={**cfg.__dict__, "columns": list(RISK_COLUMNS), **extra},
-                             data_fingerprint=data_fp, metrics=metrics)
+                             health=HealthSpec(columns=list(RISK_COLUMNS), window_s=window_s,
+                                               horizon_s=cfg.horizon_s),
+                             config={**cfg.__dict__, **extra}, data_fingerprint=data_fp, metrics=metrics)
     path = write_version(root, module, manifest, {"x": torch.from_numpy(np.ascontiguousarray(smoke_x))})
     return path, manifest
 
 
-def score(module: Any, windows: Any) -> Any:
-    """Risk inputs of `windows` with the module's probability in `risk` (and the label columns)."""
-    w = risk_inputs(windows)
+def score(module: Any, windows: Any, columns: Any = RISK_COLUMNS) -> Any:
+    """`windows` (sorted by service, window_start, instance) with the module's probability in `risk`."""
+    w, x = risk_inputs(windows, columns)
     with torch.no_grad():
-        w["risk"] = module(torch.from_numpy(matrix(w))).numpy() if len(w) else []
+        w["risk"] = module(torch.from_numpy(x)).numpy() if len(w) else []
     return w

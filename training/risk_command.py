@@ -40,7 +40,11 @@ def train_risk_command(dataset: Path, state_dir: Path, ch: ClickHouseSettings, *
         module, metrics, smoke = train_risk(windows, cfg, heldout_from,
                                              lambda e, loss: on_epoch(e + 1, cfg.epochs, loss, float("nan")))
     fp = fingerprint({"dataset": str(dataset.resolve()), "seeds": seeds}, windows.to_csv(index=False).encode())
-    path, manifest = publish_risk(registry_root(state_dir), module, metrics, smoke, cfg, fp,
+    lengths = (windows["window_end"] - windows["window_start"]).value_counts()
+    window_s = float(lengths.index[0])
+    if len(lengths) > 1:
+        say(f"[yellow]windows of several lengths {sorted(lengths.index.tolist())}: the model is for {window_s:g} s[/]")
+    path, manifest = publish_risk(registry_root(state_dir), module, metrics, smoke, cfg, window_s, fp,
                                   {"dataset": str(dataset.resolve()), "train_seeds": seeds,
                                    "heldout_seed_from": heldout_from})
     say(f"wrote {path}; validation ECE {metrics['ece']}, Brier {metrics['brier']} "

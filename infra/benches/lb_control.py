@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -164,12 +165,17 @@ def window_features(instance: str, old: ServerSample, new: ServerSample) -> Inst
 class InProcessModels:
     """The serving deployments' model code, called in this process (see the module's docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry_root: Path | None = None, poll_s: float = 3600.0) -> None:
+        """`registry_root`: the model registry the replicas load their newest version from (None: an empty one,
+        so they answer from the baselines)."""
+        import tempfile
+
         from serving.risk_model import RiskModelReplica
         from serving.weights_model import WeightsModelReplica
 
-        self._weights_replica = WeightsModelReplica()
-        self._risk_replica = RiskModelReplica()
+        root = registry_root or Path(tempfile.mkdtemp(prefix="fs-lb-models-"))
+        self._weights_replica = WeightsModelReplica(root, poll_s)
+        self._risk_replica = RiskModelReplica(root, poll_s)
         self._weigh = WeightsModelReplica.weigh.__wrapped__  # type: ignore[attr-defined]
         self._score = RiskModelReplica.score.__wrapped__  # type: ignore[attr-defined]
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from infra.core.health_features import RISK_COLUMNS
 from infra.risk_eval import (
     Truth,
     consecutive_error_alarms,
@@ -20,7 +21,7 @@ from infra.risk_eval import (
 from lb_adapters.policies.drain import DrainKnobs
 from training.risk import HeldOutSeedError, RiskTrainConfig, refuse_heldout, train_risk
 from training.risk_command import read_train_windows
-from training.risk_features import RISK_COLUMNS, label_windows, risk_inputs
+from training.risk_features import label_windows, risk_inputs
 
 
 def frame(rows: list[dict[str, object]]) -> pd.DataFrame:
@@ -45,21 +46,16 @@ def test_healthy_instance_is_never_positive() -> None:
     assert labelled["label"].sum() == 0 and labelled["keep"].all()
 
 
-def test_inputs_are_relative_to_the_peers_of_the_same_window() -> None:
-    rows = [{"instance": i, "window_start": 0, "latency_p50_ms": p} for i, p in (("a", 10.0), ("b", 10.0),
-                                                                                   ("c", 1000.0))]
-    w = risk_inputs(frame(rows)).set_index("instance")
-    assert w.loc["a", "p50_vs_peers"] == 0.0
-    assert w.loc["c", "p50_vs_peers"] == pytest.approx(np.log1p(1000.0) - np.log1p(10.0))
-    assert set(RISK_COLUMNS) <= set(w.columns)
-
-
-def test_trend_compares_with_the_previous_windows() -> None:
-    rows = [{"instance": i, "window_start": s, "latency_p50_ms": 10.0 if (i != "c" or s < 20) else 100.0}
-            for s in range(0, 24, 2) for i in "abc"]
-    w = risk_inputs(frame(rows))
-    c = w[w["instance"] == "c"].set_index("window_start")
-    assert c.loc[18, "p50_trend"] == 0.0 and c.loc[20, "p50_trend"] > 2.0
+def test_inputs_are_the_health_features_of_each_window_among_its_peers() -> None:
+    rows = [{"instance": i, "window_start": s, "latency_p50_ms": p, "resource_max": r}
+            for s in (0, 2) for i, p, r in (("a", 10.0, 0.0), ("b", 10.0, 0.0), ("c", 1000.0 if s else 10.0, 0.5))]
+    w, x = risk_inputs(frame(rows))
+    assert x.shape == (6, len(RISK_COLUMNS)) and x.dtype == np.float32
+    p50 = RISK_COLUMNS.index("p50_vs_peers")
+    at = {(r.window_start, r.instance): k for k, r in enumerate(w.itertuples())}
+    assert x[at[(0, "c")], p50] == 0.0  # like its peers in that window
+    assert x[at[(2, "c")], p50] == pytest.approx(np.log(1001.0 / 11.0), rel=1e-5)  # peers of the same window only
+    assert x[at[(2, "c")], RISK_COLUMNS.index("resource")] == 0.5
 
 
 def test_training_refuses_held_out_seeds() -> None:
@@ -89,6 +85,7 @@ def synthetic(seeds: range) -> pd.DataFrame:
                 creep = inst == "d" and s >= 80
                 rows.append({"service": f"s{seed}", "instance": inst, "seed": seed, "window_start": s,
                              "latency_p50_ms": 10.0 * (1 + (s - 80) / 5 if creep else 1),
+                             "resource_max": (s - 80) / 70 if creep else 0.0,
                              "failure_ms": 150_000.0 if inst == "d" else math.nan,
                              "fault_kind": "leak" if inst == "d" else ""})
     return frame(rows)
