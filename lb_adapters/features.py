@@ -1,4 +1,5 @@
-"""Latest feature window of each instance of a service, read from ClickHouse `features`."""
+"""Latest feature window of each instance of a service, read from ClickHouse `features`, with the
+saturation gauges (sessions, the backend's resource and busy ratios) the health models read."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class LatestFeatures:
         return [
             InstanceFeatures(instance=w.instance, latency_p99_ms=w.latency_p99_ms, latency_p50_ms=w.latency_p50_ms,
                              requests=w.requests, error_rate=(w.status_5xx / w.requests) if w.requests else 0.0,
-                             queue=w.queue_max)
+                             queue=w.queue_max, sessions=w.sessions_max, resource=min(1.0, max(0.0, w.resource_max)),
+                             busy=min(1.0, max(0.0, w.busy_max)))
             for w in latest_instance_windows(self.client, self.database, service, max_age_s)
         ]

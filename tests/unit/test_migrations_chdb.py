@@ -134,6 +134,10 @@ def test_latest_instance_windows_read_saturation_and_backend_gauges(ch: Chdb) ->
     (w,) = latest_instance_windows(cast(Any, ch), DB, "gauges", max_age_s=600)
     assert (w.instance, w.requests, w.sessions_max, w.queue_max, w.conn_errors, w.resource_max, w.busy_max) == (
         "b1", 7, 3.0, 2.0, 1.0, 0.8, 0.5)
+    from lb_adapters.features import LatestFeatures
+
+    (f,) = LatestFeatures(cast(Any, ch), DB).for_service("gauges", max_age_s=600)  # what the health models read
+    assert (f.sessions, f.queue, f.resource, f.busy) == (3.0, 2.0, 0.8, 0.5)
 
 
 def test_retention_drops_only_old_day_partitions(ch: Chdb) -> None:
