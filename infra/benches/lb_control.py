@@ -180,17 +180,18 @@ class InProcessModels:
         self._score = RiskModelReplica.score.__wrapped__  # type: ignore[attr-defined]
 
     def weights(self, request: WeightsRequest) -> WeightsResponse:
-        from serving.models.latency_weights import features_tensor
+        from serving.instances_body import COLUMN_NAMES, instances_array
 
-        (weighed,) = asyncio.run(self._weigh(self._weights_replica, [features_tensor(request.instances).numpy()]))
+        # the replicas read every InstanceFeatures column (instances_body.COLUMNS), as serving's front passes them
+        (weighed,) = asyncio.run(self._weigh(self._weights_replica, [instances_array(request.instances, COLUMN_NAMES)]))
         return WeightsResponse(service=request.service, model=weighed.model, model_version=weighed.version,
                                weights=[InstanceWeight(instance=i.instance, weight=w)
                                         for i, w in zip(request.instances, weighed.weights, strict=True)])
 
     def risk(self, request: RiskRequest) -> RiskResponse:
-        from serving.risk_model import risk_array
+        from serving.instances_body import COLUMN_NAMES, instances_array
 
-        (scored,) = asyncio.run(self._score(self._risk_replica, [risk_array(request.instances)]))
+        (scored,) = asyncio.run(self._score(self._risk_replica, [instances_array(request.instances, COLUMN_NAMES)]))
         return RiskResponse(service=request.service, model=scored.model, model_version=scored.version,
                             risks=[InstanceRisk(instance=i.instance, risk=min(1.0, max(0.0, r)), reasons=why)
                                    for i, r, why in zip(request.instances, scored.risks, scored.reasons,
