@@ -277,10 +277,24 @@ def evaluate_command(s: Any, dataset: Any, version: str | None, error_limit: int
     report = evaluate(windows, requests, score(module, windows, manifest.health.columns), knobs, s.health.horizon_s,
                       s.streams.allowed_lateness_s, error_limit, envoy_consecutive)
     kinds = windows.drop_duplicates(["service", "instance"])["fault_kind"].replace("", "none").value_counts()
+    firsts = windows.drop_duplicates(["service", "instance"]).copy()
+    firsts["recorded_until"] = firsts["service"].map(windows.groupby("service")["window_end"].max())
     return {"model": f"{manifest.name}@{manifest.version}", "horizon_s": s.health.horizon_s, "heldout_seeds": heldout,
             "instances_by_kind": {str(k): int(v) for k, v in kinds.items()},
             "knobs": {"drain_above": knobs.drain_above, "readmit_below": knobs.readmit_below,
                       "readmit_after_windows": knobs.readmit_after, "cooldown_windows": knobs.cooldown_rounds,
                       "max_drained_fraction": knobs.max_drained_fraction,
                       "error_limit": error_limit, "envoy_consecutive_5xx": envoy_consecutive},
-            "targets": TARGETS, "detectors": report}
+            "targets": TARGETS, "precursors": precursors(firsts, TARGETS["lead_s_p50"]), "detectors": report}
+
+
+def precursors(firsts: Any, lead_s: float) -> dict[str, Any]:
+    """How long each failing kind shows anything before it fails (failure - fault start), and the recall a
+    detector could at best reach with that lead: a failure with a shorter precursor cannot be caught that
+    early by anything that watches the instance."""
+    failing = firsts[firsts["failure_ms"].notna() & (firsts["failure_ms"] / 1000 <= firsts["recorded_until"])]
+    span = (failing["failure_ms"] - failing["fault_start_ms"]) / 1000
+    by_kind = {str(k): {"failures": len(s), "min_s": round(float(s.min()), 1), "p50_s": round(float(s.median()), 1),
+                        "max_s": round(float(s.max()), 1)} for k, s in span.groupby(failing["fault_kind"])}
+    return {"by_kind": by_kind, f"recall_ceiling_at_{lead_s:g}s_lead": round(float((span >= lead_s).mean()), 3)
+            if len(span) else None}

@@ -155,3 +155,16 @@ def test_a_failure_after_the_recording_is_not_counted_in_recall() -> None:
     truth = {("s", "x"): Truth("leak", 3000.0, 0.5)}
     m = score_alarms([], truth, horizon_s=60, recorded_until={"s": 2000.0})
     assert m["all"]["failures"] == 0 and m["all"]["recall"] is None
+
+
+def test_precursors_bound_the_recall_at_a_lead() -> None:
+    from infra.risk_eval import precursors
+
+    firsts = pd.DataFrame({"fault_kind": ["leak", "crash", "errors", "slowdown", "leak"],
+                           "fault_start_ms": [0.0, 50_000.0, 10_000.0, 0.0, 0.0],
+                           "failure_ms": [90_000.0, 50_000.0, 11_500.0, math.nan, 500_000.0],
+                           "recorded_until": [300.0] * 5})  # the last leak fails after the recording
+    p = precursors(firsts, lead_s=30)
+    assert p["by_kind"]["leak"] == {"failures": 1, "min_s": 90.0, "p50_s": 90.0, "max_s": 90.0}
+    assert p["by_kind"]["crash"]["max_s"] == 0.0 and p["by_kind"]["errors"]["p50_s"] == 1.5
+    assert p["recall_ceiling_at_30s_lead"] == round(1 / 3, 3)
