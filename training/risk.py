@@ -70,12 +70,15 @@ def refuse_heldout(seeds: Any, heldout_from: int) -> None:
                                "they are for `foresight evaluate risk` only, never for training")
 
 
-def split_by_seed(seeds: np.ndarray, val_frac: float, rng: np.random.Generator) -> np.ndarray:
-    """A boolean mask of validation rows: whole seeds (scenarios), at least one."""
-    unique = np.unique(seeds)
-    n_val = max(1, round(len(unique) * val_frac)) if len(unique) > 1 else 0
-    val = set(rng.choice(unique, size=n_val, replace=False).tolist())
-    return np.isin(seeds, list(val))
+def split_by_seed(seeds: np.ndarray, y: np.ndarray, val_frac: float, rng: np.random.Generator) -> np.ndarray:
+    """A boolean mask of validation rows: whole seeds (scenarios), `val_frac` of those with a failure and of
+    those without (at least one of each kind when there are two), so calibration sees positives."""
+    val: list[Any] = []
+    failing = set(np.unique(seeds[y > 0]).tolist())
+    for group in (sorted(failing), sorted(set(np.unique(seeds).tolist()) - failing)):
+        n_val = max(1, round(len(group) * val_frac)) if len(group) > 1 else 0
+        val += rng.choice(np.array(group), size=n_val, replace=False).tolist() if n_val else []
+    return np.isin(seeds, val)
 
 
 def calibration(p: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, float]:
@@ -118,7 +121,7 @@ def train_risk(windows: Any, cfg: RiskTrainConfig, heldout_from: int,
         raise ValueError("no positive window (no instance fails in the recordings): record more seeds")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    val = split_by_seed(seeds, cfg.val_frac, rng)
+    val = split_by_seed(seeds, y, cfg.val_frac, rng)
     xt, yt = torch.from_numpy(x[~val]), torch.from_numpy(y[~val])
     xv, yv = torch.from_numpy(x[val]), torch.from_numpy(y[val])
     module = RiskModule(x.shape[1], cfg.hidden)

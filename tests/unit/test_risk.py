@@ -168,3 +168,14 @@ def test_precursors_bound_the_recall_at_a_lead() -> None:
     assert p["by_kind"]["leak"] == {"failures": 1, "min_s": 90.0, "p50_s": 90.0, "max_s": 90.0}
     assert p["by_kind"]["crash"]["max_s"] == 0.0 and p["by_kind"]["errors"]["p50_s"] == 1.5
     assert p["recall_ceiling_at_30s_lead"] == round(1 / 3, 3)
+
+
+def test_validation_takes_whole_seeds_with_and_without_failures() -> None:
+    from training.risk import split_by_seed
+
+    seeds = np.repeat(np.arange(8), 10)
+    y = np.where(np.isin(seeds, [0, 1, 2, 3]) & (np.arange(80) % 10 == 9), 1.0, 0.0)
+    val = split_by_seed(seeds, y, 0.25, np.random.default_rng(0))
+    picked = set(seeds[val].tolist())
+    assert len(picked & {0, 1, 2, 3}) == 1 and len(picked & {4, 5, 6, 7}) == 1
+    assert all(val[seeds == s].all() for s in picked)  # a seed is never split
