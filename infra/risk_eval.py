@@ -81,31 +81,34 @@ def active_check_alarms(truth: Any, inter_s: float = 2.0, fall: int = 3) -> list
 
 
 # -- score-based detectors through the drain policy -------------------------------------------------
-def drain_alarms(scored: Any, knobs: DrainKnobs, delay_s: float) -> list[Alarm]:
+def drain_alarms(scored: Any, knobs: DrainKnobs, delay_s: float, gone_after_s: float = 30.0) -> list[Alarm]:
     """Replay the drain policy round by round (one round per window start) on `scored` (service, instance,
-    window_start, window_end, risk); each `drain` decision is an alarm. Instances a round has no window
-    for are unknown (None), as in the controller. A drained instance stays in the records as draining."""
+    window_start, window_end, risk); each `drain` decision is an alarm. An instance a round has no window for
+    is unknown (None), as in the controller; one with no window for `gone_after_s` has left the registry (a
+    crashed instance's lease expires), so it no longer counts towards the guardrails."""
     out: list[Alarm] = []
     for service, g in scored.groupby("service"):
         state = DrainState()
         states: dict[str, InstanceState] = {}
+        seen: dict[str, float] = {}
         for start, rnd in g.groupby("window_start", sort=True):
             risk = dict(zip(rnd["instance"], rnd["risk"].astype(float), strict=True))
             for name in risk:
                 states.setdefault(name, "ready")
+                seen[name] = float(start)
+            for name in [n for n, at in seen.items() if float(start) - at > gone_after_s]:
+                del states[name], seen[name]
             now = float(rnd["window_end"].max()) + delay_s
             records = {n: InstanceRecord(address="127.0.0.1", port=1, state=st,
                                          started_at=0, metadata={SET_BY: "controller"})
                        for n, st in states.items()}
-            live = {n: risk.get(n) for n in states}
-            decisions, state = decide_drains(live, records, state, knobs)
+            decisions, state = decide_drains({n: risk.get(n) for n in states}, records, state, knobs)
             for d in decisions:
                 if d.action == "drain":
                     states[d.instance] = "draining"
                     out.append((str(service), d.instance, now))
                 elif d.action == "readmit":
                     states[d.instance] = "ready"
-            del start
     return out
 
 

@@ -179,3 +179,17 @@ def test_validation_takes_whole_seeds_with_and_without_failures() -> None:
     picked = set(seeds[val].tolist())
     assert len(picked & {0, 1, 2, 3}) == 1 and len(picked & {4, 5, 6, 7}) == 1
     assert all(val[seeds == s].all() for s in picked)  # a seed is never split
+
+
+def test_drain_replay_forgets_an_instance_gone_from_the_windows() -> None:
+    def replay(dead_until: int) -> list[str]:
+        rows = []
+        for s in range(0, 80, 2):
+            for inst, r in (("a", 0.1), ("dead", 0.1), ("x", 0.95 if s >= 60 else 0.1), ("y", 0.9 if s >= 60 else 0.1)):
+                if inst != "dead" or s < dead_until:
+                    rows.append({"service": "s", "instance": inst, "window_start": s, "window_end": s + 2, "risk": r})
+        knobs = DrainKnobs(drain_above=0.8, max_drained_fraction=0.5)
+        return [a[1] for a in drain_alarms(pd.DataFrame(rows), knobs, delay_s=0)]
+
+    assert replay(dead_until=80) == ["x", "y"]  # 4 instances: 2 may be out
+    assert replay(dead_until=10) == ["x"]  # its lease long expired: 3 instances, 1 may be out
