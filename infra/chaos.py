@@ -415,7 +415,7 @@ def pool_recovered(s: Settings, svc: PoolServiceSettings, gone: str) -> bool:
     ready = {i.instance for i in status.instances if i.state == "ready"}
     if gone in {i.instance for i in status.instances} or len(ready) < status.desired:
         return False
-    servers = HAProxyRuntime(s.haproxy_socket).servers(svc.name)
+    servers = HAProxyRuntime(s.haproxy_runtime).servers(svc.name)
     in_rotation = {name for name, (_, _, _, admin) in servers.items() if not admin & 0x09}  # not maint, not drain
     if in_rotation != {server_name(i) for i in ready}:
         return False

@@ -121,7 +121,7 @@ def build_weight_controller(s: Settings, name: str = "adapt") -> WeightControlle
     return WeightController(
         features=LatestFeatures(clickhouse_client(s.clickhouse), s.clickhouse.database),
         predictor=WeightsClient(s.serving_url, s.serving_token),
-        actuator=HAProxyRuntime(s.haproxy_socket),
+        actuator=HAProxyRuntime(s.haproxy_runtime),
         sink=decision_log(s, name),
         cfg=s.adapter,
         backend=s.haproxy.backend,
@@ -242,7 +242,7 @@ def run_registry_sync(s: Settings) -> None:
         lambda: Registry(s.registry_endpoint, s.registry.prefix, s.registry.timeout_s),
         SyncConfig(services=services, holder=f"{socket.gethostname()}-{os.getpid()}",
                    leader_ttl_s=s.registry.leader_ttl_s, del_timeout_s=s.sync.del_timeout_s),
-        HAProxyRuntime(s.haproxy_socket),
+        HAProxyRuntime(s.haproxy_runtime),
         NginxUpstreams(nginx_dir / "nginx.conf", nginx_dir / "upstreams", nginx_dir / "error.log", s.nginx.binary),
         sink.publish)
     start_http_server(s.sync.metrics_port, addr="127.0.0.1")
