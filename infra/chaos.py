@@ -44,6 +44,7 @@ import httpx
 import psutil
 
 from infra.core.db import client as clickhouse_client
+from infra.core.kafka_admin import kafka_consumer
 from infra.core.pool_api import PoolStatus
 from infra.core.ports import free_ports
 from infra.core.settings import PoolServiceSettings, Settings, load_settings
@@ -281,11 +282,8 @@ def first_counted_after(s: Settings, service: str, since: float, timeout_s: floa
 
 def decisions_between(s: Settings, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
     """Decisions published on `fs.decisions` with a timestamp in [start, end]."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(s.kafka.topic_decisions, bootstrap_servers=s.kafka.bootstrap_servers,
-                             auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=3000,
-                             **s.kafka.kafka_python_options())
+    consumer = kafka_consumer(s.kafka, s.kafka.topic_decisions, auto_offset_reset="earliest",
+                              enable_auto_commit=False, consumer_timeout_ms=3000)
     try:
         out = []
         for record in consumer:

