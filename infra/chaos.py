@@ -461,7 +461,11 @@ def crash_pool_fault(s: Settings, settle_s: float, say: Say) -> Outage:
     balancer.start()
     time.sleep(1.0)
     crashed_at = time.time()
-    gone, killed = crash_pool_instance(s, svc.name)
+    try:
+        gone, killed = crash_pool_instance(s, svc.name)
+    except BaseException:
+        balancer.stop.set()
+        raise
     say(f"{POOL_INSTANCE}: crashed {svc.name}/{gone} ({killed} processes); the pool replaces it")
     back = wait_pool_recovered(s, svc, gone, settle_s)
     if back is None:
