@@ -921,7 +921,8 @@ def chaos(
     ctx: typer.Context,
     fault: Annotated[list[str] | None, typer.Option(
         "--fault", help="Component to crash (repeatable), in turn; default stream-worker, clickhouse, serving, "
-                        "autoscaler, registry-sync, etcd.")] = None,
+                        "autoscaler, registry-sync, pool-instance (one ready instance of a pool service, which "
+                        "the pool replaces), etcd.")] = None,
     rate: Annotated[float, typer.Option(help="Events per second of the replay during each fault.")] = 40.0,
     down_s: Annotated[float, typer.Option(help="Seconds each component stays down.")] = 5.0,
     after_s: Annotated[float, typer.Option(help="Seconds of replay after the restart.")] = 10.0,
