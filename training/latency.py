@@ -215,6 +215,14 @@ def scores(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return out
 
 
+MIN_BASELINE_MAE_MS = 0.01
+
+
+def mae_ratio(model: float, baseline: float) -> float | None:
+    """model / baseline MAE; None when the baseline is (nearly) exact, where a ratio says nothing."""
+    return model / baseline if baseline >= MIN_BASELINE_MAE_MS else None
+
+
 @dataclass(frozen=True)
 class LatencyResult:
     module: LatencyMLP
@@ -282,8 +290,8 @@ def train_latency(w: Windows, cfg: LatencyConfig, on_epoch: OnEpoch | None = Non
         pred = module(torch.from_numpy(held.x)).numpy().astype(np.float64)
     held_scores = {"model": scores(pred, held.y)} | {name: scores(p, held.y)
                                                      for name, p in baselines(held.now).items()}
-    ratio = {f"{out}_mae_vs_{name}": held_scores["model"][f"{out}_mae_ms"] / max(held_scores[name][f"{out}_mae_ms"],
-                                                                                1e-9)
+    model_scores = held_scores["model"]
+    ratio = {f"{out}_mae_vs_{name}": mae_ratio(model_scores[f"{out}_mae_ms"], held_scores[name][f"{out}_mae_ms"])
              for name in ("last_value", "inverse_latency") for out in ("p50", "p99")}
     metrics = {"held_out": held_scores, "ratios": ratio, "pairs": {"train": len(train), "validation": len(val),
                                                                   "held_out": len(held)},

@@ -39,6 +39,10 @@ def read_windows(ch: ClickHouseSettings, patterns: list[str], time_range: tuple[
         cl.disconnect()
 
 
+def _times(ratio: float | None) -> str:
+    return "n/a (baseline exact) vs" if ratio is None else f"{ratio:.2f} x"
+
+
 def report_lines(result: LatencyResult) -> list[str]:
     held = result.metrics["held_out"]
     lines = [f"held-out pairs: {result.metrics['pairs']['held_out']} ({result.metrics['split']} split)",
@@ -47,8 +51,9 @@ def report_lines(result: LatencyResult) -> list[str]:
         s = held[name]
         lines.append(f"{name:16} {s['p50_mae_ms']:11.2f} {s['p99_mae_ms']:11.2f} {s['p99_mae_log']:12.3f}")
     r = result.metrics["ratios"]
-    lines.append(f"p99 MAE: {r['p99_mae_vs_last_value']:.2f} x last value, "
-                 f"{r['p99_mae_vs_inverse_latency']:.2f} x the inverse-latency baseline")
+    for out in ("p50", "p99"):
+        lines.append(f"{out} MAE: {_times(r[f'{out}_mae_vs_last_value'])} last value, "
+                     f"{_times(r[f'{out}_mae_vs_inverse_latency'])} the inverse-latency baseline")
     return lines
 
 
