@@ -1034,6 +1034,10 @@ def train(
                                        "(the latest windows) or `service` (the last services by name, e.g. "
                                        "held-out seeds).")] = "time",
     holdout_frac: Annotated[float, typer.Option(help="--kind latency: share of the data held out.")] = 0.2,
+    holdout_services: Annotated[str | None, typer.Option(help="--kind latency: the held-out part is these "
+                                                         "services (comma-separated globs, e.g. `health-s9*` "
+                                                         "for held-out fault seeds), never trained on.")
+                                ] = None,
     min_requests: Annotated[int, typer.Option(help="--kind latency: leave out target windows with fewer "
                                               "requests (their p99 is noise).")] = 5,
     window_s: Annotated[float | None, typer.Option(help="--kind latency: window length to train on (default: "
@@ -1067,7 +1071,8 @@ def train(
             from training.latency_command import latency_command
 
             cfg = LatencyConfig(epochs=epochs or 40, hidden=hidden or 64, seed=seed, split=split,
-                                holdout_frac=holdout_frac, min_requests=min_requests, window_s=window_s)
+                                holdout_frac=holdout_frac, min_requests=min_requests, window_s=window_s,
+                                holdout_services=[p.strip() for p in (holdout_services or "").split(",") if p.strip()])
             latency_command(service=service, time_range=(start_s, end_s), cfg=cfg, state_dir=s.state,
                             ch=s.clickhouse, as_json=as_json)
             return

@@ -15,6 +15,7 @@ Honest baselines, scored on the same held-out pairs:
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ class LatencyConfig(BaseModel):
     split: Literal["time", "service"] = Field("time", description="Held-out part: the latest time, or the last "
                                                                   "services by name (e.g. held-out seeds).")
     holdout_frac: float = Field(0.2, gt=0, lt=1)
+    holdout_services: list[str] = Field(default_factory=list, description="Glob patterns (`health-s9*`): "
+                                        "these services are the held-out part (split `service`), e.g. the "
+                                        "held-out fault seeds; never trained or tuned on.")
     val_frac: float = Field(0.15, gt=0, lt=1, description="Tail of the training part for choosing the epoch.")
     min_requests: int = Field(5, ge=1, description="Target windows with fewer requests are left out: their "
                                                    "p99 is noise.")
@@ -147,12 +151,18 @@ def make_pairs(w: Windows, window_s: float, columns: Sequence[str] = LATENCY_COL
 
 def split(pairs: Pairs, cfg: LatencyConfig) -> tuple[Pairs, Pairs, Pairs, dict[str, Any]]:
     """(train, validation, held-out) and a description of the held-out part."""
-    if cfg.split == "service":
+    if cfg.split == "service" or cfg.holdout_services:
         services = sorted(set(pairs.service.tolist()))
         if len(services) < 2:
             raise ValueError(f"--split service needs at least 2 services, the data has {len(services)}")
-        n_out = max(1, round(len(services) * cfg.holdout_frac))
-        held_services = services[-n_out:]
+        if cfg.holdout_services:
+            held_services = [s for s in services if any(fnmatch.fnmatchcase(s, p) for p in cfg.holdout_services)]
+            if not held_services or len(held_services) == len(services):
+                raise ValueError(f"--holdout-services {','.join(cfg.holdout_services)} matches "
+                                 f"{len(held_services)} of the {len(services)} services; it must match some, "
+                                 "not all")
+        else:
+            held_services = services[-max(1, round(len(services) * cfg.holdout_frac)):]
         held = np.isin(pairs.service, held_services)
         how: dict[str, Any] = {"split": "service", "held_out_services": held_services}
     else:

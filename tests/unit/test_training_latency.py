@@ -66,6 +66,10 @@ def test_time_split_holds_out_the_latest_windows_and_service_split_the_last_serv
     train, val, held, how = split(pairs, LatencyConfig(split="service", holdout_frac=0.34))
     assert how["held_out_services"] == ["svc-2"] and set(held.service) == {"svc-2"}
     assert "svc-2" not in set(train.service) | set(val.service)
+    train, val, held, how = split(pairs, LatencyConfig(holdout_services=["svc-0", "nothing*"]))
+    assert how["held_out_services"] == ["svc-0"] and "svc-0" not in set(train.service) | set(val.service)
+    with pytest.raises(ValueError, match="matches 3 of the 3 services"):
+        split(pairs, LatencyConfig(holdout_services=["svc-*"]))
 
 
 def test_the_model_beats_last_value_where_latency_follows_load() -> None:
