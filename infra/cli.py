@@ -1009,7 +1009,9 @@ def train(
                                       "ClickHouse, compared on a held-out part with last-value and the "
                                       "inverse-latency baseline).")] = "forecast",
     source: Annotated[str, typer.Option(help="`file:PATH` (per-second trace), `clickhouse` (feature windows "
-                                        "of --service) or `clickhouse:access_events` (its raw events).")
+                                        "of --service) or `clickhouse:access_events` (its raw events). "
+                                        "--kind latency: `clickhouse` or `file:DIR`, a fault dataset folder "
+                                        "(`foresight faults record`; its held-out seeds are held out).")
                       ] = "clickhouse",
     from_: Annotated[str | None, typer.Option("--from", help="ClickHouse sources: first time to read (ISO, UTC "
                                               "unless it says, epoch s/ms, or an age like 7d).")] = None,
@@ -1074,7 +1076,7 @@ def train(
                                 holdout_frac=holdout_frac, min_requests=min_requests, window_s=window_s,
                                 holdout_services=[p.strip() for p in (holdout_services or "").split(",") if p.strip()])
             latency_command(service=service, time_range=(start_s, end_s), cfg=cfg, state_dir=s.state,
-                            ch=s.clickhouse, as_json=as_json)
+                            ch=s.clickhouse, as_json=as_json, source=source)
             return
         train_command(source=source, service=service or s.demo.service, start=start, time_range=(start_s, end_s),
                       cfg=TrainConfig(epochs=epochs or 8, members=members, hidden=hidden or 256, seed=seed),

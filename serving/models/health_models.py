@@ -7,7 +7,8 @@ Weights from a latency model: each instance's capacity is the load at which its 
 exceeds `slack` times the service's typical predicted p99 (the median at an equal share of the
 service's requests), found on a grid of multiples of that share. Weights are proportional to
 capacity * (1 - error rate); they may be 0 (drain): an instance failing every request, or one
-whose capacity is under 1/512 of the best one's.
+whose capacity is under 1/512 of the best one's. An instance that completed no request in the
+window has no latency to go by: it gets the median weight of the measured ones.
 
 Explanations are attributions (integrated gradients from the service's median instance): the
 inputs that push the prediction up the most are named.
@@ -121,14 +122,22 @@ def capacity_weights(module: torch.nn.Module, raw: dict[str, np.ndarray], column
     target = slack * max(float(np.median(p99[EQUAL])), FLOOR_MS)
     capacity = crossing_load(loads, p99, target, MAX_MULTIPLIER * share)
     error_rate = np.clip(raw.get("error_rate", np.zeros(n)).astype(np.float64), 0.0, 1.0)
-    score = capacity * (1.0 - error_rate)
+    measured = (requests > 0) & (raw["latency_p99_ms"] > 0)
+    score = np.where(measured, capacity * (1.0 - error_rate), 0.0)
     best = float(score.max()) if n else 0.0
     weights = np.round(score / best * max_weight) if best > 0 else np.zeros(n)
+    # no request completed (idle, new or hung): latency unknown, so the typical weight, never the scale
+    typical = float(np.round(np.median(weights[measured]))) if measured.any() else float(max_weight)
+    weights = np.where(measured, weights, np.where(error_rate < 1.0, typical, 0.0))
 
     x_equal = x[EQUAL * n:(EQUAL + 1) * n]
     named = drivers(attributions(module, x_equal, columns, "p99"), x_equal, columns, "raises log p99 by")
     reasons = []
     for i in range(n):
+        if not measured[i]:
+            reasons.append(["no request completed in the window: latency unmeasured, weighed as the service's "
+                            "median measured instance"])
+            continue
         why = [f"capacity ~{capacity[i]:.3g} requests/window at predicted p99 <= {target:.3g} ms "
                f"(p99 {p99[EQUAL, i]:.3g} ms at an equal share of {share:.3g})"]
         if error_rate[i] > 0:

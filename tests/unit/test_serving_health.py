@@ -225,3 +225,11 @@ def test_attributions_add_up_to_the_move_from_the_median_instance() -> None:
     at_median = health_models.predict(module, np.median(x, axis=0, keepdims=True))[0]
     assert effects.sum(axis=1) == pytest.approx(out - at_median, abs=1e-3)
     assert effects[2, 0] > 0.1 and effects[2, 1] > 0.1  # saturated, yet both inputs are credited
+
+
+def test_an_instance_without_completed_requests_gets_the_median_weight() -> None:
+    module = torch.jit.script(QueueingLatency())
+    values = raw([10.0, 20.0, 40.0, 0.0], [30.0, 60.0, 120.0, 0.0], [50.0, 50.0, 50.0, 0.0])
+    answer = health_models.capacity_weights(module, values, LAT_COLUMNS, 256)
+    assert answer.weights[0] == 256 and answer.weights[3] == answer.weights[1]
+    assert answer.reasons[3][0].startswith("no request completed")
