@@ -283,7 +283,7 @@ def unsafe(decisions: list[dict[str, Any]]) -> int:
 def run_fault(s: Settings, component: str, rate: float, down_s: float, after_s: float, settle_s: float,
               say: Say, only: set[str] | None, config: Path | None) -> FaultResult:
     service = f"chaos-{component}-{uuid.uuid4().hex[:6]}"
-    replay = Replay(s, service, rate, s.streams.window_s)
+    replay = Replay(s, service, rate, s.streams.instance_window)  # compared with instance `INSTANCE`'s windows
     replay.start()
     time.sleep(3.0)
     record = pid_files(s).read(component)

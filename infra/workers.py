@@ -159,7 +159,7 @@ def build_health_controller(s: Settings, leadership: bool = True, name: str = "h
         sink=decision_log(s, name),
         knobs=DrainKnobs(h.drain_above, h.readmit_below, h.readmit_after, h.max_drained_fraction, h.capacity_rps,
                          h.cooldown_rounds),
-        features_max_age_s=h.features_max_age_s, window_s=s.streams.window_s, dry_run=h.dry_run, leadership=lead,
+        features_max_age_s=h.features_max_age_s, window_s=s.streams.instance_window, dry_run=h.dry_run, leadership=lead,
     )
 
 
@@ -211,14 +211,25 @@ def run_http(s: Settings) -> None:
 
 
 def run_scrape(s: Settings, targets: list[str], metrics_port: int | None) -> None:
-    from ingest.sources.scrape import run_scrape_ingest
+    """`ingest scrape`: the static targets (default the stack's HAProxy exporter) and, with
+    `ingest.scrape_registry`, every instance the service registry lists (the pool backends)."""
+    from infra.core.service_registry import Registry
+    from ingest.sources.scrape import Discover, registry_targets, run_scrape_ingest
 
     sink = kafka_sink(s, "scrape")
     ingest = s.ingest.model_copy(update={"scrape_targets": targets}) if targets else s.ingest
+    registry = Registry(s.registry_endpoint, s.registry.prefix, s.registry.timeout_s)
+
+    def listed() -> list[str]:
+        return registry_targets(registry.list())
+
+    discover: Discover | None = listed if ingest.scrape_registry else None
     try:
-        run_scrape_ingest(ingest, sink, default_targets=[haproxy_exporter_url(s)], metrics_port=metrics_port)
+        run_scrape_ingest(ingest, sink, default_targets=[haproxy_exporter_url(s)], metrics_port=metrics_port,
+                          discover=discover)
     finally:
         sink.close()
+        registry.close()
 
 
 def run_registry_sync(s: Settings) -> None:

@@ -17,7 +17,10 @@ Two stages, each with its state in a Faust table (changelog topic, recovered on 
    are counted and dead-lettered as `too_many_instances`, so input cannot grow its state at will.
 2. per service: each closed instance window (with its DDSketch) goes to an internal topic keyed
    by service, where `ServiceWindow`s merge them by instance name into the `*` window. Instances
-   of one service may sit on partitions of different workers; this is where they meet.
+   of one service may sit on partitions of different workers; this is where they meet. Instance
+   windows may be shorter (`streams.instance_window_s`, a divisor of `window_s`, e.g. 2 s for the
+   balancing and risk models): a `*` window then merges each instance's windows within it, under
+   the same rules (the instance windows are the durable, exactly-once unit; the merge is replay-safe).
 
 Closed windows go to `fs.features` at once and stay `pending` in their table state until
 ClickHouse acknowledged them (a writer task retries while it is down), so nothing is lost if it
@@ -60,6 +63,7 @@ from streams.metrics import StreamMetrics
 from streams.schemas import FeatureWindow, WindowPartial
 from streams.sinks.clickhouse import FeatureSink
 from streams.state import InstanceState, PartitionClock, ServiceWindow, pending_windows, window_id
+from streams.windows import SATURATION_METRICS
 
 log = logging.getLogger("foresight.streams")
 MARK_PREFIX = b"__position__/"
@@ -121,7 +125,8 @@ class FeatureStream:
         self.clock = clock
         self.started_at = started_at or time.monotonic()
         self.metrics = metrics or StreamMetrics()
-        self.window_ms = cfg.window_s * 1000
+        self.window_ms = cfg.window_s * 1000  # service-wide windows
+        self.instance_window_ms = cfg.instance_window * 1000  # per-instance windows: window_ms or a divisor of it
         self.lateness_ms = int(cfg.allowed_lateness_s * 1000)
         self.topic_access, self.topic_metrics = kafka.topic_access, kafka.topic_metrics
         self.last_event_wall = 0.0
@@ -439,7 +444,7 @@ class FeatureStream:
             return True
         if st.applied(tp_key, msg.offset):  # a replay: this state already holds it
             return True
-        folded = st.add_access_columns(cols.ts, cols.status, cols.latency_ms, cols.bytes_sent, self.window_ms,
+        folded = st.add_access_columns(cols.ts, cols.status, cols.latency_ms, cols.bytes_sent, self.instance_window_ms,
                                        self._clocks[msg.partition], cols.keys)
         if folded is None:
             return False
@@ -464,6 +469,8 @@ class FeatureStream:
         over = False
         for item in items:
             try:
+                if not access and item["name"] not in SATURATION_METRICS:
+                    continue  # a sample no window keeps: no state for its service/instance (exporters' own)
                 key = (item["service"], item["instance"])
                 if key != last:
                     last = key
@@ -489,10 +496,10 @@ class FeatureStream:
     def _fold_item(self, st: InstanceState, item: dict[str, Any], access: bool, fold: _Fold) -> None:
         clock = self._clocks[st.partition]
         if not access:
-            if st.add_sample(item, self.window_ms, clock) is False:
+            if st.add_sample(item, self.instance_window_ms, clock) is False:
                 fold.late_metric += 1
             return
-        added = st.add_access(item, self.window_ms, clock, id_key(item["id"]))
+        added = st.add_access(item, self.instance_window_ms, clock, id_key(item["id"]))
         if added:
             fold.counted += 1
         elif added is None:
@@ -522,8 +529,8 @@ class FeatureStream:
             mark = self._clocks[p].watermark if wall_ms is None else max(self._clocks[p].watermark,
                                                                          wall_ms - self.lateness_ms)
             for st in self._instances_of(p).values():
-                if st.windows and min(st.windows) + self.window_ms <= mark:
-                    out.extend(st.close(mark, self.window_ms, emitted_at))
+                if st.windows and min(st.windows) + self.instance_window_ms <= mark:
+                    out.extend(st.close(mark, self.instance_window_ms, emitted_at))
                     states.add(st)
         self.metrics.open_windows.set(sum(len(st.windows) for by_key in self._instances.values()
                                           for st in by_key.values()))
@@ -567,6 +574,16 @@ class FeatureStream:
                         self._republish.append((FeatureWindow.model_validate(st.pending), None))
         return states
 
+    def _service_window(self, partial: WindowPartial, partition: int) -> ServiceWindow:
+        """The service-wide window an instance window belongs to (the one starting at or before it)."""
+        states = self._services_of(partition)
+        start = partial.window_start - partial.window_start % self.window_ms
+        key = f"{partial.service}|{start}".encode()
+        st = states.get(key)
+        if st is None:
+            st = states[key] = ServiceWindow(partial.service, start, partition)
+        return st
+
     async def _merge_services(self, stream: Any) -> None:
         """Replays are harmless here (a partial replaces itself), so plain at-least-once suffices."""
         async for events in stream.take_events(self.cfg.take_max, within=self.cfg.take_within_s):
@@ -580,12 +597,7 @@ class FeatureStream:
                         self.metrics.rejected.labels("bad_partial").inc()
                         log.warning("skipping an undecodable service partial: %s", exc)
                         continue
-                    states = self._services_of(event.message.partition)
-                    key = f"{partial.service}|{partial.window_start}".encode()
-                    st = states.get(key)
-                    if st is None:
-                        st = states[key] = ServiceWindow(partial.service, partial.window_start,
-                                                         event.message.partition)
+                    st = self._service_window(partial, event.message.partition)
                     if st.add(partial, now):
                         touched.append(st)
                     elif st.done:
@@ -604,7 +616,7 @@ class FeatureStream:
                     self.service_table.data.pop(key, None)
                     self.service_table.send_changelog(st.partition, key, None, value_serializer="raw")
                 for st in states.values():
-                    if st.due(now, self.cfg.idle_close_s):
+                    if st.due(now, self.cfg.idle_close_s, self.window_ms, self.instance_window_ms):
                         out.append(st.emit(self.window_ms, int(now * 1000)))
                         changed.append(st)
                     elif st.retire(now, self.cfg.service_retain_s):

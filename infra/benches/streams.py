@@ -487,7 +487,7 @@ def measure_freshness(p: IsolatedPipeline, sample_path: Path, instances: int, du
 
     ClickHouse is polled while the events flow (a thread), so a window is seen as soon as it lands.
     """
-    window_s = p.settings.streams.window_s
+    window_s, instance_window_s = p.settings.streams.window_s, p.settings.streams.instance_window
     templates = [e for e in sample_events(sample_path) if e.status]
     tick = 0.1
     per_tick = max(instances, round(rate * tick))
@@ -507,13 +507,13 @@ def measure_freshness(p: IsolatedPipeline, sample_path: Path, instances: int, du
                 inst = f"www{n % instances}"
                 batch.append(make_event(f"fresh-{p.run_id}-{n}", now, SERVICE, inst, t.method, t.route, t.status,
                                         t.latency_ms, t.bytes_sent, t.source))
-                expected.add((inst, now // 1000 // window_s * window_s))
+                expected.add((inst, now // 1000 // instance_window_s * instance_window_s))
                 n += 1
             p.sink.send_events(batch)
             next_tick += tick
             time.sleep(max(0.0, next_tick - time.monotonic()))
         p.sink.flush(timeout=30)
-        expected |= {("*", start) for _, start in expected}
+        expected |= {("*", start // window_s * window_s) for _, start in expected}
         deadline = time.time() + window_s + 30
         while set(expected) - set(poll.seen) and time.time() < deadline and poll.is_alive():
             time.sleep(0.1)
@@ -522,7 +522,8 @@ def measure_freshness(p: IsolatedPipeline, sample_path: Path, instances: int, du
         poll.join(5)
     if poll.error is not None:
         raise RuntimeError(f"polling ClickHouse failed: {poll.error}") from poll.error
-    return {k: poll.seen[k] - (k[1] + window_s) if k in poll.seen else math.inf for k in expected}
+    ends = {k: k[1] + (window_s if k[0] == "*" else instance_window_s) for k in expected}
+    return {k: poll.seen[k] - ends[k] if k in poll.seen else math.inf for k in expected}
 
 
 def throughput_run(base: Settings, sample_path: Path, worker_argv: Sequence[str], events: int, instances: int,

@@ -37,29 +37,39 @@ def read_minute_requests(client: Client, database: str, service: str,
 
 @dataclass(frozen=True)
 class InstanceWindow:
-    """The latest closed window of one instance."""
+    """The latest closed window of one instance: traffic, HAProxy saturation (peak sessions = scur,
+    peak queue = qcur, connection errors) and the backend's own gauges (peak resource and busy ratios)."""
 
     instance: str
     latency_p99_ms: float
     latency_p50_ms: float
     requests: int
     status_5xx: int
+    sessions_max: float = 0.0
+    queue_max: float = 0.0
+    conn_errors: float = 0.0
+    resource_max: float = 0.0
+    busy_max: float = 0.0
+
+
+_INSTANCE_WINDOW_COLUMNS = ("latency_p99_ms", "latency_p50_ms", "requests", "status_5xx", "sessions_max", "queue_max",
+                            "conn_errors", "resource_max", "busy_max")
 
 
 def latest_instance_windows(client: Client, database: str, service: str, max_age_s: int) -> list[InstanceWindow]:
     """Each instance's newest window of the last `max_age_s` seconds (service-wide rows left out)."""
+    latest = ", ".join(f"argMax({c}, window_start)" for c in _INSTANCE_WINDOW_COLUMNS)
     rows = client.execute(
         f"""
-        SELECT instance,
-               argMax(latency_p99_ms, window_start), argMax(latency_p50_ms, window_start),
-               argMax(requests, window_start), argMax(status_5xx, window_start)
+        SELECT instance, {latest}
         FROM {database}.features FINAL
         WHERE service = %(service)s AND instance != %(all)s AND window_start >= now() - %(age)s
         GROUP BY instance ORDER BY instance
         """,
         {"service": service, "all": SERVICE_WIDE, "age": max_age_s},
     )
-    return [InstanceWindow(inst, float(p99), float(p50), int(n), int(err)) for inst, p99, p50, n, err in rows]
+    return [InstanceWindow(str(inst), float(p99), float(p50), int(n), int(err), *(float(v) for v in rest))
+            for inst, p99, p50, n, err, *rest in rows]
 
 
 def recent_services(client: Client, database: str, since_s: int) -> list[str]:

@@ -286,10 +286,11 @@ def ingest_scrape(s: Settings) -> Component:
         metrics_url=f"http://127.0.0.1:{s.ingest.scrape_metrics_port}/metrics",
         argv=_python("ingest", "scrape", "--metrics-port", str(s.ingest.scrape_metrics_port)),
         probe=probes.http_ok(f"http://127.0.0.1:{s.ingest.scrape_metrics_port}/metrics"),
-        address=f"every {s.ingest.scrape_interval_s:g} s -> {s.kafka.topic_metrics} "
-                f"(metrics :{s.ingest.scrape_metrics_port})",
+        address=f"every {s.ingest.scrape_interval_s:g} s"
+                + (" (HAProxy and the registry's instances)" if s.ingest.scrape_registry else "")
+                + f" -> {s.kafka.topic_metrics} (metrics :{s.ingest.scrape_metrics_port})",
         tcp_ports=[s.ingest.scrape_metrics_port],
-        needs=["kafka", "haproxy"],
+        needs=["kafka", "haproxy", *(["etcd"] if s.ingest.scrape_registry else [])],  # etcd: lists the instances
     )
 
 
