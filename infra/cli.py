@@ -1060,8 +1060,7 @@ def train(
     from training.train_command import train_command
 
     if kind not in ("forecast", "latency"):
-        raise typer.BadParameter("--kind must be forecast or latency (risk: see the risk command)",
-                                 param_hint="--kind")
+        raise typer.BadParameter("--kind must be forecast or latency", param_hint="--kind")
     if split not in ("time", "service"):
         raise typer.BadParameter("--split must be time or service", param_hint="--split")
     s = _ctx(ctx).settings

@@ -116,7 +116,7 @@ def test_the_cli_says_why_when_clickhouse_cannot_be_read(tmp_path: Path) -> None
     result = CliRunner().invoke(app, ["train", "--kind", "latency", "--json"], env=env)
     assert result.exit_code == 2, result.output
     assert "cannot read `features` from ClickHouse" in result.output
-    bad = CliRunner().invoke(app, ["train", "--kind", "risk"], env=env)
+    bad = CliRunner().invoke(app, ["train", "--kind", "weather"], env=env)
     assert bad.exit_code == 2 and "--kind" in bad.output
 
 
