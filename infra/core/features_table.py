@@ -144,3 +144,32 @@ def windows_between(client: Client, database: str, service: str, instances: list
         "ORDER BY window_start, instance",
         {"service": service, "instances": tuple(instances), "start": start_s, "end": end_s})
     return [dict(zip(WINDOW_FIELDS, row, strict=True)) for row in rows]
+
+
+# Per-instance window columns the health models read; saturation gauges a table may not have yet read 0.
+HEALTH_WINDOW_FIELDS = ("service", "instance", "start_s", "window_s", "requests", "status_5xx", "latency_p50_ms",
+                        "latency_p99_ms", "sessions_max", "queue_max", "resource_max", "busy_max")
+OPTIONAL_GAUGES = ("sessions_max", "queue_max", "resource_max", "busy_max")
+
+
+def instance_windows(client: Client, database: str, services: list[str], start_s: int | None = None,
+                     end_s: int | None = None) -> list[tuple[object, ...]]:
+    """Every per-instance window of `services` (names, or LIKE patterns with `%`) in [start_s, end_s),
+    ordered by service, instance and time; fields as `HEALTH_WINDOW_FIELDS`."""
+    present = {str(r[0]) for r in client.execute(
+        "SELECT name FROM system.columns WHERE database = %(db)s AND table = 'features'", {"db": database})}
+    gauges = ", ".join(g if g in present else f"toFloat64(0) AS {g}" for g in OPTIONAL_GAUGES)
+    match = " OR ".join(f"service LIKE %(s{i})s" for i in range(len(services))) or "1"
+    params: dict[str, object] = {"all": SERVICE_WIDE}
+    params.update({f"s{i}": s for i, s in enumerate(services)})
+    bounds = ""
+    if start_s is not None:
+        bounds += " AND window_start >= toDateTime(%(start)s)"
+        params["start"] = start_s
+    if end_s is not None:
+        bounds += " AND window_start < toDateTime(%(end)s)"
+        params["end"] = end_s
+    return client.execute(
+        f"SELECT service, instance, toUInt32(window_start), toUInt32(window_end) - toUInt32(window_start), requests, "
+        f"status_5xx, latency_p50_ms, latency_p99_ms, {gauges} FROM {database}.features FINAL "
+        f"WHERE instance != %(all)s AND ({match}){bounds} ORDER BY service, instance, window_start", params)
