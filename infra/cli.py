@@ -992,7 +992,8 @@ def chaos(
     ctx: typer.Context,
     fault: Annotated[list[str] | None, typer.Option(
         "--fault", help="Component to crash (repeatable), in turn; default stream-worker, clickhouse, serving, "
-                        "autoscaler, registry-sync, etcd.")] = None,
+                        "autoscaler, registry-sync, pool-instance (one ready instance of a pool service, which "
+                        "the pool replaces), etcd.")] = None,
     rate: Annotated[float, typer.Option(help="Events per second of the replay during each fault.")] = 40.0,
     down_s: Annotated[float, typer.Option(help="Seconds each component stays down.")] = 5.0,
     after_s: Annotated[float, typer.Option(help="Seconds of replay after the restart.")] = 10.0,
@@ -1083,7 +1084,9 @@ def train(
     dataset: Annotated[Path | None, typer.Option(help="--kind risk: the dataset folder (default "
                                                  "<state>/datasets/risk); only its TRAIN seeds are read.")] = None,
     source: Annotated[str, typer.Option(help="`file:PATH` (per-second trace), `clickhouse` (feature windows "
-                                        "of --service) or `clickhouse:access_events` (its raw events).")
+                                        "of --service) or `clickhouse:access_events` (its raw events). "
+                                        "--kind latency: `clickhouse` or `file:DIR`, a fault dataset folder "
+                                        "(`foresight faults record`; its held-out seeds are held out).")
                       ] = "clickhouse",
     from_: Annotated[str | None, typer.Option("--from", help="ClickHouse sources: first time to read (ISO, UTC "
                                               "unless it says, epoch s/ms, or an age like 7d).")] = None,
@@ -1109,6 +1112,10 @@ def train(
                                        "(the latest windows) or `service` (the last services by name, e.g. "
                                        "held-out seeds).")] = "time",
     holdout_frac: Annotated[float, typer.Option(help="--kind latency: share of the data held out.")] = 0.2,
+    holdout_services: Annotated[str | None, typer.Option(help="--kind latency: the held-out part is these "
+                                                         "services (comma-separated globs, e.g. `health-s9*` "
+                                                         "for held-out fault seeds), never trained on.")
+                                ] = None,
     min_requests: Annotated[int, typer.Option(help="--kind latency: leave out target windows with fewer "
                                               "requests (their p99 is noise).")] = 5,
     window_s: Annotated[float | None, typer.Option(help="--kind latency: window length to train on (default: "
@@ -1155,9 +1162,10 @@ def train(
             from training.latency_command import latency_command
 
             cfg = LatencyConfig(epochs=epochs or 40, hidden=hidden or 64, seed=seed, split=split,
-                                holdout_frac=holdout_frac, min_requests=min_requests, window_s=window_s)
+                                holdout_frac=holdout_frac, min_requests=min_requests, window_s=window_s,
+                                holdout_services=[p.strip() for p in (holdout_services or "").split(",") if p.strip()])
             latency_command(service=service, time_range=(start_s, end_s), cfg=cfg, state_dir=s.state,
-                            ch=s.clickhouse, as_json=as_json)
+                            ch=s.clickhouse, as_json=as_json, source=source)
             return
         train_command(source=source, service=service or s.demo.service, start=start, time_range=(start_s, end_s),
                       cfg=TrainConfig(epochs=epochs or 8, members=members, hidden=hidden or 256, seed=seed),

@@ -1,7 +1,7 @@
 """The risk deployment: the registry's newest valid `risk` version, or the peer-deviation baseline.
 
 Each request is one service; a learned model reads the health features of its instances
-(infra.core.health_features) and names the inputs that drove each score (occlusion,
+(infra.core.health_features) and names the inputs that drove each score (attributions,
 serving.models.health_models); the baseline compares each instance with its peers.
 """
 
@@ -76,7 +76,7 @@ class RiskModelReplica(RegistryReplica):
     @staticmethod
     def _learned(loaded: LoadedVersion, rows: np.ndarray) -> Scored:
         assert loaded.manifest.health is not None
-        risks, reasons = health_models.risk_answer(health_models.module_predict(loaded.module), raw_values(rows),
+        risks, reasons = health_models.risk_answer(loaded.module, raw_values(rows),
                                                    loaded.manifest.health.columns)
         return Scored(loaded.manifest.name, loaded.version, risks, reasons)
 

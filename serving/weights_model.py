@@ -77,7 +77,7 @@ class WeightsModelReplica(RegistryReplica):
     @staticmethod
     def _learned(loaded: LoadedVersion, rows: np.ndarray) -> Weighed:
         assert loaded.manifest.health is not None
-        answer = health_models.capacity_weights(health_models.module_predict(loaded.module), raw_values(rows),
+        answer = health_models.capacity_weights(loaded.module, raw_values(rows),
                                                 loaded.manifest.health.columns, HAPROXY_MAX_WEIGHT)
         return Weighed(loaded.manifest.name, loaded.version, answer.weights, answer.reasons)
 

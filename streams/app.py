@@ -34,7 +34,10 @@ notes the highest offset the group ever committed per input partition; a group's
 never moves back on its own, so when it does (or vanished), the log is a new one: the partition's
 positions are forgotten (`_rebase_if_restarted`), its states (open windows, their event ids, pending windows) are
 kept and written again to the new changelog, and the new log is counted from its start. The worker
-also re-creates its own topics the broker lost, and retries refused changelog writes and sends.
+also re-creates its own topics the broker lost, and retries refused changelog writes and sends. It
+asks the broker for its topics only after a sign that they may be gone (a rebalance, a restarted log,
+a refused changelog write or send; `_doubt_topics`), and otherwise once every `TOPICS_BACKSTOP_S`:
+listing every topic through a new admin client every few seconds for the worker's life is waste.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ from streams.windows import SATURATION_METRICS
 log = logging.getLogger("foresight.streams")
 MARK_PREFIX = b"__position__/"
 MAX_SEEKS = 5  # times a gap in the input is read again before it is given up
-TOPICS_EVERY_S = 2.0  # how often the worker checks that the broker still has its topics
+TOPICS_EVERY_S = 2.0  # how soon after a sign of trouble the worker checks that the broker still has its topics
+TOPICS_BACKSTOP_S = 60.0  # ... and how often it checks them without one
 FORGET_DONE_S = 86_400.0  # a retired service window is remembered (to ignore stragglers) for a day
 
 
@@ -153,6 +157,9 @@ class FeatureStream:
         # windows are published again (`_republish`); their consumers take a repeat.
         self._published: set[tuple[str, str, int, int]] = set()
         self._republish: list[tuple[FeatureWindow, WindowPartial | None]] = []
+        # Why the broker may have lost the worker's topics (None: no sign since the last good check).
+        self._topics_doubt: str | None = None
+        self._topics_checked_at = time.monotonic()  # Faust declared them at start
         self.app = faust.App(
             cfg.app_id,
             broker=faust_broker_url(kafka.bootstrap_servers),
@@ -194,29 +201,43 @@ class FeatureStream:
         log.info("stream worker ready %.1f s after start", time.monotonic() - self.started_at)
         self._writer = asyncio.ensure_future(self._write_clickhouse())
 
+    def _doubt_topics(self, why: str) -> None:
+        """A sign the broker may have lost the worker's topics: check them on the next topics tick."""
+        if self._topics_doubt is None:
+            log.debug("checking the worker's topics: %s", why)
+            self._topics_doubt = why
+
     async def _ensure_topics(self) -> None:
         """Create any of the worker's topics the broker no longer has. Faust declares its changelogs and
         the partials topic once, at start; a broker that lost them (the in-memory Tansu restarted)
-        refuses the group's commits for them for ever, and the group cannot rejoin."""
+        refuses the group's commits for them for ever, and the group cannot rejoin. Runs every
+        TOPICS_EVERY_S, but asks the broker only after a sign of trouble or once a TOPICS_BACKSTOP_S."""
         from infra.core.kafka_admin import ensure_topics
 
+        if self._topics_doubt is None and time.monotonic() - self._topics_checked_at < TOPICS_BACKSTOP_S:
+            return
+        why, self._topics_doubt = self._topics_doubt, None  # a sign that comes during the check stays
         changelog = {"cleanup.policy": "compact"}
         extra = {self.instance_table.changelog_topic.get_topic_name(): changelog,
                  self.service_table.changelog_topic.get_topic_name(): changelog,
                  self.partials.get_topic_name(): {}}
         try:
             created = await asyncio.get_running_loop().run_in_executor(None, ensure_topics, self.kafka, extra)
-        except Exception as exc:  # broker down, or no right to create topics: the next check tries again
+        except Exception as exc:  # broker down, or no right to create topics: the next tick tries again
             log.debug("checking the worker's topics failed: %s", exc)
+            self._topics_doubt = self._topics_doubt or why or "the last check failed"
             return
+        self._topics_checked_at = time.monotonic()
         if created:
             log.warning("created the missing topics %s (the broker lost them: restarted without storage?)",
                         ", ".join(created))
 
     async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Forget the in-memory views: whoever owns a partition next recovers it from the changelog.
-        Until that recovery completed, the timer must not load (and so freeze) a half-read table."""
+        Until that recovery completed, the timer must not load (and so freeze) a half-read table.
+        A rebalance is also when a broker that lost the group (and its topics) shows: check them."""
         self._settled = False
+        self._doubt_topics("the group rebalances")
         async with self._lock:
             self._instances.clear()
             self._tracked.clear()
@@ -358,6 +379,7 @@ class FeatureStream:
             return None
         tp_key = f"{tp.topic}:{tp.partition}"
         self.metrics.log_restarts.inc()
+        self._doubt_topics(f"{tp}'s log restarted")
         self._committed_seen.pop(tp, None)
         self._next_offset.pop(tp, None)
         for seek in [k for k in self._seeks if k[0] == tp]:
@@ -382,7 +404,8 @@ class FeatureStream:
         if closed:
             # A broker gone or just restarted refuses sends for a while: publish them all again until
             # acknowledged (a repeat on fs.features is harmless, a partial replaces itself).
-            async for attempt in retry.until_accepted(log, f"publishing {len(closed)} closed windows"):
+            async for attempt in retry.until_accepted(log, f"publishing {len(closed)} closed windows",
+                                                      lambda _: self._doubt_topics("a window send failed")):
                 with attempt:
                     sent = []
                     for window, partial in closed:
@@ -552,7 +575,8 @@ class FeatureStream:
         holds for the key by then, until it is acknowledged. The batch is acked only after that."""
         async def settle() -> None:
             pending = sent
-            async for attempt in retry.until_accepted(log, f"changelog write of {key!r} (partition {partition})"):
+            async for attempt in retry.until_accepted(log, f"changelog write of {key!r} (partition {partition})",
+                                                      lambda _: self._doubt_topics("a changelog write failed")):
                 with attempt:
                     if pending is None:  # the last try failed: the key's current value (None: deleted)
                         pending = table.send_changelog(partition, key, table.data.get(key), value_serializer="raw")

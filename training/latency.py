@@ -15,6 +15,7 @@ Honest baselines, scored on the same held-out pairs:
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ class LatencyConfig(BaseModel):
     split: Literal["time", "service"] = Field("time", description="Held-out part: the latest time, or the last "
                                                                   "services by name (e.g. held-out seeds).")
     holdout_frac: float = Field(0.2, gt=0, lt=1)
+    holdout_services: list[str] = Field(default_factory=list, description="Glob patterns (`health-s9*`): "
+                                        "these services are the held-out part (split `service`), e.g. the "
+                                        "held-out fault seeds; never trained or tuned on.")
     val_frac: float = Field(0.15, gt=0, lt=1, description="Tail of the training part for choosing the epoch.")
     min_requests: int = Field(5, ge=1, description="Target windows with fewer requests are left out: their "
                                                    "p99 is noise.")
@@ -147,12 +151,18 @@ def make_pairs(w: Windows, window_s: float, columns: Sequence[str] = LATENCY_COL
 
 def split(pairs: Pairs, cfg: LatencyConfig) -> tuple[Pairs, Pairs, Pairs, dict[str, Any]]:
     """(train, validation, held-out) and a description of the held-out part."""
-    if cfg.split == "service":
+    if cfg.split == "service" or cfg.holdout_services:
         services = sorted(set(pairs.service.tolist()))
         if len(services) < 2:
             raise ValueError(f"--split service needs at least 2 services, the data has {len(services)}")
-        n_out = max(1, round(len(services) * cfg.holdout_frac))
-        held_services = services[-n_out:]
+        if cfg.holdout_services:
+            held_services = [s for s in services if any(fnmatch.fnmatchcase(s, p) for p in cfg.holdout_services)]
+            if not held_services or len(held_services) == len(services):
+                raise ValueError(f"--holdout-services {','.join(cfg.holdout_services)} matches "
+                                 f"{len(held_services)} of the {len(services)} services; it must match some, "
+                                 "not all")
+        else:
+            held_services = services[-max(1, round(len(services) * cfg.holdout_frac)):]
         held = np.isin(pairs.service, held_services)
         how: dict[str, Any] = {"split": "service", "held_out_services": held_services}
     else:
@@ -213,6 +223,14 @@ def scores(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
         out[f"{name}_mae_ms"] = float(np.mean(np.abs(pred[:, j] - y[:, j])))
         out[f"{name}_mae_log"] = float(np.mean(np.abs(np.log1p(np.maximum(pred[:, j], 0)) - np.log1p(y[:, j]))))
     return out
+
+
+MIN_BASELINE_MAE_MS = 0.01
+
+
+def mae_ratio(model: float, baseline: float) -> float | None:
+    """model / baseline MAE; None when the baseline is (nearly) exact, where a ratio says nothing."""
+    return model / baseline if baseline >= MIN_BASELINE_MAE_MS else None
 
 
 @dataclass(frozen=True)
@@ -282,8 +300,8 @@ def train_latency(w: Windows, cfg: LatencyConfig, on_epoch: OnEpoch | None = Non
         pred = module(torch.from_numpy(held.x)).numpy().astype(np.float64)
     held_scores = {"model": scores(pred, held.y)} | {name: scores(p, held.y)
                                                      for name, p in baselines(held.now).items()}
-    ratio = {f"{out}_mae_vs_{name}": held_scores["model"][f"{out}_mae_ms"] / max(held_scores[name][f"{out}_mae_ms"],
-                                                                                1e-9)
+    model_scores = held_scores["model"]
+    ratio = {f"{out}_mae_vs_{name}": mae_ratio(model_scores[f"{out}_mae_ms"], held_scores[name][f"{out}_mae_ms"])
              for name in ("last_value", "inverse_latency") for out in ("p50", "p99")}
     metrics = {"held_out": held_scores, "ratios": ratio, "pairs": {"train": len(train), "validation": len(val),
                                                                   "held_out": len(held)},

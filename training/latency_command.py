@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from clickhouse_driver.errors import Error as ClickHouseError
 
+from infra.core.contracts import SERVICE_WIDE
+from infra.core.features_table import OPTIONAL_GAUGES
 from infra.core.health_features import LATENCY_OUTPUTS
 from infra.core.model_registry import HealthSpec, registry_root
 from infra.core.settings import ClickHouseSettings
@@ -39,6 +41,33 @@ def read_windows(ch: ClickHouseSettings, patterns: list[str], time_range: tuple[
         cl.disconnect()
 
 
+def _times(ratio: float | None) -> str:
+    return "n/a (baseline exact) vs" if ratio is None else f"{ratio:.2f} x"
+
+
+FILE_PREFIX = "file:"
+
+
+def read_dataset(folder: Path) -> tuple[Windows, list[str]]:
+    """Windows from a fault dataset folder (`windows-*.parquet`, as `foresight faults record` exports them),
+    and the services its rows mark `split = heldout` (the held-out seeds)."""
+    import pandas as pd  # via statsmodels; only this source needs it
+
+    files = sorted(folder.glob("windows-*.parquet"))
+    if not files:
+        raise ValueError(f"no windows-*.parquet under {folder}: record a dataset with `foresight faults record`")
+    d = pd.concat([pd.read_parquet(f) for f in files]).drop_duplicates(["service", "instance", "window_start"])
+    d = d[d["instance"] != SERVICE_WIDE]
+    for gauge in OPTIONAL_GAUGES:
+        if gauge not in d:
+            d[gauge] = 0.0
+    rows = list(zip(d["service"], d["instance"], d["window_start"].astype("int64"),
+                    (d["window_end"] - d["window_start"]).astype("int64"), d["requests"], d["status_5xx"],
+                    d["latency_p50_ms"], d["latency_p99_ms"], *(d[g] for g in OPTIONAL_GAUGES), strict=True))
+    held = sorted(set(d.loc[d["split"] == "heldout", "service"])) if "split" in d else []
+    return Windows.from_rows(rows), held
+
+
 def report_lines(result: LatencyResult) -> list[str]:
     held = result.metrics["held_out"]
     lines = [f"held-out pairs: {result.metrics['pairs']['held_out']} ({result.metrics['split']} split)",
@@ -47,22 +76,37 @@ def report_lines(result: LatencyResult) -> list[str]:
         s = held[name]
         lines.append(f"{name:16} {s['p50_mae_ms']:11.2f} {s['p99_mae_ms']:11.2f} {s['p99_mae_log']:12.3f}")
     r = result.metrics["ratios"]
-    lines.append(f"p99 MAE: {r['p99_mae_vs_last_value']:.2f} x last value, "
-                 f"{r['p99_mae_vs_inverse_latency']:.2f} x the inverse-latency baseline")
+    for out in ("p50", "p99"):
+        lines.append(f"{out} MAE: {_times(r[f'{out}_mae_vs_last_value'])} last value, "
+                     f"{_times(r[f'{out}_mae_vs_inverse_latency'])} the inverse-latency baseline")
     return lines
 
 
 def latency_command(*, service: str | None, time_range: tuple[int | None, int | None], cfg: LatencyConfig,
                     state_dir: Path, ch: ClickHouseSettings, as_json: bool = False,
-                    windows: Windows | None = None) -> dict[str, Any]:
+                    windows: Windows | None = None, source: str = "clickhouse") -> dict[str, Any]:
+    """Train on ClickHouse `features` (`source` clickhouse) or a fault dataset folder (`file:DIR`)."""
     patterns = service_patterns(service)
-    w = windows if windows is not None else read_windows(ch, patterns, time_range)
+    description: dict[str, Any]
+    if windows is not None:
+        w, description = windows, {"source": "given"}
+    elif source.startswith(FILE_PREFIX):
+        folder = Path(source[len(FILE_PREFIX):]).resolve()
+        w, heldout = read_dataset(folder)
+        if heldout and not cfg.holdout_services:  # the dataset's held-out seeds are the held-out part
+            cfg = cfg.model_copy(update={"holdout_services": heldout})
+        description = {"source": "file", "path": str(folder)}
+    elif source in ("clickhouse", "clickhouse:features"):
+        w = read_windows(ch, patterns, time_range)
+        description = {"source": "clickhouse", "table": "features", "patterns": patterns,
+                       "from_s": time_range[0], "to_s": time_range[1]}
+    else:
+        raise ValueError(f"--source for --kind latency must be clickhouse or file:DIR, not {source!r}")
     services = sorted(set(w.service.tolist()))
-    say(f"{len(w)} per-instance windows of {len(services)} service(s) from ClickHouse `features`")
+    say(f"{len(w)} per-instance windows of {len(services)} service(s) ({description['source']})")
     with epoch_bar(cfg.epochs) as on_epoch:
         result = train_latency(w, cfg, on_epoch)
-    description = {"source": "clickhouse", "table": "features", "services": services, "patterns": patterns,
-                   "from_s": time_range[0], "to_s": time_range[1]}
+    description["services"] = services
     data_fp = fingerprint(description, w.start_s.tobytes(), np.nan_to_num(w.latency_p99_ms).tobytes())
     spec = HealthSpec(columns=result.columns, window_s=result.window_s, outputs=list(LATENCY_OUTPUTS))
     path, manifest = publish_health(registry_root(state_dir), "latency", result.module, MODEL_NAME, spec,

@@ -50,13 +50,12 @@ from typing import Any
 
 import httpx
 import psutil
-from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 from pydantic import BaseModel, Field
 
 from infra.core.db import client as clickhouse_client
 from infra.core.db import migrate
-from infra.core.kafka_admin import ensure_topics
+from infra.core.kafka_admin import aiokafka_consumer, ensure_topics, kafka_admin_client
 from infra.core.ports import free_port
 from infra.core.settings import RouteRule, Settings
 from ingest.bench import replicate_sample
@@ -312,8 +311,7 @@ class IsolatedPipeline:
             cl.execute(f"DROP DATABASE IF EXISTS {self.database}")
             cl.disconnect()
         with contextlib.suppress(KafkaError, OSError):
-            admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap_servers,
-                                     client_id="foresight-bench-admin")
+            admin = kafka_admin_client(self.settings.kafka, client_id="foresight-bench-admin")
             try:
                 ours = [t for t in admin.list_topics()
                         if t.startswith((f"fs.bench.{self.run_id}.", self.settings.streams.app_id))]
@@ -387,11 +385,11 @@ async def _raw_consume(p: IsolatedPipeline, events: int, timeout_s: float, colum
 
     Decoded whole (`decode_access_record`, what any consumer of the contract does), or with
     `columns` only the fields the worker reads, as the worker does (`access_columns`)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     kafka = p.settings.kafka
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers.split(","), enable_auto_commit=False,
-                                auto_offset_reset="earliest", client_id=f"foresight-bench-raw-{p.run_id}")
+    consumer = aiokafka_consumer(kafka, enable_auto_commit=False, auto_offset_reset="earliest",
+                                 client_id=f"foresight-bench-raw-{p.run_id}")
     await consumer.start()
     try:
         consumer.assign([TopicPartition(kafka.topic_access, i) for i in range(kafka.partitions)])

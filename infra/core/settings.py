@@ -177,11 +177,35 @@ class EtcdSettings(Section):
     metrics_port: int = Field(12381, description="etcd Prometheus metrics.")
 
 
+# Where HAProxy's runtime API answers: a unix socket, or (host, port) of a TCP `stats socket`.
+RuntimeAddress = Path | tuple[str, int]
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """`host:port` (`[v6]:port` too) as (host, port); ValueError when it is not one."""
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port")
+    return host, int(port)
+
+
 class HAProxySettings(Section):
     frontend_port: int = Field(18080, description="Where clients send traffic.")
     exporter_port: int = Field(18404, description="Built-in Prometheus exporter (/metrics).")
     backend: str = Field("demo", description="Backend whose servers the adapter weighs.")
     socket_name: str = Field("haproxy.sock", description="Runtime API socket, inside the state folder.")
+    runtime_address: str | None = Field(
+        None, description="HAProxy's runtime API over TCP, `host:port` (HAProxy: `stats socket ipv4@0.0.0.0:9999 "
+        "level admin`), for `adapt` and `registry-sync` running apart from HAProxy (Kubernetes); none = the unix "
+        "socket `socket_name`. It has no authentication: expose it only to them (a NetworkPolicy).")
+
+    @field_validator("runtime_address")
+    @classmethod
+    def _is_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            host_port(value)
+        return value
 
 
 class DemoSettings(Section):
@@ -667,7 +691,15 @@ class Settings(BaseSettings):
 
     @property
     def haproxy_socket(self) -> Path:
+        """The local stack's runtime API socket (its HAProxy always opens it)."""
         return self.state / self.haproxy.socket_name
+
+    @property
+    def haproxy_runtime(self) -> RuntimeAddress:
+        """Where the runtime API's clients connect: `haproxy.runtime_address` when set, else the socket."""
+        if self.haproxy.runtime_address:
+            return host_port(self.haproxy.runtime_address)
+        return self.haproxy_socket
 
     @property
     def spool_dir(self) -> Path:

@@ -140,6 +140,23 @@ def test_latest_instance_windows_read_saturation_and_backend_gauges(ch: Chdb) ->
     assert (f.sessions, f.queue, f.resource, f.busy) == (3.0, 2.0, 0.8, 0.5)
 
 
+def test_instance_windows_for_training_read_every_window_by_pattern(ch: Chdb) -> None:
+    from infra.core.features_table import HEALTH_WINDOW_FIELDS, instance_windows
+
+    rows = ", ".join(f"(toDateTime({1_800_000_000 + 2 * k}), toDateTime({1_800_000_002 + 2 * k}), 'health-s{s}', "
+                     f"'i{k % 2}', {k + 1}, {k}, 1.5, 0.25, 0.5, {k})" for s in (1, 2) for k in range(4))
+    ch.execute(f"INSERT INTO {DB}.features (window_start, window_end, service, instance, requests, latency_p99_ms,"
+               f" sessions_max, resource_max, busy_max, emitted_at) VALUES {rows}")
+    ch.execute(f"INSERT INTO {DB}.features (window_start, window_end, service, instance, requests, emitted_at) "
+               "VALUES (toDateTime(1800000000), toDateTime(1800000010), 'health-s1', '*', 99, 1)")
+    got = instance_windows(cast(Any, ch), DB, ["health-s%"], start_s=1_800_000_002)
+    assert len(got) == 2 * 3 and {r[0] for r in got} == {"health-s1", "health-s2"}
+    first = dict(zip(HEALTH_WINDOW_FIELDS, got[0], strict=True))
+    assert (first["instance"], first["start_s"], first["window_s"], first["requests"]) == ("i0", 1_800_000_004, 2, 3)
+    assert (first["sessions_max"], first["resource_max"], first["busy_max"]) == (1.5, 0.25, 0.5)
+    assert instance_windows(cast(Any, ch), DB, ["health-s2"], end_s=1_800_000_002)[0][:2] == ["health-s2", "i0"]
+
+
 def test_retention_drops_only_old_day_partitions(ch: Chdb) -> None:
     today = datetime.now(UTC).date()
     for age in (40, 31, 30, 0):

@@ -186,14 +186,14 @@ def test_a_version_failing_on_a_request_answers_it_from_the_baseline(tmp_path: P
 
 
 def test_capacity_weights_are_equal_for_equal_instances_and_follow_the_instance() -> None:
-    predict = health_models.module_predict(torch.jit.script(QueueingLatency()))
-    same = health_models.capacity_weights(predict, raw([10.0] * 3, [30.0] * 3, [50.0] * 3), LAT_COLUMNS, 256)
+    module = torch.jit.script(QueueingLatency())
+    same = health_models.capacity_weights(module, raw([10.0] * 3, [30.0] * 3, [50.0] * 3), LAT_COLUMNS, 256)
     assert same.weights == [256, 256, 256]
     values = raw([10.0, 40.0, 20.0], [30.0, 120.0, 60.0], [50.0, 50.0, 50.0])
     order = [2, 0, 1]
     permuted = {k: v[order] for k, v in values.items()}
-    a = health_models.capacity_weights(predict, values, LAT_COLUMNS, 256).weights
-    b = health_models.capacity_weights(predict, permuted, LAT_COLUMNS, 256).weights
+    a = health_models.capacity_weights(module, values, LAT_COLUMNS, 256).weights
+    b = health_models.capacity_weights(module, permuted, LAT_COLUMNS, 256).weights
     assert [a[i] for i in order] == b and a[0] > a[2] > a[1]
 
 
@@ -203,7 +203,7 @@ def test_non_finite_model_output_raises_so_the_caller_falls_back() -> None:
             return x[:, 0] * float("nan")
 
     with pytest.raises(ValueError, match="NaN"):
-        health_models.module_predict(torch.jit.script(Nan()))(np.zeros((2, 1), dtype=np.float32))
+        health_models.predict(torch.jit.script(Nan()), np.zeros((2, 1), dtype=np.float32))
 
 
 def test_crossing_load_interpolates_scales_below_and_extrapolates_above() -> None:
@@ -215,3 +215,21 @@ def test_crossing_load_interpolates_scales_below_and_extrapolates_above() -> Non
     # 1: between 10 (50 ms) and 20 (150 ms); 2: over at the first probe, 10 * 100/200;
     # 3: along the last slope (10 ms per 20 requests) to 100 ms; 4: flat, never crosses: `most`
     assert got.tolist() == pytest.approx([15.0, 5.0, 180.0, 1000.0])
+
+
+def test_attributions_add_up_to_the_move_from_the_median_instance() -> None:
+    module = torch.jit.script(PeerRisk())
+    x = np.array([[0.0, 0.0], [0.1, 0.0], [3.0, 0.5], [0.05, 0.0]], dtype=np.float32)
+    effects = health_models.attributions(module, x, RISK_COLS, "risk", steps=64)
+    out = health_models.predict(module, x)
+    at_median = health_models.predict(module, np.median(x, axis=0, keepdims=True))[0]
+    assert effects.sum(axis=1) == pytest.approx(out - at_median, abs=1e-3)
+    assert effects[2, 0] > 0.1 and effects[2, 1] > 0.1  # saturated, yet both inputs are credited
+
+
+def test_an_instance_without_completed_requests_gets_the_median_weight() -> None:
+    module = torch.jit.script(QueueingLatency())
+    values = raw([10.0, 20.0, 40.0, 0.0], [30.0, 60.0, 120.0, 0.0], [50.0, 50.0, 50.0, 0.0])
+    answer = health_models.capacity_weights(module, values, LAT_COLUMNS, 256)
+    assert answer.weights[0] == 256 and answer.weights[3] == answer.weights[1]
+    assert answer.reasons[3][0].startswith("no request completed")

@@ -13,7 +13,7 @@ from infra.core.ports import free_ports
 from infra.core.settings import ClickHouseSettings
 from serving.registry_loader import ModelSlot
 from training.latency import LatencyConfig, Windows, baselines, make_pairs, split, train_latency
-from training.latency_command import latency_command, service_patterns
+from training.latency_command import latency_command, read_dataset, service_patterns
 
 WINDOW_S = 10
 
@@ -66,6 +66,10 @@ def test_time_split_holds_out_the_latest_windows_and_service_split_the_last_serv
     train, val, held, how = split(pairs, LatencyConfig(split="service", holdout_frac=0.34))
     assert how["held_out_services"] == ["svc-2"] and set(held.service) == {"svc-2"}
     assert "svc-2" not in set(train.service) | set(val.service)
+    train, val, held, how = split(pairs, LatencyConfig(holdout_services=["svc-0", "nothing*"]))
+    assert how["held_out_services"] == ["svc-0"] and "svc-0" not in set(train.service) | set(val.service)
+    with pytest.raises(ValueError, match="matches 3 of the 3 services"):
+        split(pairs, LatencyConfig(holdout_services=["svc-*"]))
 
 
 def test_the_model_beats_last_value_where_latency_follows_load() -> None:
@@ -112,5 +116,25 @@ def test_the_cli_says_why_when_clickhouse_cannot_be_read(tmp_path: Path) -> None
     result = CliRunner().invoke(app, ["train", "--kind", "latency", "--json"], env=env)
     assert result.exit_code == 2, result.output
     assert "cannot read `features` from ClickHouse" in result.output
-    bad = CliRunner().invoke(app, ["train", "--kind", "nope"], env=env)
+    bad = CliRunner().invoke(app, ["train", "--kind", "weather"], env=env)
     assert bad.exit_code == 2 and "--kind" in bad.output
+
+
+def test_a_fault_dataset_folder_trains_with_its_held_out_seeds_held_out(tmp_path: Path) -> None:
+    import pandas as pd
+
+    w = synthetic(services=3, windows=120)
+    frame = pd.DataFrame({"service": w.service, "instance": w.instance, "window_start": w.start_s,
+                          "window_end": w.start_s + w.window_s, "requests": w.requests, "status_5xx": w.status_5xx,
+                          "latency_p50_ms": w.latency_p50_ms, "latency_p99_ms": w.latency_p99_ms,
+                          "sessions_max": w.sessions_max, "queue_max": w.queue_max,
+                          "split": np.where(w.service == "svc-1", "heldout", "train")})
+    frame.to_parquet(tmp_path / "windows-1-2-3.parquet", index=False)
+    got, held = read_dataset(tmp_path)
+    assert held == ["svc-1"] and len(got) == len(w) and got.resource_max.sum() == 0
+    summary = latency_command(service=None, time_range=(None, None), cfg=LatencyConfig(epochs=2),
+                              state_dir=tmp_path / "state", ch=ClickHouseSettings(tcp_port=free_ports(1)),
+                              as_json=True, source=f"file:{tmp_path}")
+    assert summary["metrics"]["held_out_services"] == ["svc-1"]
+    with pytest.raises(ValueError, match="no windows-"):
+        read_dataset(tmp_path / "empty")
