@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -211,6 +212,12 @@ class _Collect:
         self.decisions.extend(decisions)
 
 
+class Stoppable(Protocol):
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 # -- the loop ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -314,7 +321,7 @@ class ForesightController:
             log.info("%s %s: %s", d.action, d.instance, d.reason)
             self.trace.drains.append(entry)
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: Stoppable) -> None:
         """Rounds every `interval_s` until `stop`; a failed round is recorded and the loop goes on."""
         self.t0 = self.clock()
         while not stop.is_set():
@@ -326,3 +333,33 @@ class ForesightController:
                     self.trace.errors.append(f"t={began - self.t0:.1f}s: {type(exc).__name__}: {exc}")
             stop.wait(max(0.0, self.interval_s - (self.clock() - began)))
         self._http.close()
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """What the control process needs (picklable: it crosses into a spawned process)."""
+
+    socket: Path
+    backend: str
+    metrics_urls: dict[str, str]
+    adapter: AdapterSettings
+    knobs: DrainKnobs
+    window_s: float
+    interval_s: float
+
+
+def control_process(spec: ControlSpec, ready: Any, go: Any, stop: Any, out: Any) -> None:
+    """The Foresight loop in a process of its own, so that its rounds (model calls, scrapes) never take
+    the load client's interpreter lock: the client measures the same way in every arm. Loads the models,
+    sets `ready`, starts at `go`, runs until `stop`, then puts its trace (a dict) on `out`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    controller = ForesightController(HAProxyRuntime(spec.socket), spec.backend, spec.metrics_urls,
+                                     adapter=spec.adapter, knobs=spec.knobs, window_s=spec.window_s,
+                                     interval_s=spec.interval_s)
+    ready.set()
+    go.wait()
+    try:
+        controller.run(stop)
+    finally:
+        out.put(asdict(controller.trace))

@@ -6,7 +6,7 @@ import math
 import pytest
 from prometheus_client import generate_latest
 
-from infra.benches.lb import ArmResult, LbBenchConfig, ratio, result_json
+from infra.benches.lb import ArmResult, LbBenchConfig, audit_drains, ratio, result_json
 from infra.benches.lb_control import (
     UNANSWERED_S,
     ServerSample,
@@ -18,7 +18,7 @@ from infra.benches.lb_control import (
 )
 from infra.benches.load import LoadSummary
 from infra.pool.backend import Backend, BackendConfig
-from infra.pool.faults import Scenario
+from infra.pool.faults import Fault, Scenario
 from lb_adapters.actuators.haproxy import HAProxyError, parse_show_stat
 
 SHOW_STAT = (  # HAProxy's header, shortened to the columns read here
@@ -135,3 +135,13 @@ def test_config_rate_is_a_fraction_of_capacity() -> None:
     cfg = LbBenchConfig(workers=(2, 4, 6, 8), mean_service_s=0.1, load_fraction=0.7)
     assert cfg.capacities_rps == [20, 40, 60, 80] and cfg.rate_rps == pytest.approx(140)
     assert [f.instance for f in cfg.scenario_().faults] == ["#0"]  # seed 9001's fault, reproducibly
+
+
+def test_audit_drains_sets_each_drain_against_the_ground_truth() -> None:
+    scenario = Scenario(name="s", faults=[Fault(instance="#0", kind="errors", start_s=20, ramp_s=10,
+                                                error_fraction=0.5)])
+    drains = [{"t_s": 6.0, "instance": "b0", "action": "drain"}, {"t_s": 25.0, "instance": "b2", "action": "drain"}]
+    early, wrong = audit_drains(drains, scenario, ["b0", "b1", "b2", "b3"])
+    assert early["faulty"] and early["fault_onset_s"] == 20 and early["before_onset_s"] == 14.0
+    assert early["failure_s"] == pytest.approx(20.2)  # 1% errors, 2% into the ramp
+    assert not wrong["faulty"] and wrong["before_onset_s"] is None
