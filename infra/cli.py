@@ -448,8 +448,8 @@ def bench_lb(
     mean_service: Annotated[float, typer.Option("--mean-service-s", help="Mean service time of one request, "
                                                 "the same on every backend.")] = 0.1,
     seed: Annotated[int, typer.Option(help="The load's seed: same seed, same send times in every arm.")] = 1,
-    fault_seed: Annotated[int, typer.Option(help="Seed of the generated fault scenario (held out: >= 9000).")
-                          ] = 9001,
+    fault_seed: Annotated[int, typer.Option(help="Seed of the generated fault scenario (a held-out seed: never "
+                                            "used in training).")] = 9001,
     faults: Annotated[int, typer.Option(help="Faulty backends in the generated scenario.")] = 1,
     scenario: Annotated[Path | None, typer.Option(help="A fault scenario file (YAML) instead of a generated one; "
                                                   "`#k` is the k-th backend.")] = None,

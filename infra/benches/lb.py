@@ -44,7 +44,7 @@ from lb_adapters.policies.drain import DrainKnobs
 
 ARMS = ("roundrobin", "leastconn", "foresight")
 BACKEND = "bench"
-DEFAULT_FAULT_SEED = 9001  # held out: seeds >= 9000 are kept out of training and tuning
+DEFAULT_FAULT_SEED = 9001  # a held-out seed: never used in training or tuning
 
 Say = Callable[[str], None]
 
@@ -214,11 +214,11 @@ class ArmResult:
     loadavg_1m: tuple[float, float] = (0.0, 0.0)  # the machine's load average at the arm's start and end
 
 
-def _load(url: str, schedule: list[float], cfg: LbBenchConfig, label: str, say: Say) -> tuple[LoadResult, float]:
+def _load(url: str, schedule: list[float], cfg: LbBenchConfig, label: str, say: Say, duration_s: float
+          ) -> tuple[LoadResult, float]:
     """The schedule against `url` in this thread; the client thread's CPU share of the wall time."""
     def progress(t: float, done: int, errors: int) -> None:
-        say(f"{label}: {min(t, cfg.duration_s):4.0f}/{cfg.duration_s:.0f} s, {done:,} answered or failed, "
-            f"{errors:,} errors")
+        say(f"{label}: {min(t, duration_s):4.0f}/{duration_s:.0f} s, {done:,} answered or failed, {errors:,} errors")
 
     cpu0, wall0 = _thread_cpu_s(), time.monotonic()
     result = asyncio.run(run_load(url, schedule, timeout_s=cfg.timeout_s, max_in_flight=cfg.max_in_flight,
@@ -246,7 +246,8 @@ def run_arm(arm: str, cfg: LbBenchConfig, schedule: list[float], scenario: Scena
             knobs = DrainKnobs(h.drain_above, h.readmit_below, h.readmit_after, h.max_drained_fraction, None,
                                h.cooldown_rounds)
             spec = ControlSpec(rig.socket, BACKEND, {n: f"{rig.backend_url(n)}/metrics" for n in rig.names},
-                               AdapterSettings(), knobs, cfg.window_s, cfg.interval_s)
+                               AdapterSettings(), knobs, cfg.window_s, cfg.interval_s,
+                               registry_root(cfg.state_dir) if cfg.state_dir else None)
             proc = mp.Process(target=control_process, args=(spec, ready, go, stop_control, traces),
                               name="foresight-control", daemon=True)
             proc.start()
@@ -258,7 +259,7 @@ def run_arm(arm: str, cfg: LbBenchConfig, schedule: list[float], scenario: Scena
         faults = rig.inject(scenario)
         go.set()
         try:
-            result, cpu_pct = _load(rig.url, schedule, cfg, arm, say)
+            result, cpu_pct = _load(rig.url, schedule, cfg, arm, say, cfg.duration_s)
         finally:
             stop_control.set()
             if proc is not None:
@@ -305,7 +306,7 @@ def client_overhead(cfg: LbBenchConfig, schedule: list[float], folder: Path, say
     try:
         rig.start()
         say(f"client overhead: {len(part):,} requests over {cfg.overhead_s:.0f} s to an instant backend")
-        result, cpu_pct = _load(rig.backend_url(rig.names[0]) + "/", part, cfg, "overhead", say)
+        result, cpu_pct = _load(rig.backend_url(rig.names[0]) + "/", part, cfg, "overhead", say, cfg.overhead_s)
     finally:
         rig.close()
     s = summarize(result)
@@ -391,6 +392,14 @@ def run_lb_bench(cfg: LbBenchConfig, folder: Path, say: Say) -> dict[str, Any]:
         s = arms[arm].summary
         say(f"{arm}: p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, errors {s.error_pct:.2f}% "
             f"({', '.join(f'{k} {v}' for k, v in s.errors.items() if v) or 'none'})")
-    if "foresight" in arms and arms["foresight"].control:
-        say(f"foresight models answered: {json.dumps(arms['foresight'].control['models'])}")
-    return result_json(cfg, scenario, arms, overhead, registry)
+    out = result_json(cfg, scenario, arms, overhead, registry)
+    answered = out["models"]["answered"]
+    if answered:
+        say(f"foresight models answered: {json.dumps(answered)}")
+    stale = [k for k, kind in (("weights", "latency"), ("risk", "risk"))
+             if registry[kind] and str(answered.get(k, "")).endswith("@baseline")]
+    if stale:
+        out["models"]["note"] = (f"learned version(s) in the registry, but the baseline answered for "
+                                 f"{', '.join(stale)}: serving's replicas on this code do not load them")
+        say(f"[yellow]warning:[/] {out['models']['note']}")
+    return out

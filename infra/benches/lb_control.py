@@ -165,7 +165,9 @@ def window_features(instance: str, old: ServerSample, new: ServerSample) -> Inst
 class InProcessModels:
     """The serving deployments' model code, called in this process (see the module's docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry_root: Path | None = None) -> None:
+        """`registry_root`: the model registry. On this branch the replicas read none (they answer from the
+        baselines); where serving's replicas load learned `latency`/`risk` versions, pass it to them here."""
         from serving.risk_model import RiskModelReplica
         from serving.weights_model import WeightsModelReplica
 
@@ -256,7 +258,7 @@ class ForesightController:
         self.weights = WeightController(self.latest, self.models, runtime, self.sink, adapter, backend)
         self.history: deque[tuple[float, dict[str, ServerSample]]] = deque()
         self.drain_state = DrainState()
-        self.drained: set[str] = set()
+        self.drained: dict[str, float] = {}  # server -> when this controller drained it (clock)
         self.trace = ControlTrace()
         self.t0 = clock()
         self._http = httpx.Client(timeout=0.5)
@@ -279,7 +281,9 @@ class ForesightController:
         self.trace.rounds += 1
         if then == now:
             return  # the first round: no window yet
-        windows = [w for name, s in samples.items() if name in old
+        # A drained server's window counts only once it begins after the drain: the requests it still got
+        # while the drain was being applied are no evidence of health (they re-admitted it at once).
+        windows = [w for name, s in samples.items() if name in old and then >= self.drained.get(name, -math.inf)
                    if (w := window_features(name, old[name], s)) is not None]
         self.latest.windows = windows
         if windows:
@@ -317,7 +321,10 @@ class ForesightController:
                     entry["outcome"] = f"failed: {exc}"
                 else:
                     entry["outcome"] = "applied"
-                    (self.drained.add if d.action == "drain" else self.drained.discard)(d.instance)
+                    if d.action == "drain":
+                        self.drained[d.instance] = self.clock()
+                    else:
+                        self.drained.pop(d.instance, None)
             log.info("%s %s: %s", d.action, d.instance, d.reason)
             self.trace.drains.append(entry)
 
@@ -346,6 +353,7 @@ class ControlSpec:
     knobs: DrainKnobs
     window_s: float
     interval_s: float
+    registry_root: Path | None = None
 
 
 def control_process(spec: ControlSpec, ready: Any, go: Any, stop: Any, out: Any) -> None:
@@ -356,7 +364,7 @@ def control_process(spec: ControlSpec, ready: Any, go: Any, stop: Any, out: Any)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     controller = ForesightController(HAProxyRuntime(spec.socket), spec.backend, spec.metrics_urls,
                                      adapter=spec.adapter, knobs=spec.knobs, window_s=spec.window_s,
-                                     interval_s=spec.interval_s)
+                                     interval_s=spec.interval_s, models=InProcessModels(spec.registry_root))
     ready.set()
     go.wait()
     try:

@@ -145,3 +145,63 @@ def test_audit_drains_sets_each_drain_against_the_ground_truth() -> None:
     assert early["faulty"] and early["fault_onset_s"] == 20 and early["before_onset_s"] == 14.0
     assert early["failure_s"] == pytest.approx(20.2)  # 1% errors, 2% into the ramp
     assert not wrong["faulty"] and wrong["before_onset_s"] is None
+
+
+class FakeRuntime:
+    """HAProxy's runtime API as the controller uses it: counters that the test advances, and a log of
+    the weights and states the controller set."""
+
+    name = "haproxy"
+
+    def __init__(self) -> None:
+        self.stot = {n: 0 for n in ("b0", "b1", "b2", "b3")}
+        self.err = dict.fromkeys(self.stot, 0)
+        self.status = dict.fromkeys(self.stot, "UP")
+        self.weight = dict.fromkeys(self.stot, 100)
+        self.calls: list[tuple[str, str, object]] = []
+
+    def advance(self, per_server: int, failing: str, failing_share: float) -> None:
+        for n in self.stot:
+            if self.status[n] == "UP":
+                self.stot[n] += per_server
+                if n == failing:
+                    self.err[n] += int(per_server * failing_share)
+
+    def server_stats(self, backend: str) -> dict[str, dict[str, str]]:
+        return {n: {"stot": str(self.stot[n]), "hrsp_5xx": str(self.err[n]), "eresp": "0", "scur": "1", "qcur": "0",
+                    "status": self.status[n], "weight": str(self.weight[n])} for n in self.stot}
+
+    def weights(self, backend: str) -> dict[str, int]:
+        return dict(self.weight)
+
+    def set_weight(self, backend: str, server: str, weight: int) -> None:
+        self.weight[server] = weight
+        self.calls.append(("weight", server, weight))
+
+    def set_server_state(self, backend: str, server: str, state: str) -> None:
+        self.status[server] = {"drain": "DRAIN", "ready": "UP"}[state]
+        self.calls.append(("state", server, state))
+
+
+def test_controller_drains_a_failing_server_and_does_not_readmit_it_on_stale_windows() -> None:
+    from infra.benches.lb_control import ForesightController, InProcessModels
+    from infra.core.settings import AdapterSettings
+    from lb_adapters.policies.drain import DrainKnobs
+
+    now = [0.0]
+    rt = FakeRuntime()
+    c = ForesightController(rt, "bench", {n: "http://127.0.0.1:1/metrics" for n in rt.stot},  # type: ignore[arg-type]
+                            adapter=AdapterSettings(), knobs=DrainKnobs(readmit_after=2), window_s=2.0,
+                            models=InProcessModels(), clock=lambda: now[0])
+    straddled = False
+    for second in range(10):
+        now[0] = float(second)
+        c.step()
+        if rt.status["b0"] == "DRAIN" and not straddled:
+            rt.stot["b0"] += 1  # one request reached it while the drain was being applied, none after
+            straddled = True
+        rt.advance(50, failing="b0", failing_share=0.5)
+    assert ("state", "b0", "drain") in rt.calls
+    assert ("state", "b0", "ready") not in rt.calls  # no window that began after the drain: unknown, not healthy
+    assert [d["action"] for d in c.trace.drains if d["instance"] == "b0"] == ["drain"]
+    assert c.trace.models == {"weights": "inverse-latency@baseline", "risk": "peer-deviation@baseline"}
