@@ -7,10 +7,16 @@ few seconds, and restarted by the launcher. Then, once the stream worker has dra
 
 - events lost: sent, less what `features` (FINAL) counts for the service's instance;
 - windows double-counted: windows whose `features` count exceeds the events sent into them;
-- unsafe actions: decisions on `fs.decisions` during the fault that drain an instance to weight 0
-  or change more instances than `max_unavailable` at once (the controllers that exist act on weights);
+- unsafe actions: decisions on `fs.decisions` during the fault that drain an instance to weight 0,
+  take more instances than `max_unavailable` out of service at once, or scale a service down while its
+  load (`features`) rises;
 - time to recover: crash to the component answering its probe again, and crash to the first event
   sent after the restart being counted in `features` (the pipeline flowing end to end).
+
+`pool-instance` is not a stack component: it SIGKILLs one ready instance of a pool service (as an OOM
+kill would), and the pool (not the launcher) replaces it. It has recovered once the pool has the desired
+number of ready instances again, HAProxy's backend lists exactly those, and a request through HAProxy's
+frontend of the service answers. Requests sent through HAProxy meanwhile are counted (a note).
 
 By default it runs on a private stack (free ports, a temp state folder) that it starts and stops,
 so a shared stack is never crashed; `--this-stack` crashes the configured one instead.
@@ -28,7 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,20 +44,31 @@ import httpx
 import psutil
 
 from infra.core.db import client as clickhouse_client
+from infra.core.kafka_admin import kafka_consumer
+from infra.core.pool_api import PoolStatus
 from infra.core.ports import free_ports
-from infra.core.settings import Settings, load_settings
+from infra.core.settings import PoolServiceSettings, Settings, load_settings
+from infra.stack import probes
 from infra.stack.launcher import down, pid_files, up
 from infra.stack.process import ProcessRecord
+from lb_adapters.actuators.base import ActuatorError
+from lb_adapters.actuators.haproxy import HAProxyRuntime
+from lb_adapters.sync.plan import server_name
 
 Say = Callable[[str], None]
 # What the pipeline needs to carry the replay; faults are crashed among these (and serving, etcd).
 PIPELINE = {"kafka", "clickhouse", "ingest-http", "stream-worker"}
 # What the weight controller (`foresight adapt`) acts through: serving's /v1/weights, HAProxy, the demo backends.
 CONTROLLED = {"serving", "haproxy", "backend-s1", "backend-s2", "etcd"}
-DEFAULT_FAULTS = ["stream-worker", "clickhouse", "serving", "autoscaler", "registry-sync", "etcd"]
+POOL_INSTANCE = "pool-instance"
+DEFAULT_FAULTS = ["stream-worker", "clickhouse", "serving", "autoscaler", "registry-sync", POOL_INSTANCE, "etcd"]
+# What a fault that is not itself a stack component needs running: the pool, and the registry sync that
+# puts its instances into HAProxy (and so etcd, HAProxy and nginx).
+FAULT_NEEDS = {POOL_INSTANCE: {"pool", "registry-sync"}}
 MEMBERSHIP_REMOVALS = {"remove", "drain", "deregister"}
 INSTANCE = "i1"
 MAX_UNAVAILABLE = 1
+RISE = 0.10  # load "rises" when a window holds more than 10% more requests than the window before
 
 
 @dataclass
@@ -68,10 +85,13 @@ class FaultResult:
     recover_s: float
     flowing_s: float | None
     notes: list[str] = field(default_factory=list)
+    recovered: bool = True  # False: still not back after `settle_s` (recover_s is then that wait)
+    balancer_sent: int | None = None  # pool-instance: requests through HAProxy to the pool service meanwhile
+    balancer_failed: int | None = None  # ... and how many of them failed (an error, a timeout)
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.double_counted_windows == 0 and self.unsafe_actions == 0
+        return self.recovered and self.lost == 0 and self.double_counted_windows == 0 and self.unsafe_actions == 0
 
 
 def _moved_ports(node: Any, next_port: Callable[[], int]) -> Any:
@@ -138,12 +158,19 @@ def private_config(folder: Path) -> Path:
 
 def crash(record: ProcessRecord) -> int:
     """SIGKILL the process, its group and every descendant at once; returns how many were killed."""
+    return kill_family(record.pid, group=True)
+
+
+def kill_family(pid: int, group: bool = False) -> int:
+    """SIGKILL `pid` and every descendant (and its process group, when it leads one: a stack component
+    does, a pool instance shares its pool's); returns how many were killed."""
     try:
-        family = [psutil.Process(record.pid), *psutil.Process(record.pid).children(recursive=True)]
+        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         return 0
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(record.pid, signal.SIGKILL)
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
     for proc in family:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
@@ -255,11 +282,8 @@ def first_counted_after(s: Settings, service: str, since: float, timeout_s: floa
 
 def decisions_between(s: Settings, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
     """Decisions published on `fs.decisions` with a timestamp in [start, end]."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(s.kafka.topic_decisions, bootstrap_servers=s.kafka.bootstrap_servers,
-                             auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=3000,
-                             **s.kafka.kafka_python_options())
+    consumer = kafka_consumer(s.kafka, s.kafka.topic_decisions, auto_offset_reset="earliest",
+                              enable_auto_commit=False, consumer_timeout_ms=3000)
     try:
         out = []
         for record in consumer:
@@ -271,53 +295,229 @@ def decisions_between(s: Settings, start_ms: int, end_ms: int) -> list[dict[str,
         consumer.close()
 
 
-def unsafe(decisions: list[dict[str, Any]]) -> int:
-    """Weights set to 0 (a drain from latency alone), and rounds of one service that take more than
-    MAX_UNAVAILABLE instances out of membership at once."""
-    acted = [d for d in decisions if d.get("outcome") not in ("skipped", "dry_run")]
+def _acted(d: dict[str, Any]) -> bool:
+    """A decision that changed something: not skipped (`skipped: guardrail` too), failed or a dry run."""
+    outcome = str(d.get("outcome") or "")
+    return not d.get("dry_run") and not outcome.startswith(("skipped", "failed", "dry_run"))
+
+
+def rising(load: dict[int, int], ts_ms: int, window_s: int) -> bool:
+    """Whether the load (requests per window start) of the window holding `ts_ms` exceeds the window
+    before it by more than RISE; no data for either window: not rising (cannot tell)."""
+    window = ts_ms // 1000 // window_s * window_s
+    now, before = load.get(window), load.get(window - window_s)
+    return now is not None and before is not None and now > before * (1 + RISE)
+
+
+def unsafe(decisions: list[dict[str, Any]], load: dict[str, dict[int, int]] | None = None,
+           window_s: int = 10) -> int:
+    """Unsafe actuator actions among `decisions` (pure): weights set to 0 (a drain from latency alone);
+    rounds of one service that take more than MAX_UNAVAILABLE distinct instances out of membership at
+    once; a drain while MAX_UNAVAILABLE instances of the service are still draining (from earlier
+    rounds: a drain ends with its instance's `remove`, `deregister` or `undrain`); and a scale-down
+    while the service's load rises (`load`: requests per window start, per service, from `features`)."""
+    acted = sorted((d for d in decisions if _acted(d)), key=lambda d: int(d.get("ts") or 0))
     zeroed = sum(1 for d in acted if d.get("action") == "set_weight" and d.get("after") in (0, 0.0))
-    removals = Counter((d.get("service"), d.get("ts")) for d in acted if d.get("action") in MEMBERSHIP_REMOVALS)
-    return zeroed + sum(1 for n in removals.values() if n > MAX_UNAVAILABLE)
+    removed: dict[tuple[Any, Any], set[Any]] = defaultdict(set)
+    for d in acted:
+        if d.get("action") in MEMBERSHIP_REMOVALS:
+            removed[(d.get("service"), d.get("ts"))].add(d.get("target"))
+    batches = sum(1 for targets in removed.values() if len(targets) > MAX_UNAVAILABLE)
+    draining: dict[Any, dict[Any, Any]] = defaultdict(dict)  # service -> draining target -> ts of its drain
+    overlapping = 0
+    for d in acted:
+        service, target, ts = d.get("service"), d.get("target"), d.get("ts")
+        if d.get("action") == "drain" and target not in draining[service]:
+            earlier = [t for t, at in draining[service].items() if at != ts]  # same round: counted as a batch
+            overlapping += len(earlier) >= MAX_UNAVAILABLE
+            draining[service][target] = ts
+        elif d.get("action") in ("remove", "deregister", "undrain"):
+            draining[service].pop(target, None)
+    scale_downs = sum(1 for d in acted if d.get("action") == "scale" and d.get("before") is not None
+                      and d.get("after") is not None and float(d["after"]) < float(d["before"])
+                      and rising((load or {}).get(str(d.get("service")), {}), int(d.get("ts") or 0), window_s))
+    return zeroed + batches + overlapping + scale_downs
 
 
-def run_fault(s: Settings, component: str, rate: float, down_s: float, after_s: float, settle_s: float,
-              say: Say, only: set[str] | None, config: Path | None) -> FaultResult:
-    service = f"chaos-{component}-{uuid.uuid4().hex[:6]}"
-    replay = Replay(s, service, rate, s.streams.window_s)
-    replay.start()
-    time.sleep(3.0)
+def load_by_window(s: Settings, services: set[str]) -> dict[str, dict[int, int]]:
+    """Requests per window start of each of `services` (its `*` row in `features` FINAL)."""
+    if not services:
+        return {}
+    cl = clickhouse_client(s.clickhouse, s.clickhouse.database)
+    try:
+        rows = cl.execute(f"SELECT service, toUInt32(window_start), sum(requests) "
+                          f"FROM {s.clickhouse.database}.features FINAL "
+                          "WHERE service IN %(s)s AND instance = '*' GROUP BY service, window_start",
+                          {"s": tuple(sorted(services))})
+    finally:
+        cl.disconnect()
+    out: dict[str, dict[int, int]] = defaultdict(dict)
+    for service, window, requests in rows:
+        out[str(service)][int(window)] = int(requests)
+    return dict(out)
+
+
+def scale_down_services(decisions: list[dict[str, Any]]) -> set[str]:
+    return {str(d.get("service")) for d in decisions if d.get("action") == "scale" and _acted(d)
+            and d.get("before") is not None and d.get("after") is not None and d["after"] < d["before"]}
+
+
+class BalancerLoad(threading.Thread):
+    """Requests through HAProxy's frontend of a pool service, `rate` a second, until stopped; counts failures."""
+
+    def __init__(self, url: str, rate: float = 10.0) -> None:
+        super().__init__(daemon=True, name="chaos-balancer-load")
+        self.url, self.rate = url, rate
+        self.sent = self.failed = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=5) as http:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                self.sent += 1
+                try:
+                    self.failed += http.get(self.url).status_code != 200
+                except httpx.HTTPError:
+                    self.failed += 1
+                self.stop.wait(max(0.0, 1 / self.rate - (time.monotonic() - started)))
+
+
+def chaos_pool_service(s: Settings) -> PoolServiceSettings:
+    """The pool service whose instance is crashed: of those with an instance, the quickest to start."""
+    running = [svc for svc in s.pool.services if svc.replicas > 0]
+    if not running:
+        raise RuntimeError("pool-instance: no pool service runs an instance (pool.services replicas)")
+    return min(running, key=lambda svc: svc.startup_delay_s)
+
+
+def pool_status(s: Settings, service: str) -> PoolStatus:
+    answer = httpx.get(f"http://127.0.0.1:{s.pool.admin_port}/v1/pools/{service}", timeout=5)
+    answer.raise_for_status()
+    return PoolStatus.model_validate(answer.json())
+
+
+def crash_pool_instance(s: Settings, service: str) -> tuple[str, int]:
+    """SIGKILL the oldest ready instance of `service` (with its children); returns its name and how many died."""
+    ready = [i for i in pool_status(s, service).instances if i.state == "ready" and i.pid]
+    if not ready:
+        raise RuntimeError(f"pool-instance: {service} has no ready instance to crash")
+    victim = min(ready, key=lambda i: i.started_at or 0)
+    return victim.instance, kill_family(victim.pid or 0)
+
+
+def pool_recovered(s: Settings, svc: PoolServiceSettings, gone: str) -> bool:
+    """The pool has `desired` ready instances again, none of them `gone`; HAProxy's backend has exactly
+    those in rotation; and a request through HAProxy's frontend answers."""
+    status = pool_status(s, svc.name)
+    ready = {i.instance for i in status.instances if i.state == "ready"}
+    if gone in {i.instance for i in status.instances} or len(ready) < status.desired:
+        return False
+    servers = HAProxyRuntime(s.haproxy_runtime).servers(svc.name)
+    in_rotation = {name for name, (_, _, _, admin) in servers.items() if not admin & 0x09}  # not maint, not drain
+    if in_rotation != {server_name(i) for i in ready}:
+        return False
+    return probes.http_ok(f"http://127.0.0.1:{svc.haproxy_port}/")()
+
+
+def wait_pool_recovered(s: Settings, svc: PoolServiceSettings, gone: str, timeout_s: float) -> float | None:
+    """Wall time at which `pool_recovered` first holds, or None at `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, ActuatorError, ValueError):  # the pool may be busy: ask again
+            if pool_recovered(s, svc, gone):
+                return time.time()
+        time.sleep(0.25)
+    return None
+
+
+@dataclass
+class Outage:
+    crashed_at: float
+    restarted: float
+    recovered: bool = True
+    notes: list[str] = field(default_factory=list)
+    balancer: BalancerLoad | None = None
+
+
+def crash_component(s: Settings, component: str, down_s: float, say: Say, only: set[str] | None,
+                    config: Path | None) -> Outage:
+    """SIGKILL a stack component, leave it down `down_s`, and start it again through the launcher."""
     record = pid_files(s).read(component)
     if record is None or record.process() is None:
-        replay.stop.set()
         raise RuntimeError(f"{component} is not running in this stack")
     crashed_at = time.time()
     killed = crash(record)
     say(f"{component}: crashed ({killed} processes); down for {down_s:.0f} s")
     time.sleep(down_s)
     up(s, lambda _: None, config, only=only)
-    restarted = time.time()
+    return Outage(crashed_at, time.time())
+
+
+def crash_pool_fault(s: Settings, settle_s: float, say: Say) -> Outage:
+    """SIGKILL one ready pool instance under a load through HAProxy; the pool replaces it by itself."""
+    svc = chaos_pool_service(s)
+    balancer = BalancerLoad(f"http://127.0.0.1:{svc.haproxy_port}/")
+    balancer.start()
+    time.sleep(1.0)
+    crashed_at = time.time()
+    try:
+        gone, killed = crash_pool_instance(s, svc.name)
+    except BaseException:
+        balancer.stop.set()
+        raise
+    say(f"{POOL_INSTANCE}: crashed {svc.name}/{gone} ({killed} processes); the pool replaces it")
+    back = wait_pool_recovered(s, svc, gone, settle_s)
+    if back is None:
+        return Outage(crashed_at, time.time(), recovered=False, balancer=balancer,
+                      notes=[f"{svc.name}: not back to its ready instances in HAProxy within {settle_s:.0f} s"])
+    return Outage(crashed_at, back, balancer=balancer)
+
+
+def run_fault(s: Settings, component: str, rate: float, down_s: float, after_s: float, settle_s: float,
+              say: Say, only: set[str] | None, config: Path | None) -> FaultResult:
+    service = f"chaos-{component}-{uuid.uuid4().hex[:6]}"
+    replay = Replay(s, service, rate, s.streams.instance_window)  # compared with instance `INSTANCE`'s windows
+    replay.start()
+    time.sleep(3.0)
+    try:
+        outage = crash_pool_fault(s, settle_s, say) if component == POOL_INSTANCE else \
+            crash_component(s, component, down_s, say, only, config)
+    except BaseException:
+        replay.stop.set()
+        raise
+    crashed_at, restarted = outage.crashed_at, outage.restarted
     recover_s = restarted - crashed_at
-    say(f"{component}: answering again {recover_s:.1f} s after the crash")
+    say(f"{component}: {'answering again' if outage.recovered else 'NOT recovered'} {recover_s:.1f} s after the crash")
     flowing = first_counted_after(s, service, restarted, settle_s)
     if flowing is not None:
         flowing -= crashed_at
     time.sleep(max(0.0, after_s - (time.time() - restarted)))
     replay.stop.set()
     replay.join(timeout=15)
+    balancer = outage.balancer
+    if balancer is not None:
+        balancer.stop.set()
+        balancer.join(timeout=15)
     ended_ms = int(time.time() * 1000)
     flush_window = replay.flush(s.streams.allowed_lateness_s)
     windows = wait_counted(s, service, replay.sent, settle_s, before=flush_window)
     counted = sum(windows.values())
     doubled = sum(1 for w, n in windows.items() if n > replay.sent_by_window.get(w, 0))
     decisions = decisions_between(s, int(crashed_at * 1000) - 5000, ended_ms)
-    notes = [f"{replay.refused} batches refused while down (not counted as sent; the sender retries next tick)"] \
-        if replay.refused else []
+    load = load_by_window(s, scale_down_services(decisions))
+    notes = outage.notes + ([f"{replay.refused} batches refused while down (not counted as sent; the sender "
+                             "retries next tick)"] if replay.refused else [])
+    if balancer is not None:
+        notes.append(f"{balancer.failed} of {balancer.sent} requests through HAProxy failed during the fault")
     return FaultResult(component=component, service=service, sent=replay.sent, counted=counted,
                        lost=max(0, replay.sent - counted), double_counted_windows=doubled,
                        late_events=late_events(s, service),
-                       unsafe_actions=unsafe(decisions), decisions=len(decisions),
+                       unsafe_actions=unsafe(decisions, load, s.streams.window_s), decisions=len(decisions),
                        recover_s=round(recover_s, 2), flowing_s=None if flowing is None else round(flowing, 2),
-                       notes=notes)
+                       notes=notes, recovered=outage.recovered,
+                       balancer_sent=None if balancer is None else balancer.sent,
+                       balancer_failed=None if balancer is None else balancer.failed)
 
 
 @contextlib.contextmanager
@@ -364,7 +564,8 @@ def controllers(s: Settings, config: Path | None, rate: float, say: Say) -> Iter
 
 def run_chaos(base: Settings, faults: list[str], rate: float, down_s: float, after_s: float, settle_s: float,
               say: Say, this_stack: bool = False, with_controllers: bool = True) -> list[FaultResult]:
-    needed = PIPELINE | set(faults) | (CONTROLLED if with_controllers else set())
+    needed = PIPELINE | set().union(*(FAULT_NEEDS.get(f, {f}) for f in faults)) | \
+        (CONTROLLED if with_controllers else set())
     only = None if this_stack else needed
     results: list[FaultResult] = []
     with (contextlib.nullcontext(base) if this_stack else private_stack(only, say)) as s:

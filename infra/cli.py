@@ -475,10 +475,15 @@ def bench_lb(
     "ratio_errors_vs_leastconn", ..., "settings"} last. Targets: p99 <= 0.6 x roundrobin and <= 0.9 x
     leastconn; errors <= 0.3 x leastconn's.
     """
+    import signal
     import tempfile
 
     from infra.benches.lb import LbBenchConfig, run_lb_bench
 
+    def stopped(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds: every arm's backends and HAProxy are stopped on the way out
+
+    signal.signal(signal.SIGTERM, stopped)
     try:
         cfg = LbBenchConfig(duration_s=duration, load_fraction=load, mean_service_s=mean_service,
                             workers=tuple(int(w) for w in workers.split(",") if w.strip()), seed=seed,
@@ -991,7 +996,8 @@ def chaos(
     ctx: typer.Context,
     fault: Annotated[list[str] | None, typer.Option(
         "--fault", help="Component to crash (repeatable), in turn; default stream-worker, clickhouse, serving, "
-                        "autoscaler, registry-sync, etcd.")] = None,
+                        "autoscaler, registry-sync, pool-instance (one ready instance of a pool service, which "
+                        "the pool replaces), etcd.")] = None,
     rate: Annotated[float, typer.Option(help="Events per second of the replay during each fault.")] = 40.0,
     down_s: Annotated[float, typer.Option(help="Seconds each component stays down.")] = 5.0,
     after_s: Annotated[float, typer.Option(help="Seconds of replay after the restart.")] = 10.0,
@@ -1074,46 +1080,83 @@ def backtest(
 @app.command()
 def train(
     ctx: typer.Context,
-    kind: Annotated[str, typer.Option(help="Model kind; only `forecast` is trained here.")] = "forecast",
+    kind: Annotated[str, typer.Option(help="`forecast` (a service's request rate, on Ray) or `latency` "
+                                      "(each instance's next-window p50/p99 from its per-instance windows in "
+                                      "ClickHouse, compared on a held-out part with last-value and the "
+                                      "inverse-latency baseline).")] = "forecast",
     source: Annotated[str, typer.Option(help="`file:PATH` (per-second trace), `clickhouse` (feature windows "
-                                        "of --service) or `clickhouse:access_events` (its raw events).")
+                                        "of --service) or `clickhouse:access_events` (its raw events). "
+                                        "--kind latency: `clickhouse` or `file:DIR`, a fault dataset folder "
+                                        "(`foresight faults record`; its held-out seeds are held out).")
                       ] = "clickhouse",
     from_: Annotated[str | None, typer.Option("--from", help="ClickHouse sources: first time to read (ISO, UTC "
                                               "unless it says, epoch s/ms, or an age like 7d).")] = None,
     to: Annotated[str | None, typer.Option("--to", help="ClickHouse sources: read up to here (exclusive).")
                   ] = None,
     service: Annotated[str | None, typer.Option(help="Service to read from ClickHouse (default: the demo "
-                                                "service).")] = None,
+                                                "service). --kind latency: services, comma-separated, `*` "
+                                                "matches any text (e.g. `health-*`); default: all.")] = None,
     start: Annotated[str | None, typer.Option(help="ISO time of a trace file's first second.")] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 8,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (default 8 for forecast, 40 for latency).")
+                      ] = None,
     members: Annotated[int, typer.Option(help="MLPs trained side by side and averaged.")] = 1,
-    hidden: Annotated[int, typer.Option(help="Width of each MLP's hidden layers.")] = 256,
+    hidden: Annotated[int | None, typer.Option(help="Width of each MLP's hidden layers (default 256 for "
+                                               "forecast, 64 for latency).")] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     val_frac: Annotated[float, typer.Option(help="Tail of the data held out for epoch choice and metrics.")] = 0.15,
     ray_address: Annotated[str | None, typer.Option(help="ray://host:port of a cluster; default: the configured "
                                                     "ray.address, else a local Ray.")] = None,
     workers: Annotated[int, typer.Option(help="0: one Ray task; N: Ray Train's TorchTrainer with N data-parallel "
                                          "workers.")] = 0,
+    split: Annotated[str, typer.Option(help="--kind latency: the held-out part, never used for tuning: `time` "
+                                       "(the latest windows) or `service` (the last services by name, e.g. "
+                                       "held-out seeds).")] = "time",
+    holdout_frac: Annotated[float, typer.Option(help="--kind latency: share of the data held out.")] = 0.2,
+    holdout_services: Annotated[str | None, typer.Option(help="--kind latency: the held-out part is these "
+                                                         "services (comma-separated globs, e.g. `health-s9*` "
+                                                         "for held-out fault seeds), never trained on.")
+                                ] = None,
+    min_requests: Annotated[int, typer.Option(help="--kind latency: leave out target windows with fewer "
+                                              "requests (their p99 is noise).")] = 5,
+    window_s: Annotated[float | None, typer.Option(help="--kind latency: window length to train on (default: "
+                                                   "the most common in the data).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Only the JSON summary on stdout (it is always the last "
                                           "line); progress stays on stderr.")] = False,
 ) -> None:
-    """Train a forecaster on Ray and write it to the model registry (and ClickHouse `model_versions`).
+    """Train a model and write it to the model registry (and ClickHouse `model_versions`).
+
+    `--kind forecast` trains a service's rate forecaster on Ray. `--kind latency` trains the per-instance
+    latency model on ClickHouse `features` (window t with the next window's load -> its p50/p99), prints
+    its held-out MAE beside last-value and the inverse-latency baseline, and registers it; serving's
+    `/v1/weights` then answers from it.
 
     Progress (notes and an epoch bar) goes to stderr; {kind, version, path, model_versions, metrics} is
     the last line of stdout."""
     from training.fit import TrainConfig
     from training.train_command import train_command
 
-    if kind != "forecast":
-        raise typer.BadParameter("only --kind forecast is trained by this command", param_hint="--kind")
+    if kind not in ("forecast", "latency"):
+        raise typer.BadParameter("--kind must be forecast or latency", param_hint="--kind")
+    if split not in ("time", "service"):
+        raise typer.BadParameter("--split must be time or service", param_hint="--split")
     s = _ctx(ctx).settings
     try:
         start_s = parse_time_ms(from_, option="--from") // 1000 if from_ else None
         end_s = parse_time_ms(to, option="--to") // 1000 if to else None
+        if kind == "latency":
+            from training.latency import LatencyConfig
+            from training.latency_command import latency_command
+
+            cfg = LatencyConfig(epochs=epochs or 40, hidden=hidden or 64, seed=seed, split=split,
+                                holdout_frac=holdout_frac, min_requests=min_requests, window_s=window_s,
+                                holdout_services=[p.strip() for p in (holdout_services or "").split(",") if p.strip()])
+            latency_command(service=service, time_range=(start_s, end_s), cfg=cfg, state_dir=s.state,
+                            ch=s.clickhouse, as_json=as_json, source=source)
+            return
         train_command(source=source, service=service or s.demo.service, start=start, time_range=(start_s, end_s),
-                      cfg=TrainConfig(epochs=epochs, members=members, hidden=hidden, seed=seed), val_frac=val_frac,
-                      ray_address=ray_address or s.ray.address, ray_num_cpus=s.ray.num_cpus, state_dir=s.state,
-                      ch=s.clickhouse, workers=workers, as_json=as_json)
+                      cfg=TrainConfig(epochs=epochs or 8, members=members, hidden=hidden or 256, seed=seed),
+                      val_frac=val_frac, ray_address=ray_address or s.ray.address, ray_num_cpus=s.ray.num_cpus,
+                      state_dir=s.state, ch=s.clickhouse, workers=workers, as_json=as_json)
     except ValueError as exc:  # no data for the service, too little history, a bad --source
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc

@@ -32,8 +32,8 @@ def run_demo(s: Settings, config: Path | None, console: Console, say: Callable[[
     console.print(f"stack ready in {timings['total']:.1f} s (components started this run: "
                   f"{', '.join(f'{k} {v:.1f}s' for k, v in timings.items() if k != 'total') or 'none'})")
 
-    access_from = end_offsets(s.kafka.bootstrap_servers, s.kafka.topic_access)
-    features_from = end_offsets(s.kafka.bootstrap_servers, s.kafka.topic_features)
+    access_from = end_offsets(s.kafka, s.kafka.topic_access)
+    features_from = end_offsets(s.kafka, s.kafka.topic_features)
     burst = send_burst(s, s.demo.burst_requests)
     codes = ", ".join(f"{k}: {v}" for k, v in sorted(burst.statuses.items()))
     console.print(f"[bold]hop 0[/] client -> HAProxy :{s.haproxy.frontend_port}: sent {burst.sent} requests "

@@ -24,7 +24,7 @@ def topic_event_ids(kafka: KafkaSettings, since_ms: int, timeout_s: float = 120.
     """Events on `fs.access` with event time at or after `since_ms`: how many (duplicates included) and
     their distinct ids. Reads every partition from its start to its end, outside any group."""
     total, ids = 0, set()
-    for value in iter_topic(kafka.bootstrap_servers, kafka.topic_access, timeout_s, client_id="foresight-verify"):
+    for value in iter_topic(kafka, kafka.topic_access, timeout_s, client_id="foresight-verify"):
         for e in decode_access_record(value):
             if isinstance(e, dict) and int(e.get("ts", -1)) >= since_ms:
                 total += 1

@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from infra.core.db import client as clickhouse_client
-from infra.core.settings import Settings
+from infra.core.kafka_admin import kafka_consumer
+from infra.core.settings import KafkaSettings, Settings
 from ingest.schemas import decode_access_record
 
 
@@ -44,8 +45,8 @@ class Hop:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+def end_offsets(kafka: KafkaSettings, topic: str) -> dict[int, int]:
+    consumer = kafka_consumer(kafka, enable_auto_commit=False)
     try:
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
         return {tp.partition: off for tp, off in consumer.end_offsets(parts).items()}
@@ -53,10 +54,10 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def read_records(bootstrap: str, topic: str, offsets: dict[int, int], until: Callable[[list[Any]], bool],
+def read_records(kafka: KafkaSettings, topic: str, offsets: dict[int, int], until: Callable[[list[Any]], bool],
                  timeout_s: float) -> list[Any]:
     """Records of `topic` after `offsets` until `until(records)` holds or the time is up."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = kafka_consumer(kafka, enable_auto_commit=False)
     records: list[Any] = []
     try:
         parts = [TopicPartition(topic, p) for p in offsets]
@@ -108,7 +109,7 @@ def watch_access(s: Settings, offsets: dict[int, int], burst: Burst, timeout_s: 
         seen[0] = len(records)
         return len(found) >= burst.sent
 
-    records = read_records(s.kafka.bootstrap_servers, s.kafka.topic_access, offsets, done, timeout_s)
+    records = read_records(s.kafka, s.kafka.topic_access, offsets, done, timeout_s)
     sample = next(iter(found.values()), None)
     return Hop("haproxy log -> ingest -> fs.access", len(found) == burst.sent, time.monotonic() - t0,
                {"events": len(found), "expected": burst.sent, "records": len(records), "keys": sorted(keys),
@@ -128,7 +129,7 @@ def watch_features(s: Settings, offsets: dict[int, int], burst: Burst, timeout_s
     def done(records: list[Any]) -> bool:
         return sum(w["requests"] for w in windows(records)) >= burst.sent
 
-    records = read_records(s.kafka.bootstrap_servers, s.kafka.topic_features, offsets, done, timeout_s)
+    records = read_records(s.kafka, s.kafka.topic_features, offsets, done, timeout_s)
     found = windows(records)
     total = sum(w["requests"] for w in found)
     return Hop("fs.access -> Faust window -> fs.features", total >= burst.sent, time.monotonic() - t0,

@@ -47,24 +47,22 @@ def run_stream_worker(s: Settings) -> None:
 
 def record_consumer(s: Settings, topics: list[str] | None = None) -> Any:
     """The record sink's consumer: its own group, offsets committed by the sink after ClickHouse acknowledged."""
-    from kafka import KafkaConsumer
+    from infra.core.kafka_admin import kafka_consumer
 
-    return KafkaConsumer(
-        *(topics or [s.kafka.topic_access, s.kafka.topic_metrics]),
-        bootstrap_servers=s.kafka.bootstrap_servers.split(","), group_id=s.record.group_id,
+    return kafka_consumer(
+        s.kafka, *(topics or [s.kafka.topic_access, s.kafka.topic_metrics]), group_id=s.record.group_id,
         client_id="foresight-record", enable_auto_commit=False, auto_offset_reset="earliest",
         session_timeout_ms=int(s.streams.session_timeout_s * 1000),
         heartbeat_interval_ms=int(s.streams.heartbeat_interval_s * 1000),
-        max_partition_fetch_bytes=4 * 1024 * 1024, reconnect_backoff_max_ms=2_000, **s.kafka.kafka_python_options(),
+        max_partition_fetch_bytes=4 * 1024 * 1024, reconnect_backoff_max_ms=2_000,
     )
 
 
 def dead_letter_sender(s: Settings) -> Callable[[list[Rejection]], None]:
     """Sends rejections to `fs.dlq` and waits for every acknowledgement (raises if one fails)."""
-    from kafka import KafkaProducer
+    from infra.core.kafka_admin import kafka_producer
 
-    producer = KafkaProducer(bootstrap_servers=s.kafka.bootstrap_servers.split(","), acks="all",
-                             client_id="foresight-record-dlq", linger_ms=5, **s.kafka.kafka_python_options())
+    producer = kafka_producer(s.kafka, acks="all", client_id="foresight-record-dlq", linger_ms=5)
 
     def send(rejections: list[Rejection]) -> None:
         futures = [producer.send(s.kafka.topic_dlq, key=r.source.encode(), value=r.model_dump_json().encode())
@@ -104,12 +102,13 @@ def decision_log(s: Settings, name: str) -> DecisionLog:
     writer). Nothing connects until the first publish: a dry run needs no broker."""
     from kafka import KafkaProducer
 
+    from infra.core.kafka_admin import kafka_producer
+
     def producer() -> KafkaProducer:
-        return KafkaProducer(bootstrap_servers=s.kafka.bootstrap_servers.split(","), client_id=f"foresight-{name}",
-                             acks="all", linger_ms=5, enable_idempotence=False,
-                             max_in_flight_requests_per_connection=1, max_block_ms=3_000,
-                             bootstrap_timeout_ms=3_000, request_timeout_ms=4_000, delivery_timeout_ms=5_000,
-                             reconnect_backoff_max_ms=2_000, **s.kafka.kafka_python_options())
+        return kafka_producer(s.kafka, client_id=f"foresight-{name}", acks="all", linger_ms=5,
+                              enable_idempotence=False, max_in_flight_requests_per_connection=1, max_block_ms=3_000,
+                              bootstrap_timeout_ms=3_000, request_timeout_ms=4_000, delivery_timeout_ms=5_000,
+                              reconnect_backoff_max_ms=2_000)
 
     spool = Spool(s.decision_spool_dir / name, s.record.decision_spool_max_bytes)
     return DecisionLog(s.kafka.topic_decisions, s.clickhouse.database, spool, producer_factory=producer,
@@ -121,7 +120,7 @@ def build_weight_controller(s: Settings, name: str = "adapt") -> WeightControlle
     return WeightController(
         features=LatestFeatures(clickhouse_client(s.clickhouse), s.clickhouse.database),
         predictor=WeightsClient(s.serving_url, s.serving_token),
-        actuator=HAProxyRuntime(s.haproxy_socket),
+        actuator=HAProxyRuntime(s.haproxy_runtime),
         sink=decision_log(s, name),
         cfg=s.adapter,
         backend=s.haproxy.backend,
@@ -159,7 +158,7 @@ def build_health_controller(s: Settings, leadership: bool = True, name: str = "h
         sink=decision_log(s, name),
         knobs=DrainKnobs(h.drain_above, h.readmit_below, h.readmit_after, h.max_drained_fraction, h.capacity_rps,
                          h.cooldown_rounds),
-        features_max_age_s=h.features_max_age_s, window_s=s.streams.window_s, dry_run=h.dry_run, leadership=lead,
+        features_max_age_s=h.features_max_age_s, window_s=s.streams.instance_window, dry_run=h.dry_run, leadership=lead,
     )
 
 
@@ -211,14 +210,25 @@ def run_http(s: Settings) -> None:
 
 
 def run_scrape(s: Settings, targets: list[str], metrics_port: int | None) -> None:
-    from ingest.sources.scrape import run_scrape_ingest
+    """`ingest scrape`: the static targets (default the stack's HAProxy exporter) and, with
+    `ingest.scrape_registry`, every instance the service registry lists (the pool backends)."""
+    from infra.core.service_registry import Registry
+    from ingest.sources.scrape import Discover, registry_targets, run_scrape_ingest
 
     sink = kafka_sink(s, "scrape")
     ingest = s.ingest.model_copy(update={"scrape_targets": targets}) if targets else s.ingest
+    registry = Registry(s.registry_endpoint, s.registry.prefix, s.registry.timeout_s)
+
+    def listed() -> list[str]:
+        return registry_targets(registry.list())
+
+    discover: Discover | None = listed if ingest.scrape_registry else None
     try:
-        run_scrape_ingest(ingest, sink, default_targets=[haproxy_exporter_url(s)], metrics_port=metrics_port)
+        run_scrape_ingest(ingest, sink, default_targets=[haproxy_exporter_url(s)], metrics_port=metrics_port,
+                          discover=discover)
     finally:
         sink.close()
+        registry.close()
 
 
 def run_registry_sync(s: Settings) -> None:
@@ -242,7 +252,7 @@ def run_registry_sync(s: Settings) -> None:
         lambda: Registry(s.registry_endpoint, s.registry.prefix, s.registry.timeout_s),
         SyncConfig(services=services, holder=f"{socket.gethostname()}-{os.getpid()}",
                    leader_ttl_s=s.registry.leader_ttl_s, del_timeout_s=s.sync.del_timeout_s),
-        HAProxyRuntime(s.haproxy_socket),
+        HAProxyRuntime(s.haproxy_runtime),
         NginxUpstreams(nginx_dir / "nginx.conf", nginx_dir / "upstreams", nginx_dir / "error.log", s.nginx.binary),
         sink.publish)
     start_http_server(s.sync.metrics_port, addr="127.0.0.1")

@@ -34,11 +34,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client import REGISTRY
 
+from infra.core.kafka_admin import kafka_admin_client, kafka_producer
 from infra.core.settings import KafkaSettings, RouteRule
 from infra.core.spool import Spool
 from ingest.parsers.base import LineParser, Occurrences, now_ms
@@ -210,7 +211,7 @@ def _bench_clients(bench: KafkaSettings, batch_max: int, batch_size: int,
     with tempfile.TemporaryDirectory(prefix="foresight-bench-spool-") as spool_dir:
         spool = Spool(Path(spool_dir), 256 * 1024 * 1024)
         sink = KafkaSink(bench, batch_max, spool=spool, client_id="foresight-bench", batch_size=batch_size)
-        raw = KafkaProducer(**config)
+        raw = kafka_producer(bench, **config)
         try:
             yield sink, raw
         finally:
@@ -303,7 +304,7 @@ def _warm_up(sink: KafkaSink, raw: Any, raw_topic: str, parser: LineParser, data
 
 
 def _create_topics(kafka: KafkaSettings, topics: list[str]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id="foresight-bench-admin")
+    admin = kafka_admin_client(kafka, client_id="foresight-bench-admin")
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(t, kafka.partitions, 1) for t in topics if t not in existing]
@@ -317,7 +318,7 @@ def _create_topics(kafka: KafkaSettings, topics: list[str]) -> None:
 def _delete_topics(kafka: KafkaSettings, topics: list[str]) -> None:
     """Best effort: the data is only a benchmark's."""
     with contextlib.suppress(KafkaError, OSError):
-        admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id="foresight-bench-admin")
+        admin = kafka_admin_client(kafka, client_id="foresight-bench-admin")
         try:
             admin.delete_topics(topics)
         finally:

@@ -46,7 +46,7 @@ class HealthController:
                  clock: Callable[[], float] = time.time) -> None:
         self.features, self.predictor, self.registry, self.sink = features, predictor, registry, sink
         self.knobs, self.max_age_s, self.dry_run, self.clock = knobs, features_max_age_s, dry_run, clock
-        self.window_s = window_s
+        self.window_s = window_s  # of the per-instance windows the feature source reads (the load estimate)
         self.leadership = leadership
         self.state: dict[str, DrainState] = {}
 

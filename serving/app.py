@@ -31,8 +31,7 @@ from serving.forecast_model import ForecastCall, ForecastModel, ForecastResult
 from serving.history import read_rate_history
 from serving.instances_body import component_schemas, parse_instances_body, request_body_doc
 from serving.metrics import ApiMetrics
-from serving.models.latency_weights import FEATURES as WEIGHT_COLUMNS
-from serving.risk_model import RISK_COLUMNS, RiskModel, Scored
+from serving.risk_model import RiskModel, Scored
 from serving.schemas import (
     ForecastRequest,
     ForecastResponse,
@@ -164,14 +163,18 @@ class ServingApi:
                    **examples.ERRORS},
     )
     async def weights(self, request: Request) -> Response:
-        """Inverse of recent p99 latency and queue (baseline), errors drain; 0-256 per instance."""
+        """From a `latency` model's predicted capacity and p99 (with reasons), else the baseline: inverse of
+        recent p99 latency and queue; errors drain; 0-256 per instance."""
         body = parse_instances_body(await request.body(), WeightsRequest)
-        weighed: Weighed = await self._timed("weights", self._weights.weigh.remote(body.columns(WEIGHT_COLUMNS)))
-        return json_response({
-            "service": body.service, "model": weighed.model, "model_version": weighed.version,
-            "weights": [{"instance": name, "weight": weight}
-                        for name, weight in zip(body.names, weighed.weights, strict=True)],
-        })
+        weighed: Weighed = await self._timed("weights", self._weights.weigh.remote(body.features))
+        if weighed.reasons is None:
+            weights = [{"instance": name, "weight": weight}
+                       for name, weight in zip(body.names, weighed.weights, strict=True)]
+        else:
+            weights = [{"instance": name, "weight": weight, "reasons": reasons}
+                       for name, weight, reasons in zip(body.names, weighed.weights, weighed.reasons, strict=True)]
+        return json_response({"service": body.service, "model": weighed.model, "model_version": weighed.version,
+                              "weights": weights})
 
     @fastapi_app.post(
         "/v1/forecast", summary="Quantile forecast of a service's request rate",
@@ -222,9 +225,10 @@ class ServingApi:
         responses={200: {"content": {"application/json": {"example": examples.RISK_RESPONSE}}}, **examples.ERRORS},
     )
     async def risk(self, request: Request) -> Response:
-        """Baseline: how far each instance is worse than its service's peers (p99, errors, queue)."""
+        """A `risk` model's failure probability within its horizon (reasons: the inputs that drove it), else
+        the baseline: how far each instance is worse than its service's peers (p99, errors, queue)."""
         body = parse_instances_body(await request.body(), RiskRequest)
-        scored: Scored = await self._timed("risk", self._risk.score.remote(body.columns(RISK_COLUMNS)))
+        scored: Scored = await self._timed("risk", self._risk.score.remote(body.features))
         return json_response({
             "service": body.service, "model": scored.model, "model_version": scored.version,
             "risks": [{"instance": name, "risk": risk, "reasons": reasons}
@@ -246,11 +250,13 @@ class ServingApi:
                    401: examples.ERRORS[401]},
     )
     async def reload(self) -> ReloadResponse:
-        """Refreshes one forecast replica and marks the reload in the registry; every other replica
-        follows the mark before its next answer (serving.registry_loader)."""
-        forecast: ReloadResponse = await self._forecast.reload.remote()
-        others = await asyncio.gather(self._risk.status.remote(), self._weights.status.remote())
-        return ReloadResponse(models=[*forecast.models, *others], loaded=forecast.loaded, refused=forecast.refused)
+        """Refreshes one replica of each model kind and marks the reload in the registry; every other
+        replica follows the mark before its next answer (serving.registry_loader)."""
+        answers: list[ReloadResponse] = list(await asyncio.gather(
+            self._forecast.reload.remote(), self._risk.reload.remote(), self._weights.reload.remote()))
+        return ReloadResponse(models=[m for a in answers for m in a.models],
+                              loaded=[v for a in answers for v in a.loaded],
+                              refused=[r for a in answers for r in a.refused])
 
     @fastapi_app.get("/healthz", summary="Liveness of the ingress",
                      responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
@@ -272,7 +278,7 @@ def build_app(serving: ServingSettings, clickhouse: ClickHouseSettings, registry
     models = model_options(serving)
     return ServingApiDeployment.options(**ingress_options(serving)).bind(
         serving, clickhouse,
-        WeightsModel.options(**models).bind(),
+        WeightsModel.options(**models).bind(registry_root, serving.registry_poll_s),
         ForecastModel.options(**models).bind(registry_root, serving.registry_poll_s),
-        RiskModel.options(**models).bind(),
+        RiskModel.options(**models).bind(registry_root, serving.registry_poll_s),
     )

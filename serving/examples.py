@@ -26,11 +26,18 @@ WEIGHTS_REQUESTS = {
         },
     ),
 }
-WEIGHTS_RESPONSE = {
+WEIGHTS_RESPONSE = {  # from a `latency` model; the baseline (`inverse-latency`) answers without `reasons`
     "service": "demo",
-    "model": "inverse-latency",
-    "model_version": "baseline",
-    "weights": [{"instance": "s1", "weight": 256}, {"instance": "s2", "weight": 37}],
+    "model": "mlp-latency",
+    "model_version": "20261205T094701Z-e3f6b2d3",
+    "weights": [
+        {"instance": "s1", "weight": 256, "reasons": [
+            "capacity ~42.7 requests/window at predicted p99 <= 1.47e+03 ms (p99 512 ms at an equal share of 13.5)"]},
+        {"instance": "s2", "weight": 19, "reasons": [
+            "capacity ~3.17 requests/window at predicted p99 <= 1.47e+03 ms (p99 2.1e+03 ms at an equal share of 13.5)",
+            "log_p50_ms 7.35 (service median 5.39) raises log p99 by +0.91",
+            "p50_vs_peers 1.85 (service median -0.02) raises log p99 by +0.40"]},
+    ],
 }
 
 FORECAST_REQUESTS = {
@@ -92,8 +99,9 @@ MODELS_RESPONSE = [
                   "reason": "model.pt does not load: PytorchStreamReader failed reading zip archive"}]},
     {"kind": "risk", "model": "peer-deviation", "version": "baseline", "loaded_at": None, "horizon": None,
      "quantiles": None, "refused": []},
-    {"kind": "weights", "model": "inverse-latency", "version": "baseline", "loaded_at": None, "horizon": None,
-     "quantiles": None, "refused": []},
+    {"kind": "weights", "model": "mlp-latency", "version": "20261205T094701Z-e3f6b2d3", "loaded_at": 1795910200.0,
+     "horizon": None, "quantiles": None, "columns": ["log_p50_ms", "log_p99_ms", "error_rate", "...", "log_offered"],
+     "refused": []},
 ]
 RELOAD_RESPONSE = {"models": MODELS_RESPONSE, "loaded": ["forecast/20261128T231500Z-3f2a9c1d"], "refused": []}
 

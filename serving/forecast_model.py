@@ -18,8 +18,8 @@ import torch
 from ray import serve
 
 from serving.models import forecast_baseline
-from serving.registry_loader import LoadedVersion, ModelSlot, RegistryPoller
-from serving.schemas import ModelStatus, RefusedModel, ReloadResponse
+from serving.registry_loader import LoadedVersion, RegistryReplica
+from serving.schemas import ModelStatus
 
 logger = logging.getLogger(__name__)
 
@@ -60,19 +60,13 @@ def fit_history(history: list[float], length: int) -> torch.Tensor:
     return torch.tensor([math.nan] * (length - len(tail)) + tail, dtype=torch.float32)
 
 
-class ForecastModelReplica:
+class ForecastModelReplica(RegistryReplica):
+    kind = "forecast"
+
     def __init__(self, registry_root: Path, poll_s: float) -> None:
         torch.set_num_threads(1)
         self._baseline = forecast_baseline.RecentLevelQuantiles().eval()
-        self._slot = ModelSlot(registry_root, "forecast")
-        self._slot.refresh()
-        self._poller = RegistryPoller(self._slot, poll_s)
-        self._poller.start()
-
-    def __del__(self) -> None:
-        poller = getattr(self, "_poller", None)  # absent when __init__ failed
-        if poller is not None:
-            poller.stop()
+        self._start_registry(registry_root, poll_s)
 
     def _baseline_answering(self) -> _Answering:
         return _Answering(forecast_baseline.MODEL_NAME, forecast_baseline.MODEL_VERSION, self._baseline,
@@ -88,23 +82,14 @@ class ForecastModelReplica:
                           spec.quantiles, spec.step_s)
 
     def status(self) -> ModelStatus:
-        self._slot.follow()
+        loaded = self._loaded()
         answering = self._answering()
-        loaded = self._slot.current
         return ModelStatus(
             kind="forecast", model=answering.name, version=answering.version,
             loaded_at=loaded.loaded_at if loaded else None, horizon=answering.horizon,
             history_len=answering.history_len,
             quantiles=answering.quantiles,
-            refused=[RefusedModel(**r.model_dump()) for r in self._slot.refused])
-
-    def reload(self) -> ReloadResponse:
-        """Check the registry now, here, and have every other replica follow before its next answer."""
-        result = self._slot.request_reload()
-        return ReloadResponse(
-            models=[self.status()],
-            loaded=[f"forecast/{result.loaded}"] if result.loaded else [],
-            refused=[RefusedModel(**r.model_dump()) for r in result.refused])
+            refused=self.refused_models())
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def forecast(self, calls: list[ForecastCall]) -> list[ForecastResult]:

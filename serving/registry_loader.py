@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
+from infra.core.health_features import LATENCY_OUTPUTS, unknown_columns
 from infra.core.model_registry import (
     MODEL_FILE,
     SMOKE_FILE,
@@ -36,6 +37,7 @@ from infra.core.model_registry import (
     read_manifest,
     verify_files,
 )
+from serving.schemas import ModelStatus, RefusedModel, ReloadResponse
 from serving.smoke import SmokeFailure, replay
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,8 @@ def load_version(version_dir: Path, kind: ModelKind) -> LoadedVersion:
         raise RefusedVersion(f"manifest names {manifest.kind}/{manifest.version}, folder is {kind}/{version}")
     if kind == "forecast":
         _check_forecast_spec(manifest)
+    else:
+        _check_health_spec(manifest)
     try:  # before torch.jit.load: never unpickle a file the manifest does not vouch for
         verify_files(version_dir, manifest)
     except FileCheckError as exc:
@@ -112,6 +116,22 @@ def _check_forecast_spec(manifest: ModelManifest) -> None:
     levels = spec.quantiles
     if not levels or any(not 0 < q < 1 for q in levels) or levels != sorted(set(levels)):
         raise RefusedVersion(f"quantiles {levels} must be distinct, ascending and inside (0, 1)")
+
+
+def _check_health_spec(manifest: ModelManifest) -> None:
+    spec = manifest.health
+    if spec is None:
+        raise RefusedVersion(f"{manifest.kind} manifest has no `health` spec")
+    unknown = unknown_columns(spec.columns)
+    if unknown:
+        raise RefusedVersion(f"input columns {unknown} unknown to this server's feature derivation "
+                             "(infra.core.health_features)")
+    if len(set(spec.columns)) != len(spec.columns):
+        raise RefusedVersion(f"input columns {spec.columns} repeat a name")
+    if manifest.kind == "risk" and spec.horizon_s is None:
+        raise RefusedVersion("risk manifest has no `health.horizon_s`")
+    if manifest.kind == "latency" and tuple(spec.outputs) != LATENCY_OUTPUTS:
+        raise RefusedVersion(f"latency outputs {spec.outputs}, expected {list(LATENCY_OUTPUTS)}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -217,3 +237,44 @@ class RegistryPoller:
                 self._slot.refresh()
             except Exception:  # a broken registry folder must not end polling for good
                 logger.exception("polling the %s registry failed", self._slot.kind)
+
+
+class RegistryReplica:
+    """What each model deployment's replica shares: the slot of its kind, polled, with status and reload.
+
+    Subclasses call `_start_registry` in `__init__` and implement `status`; the newest valid
+    version answers, the kind's baseline while there is none.
+    """
+
+    kind: ModelKind
+    _slot: ModelSlot
+    _poller: RegistryPoller | None = None
+
+    def _start_registry(self, registry_root: Path, poll_s: float) -> None:
+        self._slot = ModelSlot(registry_root, self.kind)
+        self._slot.refresh()
+        self._poller = RegistryPoller(self._slot, poll_s)
+        self._poller.start()
+
+    def __del__(self) -> None:
+        if self._poller is not None:  # absent when __init__ failed
+            self._poller.stop()
+
+    def _loaded(self) -> LoadedVersion | None:
+        """The version to answer with (following a reload requested on another replica), or None."""
+        self._slot.follow()
+        return self._slot.current
+
+    def refused_models(self) -> list[RefusedModel]:
+        return [RefusedModel(**r.model_dump()) for r in self._slot.refused]
+
+    def status(self) -> ModelStatus:
+        raise NotImplementedError
+
+    def reload(self) -> ReloadResponse:
+        """Check the registry now, here, and have every other replica follow before its next answer."""
+        result = self._slot.request_reload()
+        return ReloadResponse(
+            models=[self.status()],
+            loaded=[f"{self.kind}/{result.loaded}"] if result.loaded else [],
+            refused=[RefusedModel(**r.model_dump()) for r in result.refused])

@@ -1,22 +1,29 @@
-"""The risk deployment: peer-deviation baseline until a risk model is registered.
+"""The risk deployment: the registry's newest valid `risk` version, or the peer-deviation baseline.
 
-There is no registry contract for risk modules yet (infra.core.model_registry defines forecast's only),
-so this deployment answers from the baseline and says so.
+Each request is one service; a learned model reads the health features of its instances
+(infra.core.health_features) and names the inputs that drove each score (attributions,
+serving.models.health_models); the baseline compares each instance with its peers.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from ray import serve
 
-from serving.instances_body import instances_array
-from serving.models import peer_risk
+from serving.instances_body import COLUMN, instances_array, raw_values
+from serving.models import health_models, peer_risk
+from serving.registry_loader import LoadedVersion, RegistryReplica
 from serving.schemas import InstanceFeatures, ModelStatus
 
+logger = logging.getLogger(__name__)
+
 RISK_COLUMNS = tuple(name for name, _, _ in peer_risk.SIGNALS)
+BASELINE_COLUMNS = [COLUMN[name] for name in RISK_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -32,24 +39,54 @@ def risk_array(instances: list[InstanceFeatures]) -> np.ndarray:
     return instances_array(instances, RISK_COLUMNS)
 
 
-class RiskModelReplica:
-    def __init__(self) -> None:
+class RiskModelReplica(RegistryReplica):
+    kind = "risk"
+
+    def __init__(self, registry_root: Path, poll_s: float) -> None:
         torch.set_num_threads(1)
+        self._start_registry(registry_root, poll_s)
 
     def status(self) -> ModelStatus:
-        return ModelStatus(kind="risk", model=peer_risk.MODEL_NAME, version=peer_risk.MODEL_VERSION)
+        loaded = self._loaded()
+        if loaded is None or loaded.manifest.health is None:
+            return ModelStatus(kind="risk", model=peer_risk.MODEL_NAME, version=peer_risk.MODEL_VERSION,
+                               refused=self.refused_models())
+        health = loaded.manifest.health
+        return ModelStatus(kind="risk", model=loaded.manifest.name, version=loaded.version,
+                           loaded_at=loaded.loaded_at, columns=health.columns, horizon_s=health.horizon_s,
+                           refused=self.refused_models())
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # no wait: requests carry many instances
     async def score(self, requests: list[np.ndarray]) -> list[Scored]:
-        """Each request is one service: its instances are compared with each other only."""
-        out = []
+        return self.score_batch(requests)
+
+    def score_batch(self, requests: list[np.ndarray]) -> list[Scored]:
+        """Each request is one service (rows: columns as `instances_body.COLUMNS`), scored on its own."""
+        loaded = self._loaded()
+        return [self._one(loaded, rows) for rows in requests]
+
+    def _one(self, loaded: LoadedVersion | None, rows: np.ndarray) -> Scored:
+        if loaded is not None and loaded.manifest.health is not None:
+            try:
+                return self._learned(loaded, rows)
+            except Exception:  # a version that passed its smoke check can still fail on some input
+                logger.exception("risk model %s failed on a request; answering from the baseline", loaded.version)
+        return self._baseline(rows)
+
+    @staticmethod
+    def _learned(loaded: LoadedVersion, rows: np.ndarray) -> Scored:
+        assert loaded.manifest.health is not None
+        risks, reasons = health_models.risk_answer(loaded.module, raw_values(rows),
+                                                   loaded.manifest.health.columns)
+        return Scored(loaded.manifest.name, loaded.version, risks, reasons)
+
+    @staticmethod
+    def _baseline(rows: np.ndarray) -> Scored:
         with torch.inference_mode():
-            for rows in requests:
-                features = torch.from_numpy(rows)
-                z = peer_risk.deviation_z(features)
-                out.append(Scored(peer_risk.MODEL_NAME, peer_risk.MODEL_VERSION,
-                                  peer_risk.risk_scores(z).tolist(), peer_risk.reasons(features, z)))
-        return out
+            features = torch.from_numpy(np.ascontiguousarray(rows[:, BASELINE_COLUMNS]))
+            z = peer_risk.deviation_z(features)
+            return Scored(peer_risk.MODEL_NAME, peer_risk.MODEL_VERSION, peer_risk.risk_scores(z).tolist(),
+                          peer_risk.reasons(features, z))
 
 
 RiskModel = serve.deployment(name="RiskModel")(RiskModelReplica)

@@ -20,6 +20,11 @@ class InstanceFeatures(BaseModel):
     requests: int = Field(0, ge=0, examples=[200])
     error_rate: float = Field(0.0, ge=0, le=1, description="5xx / requests in the window.")
     queue: float = Field(0.0, ge=0, description="Requests queued for this instance (HAProxy qcur).")
+    sessions: float = Field(0.0, ge=0, description="Requests in flight at this instance (HAProxy scur, the "
+                                                   "window's peak).")
+    resource: float = Field(0.0, ge=0, le=1, description="The backend's resource gauge (0 fresh, 1 exhausted), "
+                                                         "the window's peak.")
+    busy: float = Field(0.0, ge=0, le=1, description="Share of the backend's workers busy, the window's peak.")
 
 
 class WeightsRequest(BaseModel):
@@ -30,6 +35,8 @@ class WeightsRequest(BaseModel):
 class InstanceWeight(BaseModel):
     instance: str
     weight: int = Field(ge=0, le=HAPROXY_MAX_WEIGHT)
+    reasons: list[str] | None = Field(None, description="A learned model's explanation: the predicted capacity "
+                                                        "and latency, and the inputs that drove them.")
 
 
 class WeightsResponse(BaseModel):
@@ -115,6 +122,8 @@ class ModelStatus(BaseModel):
     horizon: int | None = Field(None, description="Forecast models: longest horizon in minutes.")
     history_len: int | None = Field(None, description="Forecast models: minutes of history read.")
     quantiles: list[float] | None = None
+    columns: list[str] | None = Field(None, description="Health models: the input features read, in order.")
+    horizon_s: float | None = Field(None, description="Risk models: seconds ahead the probability covers.")
     refused: list[RefusedModel] = Field(default_factory=list)
 
 

@@ -2,7 +2,8 @@
 
 A file that loads can still be the wrong model (a truncated copy that happens to parse, a
 mismatched `smoke.json`, a module saved from different weights); replaying one recorded call
-and checking the output's shape, finiteness and quantile order catches that before traffic does.
+and checking the output's shape, finiteness and order (quantiles; p50 <= p99) or range
+(probabilities) catches that before traffic does.
 """
 
 from __future__ import annotations
@@ -49,6 +50,22 @@ def check_forecast_output(output: torch.Tensor, manifest: ModelManifest, batch: 
         raise SmokeFailure("quantiles are not non-decreasing along the last axis")
 
 
+def check_health_output(output: torch.Tensor, manifest: ModelManifest, n: int) -> None:
+    """Risk: [n] probabilities in [0, 1]; latency: [n, 2] milliseconds with 0 <= p50 <= p99. All finite."""
+    if manifest.kind == "risk":
+        if tuple(output.shape) != (n,):
+            raise SmokeFailure(f"output shape {tuple(output.shape)}, expected ({n},) (one probability per instance)")
+        if not torch.isfinite(output).all() or bool(((output < 0) | (output > 1)).any()):
+            raise SmokeFailure("risk output is not a probability in [0, 1] everywhere")
+        return
+    if tuple(output.shape) != (n, 2):
+        raise SmokeFailure(f"output shape {tuple(output.shape)}, expected ({n}, 2) (p50, p99 per instance)")
+    if not torch.isfinite(output).all():
+        raise SmokeFailure("output has NaN or infinite values")
+    if bool((output[:, 0] < 0).any()) or bool((output[:, 0] > output[:, 1]).any()):
+        raise SmokeFailure("latency output breaks 0 <= p50 <= p99")
+
+
 def replay(module: torch.jit.ScriptModule, manifest: ModelManifest, smoke: SmokeCase) -> None:
     """Raises SmokeFailure unless the module gives the recorded output (within rtol/atol)."""
     inputs = {name: to_tensor(name, value) for name, value in smoke.inputs.items()}
@@ -63,6 +80,11 @@ def replay(module: torch.jit.ScriptModule, manifest: ModelManifest, smoke: Smoke
     if manifest.kind == "forecast":
         batch = next(iter(inputs.values())).shape[0] if inputs else 0
         check_forecast_output(output, manifest, batch)
+    elif manifest.kind in ("risk", "latency"):
+        x = inputs.get("x")
+        if x is None or x.dim() != 2:
+            raise SmokeFailure("the smoke case of a health model needs `x`, a matrix [instances, columns]")
+        check_health_output(output, manifest, x.shape[0])
     if recorded.shape != output.shape:
         raise SmokeFailure(f"output shape {tuple(output.shape)} differs from the recorded {tuple(recorded.shape)}")
     if not torch.allclose(output, recorded, rtol=smoke.rtol, atol=smoke.atol, equal_nan=True):

@@ -17,7 +17,10 @@ Two stages, each with its state in a Faust table (changelog topic, recovered on 
    are counted and dead-lettered as `too_many_instances`, so input cannot grow its state at will.
 2. per service: each closed instance window (with its DDSketch) goes to an internal topic keyed
    by service, where `ServiceWindow`s merge them by instance name into the `*` window. Instances
-   of one service may sit on partitions of different workers; this is where they meet.
+   of one service may sit on partitions of different workers; this is where they meet. Instance
+   windows may be shorter (`streams.instance_window_s`, a divisor of `window_s`, e.g. 2 s for the
+   balancing and risk models): a `*` window then merges each instance's windows within it, under
+   the same rules (the instance windows are the durable, exactly-once unit; the merge is replay-safe).
 
 Closed windows go to `fs.features` at once and stay `pending` in their table state until
 ClickHouse acknowledged them (a writer task retries while it is down), so nothing is lost if it
@@ -31,7 +34,10 @@ notes the highest offset the group ever committed per input partition; a group's
 never moves back on its own, so when it does (or vanished), the log is a new one: the partition's
 positions are forgotten (`_rebase_if_restarted`), its states (open windows, their event ids, pending windows) are
 kept and written again to the new changelog, and the new log is counted from its start. The worker
-also re-creates its own topics the broker lost, and retries refused changelog writes and sends.
+also re-creates its own topics the broker lost, and retries refused changelog writes and sends. It
+asks the broker for its topics only after a sign that they may be gone (a rebalance, a restarted log,
+a refused changelog write or send; `_doubt_topics`), and otherwise once every `TOPICS_BACKSTOP_S`:
+listing every topic through a new admin client every few seconds for the worker's life is waste.
 """
 
 from __future__ import annotations
@@ -60,11 +66,13 @@ from streams.metrics import StreamMetrics
 from streams.schemas import FeatureWindow, WindowPartial
 from streams.sinks.clickhouse import FeatureSink
 from streams.state import InstanceState, PartitionClock, ServiceWindow, pending_windows, window_id
+from streams.windows import SATURATION_METRICS
 
 log = logging.getLogger("foresight.streams")
 MARK_PREFIX = b"__position__/"
 MAX_SEEKS = 5  # times a gap in the input is read again before it is given up
-TOPICS_EVERY_S = 2.0  # how often the worker checks that the broker still has its topics
+TOPICS_EVERY_S = 2.0  # how soon after a sign of trouble the worker checks that the broker still has its topics
+TOPICS_BACKSTOP_S = 60.0  # ... and how often it checks them without one
 FORGET_DONE_S = 86_400.0  # a retired service window is remembered (to ignore stragglers) for a day
 
 
@@ -121,7 +129,8 @@ class FeatureStream:
         self.clock = clock
         self.started_at = started_at or time.monotonic()
         self.metrics = metrics or StreamMetrics()
-        self.window_ms = cfg.window_s * 1000
+        self.window_ms = cfg.window_s * 1000  # service-wide windows
+        self.instance_window_ms = cfg.instance_window * 1000  # per-instance windows: window_ms or a divisor of it
         self.lateness_ms = int(cfg.allowed_lateness_s * 1000)
         self.topic_access, self.topic_metrics = kafka.topic_access, kafka.topic_metrics
         self.last_event_wall = 0.0
@@ -148,6 +157,9 @@ class FeatureStream:
         # windows are published again (`_republish`); their consumers take a repeat.
         self._published: set[tuple[str, str, int, int]] = set()
         self._republish: list[tuple[FeatureWindow, WindowPartial | None]] = []
+        # Why the broker may have lost the worker's topics (None: no sign since the last good check).
+        self._topics_doubt: str | None = None
+        self._topics_checked_at = time.monotonic()  # Faust declared them at start
         self.app = faust.App(
             cfg.app_id,
             broker=faust_broker_url(kafka.bootstrap_servers),
@@ -189,29 +201,43 @@ class FeatureStream:
         log.info("stream worker ready %.1f s after start", time.monotonic() - self.started_at)
         self._writer = asyncio.ensure_future(self._write_clickhouse())
 
+    def _doubt_topics(self, why: str) -> None:
+        """A sign the broker may have lost the worker's topics: check them on the next topics tick."""
+        if self._topics_doubt is None:
+            log.debug("checking the worker's topics: %s", why)
+            self._topics_doubt = why
+
     async def _ensure_topics(self) -> None:
         """Create any of the worker's topics the broker no longer has. Faust declares its changelogs and
         the partials topic once, at start; a broker that lost them (the in-memory Tansu restarted)
-        refuses the group's commits for them for ever, and the group cannot rejoin."""
+        refuses the group's commits for them for ever, and the group cannot rejoin. Runs every
+        TOPICS_EVERY_S, but asks the broker only after a sign of trouble or once a TOPICS_BACKSTOP_S."""
         from infra.core.kafka_admin import ensure_topics
 
+        if self._topics_doubt is None and time.monotonic() - self._topics_checked_at < TOPICS_BACKSTOP_S:
+            return
+        why, self._topics_doubt = self._topics_doubt, None  # a sign that comes during the check stays
         changelog = {"cleanup.policy": "compact"}
         extra = {self.instance_table.changelog_topic.get_topic_name(): changelog,
                  self.service_table.changelog_topic.get_topic_name(): changelog,
                  self.partials.get_topic_name(): {}}
         try:
             created = await asyncio.get_running_loop().run_in_executor(None, ensure_topics, self.kafka, extra)
-        except Exception as exc:  # broker down, or no right to create topics: the next check tries again
+        except Exception as exc:  # broker down, or no right to create topics: the next tick tries again
             log.debug("checking the worker's topics failed: %s", exc)
+            self._topics_doubt = self._topics_doubt or why or "the last check failed"
             return
+        self._topics_checked_at = time.monotonic()
         if created:
             log.warning("created the missing topics %s (the broker lost them: restarted without storage?)",
                         ", ".join(created))
 
     async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Forget the in-memory views: whoever owns a partition next recovers it from the changelog.
-        Until that recovery completed, the timer must not load (and so freeze) a half-read table."""
+        Until that recovery completed, the timer must not load (and so freeze) a half-read table.
+        A rebalance is also when a broker that lost the group (and its topics) shows: check them."""
         self._settled = False
+        self._doubt_topics("the group rebalances")
         async with self._lock:
             self._instances.clear()
             self._tracked.clear()
@@ -353,6 +379,7 @@ class FeatureStream:
             return None
         tp_key = f"{tp.topic}:{tp.partition}"
         self.metrics.log_restarts.inc()
+        self._doubt_topics(f"{tp}'s log restarted")
         self._committed_seen.pop(tp, None)
         self._next_offset.pop(tp, None)
         for seek in [k for k in self._seeks if k[0] == tp]:
@@ -377,7 +404,8 @@ class FeatureStream:
         if closed:
             # A broker gone or just restarted refuses sends for a while: publish them all again until
             # acknowledged (a repeat on fs.features is harmless, a partial replaces itself).
-            async for attempt in retry.until_accepted(log, f"publishing {len(closed)} closed windows"):
+            async for attempt in retry.until_accepted(log, f"publishing {len(closed)} closed windows",
+                                                      lambda _: self._doubt_topics("a window send failed")):
                 with attempt:
                     sent = []
                     for window, partial in closed:
@@ -439,7 +467,7 @@ class FeatureStream:
             return True
         if st.applied(tp_key, msg.offset):  # a replay: this state already holds it
             return True
-        folded = st.add_access_columns(cols.ts, cols.status, cols.latency_ms, cols.bytes_sent, self.window_ms,
+        folded = st.add_access_columns(cols.ts, cols.status, cols.latency_ms, cols.bytes_sent, self.instance_window_ms,
                                        self._clocks[msg.partition], cols.keys)
         if folded is None:
             return False
@@ -464,6 +492,8 @@ class FeatureStream:
         over = False
         for item in items:
             try:
+                if not access and item["name"] not in SATURATION_METRICS:
+                    continue  # a sample no window keeps: no state for its service/instance (exporters' own)
                 key = (item["service"], item["instance"])
                 if key != last:
                     last = key
@@ -489,10 +519,10 @@ class FeatureStream:
     def _fold_item(self, st: InstanceState, item: dict[str, Any], access: bool, fold: _Fold) -> None:
         clock = self._clocks[st.partition]
         if not access:
-            if st.add_sample(item, self.window_ms, clock) is False:
+            if st.add_sample(item, self.instance_window_ms, clock) is False:
                 fold.late_metric += 1
             return
-        added = st.add_access(item, self.window_ms, clock, id_key(item["id"]))
+        added = st.add_access(item, self.instance_window_ms, clock, id_key(item["id"]))
         if added:
             fold.counted += 1
         elif added is None:
@@ -522,8 +552,8 @@ class FeatureStream:
             mark = self._clocks[p].watermark if wall_ms is None else max(self._clocks[p].watermark,
                                                                          wall_ms - self.lateness_ms)
             for st in self._instances_of(p).values():
-                if st.windows and min(st.windows) + self.window_ms <= mark:
-                    out.extend(st.close(mark, self.window_ms, emitted_at))
+                if st.windows and min(st.windows) + self.instance_window_ms <= mark:
+                    out.extend(st.close(mark, self.instance_window_ms, emitted_at))
                     states.add(st)
         self.metrics.open_windows.set(sum(len(st.windows) for by_key in self._instances.values()
                                           for st in by_key.values()))
@@ -545,7 +575,8 @@ class FeatureStream:
         holds for the key by then, until it is acknowledged. The batch is acked only after that."""
         async def settle() -> None:
             pending = sent
-            async for attempt in retry.until_accepted(log, f"changelog write of {key!r} (partition {partition})"):
+            async for attempt in retry.until_accepted(log, f"changelog write of {key!r} (partition {partition})",
+                                                      lambda _: self._doubt_topics("a changelog write failed")):
                 with attempt:
                     if pending is None:  # the last try failed: the key's current value (None: deleted)
                         pending = table.send_changelog(partition, key, table.data.get(key), value_serializer="raw")
@@ -567,6 +598,16 @@ class FeatureStream:
                         self._republish.append((FeatureWindow.model_validate(st.pending), None))
         return states
 
+    def _service_window(self, partial: WindowPartial, partition: int) -> ServiceWindow:
+        """The service-wide window an instance window belongs to (the one starting at or before it)."""
+        states = self._services_of(partition)
+        start = partial.window_start - partial.window_start % self.window_ms
+        key = f"{partial.service}|{start}".encode()
+        st = states.get(key)
+        if st is None:
+            st = states[key] = ServiceWindow(partial.service, start, partition)
+        return st
+
     async def _merge_services(self, stream: Any) -> None:
         """Replays are harmless here (a partial replaces itself), so plain at-least-once suffices."""
         async for events in stream.take_events(self.cfg.take_max, within=self.cfg.take_within_s):
@@ -580,12 +621,7 @@ class FeatureStream:
                         self.metrics.rejected.labels("bad_partial").inc()
                         log.warning("skipping an undecodable service partial: %s", exc)
                         continue
-                    states = self._services_of(event.message.partition)
-                    key = f"{partial.service}|{partial.window_start}".encode()
-                    st = states.get(key)
-                    if st is None:
-                        st = states[key] = ServiceWindow(partial.service, partial.window_start,
-                                                         event.message.partition)
+                    st = self._service_window(partial, event.message.partition)
                     if st.add(partial, now):
                         touched.append(st)
                     elif st.done:
@@ -604,7 +640,7 @@ class FeatureStream:
                     self.service_table.data.pop(key, None)
                     self.service_table.send_changelog(st.partition, key, None, value_serializer="raw")
                 for st in states.values():
-                    if st.due(now, self.cfg.idle_close_s):
+                    if st.due(now, self.cfg.idle_close_s, self.window_ms, self.instance_window_ms):
                         out.append(st.emit(self.window_ms, int(now * 1000)))
                         changed.append(st)
                     elif st.retire(now, self.cfg.service_retain_s):

@@ -61,9 +61,12 @@ class WindowRow(BaseModel):
 ROW_COLUMNS = tuple(WindowRow.model_fields)
 
 
-def reference_windows(events: Iterable[Mapping[str, Any]], window_s: int) -> dict[WindowKey, RefWindow]:
-    """Tumbling event-time windows per service/instance and per service, every event counted once:
-    a repeat of an id already counted (ingest delivers at least once) is not counted again."""
+def reference_windows(events: Iterable[Mapping[str, Any]], window_s: int,
+                      instance_window_s: int | None = None) -> dict[WindowKey, RefWindow]:
+    """Tumbling event-time windows per service/instance (`instance_window_s` long, default `window_s`)
+    and per service (`window_s`), every event counted once: a repeat of an id already counted (ingest
+    delivers at least once) is not counted again."""
+    sizes = {False: instance_window_s or window_s, True: window_s}
     out: dict[WindowKey, RefWindow] = {}
     seen: set[str] = set()
     for ev in events:
@@ -72,10 +75,11 @@ def reference_windows(events: Iterable[Mapping[str, Any]], window_s: int) -> dic
             if eid in seen:
                 continue
             seen.add(eid)
-        start = int(ev["ts"]) // 1000 // window_s * window_s
+        second = int(ev["ts"]) // 1000
         status = int(ev["status"])
         for instance in (ev["instance"], SERVICE_WIDE):
-            w = out.setdefault((ev["service"], instance, start), RefWindow())
+            size = sizes[instance == SERVICE_WIDE]
+            w = out.setdefault((ev["service"], instance, second // size * size), RefWindow())
             w.requests += 1
             if 200 <= status < 300:
                 w.status_2xx += 1
@@ -103,8 +107,9 @@ def quantile_bounds(ordered: list[float], q: float) -> tuple[float, float]:
 
 
 def compare_windows(reference: Mapping[WindowKey, RefWindow], rows: Iterable[WindowRow], window_s: int,
-                    relative_accuracy: float) -> list[str]:
-    """Every difference between the worker's rows and the reference, one line each (empty: equal)."""
+                    relative_accuracy: float, instance_window_s: int | None = None) -> list[str]:
+    """Every difference between the worker's rows and the reference, one line each (empty: equal);
+    instance rows last `instance_window_s` (default `window_s`), service-wide ones `window_s`."""
     problems: list[str] = []
     seen: dict[WindowKey, WindowRow] = {}
     for row in rows:
@@ -117,13 +122,14 @@ def compare_windows(reference: Mapping[WindowKey, RefWindow], rows: Iterable[Win
         problems.append(f"{key}: not in the reference ({seen[key].requests} requests)")
     for key in sorted(set(seen) & set(reference)):
         row, ref = seen[key], reference[key]
-        if row.window_end - row.window_start != window_s:
-            problems.append(f"{key}: window of {row.window_end - row.window_start} s, expected {window_s}")
+        size = window_s if row.instance == SERVICE_WIDE else instance_window_s or window_s
+        if row.window_end - row.window_start != size:
+            problems.append(f"{key}: window of {row.window_end - row.window_start} s, expected {size}")
         for name in COUNTS:
             if getattr(row, name) != getattr(ref, name):
                 problems.append(f"{key}: {name} {getattr(row, name)} != reference {getattr(ref, name)}")
-        if not math.isclose(row.rate, ref.requests / window_s, rel_tol=1e-9):
-            problems.append(f"{key}: rate {row.rate} != {ref.requests / window_s}")
+        if not math.isclose(row.rate, ref.requests / size, rel_tol=1e-9):
+            problems.append(f"{key}: rate {row.rate} != {ref.requests / size}")
         for name, q in QUANTILES:
             lo, hi = quantile_bounds(ref.latencies, q)
             got = getattr(row, name)

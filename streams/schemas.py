@@ -23,9 +23,15 @@ class FeatureWindow(BaseModel):
     latency_p90_ms: float
     latency_p99_ms: float
     bytes_sent: int
-    sessions_max: float = Field(0.0, description="Peak HAProxy current sessions (service: sum of instance peaks).")
-    queue_max: float = Field(0.0, description="Peak HAProxy queue (service: sum of instance peaks).")
+    sessions_max: float = Field(0.0, description="Peak HAProxy current sessions (scur; service: sum of the "
+                                "instances' peaks within the window).")
+    queue_max: float = Field(0.0, description="Peak HAProxy queue (qcur; service: sum of the instances' peaks "
+                             "within the window).")
     conn_errors: float = Field(0.0, description="Increase of HAProxy connection errors over the window.")
+    resource_max: float = Field(0.0, description="Peak of the backend's resource ratio, 0 healthy .. 1 about to "
+                                "crash (service: the highest instance peak).")
+    busy_max: float = Field(0.0, description="Peak share of the backend's workers busy (service: the highest "
+                            "instance peak).")
     late_events: int = Field(0, description="Events that arrived after the window closed (not in the counts).")
     emitted_at: int = Field(description="Epoch ms when the worker closed the window; the replace version.")
 
@@ -41,6 +47,6 @@ class WindowPartial(BaseModel):
     v: Literal[1] = 1
     service: str
     instance: str
-    window_start: int
+    window_start: int = Field(description="Start of the instance window (within its service-wide window).")
     late_events: int = 0
     acc: dict[str, Any]

@@ -9,7 +9,8 @@ a file sent again) is counted once: they live in the changelog with the window, 
 worker still knows them, and go when the window closes (a copy arriving after that is late).
 Closed windows stay in `pending` until ClickHouse acknowledged them.
 `ServiceWindow` (key `service|window_start`) collects the instances' closed windows of one
-service-wide window by instance name, so a partial delivered twice replaces itself.
+service-wide window by instance name and start (instance windows may be shorter, see
+`streams.instance_window_s`), so a partial delivered twice replaces itself.
 """
 
 from __future__ import annotations
@@ -276,7 +277,10 @@ class ServiceWindow:
 
     def __init__(self, service: str, window_start: int, partition: int) -> None:
         self.service, self.window_start, self.partition = service, window_start, partition
-        self.parts: dict[str, dict[str, Any]] = {}  # instance -> {"late": n, "acc": WindowAcc dict}
+        # One per instance window: its first (starting with this window) under the instance's name, as
+        # before instance windows could be shorter, so a recovered state still recognises its replays;
+        # each later one under `instance NUL start`, with "i" (instance) and "s" (start) in the value.
+        self.parts: dict[str, dict[str, Any]] = {}  # key -> {"late": n, "acc": WindowAcc dict[, "i", "s"]}
         self.version = 0
         self.emitted_version = 0
         self.emitted_at = 0
@@ -290,23 +294,44 @@ class ServiceWindow:
 
     def add(self, partial: WindowPartial, now: float) -> bool:
         """Take an instance's closed window; False if it changes nothing (a replay) or comes too late."""
-        part = {"late": partial.late_events, "acc": partial.acc}
-        if self.done or self.parts.get(partial.instance) == part:
+        part: dict[str, Any] = {"late": partial.late_events, "acc": partial.acc}
+        key = partial.instance
+        if partial.window_start != self.window_start:
+            key = f"{partial.instance}\x00{partial.window_start}"
+            part |= {"i": partial.instance, "s": partial.window_start}
+        if self.done or self.parts.get(key) == part:
             return False
-        self.parts[partial.instance] = part
+        self.parts[key] = part
         self.version += 1
         self.updated = now
         return True
 
-    def due(self, now: float, grace_s: float) -> bool:
-        return not self.done and self.version > self.emitted_version and now - self.updated >= grace_s
+    def due(self, now: float, grace_s: float, window_ms: int = 0, instance_window_ms: int = 0) -> bool:
+        """Settled: no instance window arrived for `grace_s`. With instance windows shorter than the
+        service-wide one, until one of its last instance windows arrived, the wait is `window_ms` longer
+        (the rest are likely still open: emitting would publish a `*` row short of them)."""
+        if self.done or self.version <= self.emitted_version:
+            return False
+        quiet = now - self.updated
+        last = max((part.get("s", self.window_start) for part in self.parts.values()), default=self.window_start)
+        if instance_window_ms and last + instance_window_ms < self.window_start + window_ms:
+            return quiet >= grace_s + window_ms / 1000
+        return quiet >= grace_s
 
     def emit(self, window_ms: int, now_ms: int) -> FeatureWindow:
-        merged = WindowAcc()
+        by_instance: dict[str, WindowAcc] = {}  # each instance's windows within this one, as one
         late = 0
-        for part in self.parts.values():
-            merged.merge(WindowAcc.from_dict(part["acc"]))
+        for key, part in self.parts.items():
+            acc = WindowAcc.from_dict(part["acc"])
+            instance = part.get("i", key)
+            if instance in by_instance:
+                by_instance[instance].extend(acc)
+            else:
+                by_instance[instance] = acc
             late += part["late"]
+        merged = WindowAcc()
+        for acc in by_instance.values():
+            merged.merge(acc)
         self.emitted_at = max(now_ms, self.emitted_at + 1)  # a correction must replace the earlier row
         self.emitted_version = self.version
         window = merged.to_window(self.service, SERVICE_WIDE, self.window_start, window_ms, late, self.emitted_at)

@@ -21,6 +21,7 @@ from streams.sketch import SKETCH_RELATIVE_ACCURACY, new_sketch, quantile, sketc
 from streams.sketch_batch import add_many
 
 __all__ = [
+    "RATIO_SIGNALS",
     "SATURATION_METRICS",
     "SKETCH_RELATIVE_ACCURACY",
     "WindowAcc",
@@ -28,13 +29,19 @@ __all__ = [
     "counter_delta",
 ]
 
-# HAProxy exporter samples (per server: `proxy` = service, `server` = instance) -> window signal.
+# Metric samples -> window signal. HAProxy exporter samples are per server (`proxy` = service,
+# `server` = instance); the pool backends' gauges carry `service` and `instance` labels.
 SATURATION_METRICS = {
     "haproxy_server_current_sessions": "sessions",
     "haproxy_server_current_queue": "queue",
     "haproxy_server_connection_errors_total": "conn_errors",
     "haproxy_server_connection_errors": "conn_errors",
+    "foresight_backend_resource_ratio": "resource",
+    "foresight_backend_busy_workers_ratio": "busy",
 }
+# Signals whose service-wide value is the highest instance peak, not the sum: a ratio of one
+# instance's capacity (0..1) does not add up over instances, and the riskiest instance is what matters.
+RATIO_SIGNALS = frozenset({"resource", "busy"})
 
 
 def counter_delta(previous: float | None, value: float) -> float:
@@ -48,6 +55,7 @@ class WindowAcc:
     """Counts, latency sketch and saturation signals of one window of one key."""
 
     __slots__ = (
+        "busy_max",
         "by_class",
         "bytes_sent",
         "conn_errors",
@@ -55,6 +63,7 @@ class WindowAcc:
         "latency",
         "queue_max",
         "requests",
+        "resource_max",
         "sessions_max",
     )
 
@@ -66,6 +75,8 @@ class WindowAcc:
         self.sessions_max = 0.0
         self.queue_max = 0.0
         self.conn_errors = 0.0
+        self.resource_max = 0.0  # peak of the backend's resource ratio (0 healthy .. 1 about to crash)
+        self.busy_max = 0.0  # peak of the backend's busy-workers ratio
         self.late = 0  # late events of this key reported with this window (service-wide merge only)
 
     def add(self, status: int, latency_ms: float, bytes_sent: int) -> None:
@@ -92,11 +103,30 @@ class WindowAcc:
             self.sessions_max = max(self.sessions_max, value)
         elif signal == "queue":
             self.queue_max = max(self.queue_max, value)
+        elif signal == "resource":
+            self.resource_max = max(self.resource_max, value)
+        elif signal == "busy":
+            self.busy_max = max(self.busy_max, value)
         else:
             self.conn_errors += value
 
+    def extend(self, other: WindowAcc) -> None:
+        """Fold in another window of the same key (an instance's shorter windows within a service-wide
+        one): counts add up, each peak keeps the highest (the instance's peak over the longer span)."""
+        self.requests += other.requests
+        self.by_class = [a + b for a, b in zip(self.by_class, other.by_class, strict=True)]
+        self.bytes_sent += other.bytes_sent
+        self.latency.merge(other.latency)
+        self.sessions_max = max(self.sessions_max, other.sessions_max)
+        self.queue_max = max(self.queue_max, other.queue_max)
+        self.conn_errors += other.conn_errors
+        self.resource_max = max(self.resource_max, other.resource_max)
+        self.busy_max = max(self.busy_max, other.busy_max)
+        self.late += other.late
+
     def merge(self, other: WindowAcc) -> None:
-        """Fold another key's window in (the service-wide window: peaks of instances add up)."""
+        """Fold another instance's window in (the service-wide window): peaks of sessions and queue add
+        up (requests in flight at once over the service), the ratios keep the highest (`RATIO_SIGNALS`)."""
         self.requests += other.requests
         self.by_class = [a + b for a, b in zip(self.by_class, other.by_class, strict=True)]
         self.bytes_sent += other.bytes_sent
@@ -104,11 +134,14 @@ class WindowAcc:
         self.sessions_max += other.sessions_max
         self.queue_max += other.queue_max
         self.conn_errors += other.conn_errors
+        self.resource_max = max(self.resource_max, other.resource_max)
+        self.busy_max = max(self.busy_max, other.busy_max)
         self.late += other.late
 
     def to_dict(self) -> dict[str, Any]:
         return {"r": self.requests, "c": self.by_class, "b": self.bytes_sent, "l": sketch_to_dict(self.latency),
-                "s": self.sessions_max, "q": self.queue_max, "e": self.conn_errors, "late": self.late}
+                "s": self.sessions_max, "q": self.queue_max, "e": self.conn_errors, "late": self.late,
+                "rs": self.resource_max, "bz": self.busy_max}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WindowAcc:
@@ -116,6 +149,7 @@ class WindowAcc:
         acc.requests, acc.by_class, acc.bytes_sent = d["r"], list(d["c"]), d["b"]
         acc.latency = sketch_from_dict(d["l"])
         acc.sessions_max, acc.queue_max, acc.conn_errors, acc.late = d["s"], d["q"], d["e"], d.get("late", 0)
+        acc.resource_max, acc.busy_max = d.get("rs", 0.0), d.get("bz", 0.0)  # absent in states written before them
         return acc
 
     def to_window(self, service: str, instance: str, start: int, window_ms: int, late: int,
@@ -128,25 +162,39 @@ class WindowAcc:
             status_5xx=self.by_class[3],
             latency_p50_ms=quantile(q, 0.5), latency_p90_ms=quantile(q, 0.9), latency_p99_ms=quantile(q, 0.99),
             bytes_sent=self.bytes_sent, sessions_max=self.sessions_max, queue_max=self.queue_max,
-            conn_errors=self.conn_errors, late_events=late, emitted_at=emitted_at,
+            conn_errors=self.conn_errors, resource_max=self.resource_max, busy_max=self.busy_max,
+            late_events=late, emitted_at=emitted_at,
         )
 
 
 class WindowAggregator:
-    """Every key's windows in one process, closed by one watermark (the offline/single-process form)."""
+    """Every key's windows in one process, closed by one watermark (the offline/single-process form).
 
-    def __init__(self, window_s: int, allowed_lateness_s: float) -> None:
+    Instance windows last `instance_window_s` (default `window_s`, which it must divide), service-wide
+    `*` windows `window_s`: a `*` window counts the events of its instances' windows within it, and its
+    session/queue peaks are the sum over instances of each one's peak in it."""
+
+    def __init__(self, window_s: int, allowed_lateness_s: float, instance_window_s: int | None = None) -> None:
         self.window_ms = window_s * 1000
+        self.instance_window_ms = (instance_window_s or window_s) * 1000
+        if self.window_ms % self.instance_window_ms:
+            raise ValueError(f"instance_window_s {instance_window_s} does not divide window_s {window_s}")
         self.lateness_ms = int(allowed_lateness_s * 1000)
         self._open: dict[tuple[str, str, int], WindowAcc] = {}
         self._closed_before: dict[tuple[str, str], int] = {}  # per key: windows starting before this are closed
         self._late: dict[tuple[str, str], int] = {}
         self._counters: dict[tuple[str, str], float] = {}
+        # (service, `*` window start) -> instance -> its [sessions, queue] peak within that window
+        self._peaks: dict[tuple[str, int], dict[str, list[float]]] = {}
         self.max_event_ts = 0
         self.late_total = 0
 
-    def _acc(self, key: tuple[str, str], start: int) -> WindowAcc | None:
-        """The open window of `key` at `start`, or None (counted late) when it has closed."""
+    def _size(self, instance: str) -> int:
+        return self.window_ms if instance == SERVICE_WIDE else self.instance_window_ms
+
+    def _acc(self, key: tuple[str, str], ts: int) -> WindowAcc | None:
+        """The open window of `key` holding `ts`, or None (counted late) when it has closed."""
+        start = ts - ts % self._size(key[1])
         if start < self._closed_before.get(key, 0):
             self._late[key] = self._late.get(key, 0) + 1
             return None
@@ -160,15 +208,17 @@ class WindowAggregator:
         late = 0
         for ev in events:
             ts = int(ev["ts"])
-            start = ts - ts % self.window_ms
             service, instance = ev["service"], ev["instance"]
             status, latency, size = int(ev["status"]), float(ev["latency_ms"]), int(ev["bytes_sent"])
-            for key in ((service, instance), (service, SERVICE_WIDE)):
-                acc = self._acc(key, start)
-                if acc is None:
-                    late += key[1] != SERVICE_WIDE
-                    continue
+            acc = self._acc((service, instance), ts)
+            if acc is None:  # as in the worker, where `*` windows are merged from instance windows: not in `*`
+                late += 1
+                self._late[(service, SERVICE_WIDE)] = self._late.get((service, SERVICE_WIDE), 0) + 1
+            else:
                 acc.add(status, latency, size)
+                service_acc = self._acc((service, SERVICE_WIDE), ts)
+                if service_acc is not None:
+                    service_acc.add(status, latency, size)
             self.max_event_ts = max(self.max_event_ts, ts)
         self.late_total += late
         return late
@@ -184,15 +234,19 @@ class WindowAggregator:
             key = (sample["service"], sample["instance"])
             if signal == "conn_errors":
                 value, self._counters[key] = counter_delta(self._counters.get(key), value), value
-            start = ts - ts % self.window_ms
-            acc = self._acc(key, start)
+            acc = self._acc(key, ts)
             if acc is None:
                 late += 1
                 continue
             acc.add_signal(signal, value)
-            service_acc = self._acc((key[0], SERVICE_WIDE), start)
-            if service_acc is not None:  # peaks of the service: sum of the instances' peaks, as in a merge
-                service_acc.add_signal(signal, value if signal == "conn_errors" else 0.0)
+            service_acc = self._acc((key[0], SERVICE_WIDE), ts)
+            if service_acc is not None:  # as in a merge: summed peaks are set at close, ratios keep the highest
+                service_acc.add_signal(signal, value if signal == "conn_errors" or signal in RATIO_SIGNALS else 0.0)
+                if signal in ("sessions", "queue"):
+                    peaks = self._peaks.setdefault((key[0], ts - ts % self.window_ms), {}).setdefault(key[1],
+                                                                                                     [0.0, 0.0])
+                    i = 0 if signal == "sessions" else 1
+                    peaks[i] = max(peaks[i], value)
             self.max_event_ts = max(self.max_event_ts, ts)
         return late
 
@@ -205,20 +259,18 @@ class WindowAggregator:
 
     def close(self, watermark: int, emitted_at: int) -> list[FeatureWindow]:
         """Remove and return every window whose end is at or before `watermark`."""
-        done = sorted(k for k in self._open if k[2] + self.window_ms <= watermark)
-        closed: dict[tuple[str, str, int], WindowAcc] = {}
-        for service, instance, start in done:
-            closed[(service, instance, start)] = self._open.pop((service, instance, start))
-            key = (service, instance)
-            self._closed_before[key] = max(self._closed_before.get(key, 0), start + self.window_ms)
+        done = sorted(k for k in self._open if k[2] + self._size(k[1]) <= watermark)
         out = []
-        for (service, instance, start), acc in closed.items():
-            if instance == SERVICE_WIDE:  # peaks: sum of the instances' peaks closed with it
-                peers = [a for (s, i, st), a in closed.items() if s == service and st == start and i != SERVICE_WIDE]
-                acc.sessions_max = sum(a.sessions_max for a in peers)
-                acc.queue_max = sum(a.queue_max for a in peers)
-            out.append(acc.to_window(service, instance, start, self.window_ms, self._late.pop((service, instance), 0),
-                                     emitted_at))
+        for service, instance, start in done:
+            acc = self._open.pop((service, instance, start))
+            key = (service, instance)
+            size = self._size(instance)
+            self._closed_before[key] = max(self._closed_before.get(key, 0), start + size)
+            if instance == SERVICE_WIDE:  # peaks: sum of the instances' peaks within it
+                peaks = self._peaks.pop((service, start), {}).values()
+                acc.sessions_max = sum(p[0] for p in peaks)
+                acc.queue_max = sum(p[1] for p in peaks)
+            out.append(acc.to_window(service, instance, start, size, self._late.pop(key, 0), emitted_at))
         return out
 
     @property

@@ -1,15 +1,15 @@
-"""Turn a trained forecaster into a registry version (manifest, smoke case, TorchScript file)."""
+"""Turn a trained model (forecaster, health model) into a registry version (manifest, smoke case, TorchScript)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from infra.core.model_registry import ForecastSpec, ModelManifest
+from infra.core.model_registry import ForecastSpec, HealthSpec, ModelManifest
 from training.fit import TrainConfig, windows
 from training.registry import fingerprint, new_version, write_version
 from training.series import RateSeries
@@ -45,4 +45,17 @@ def publish(root: Path, module: torch.jit.ScriptModule, history_len: int, cfg: T
         metrics=metrics,
     )
     path = write_version(root, module, manifest, smoke_inputs(series, history_len))
+    return path, manifest
+
+
+def publish_health(root: Path, kind: Literal["risk", "latency"], module: torch.nn.Module, name: str,
+                   spec: HealthSpec, config: dict[str, Any], data_fp: str, metrics: dict[str, Any],
+                   smoke_x: np.ndarray) -> tuple[Path, ModelManifest]:
+    """Script a health module and write it as a version of `kind` (contract: infra.core.model_registry)."""
+    now = datetime.now(UTC)
+    manifest = ModelManifest(kind=kind, version=new_version(data_fp, now), name=name, created_at=now, health=spec,
+                             config=config, data_fingerprint=data_fp, metrics=metrics)
+    scripted = torch.jit.script(module.eval())
+    path = write_version(root, scripted, manifest, {"x": torch.from_numpy(np.ascontiguousarray(smoke_x,
+                                                                                                dtype=np.float32))})
     return path, manifest

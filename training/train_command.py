@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from infra.core.model_registry import registry_root
+from infra.core.model_registry import ModelManifest, registry_root
 from infra.core.settings import ClickHouseSettings
 from training.backtest_command import parse_start
 from training.fit import TrainConfig
@@ -43,7 +44,7 @@ def load_source(source: str, service: str, start: str | None, ch: ClickHouseSett
     raise ValueError(f"--source must be file:PATH, {' or '.join(CLICKHOUSE_TABLES)}, not {source!r}")
 
 
-def record_in_clickhouse(ch: ClickHouseSettings, manifest: Any, path: Path) -> str | None:
+def record_in_clickhouse(ch: ClickHouseSettings, manifest: ModelManifest, path: Path) -> str | None:
     """Write the `model_versions` row; returns why not when ClickHouse cannot be reached."""
     import logging
 
@@ -77,13 +78,21 @@ def train_command(*, source: str, service: str, start: str | None, cfg: TrainCon
     fp = data_fingerprint(series, description)
     path, manifest = publish(registry_root(state_dir), module, result["history_len"], cfg, fp, result["metrics"],
                              series, extra_config={"val_frac": val_frac, "data": description, "workers": workers})
+    return announce(ch, manifest, path, as_json)
+
+
+def announce(ch: ClickHouseSettings, manifest: ModelManifest, path: Path, as_json: bool,
+             report: Sequence[str] = ()) -> dict[str, Any]:
+    """Mirror a written version in `model_versions`, print the report for people and the JSON summary last."""
     say(f"wrote {path}")
     why_not = record_in_clickhouse(ch, manifest, path)
     if why_not:
         say(f"[yellow]model_versions not written (ClickHouse unreachable): {why_not}[/]")
     summary = {"kind": manifest.kind, "version": manifest.version, "path": str(path),
                "model_versions": why_not is None, "metrics": manifest.metrics}
-    if not as_json:  # a line for people; scripts read the JSON, always last
+    if not as_json:  # lines for people; scripts read the JSON, always last
+        for line in report:
+            print(line)
         print(f"registered {manifest.kind}@{manifest.version} in {path}")
     print(json.dumps(summary))
     return summary

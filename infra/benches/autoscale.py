@@ -25,11 +25,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from kafka import KafkaAdminClient
-
 from infra.core.db import client as clickhouse_client
 from infra.core.db import migrate
-from infra.core.kafka_admin import ensure_topics
+from infra.core.kafka_admin import ensure_topics, kafka_admin_client
 from infra.core.scaling import predictive_knobs
 from infra.core.settings import AutoscaledService, PoolScalerSettings, Settings
 from infra.workers import decision_log
@@ -186,7 +184,7 @@ def run_autoscale_bench(s: Settings, windows: int = 40, gap_s: float = 1.5, pool
             cl.execute(f"DROP DATABASE IF EXISTS {ch.database}")
             cl.disconnect()
         with contextlib.suppress(Exception):
-            admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id="foresight-bench-admin")
+            admin = kafka_admin_client(kafka, client_id="foresight-bench-admin")
             try:
                 admin.delete_topics([kafka.topic_decisions])
             finally:

@@ -11,15 +11,14 @@ the queue and resource gauges, read with prometheus_client's parser), turns the 
   `decide_drains` (hysteresis, max drained fraction, never the last instance, re-admission), applied
   with `HAProxyRuntime.set_server_state` (`drain` / `ready`).
 
-In process, not through Ray Serve: the functions under `@serve.batch` of the deployments
-(`WeightsModelReplica.weigh`, `RiskModelReplica.score`) are called unbatched, so the bench runs the
-code serving runs without a Ray head on the bench's two cores. The answers name the model, as
-serving's do.
+In process, not through Ray Serve: the deployments' replica classes (`WeightsModelReplica`,
+`RiskModelReplica`, with the registry's newest `latency` / `risk` version or their baselines) are
+called through the unbatched methods under their `@serve.batch` ones, so the bench runs the code
+serving runs without a Ray head on the bench's two cores. The answers name the model, as serving's do.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -142,7 +141,8 @@ def window_features(instance: str, old: ServerSample, new: ServerSample) -> Inst
 
     requests and errors come from HAProxy (what clients saw: 5xx answers and failed responses);
     latency p50/p99 from the backend's histogram (queue + service time); the queue is HAProxy's plus
-    the backend's own (servers here have no maxconn, so the backend is where requests wait)."""
+    the backend's own (servers here have no maxconn, so the backend is where requests wait); sessions,
+    resource and busy are the larger of the two samples (HAProxy's scur, the backend's gauges)."""
     requests = new.stot - old.stot
     if requests <= 0:
         return None
@@ -156,8 +156,12 @@ def window_features(instance: str, old: ServerSample, new: ServerSample) -> Inst
         queue += new.backend.queue
     if p99_s is None:  # requests went there, but the backend answered none in the window: it hangs or is gone
         p50_s = p99_s = UNANSWERED_S
+    gauges = [b for b in (old.backend, new.backend) if b is not None]
     return InstanceFeatures(instance=instance, latency_p99_ms=p99_s * 1000, latency_p50_ms=(p50_s or 0.0) * 1000,
-                            requests=requests, error_rate=min(1.0, max(0.0, errors / requests)), queue=queue)
+                            requests=requests, error_rate=min(1.0, max(0.0, errors / requests)), queue=queue,
+                            sessions=float(max(old.scur, new.scur)),  # the window's peaks, as the stream's windows
+                            resource=min(1.0, max((b.resource for b in gauges), default=0.0)),
+                            busy=min(1.0, max(0.0, max((b.busy for b in gauges), default=0.0))))
 
 
 # -- the serving code, in this process ---------------------------------------------------------------
@@ -165,29 +169,31 @@ def window_features(instance: str, old: ServerSample, new: ServerSample) -> Inst
 class InProcessModels:
     """The serving deployments' model code, called in this process (see the module's docstring)."""
 
-    def __init__(self, registry_root: Path | None = None) -> None:
-        """`registry_root`: the model registry. On this branch the replicas read none (they answer from the
-        baselines); where serving's replicas load learned `latency`/`risk` versions, pass it to them here."""
+    def __init__(self, registry_root: Path | None = None, poll_s: float = 3600.0) -> None:
+        """`registry_root`: the model registry the replicas load their newest `latency` and `risk` versions
+        from (None: an empty one, so the baselines answer)."""
+        import tempfile
+
         from serving.risk_model import RiskModelReplica
         from serving.weights_model import WeightsModelReplica
 
-        self._weights_replica = WeightsModelReplica()
-        self._risk_replica = RiskModelReplica()
-        self._weigh = WeightsModelReplica.weigh.__wrapped__  # type: ignore[attr-defined]
-        self._score = RiskModelReplica.score.__wrapped__  # type: ignore[attr-defined]
+        root = registry_root or Path(tempfile.mkdtemp(prefix="fs-bench-lb-models-"))
+        self._weights_replica = WeightsModelReplica(root, poll_s)
+        self._risk_replica = RiskModelReplica(root, poll_s)
 
     def weights(self, request: WeightsRequest) -> WeightsResponse:
-        from serving.models.latency_weights import features_tensor
+        from serving.instances_body import COLUMN_NAMES, instances_array
 
-        (weighed,) = asyncio.run(self._weigh(self._weights_replica, [features_tensor(request.instances).numpy()]))
+        # the replicas read every InstanceFeatures column (instances_body.COLUMNS), as serving's front passes them
+        (weighed,) = self._weights_replica.weigh_batch([instances_array(request.instances, COLUMN_NAMES)])
         return WeightsResponse(service=request.service, model=weighed.model, model_version=weighed.version,
                                weights=[InstanceWeight(instance=i.instance, weight=w)
                                         for i, w in zip(request.instances, weighed.weights, strict=True)])
 
     def risk(self, request: RiskRequest) -> RiskResponse:
-        from serving.risk_model import risk_array
+        from serving.instances_body import COLUMN_NAMES, instances_array
 
-        (scored,) = asyncio.run(self._score(self._risk_replica, [risk_array(request.instances)]))
+        (scored,) = self._risk_replica.score_batch([instances_array(request.instances, COLUMN_NAMES)])
         return RiskResponse(service=request.service, model=scored.model, model_version=scored.version,
                             risks=[InstanceRisk(instance=i.instance, risk=min(1.0, max(0.0, r)), reasons=why)
                                    for i, r, why in zip(request.instances, scored.risks, scored.reasons,

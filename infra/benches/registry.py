@@ -34,7 +34,7 @@ Say = Callable[[str], None]
 def run_registry_bench(folder: Path, rounds: int = 2, grow: int = 3, burst: int = 200, etcd_outage_s: float = 0.0,
                        say: Say = print) -> dict[str, object]:
     rig = Rig(rig_settings(folder))
-    haproxy = HAProxyRuntime(rig.s.haproxy_socket)
+    haproxy = HAProxyRuntime(rig.s.haproxy_runtime)
     service = rig.svc.name
 
     def servers() -> dict[str, tuple[str, int, int, int]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from infra.core.kafka_admin import kafka_admin_client, kafka_consumer
 from infra.core.ports import free_port, free_ports
 from infra.core.settings import (
     ClickHouseSettings,
@@ -91,12 +92,11 @@ class Rig:
     def ensure_decisions_topic(self) -> bool:
         """The rig's own decisions topic on the shared broker; False when no broker answers (the sync
         and pool then count their decisions as dropped; membership does not depend on Kafka)."""
-        from kafka import KafkaAdminClient
         from kafka.admin import NewTopic
         from kafka.errors import KafkaError, TopicAlreadyExistsError
 
         try:
-            admin = KafkaAdminClient(bootstrap_servers=self.s.kafka.bootstrap_servers, request_timeout_ms=3000)
+            admin = kafka_admin_client(self.s.kafka, request_timeout_ms=3000)
         except (KafkaError, OSError):
             return False
         try:
@@ -134,11 +134,8 @@ class Rig:
 
     def decisions(self, timeout_s: float = 5.0) -> list[dict[str, object]]:
         """Every decision on the rig's topic so far."""
-        from kafka import KafkaConsumer
-
-        consumer = KafkaConsumer(self.s.kafka.topic_decisions, bootstrap_servers=self.s.kafka.bootstrap_servers,
-                                 auto_offset_reset="earliest", enable_auto_commit=False,
-                                 consumer_timeout_ms=int(timeout_s * 1000))
+        consumer = kafka_consumer(self.s.kafka, self.s.kafka.topic_decisions, auto_offset_reset="earliest",
+                                  enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000))
         try:
             return [json.loads(m.value) for m in consumer]
         finally:

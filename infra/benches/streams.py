@@ -50,13 +50,12 @@ from typing import Any
 
 import httpx
 import psutil
-from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 from pydantic import BaseModel, Field
 
 from infra.core.db import client as clickhouse_client
 from infra.core.db import migrate
-from infra.core.kafka_admin import ensure_topics
+from infra.core.kafka_admin import aiokafka_consumer, ensure_topics, kafka_admin_client
 from infra.core.ports import free_port
 from infra.core.settings import RouteRule, Settings
 from ingest.bench import replicate_sample
@@ -312,8 +311,7 @@ class IsolatedPipeline:
             cl.execute(f"DROP DATABASE IF EXISTS {self.database}")
             cl.disconnect()
         with contextlib.suppress(KafkaError, OSError):
-            admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap_servers,
-                                     client_id="foresight-bench-admin")
+            admin = kafka_admin_client(self.settings.kafka, client_id="foresight-bench-admin")
             try:
                 ours = [t for t in admin.list_topics()
                         if t.startswith((f"fs.bench.{self.run_id}.", self.settings.streams.app_id))]
@@ -387,11 +385,11 @@ async def _raw_consume(p: IsolatedPipeline, events: int, timeout_s: float, colum
 
     Decoded whole (`decode_access_record`, what any consumer of the contract does), or with
     `columns` only the fields the worker reads, as the worker does (`access_columns`)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     kafka = p.settings.kafka
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers.split(","), enable_auto_commit=False,
-                                auto_offset_reset="earliest", client_id=f"foresight-bench-raw-{p.run_id}")
+    consumer = aiokafka_consumer(kafka, enable_auto_commit=False, auto_offset_reset="earliest",
+                                 client_id=f"foresight-bench-raw-{p.run_id}")
     await consumer.start()
     try:
         consumer.assign([TopicPartition(kafka.topic_access, i) for i in range(kafka.partitions)])
@@ -487,7 +485,7 @@ def measure_freshness(p: IsolatedPipeline, sample_path: Path, instances: int, du
 
     ClickHouse is polled while the events flow (a thread), so a window is seen as soon as it lands.
     """
-    window_s = p.settings.streams.window_s
+    window_s, instance_window_s = p.settings.streams.window_s, p.settings.streams.instance_window
     templates = [e for e in sample_events(sample_path) if e.status]
     tick = 0.1
     per_tick = max(instances, round(rate * tick))
@@ -507,13 +505,13 @@ def measure_freshness(p: IsolatedPipeline, sample_path: Path, instances: int, du
                 inst = f"www{n % instances}"
                 batch.append(make_event(f"fresh-{p.run_id}-{n}", now, SERVICE, inst, t.method, t.route, t.status,
                                         t.latency_ms, t.bytes_sent, t.source))
-                expected.add((inst, now // 1000 // window_s * window_s))
+                expected.add((inst, now // 1000 // instance_window_s * instance_window_s))
                 n += 1
             p.sink.send_events(batch)
             next_tick += tick
             time.sleep(max(0.0, next_tick - time.monotonic()))
         p.sink.flush(timeout=30)
-        expected |= {("*", start) for _, start in expected}
+        expected |= {("*", start // window_s * window_s) for _, start in expected}
         deadline = time.time() + window_s + 30
         while set(expected) - set(poll.seen) and time.time() < deadline and poll.is_alive():
             time.sleep(0.1)
@@ -522,7 +520,8 @@ def measure_freshness(p: IsolatedPipeline, sample_path: Path, instances: int, du
         poll.join(5)
     if poll.error is not None:
         raise RuntimeError(f"polling ClickHouse failed: {poll.error}") from poll.error
-    return {k: poll.seen[k] - (k[1] + window_s) if k in poll.seen else math.inf for k in expected}
+    ends = {k: k[1] + (window_s if k[0] == "*" else instance_window_s) for k in expected}
+    return {k: poll.seen[k] - ends[k] if k in poll.seen else math.inf for k in expected}
 
 
 def throughput_run(base: Settings, sample_path: Path, worker_argv: Sequence[str], events: int, instances: int,

@@ -37,29 +37,39 @@ def read_minute_requests(client: Client, database: str, service: str,
 
 @dataclass(frozen=True)
 class InstanceWindow:
-    """The latest closed window of one instance."""
+    """The latest closed window of one instance: traffic, HAProxy saturation (peak sessions = scur,
+    peak queue = qcur, connection errors) and the backend's own gauges (peak resource and busy ratios)."""
 
     instance: str
     latency_p99_ms: float
     latency_p50_ms: float
     requests: int
     status_5xx: int
+    sessions_max: float = 0.0
+    queue_max: float = 0.0
+    conn_errors: float = 0.0
+    resource_max: float = 0.0
+    busy_max: float = 0.0
+
+
+_INSTANCE_WINDOW_COLUMNS = ("latency_p99_ms", "latency_p50_ms", "requests", "status_5xx", "sessions_max", "queue_max",
+                            "conn_errors", "resource_max", "busy_max")
 
 
 def latest_instance_windows(client: Client, database: str, service: str, max_age_s: int) -> list[InstanceWindow]:
     """Each instance's newest window of the last `max_age_s` seconds (service-wide rows left out)."""
+    latest = ", ".join(f"argMax({c}, window_start)" for c in _INSTANCE_WINDOW_COLUMNS)
     rows = client.execute(
         f"""
-        SELECT instance,
-               argMax(latency_p99_ms, window_start), argMax(latency_p50_ms, window_start),
-               argMax(requests, window_start), argMax(status_5xx, window_start)
+        SELECT instance, {latest}
         FROM {database}.features FINAL
         WHERE service = %(service)s AND instance != %(all)s AND window_start >= now() - %(age)s
         GROUP BY instance ORDER BY instance
         """,
         {"service": service, "all": SERVICE_WIDE, "age": max_age_s},
     )
-    return [InstanceWindow(inst, float(p99), float(p50), int(n), int(err)) for inst, p99, p50, n, err in rows]
+    return [InstanceWindow(str(inst), float(p99), float(p50), int(n), int(err), *(float(v) for v in rest))
+            for inst, p99, p50, n, err, *rest in rows]
 
 
 def recent_services(client: Client, database: str, since_s: int) -> list[str]:
@@ -134,3 +144,32 @@ def windows_between(client: Client, database: str, service: str, instances: list
         "ORDER BY window_start, instance",
         {"service": service, "instances": tuple(instances), "start": start_s, "end": end_s})
     return [dict(zip(WINDOW_FIELDS, row, strict=True)) for row in rows]
+
+
+# Per-instance window columns the health models read; saturation gauges a table may not have yet read 0.
+HEALTH_WINDOW_FIELDS = ("service", "instance", "start_s", "window_s", "requests", "status_5xx", "latency_p50_ms",
+                        "latency_p99_ms", "sessions_max", "queue_max", "resource_max", "busy_max")
+OPTIONAL_GAUGES = ("sessions_max", "queue_max", "resource_max", "busy_max")
+
+
+def instance_windows(client: Client, database: str, services: list[str], start_s: int | None = None,
+                     end_s: int | None = None) -> list[tuple[object, ...]]:
+    """Every per-instance window of `services` (names, or LIKE patterns with `%`) in [start_s, end_s),
+    ordered by service, instance and time; fields as `HEALTH_WINDOW_FIELDS`."""
+    present = {str(r[0]) for r in client.execute(
+        "SELECT name FROM system.columns WHERE database = %(db)s AND table = 'features'", {"db": database})}
+    gauges = ", ".join(g if g in present else f"toFloat64(0) AS {g}" for g in OPTIONAL_GAUGES)
+    match = " OR ".join(f"service LIKE %(s{i})s" for i in range(len(services))) or "1"
+    params: dict[str, object] = {"all": SERVICE_WIDE}
+    params.update({f"s{i}": s for i, s in enumerate(services)})
+    bounds = ""
+    if start_s is not None:
+        bounds += " AND window_start >= toDateTime(%(start)s)"
+        params["start"] = start_s
+    if end_s is not None:
+        bounds += " AND window_start < toDateTime(%(end)s)"
+        params["end"] = end_s
+    return client.execute(
+        f"SELECT service, instance, toUInt32(window_start), toUInt32(window_end) - toUInt32(window_start), requests, "
+        f"status_5xx, latency_p50_ms, latency_p99_ms, {gauges} FROM {database}.features FINAL "
+        f"WHERE instance != %(all)s AND ({match}){bounds} ORDER BY service, instance, window_start", params)

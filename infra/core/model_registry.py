@@ -28,6 +28,17 @@ Forecast modules (`kind="forecast"`) take `forward(history, next_minute)`:
   NaN when the series has no known timestamps (calendar features are then left out).
 and return float32 `[batch, horizon, len(quantiles)]` in requests per second, quantiles in
 manifest order, non-decreasing along the last axis.
+
+Health modules (`kind="risk"` and `kind="latency"`) take `forward(x)`:
+- `x`: float32 `[n, len(health.columns)]`, one row per instance of one service, the columns named
+  in the manifest's `health.columns`, in that order, as `infra.core.health_features.derive`
+  computes them (the one derivation shared by training and serving; a reader refuses a version
+  naming a column it does not know).
+and return
+- risk: float32 `[n]`, the probability in [0, 1] that the instance fails (error rate above 1 % in
+  a window, or unresponsive) within `health.horizon_s`; calibration is folded into the module.
+- latency: float32 `[n, 2]`, the predicted p50 and p99 (ms, `health.outputs` = ["p50_ms", "p99_ms"])
+  of the instance's next window at the load given in the `log_offered` column; 0 <= p50 <= p99.
 """
 
 from __future__ import annotations
@@ -60,6 +71,20 @@ class ForecastSpec(BaseModel):
     quantiles: list[float] = Field(description="Quantile levels of the last output axis, ascending.")
 
 
+class HealthSpec(BaseModel):
+    """What a health module (risk, latency) reads and returns; see the module docstring."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    columns: list[str] = Field(min_length=1, description="Input feature names (infra.core.health_features), "
+                                                         "in the order of `x`'s columns.")
+    window_s: float = Field(gt=0, description="Length (s) of the per-instance windows the features were "
+                                              "computed on; counts are per window.")
+    horizon_s: float | None = Field(None, gt=0, description="Risk: seconds ahead the probability covers.")
+    outputs: list[str] = Field(default_factory=list, description="Latency: the output columns, "
+                                                                "[\"p50_ms\", \"p99_ms\"].")
+
+
 class ModelManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -69,6 +94,7 @@ class ModelManifest(BaseModel):
     created_at: datetime
     format: Literal["torchscript"] = "torchscript"
     forecast: ForecastSpec | None = Field(None, description="Set for kind `forecast`.")
+    health: HealthSpec | None = Field(None, description="Set for kinds `risk` and `latency`.")
     config: dict[str, Any] = Field(default_factory=dict, description="Training configuration.")
     data_fingerprint: str = Field(description="Hash of the training data (series and range).")
     metrics: dict[str, Any] = Field(default_factory=dict, description="Backtest metrics on held-out data.")

@@ -14,6 +14,7 @@ a queue drain) do other work between tries and stop on their own signal; they ke
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential, wait_fixed
 
@@ -24,14 +25,18 @@ BACKPRESSURE_MAX_S = 5.0
 STORE_WRITE_EVERY_S = 1.0
 
 
-def until_accepted(log: logging.Logger, what: str) -> AsyncRetrying:
+def until_accepted(log: logging.Logger, what: str,
+                   on_failure: Callable[[BaseException | None], None] | None = None) -> AsyncRetrying:
     """Hold the caller until the call is accepted: every failure retried, forever, with exponential
-    backoff; each logged as `<what>: <error>; retrying in <s>s`. Cancellation ends it."""
+    backoff; each logged as `<what>: <error>; retrying in <s>s` (and handed to `on_failure`, for a
+    caller that treats a refusal as a sign of trouble). Cancellation ends it."""
 
     def note(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
         delay = state.next_action.sleep if state.next_action is not None else 0.0
         log.warning("%s: %s; retrying in %.1fs", what, error, delay)
+        if on_failure is not None:
+            on_failure(error)
 
     return AsyncRetrying(
         retry=retry_if_exception_type(Exception), stop=stop_never,

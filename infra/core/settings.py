@@ -177,11 +177,35 @@ class EtcdSettings(Section):
     metrics_port: int = Field(12381, description="etcd Prometheus metrics.")
 
 
+# Where HAProxy's runtime API answers: a unix socket, or (host, port) of a TCP `stats socket`.
+RuntimeAddress = Path | tuple[str, int]
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """`host:port` (`[v6]:port` too) as (host, port); ValueError when it is not one."""
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port")
+    return host, int(port)
+
+
 class HAProxySettings(Section):
     frontend_port: int = Field(18080, description="Where clients send traffic.")
     exporter_port: int = Field(18404, description="Built-in Prometheus exporter (/metrics).")
     backend: str = Field("demo", description="Backend whose servers the adapter weighs.")
     socket_name: str = Field("haproxy.sock", description="Runtime API socket, inside the state folder.")
+    runtime_address: str | None = Field(
+        None, description="HAProxy's runtime API over TCP, `host:port` (HAProxy: `stats socket ipv4@0.0.0.0:9999 "
+        "level admin`), for `adapt` and `registry-sync` running apart from HAProxy (Kubernetes); none = the unix "
+        "socket `socket_name`. It has no authentication: expose it only to them (a NetworkPolicy).")
+
+    @field_validator("runtime_address")
+    @classmethod
+    def _is_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            host_port(value)
+        return value
 
 
 class DemoSettings(Section):
@@ -235,7 +259,12 @@ class IngestSettings(Section):
                                  description="Disk spool for when Kafka is down; full = back-pressure.")
     scrape_targets: list[str] = Field(default_factory=list,
                                       description="Prometheus URLs to scrape; empty = the stack's HAProxy exporter.")
-    scrape_interval_s: float = Field(10.0, description="Seconds between scrapes of each target.")
+    scrape_interval_s: float = Field(2.0, gt=0, description="Seconds between scrapes of each target: at most "
+                                     "the shortest feature window (`streams.instance_window_s`), so each has a sample.")
+    scrape_registry: bool = Field(True, description="Also scrape every ready or draining instance of the service "
+                                  "registry (etcd) at `http://<address>:<port>/metrics`: the pool backends' gauges.")
+    scrape_rediscover_every: int = Field(5, ge=1, description="List the registry's instances again every this "
+                                         "many scrape intervals.")
     scrape_metrics_port: int = Field(19104, description="Prometheus metrics of the scrape process.")
     default_service: str = Field("unknown", description="Service of lines no rule and no field names.")
     routes: list[RouteRule] = Field(default_factory=list, description="Service/instance rules, first match wins.")
@@ -248,7 +277,12 @@ class IngestSettings(Section):
 
 class StreamSettings(Section):
     app_id: str = Field("foresight-features", description="Faust app id and consumer group.")
-    window_s: int = Field(10, description="Tumbling window length in seconds.")
+    window_s: int = Field(10, gt=0, description="Tumbling window length in seconds (service-wide `*` windows; "
+                          "per-instance ones too unless `instance_window_s` is set).")
+    instance_window_s: int | None = Field(
+        None, gt=0, description="Per-instance window length in seconds, a divisor of `window_s` (e.g. 2 for the "
+                                "balancing and risk models); none = `window_s`. Service-wide windows stay `window_s`, "
+                                "merged from the instance windows they contain.")
     allowed_lateness_s: float = Field(2.0, description="How long after its end a window waits for late events.")
     idle_close_s: float = Field(1.0, description="With no new events for this long, close windows by wall clock.")
     service_retain_s: float = Field(300.0, description="How long a service-wide (`*`) window takes late "
@@ -270,6 +304,19 @@ class StreamSettings(Section):
     heartbeat_interval_s: float = Field(1.0, description="Consumer heartbeat; must be under a third of the session.")
     rebalance_timeout_s: float = Field(10.0, description="Consumer-group rebalance timeout.")
     metrics_port: int = Field(19102, description="Prometheus metrics of the stream worker.")
+
+    @model_validator(mode="after")
+    def _instance_window_divides(self) -> Self:
+        if self.instance_window_s is not None and self.window_s % self.instance_window_s:
+            raise ValueError(f"streams.instance_window_s ({self.instance_window_s}) must divide streams.window_s "
+                             f"({self.window_s}): each service-wide window is merged from whole instance windows "
+                             f"(e.g. 1, 2 or 5 for 10)")
+        return self
+
+    @property
+    def instance_window(self) -> int:
+        """Seconds of a per-instance window (`instance_window_s`, else `window_s`)."""
+        return self.instance_window_s or self.window_s
 
 
 class RecordSettings(Section):
@@ -640,7 +687,15 @@ class Settings(BaseSettings):
 
     @property
     def haproxy_socket(self) -> Path:
+        """The local stack's runtime API socket (its HAProxy always opens it)."""
         return self.state / self.haproxy.socket_name
+
+    @property
+    def haproxy_runtime(self) -> RuntimeAddress:
+        """Where the runtime API's clients connect: `haproxy.runtime_address` when set, else the socket."""
+        if self.haproxy.runtime_address:
+            return host_port(self.haproxy.runtime_address)
+        return self.haproxy_socket
 
     @property
     def spool_dir(self) -> Path:

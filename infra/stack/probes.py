@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
+
+from infra.core.settings import KafkaSettings, RuntimeAddress
 
 Probe = Callable[[], bool]
 
@@ -22,15 +22,16 @@ def http_ok(url: str, expect: str | None = None) -> Probe:
     return probe
 
 
-def kafka_metadata(bootstrap: str) -> Probe:
-    """A Kafka ApiVersions + Metadata round trip through kafka-python."""
+def kafka_metadata(kafka: KafkaSettings) -> Probe:
+    """A Kafka ApiVersions + Metadata round trip through kafka-python (with the cluster's SASL/TLS)."""
 
     def probe() -> bool:
-        from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
+        from infra.core.kafka_admin import kafka_admin_client
+
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000, client_id="foresight-probe")
+            admin = kafka_admin_client(kafka, request_timeout_ms=2000, client_id="foresight-probe")
         except (KafkaError, OSError, ValueError):
             return False
         try:
@@ -44,19 +45,16 @@ def kafka_metadata(bootstrap: str) -> Probe:
     return probe
 
 
-def haproxy_runtime(socket_path: Path) -> Probe:
-    """`show info` on the runtime API socket answers with HAProxy's name."""
+def haproxy_runtime(address: RuntimeAddress) -> Probe:
+    """`show info` on the runtime API (unix socket or TCP) answers with HAProxy's name."""
 
     def probe() -> bool:
+        from lb_adapters.actuators.haproxy import HAProxyError, HAProxyRuntime
+
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(2.0)
-                sock.connect(str(socket_path))
-                sock.sendall(b"show info\n")
-                data = sock.recv(4096)
-        except OSError:
+            return "Name: HAProxy" in HAProxyRuntime(address, timeout_s=2.0).command("show info")
+        except (HAProxyError, OSError):
             return False
-        return b"Name: HAProxy" in data
 
     return probe
 

@@ -46,11 +46,11 @@ from collections.abc import Callable, Iterator
 from operator import attrgetter
 from typing import Any
 
-from kafka import KafkaProducer
 from kafka import errors as kerr
 from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
+from infra.core.kafka_admin import kafka_producer
 from infra.core.settings import KafkaSettings
 from infra.core.spool import Record, Spool, SpoolFull, record_size
 from ingest import metrics
@@ -111,14 +111,14 @@ def producer_config(
     delivery_timeout_ms: int = DELIVERY_TIMEOUT_MS,
     max_block_ms: int = MAX_BLOCK_MS,
 ) -> dict[str, Any]:
-    """KafkaProducer settings of the sink; `ingest.bench` gives the naive shipper the very same.
+    """KafkaProducer tuning of the sink (`kafka_producer` adds the bootstrap list and the cluster's SASL/TLS);
+    `ingest.bench` gives the naive shipper the very same.
 
     acks=all; one request in flight per broker, so a retried batch is never overtaken by the next;
     no idempotence: Tansu (memory storage) forgets producer ids when restarted and then fails the
     idempotent producer for good. Retries are bounded by time (`delivery_timeout_ms`), not count.
     """
     return {
-        "bootstrap_servers": kafka.bootstrap_servers.split(","),
         "client_id": client_id,
         "acks": "all",
         "enable_idempotence": False,
@@ -132,7 +132,6 @@ def producer_config(
         "delivery_timeout_ms": delivery_timeout_ms,
         "max_block_ms": max_block_ms,
         "bootstrap_timeout_ms": max_block_ms,  # a broker that is down: spool after seconds, not 30 s
-        **kafka.kafka_python_options(),  # SASL / TLS of a cluster
     }
 
 
@@ -194,7 +193,7 @@ class KafkaSink:
         self._producer: Any = producer
         self._retired: list[Any] = []  # discarded producers, closed by the replayer
         if producer is None:
-            self._factory = producer_factory or (lambda: KafkaProducer(**producer_config(
+            self._factory = producer_factory or (lambda: kafka_producer(kafka, **producer_config(
                 kafka, client_id=client_id, batch_size=batch_size, delivery_timeout_ms=delivery_timeout_ms,
                 max_block_ms=max_block_ms)))
             try:

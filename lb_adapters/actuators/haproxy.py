@@ -1,5 +1,5 @@
-"""HAProxy runtime API over its unix socket: server weights and dynamic membership (add, drain,
-maintenance, delete; no reload). I/O only, no policy."""
+"""HAProxy runtime API over its unix socket or a TCP `stats socket`: server weights and dynamic
+membership (add, drain, maintenance, delete; no reload). I/O only, no policy."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import io
 import socket
 from pathlib import Path
 
+from infra.core.settings import RuntimeAddress
 from lb_adapters.actuators.base import ActuatorError
 
 
@@ -25,22 +26,36 @@ def parse_show_stat(text: str) -> list[dict[str, str]]:
     return [{k: v for k, v in row.items() if k} for row in csv.DictReader(io.StringIO(body))]
 
 
+def connect(address: RuntimeAddress, timeout_s: float) -> socket.socket:
+    """A connected socket to the runtime API, unix or TCP; HAProxyError when nothing answers there."""
+    try:
+        if isinstance(address, Path):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout_s)
+                sock.connect(str(address))
+            except OSError:
+                sock.close()
+                raise
+            return sock
+        return socket.create_connection(address, timeout=timeout_s)
+    except OSError as exc:
+        where = address if isinstance(address, Path) else f"{address[0]}:{address[1]}"
+        raise HAProxyError(f"cannot reach HAProxy runtime API at {where}: {exc}; is `foresight stack up` "
+                           "running (or, over TCP, is HAProxy's `stats socket ipv4@...` there)?") from exc
+
+
 class HAProxyRuntime:
     name = "haproxy"
 
-    def __init__(self, socket_path: Path, timeout_s: float = 3.0) -> None:
-        self.socket_path = socket_path
+    def __init__(self, address: RuntimeAddress, timeout_s: float = 3.0) -> None:
+        """`address`: the unix socket's path, or (host, port) of a TCP `stats socket` (another pod's HAProxy)."""
+        self.address = address
         self.timeout_s = timeout_s
 
     def command(self, line: str) -> str:
         """One runtime API command on a fresh connection (HAProxy closes it after answering)."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(self.timeout_s)
-            try:
-                sock.connect(str(self.socket_path))
-            except OSError as exc:
-                raise HAProxyError(f"cannot reach HAProxy runtime API at {self.socket_path}: {exc}; "
-                                   "is `foresight stack up` running?") from exc
+        with connect(self.address, self.timeout_s) as sock:
             sock.sendall(line.encode() + b"\n")
             chunks = []
             while chunk := sock.recv(65536):

@@ -34,6 +34,9 @@ class LatencyWeights(nn.Module):
     "not measured", so p99 stands in rather than making a queue free. Errors scale the score
     down linearly, so an instance failing everything gets 0 (drained) while any instance that
     still answers keeps at least 1: latency alone must never take an instance out of rotation.
+    A p99 of 0 means no request completed in the window (idle, new, or hung): its latency is
+    unknown, so it gets the median weight of its measured peers, and does not set the scale (an
+    unmeasured "0 ms" would otherwise take 256 and push every measured instance down to 1).
     `floor_ms` keeps sub-millisecond noise from producing huge ratios.
     """
 
@@ -55,9 +58,15 @@ class LatencyWeights(nn.Module):
         healthy = 1.0 - features[:, ERROR_RATE]
         score = healthy / wait_ms
 
+        measured = p99 > 0
+        score = torch.where(measured, score, 0.0)  # an unmeasured 0 ms must not set the scale for the others
         n_groups = int(groups.max().item()) + 1 if groups.numel() else 0
         best = torch.zeros(n_groups, dtype=score.dtype).scatter_reduce(0, groups, score, "amax", include_self=False)
         best_of_row = best[groups]
         relative = torch.where(best_of_row > 0, score / best_of_row.clamp_min(torch.finfo(score.dtype).tiny), 0.0)
         weights = torch.round(relative * self.max_weight).clamp(1, self.max_weight)
+        for g in torch.unique(groups[~measured]).tolist():  # rare: instances that completed no request
+            peers = weights[(groups == g) & measured]
+            typical = peers.median() if peers.numel() else torch.tensor(float(self.max_weight))
+            weights = torch.where((groups == g) & ~measured, typical, weights)
         return torch.where(healthy > 0, weights, 0.0).to(torch.int64)

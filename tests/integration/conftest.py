@@ -54,7 +54,7 @@ def core_stack() -> Settings:
 
     settings = load_settings()
     ch = settings.clickhouse
-    answering = (probes.kafka_metadata(settings.kafka.bootstrap_servers)()
+    answering = (probes.kafka_metadata(settings.kafka)()
                  and probes.http_ok(f"http://{ch.host}:{ch.http_port}/?query=SELECT%201", expect="1")())
     if not answering:  # asked of the servers themselves: the state folder may be another checkout's
         foresight("stack", "up")

@@ -26,7 +26,7 @@ import pytest
 from infra.benches.streams import IsolatedPipeline, worker_command
 from infra.core.kafka_admin import ensure_topics
 from infra.core.ports import free_port
-from infra.core.settings import Settings, load_settings
+from infra.core.settings import KafkaSettings, Settings, load_settings
 from infra.stack import probes
 from infra.stack.components import tansu_binary
 from ingest.schemas import AccessEvent
@@ -59,7 +59,7 @@ class Broker:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 15
-        while not probes.kafka_metadata(self.bootstrap)():
+        while not probes.kafka_metadata(KafkaSettings(bootstrap_servers=self.bootstrap))():
             assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()[-2000:]
             time.sleep(0.1)
 

@@ -173,13 +173,14 @@ def _write_a_row_each(ch: ClickHouseSettings) -> None:
 
 _SHIPPED = {m.version: len(m.statements) for m in load_migrations("d")}
 CUTS = ([(3, k, [CRASH]) for k in range(_SHIPPED[3] + 1)] + [(4, k, [CRASH]) for k in range(_SHIPPED[4] + 1)]
-        + [(4, 4, [HALF_SWAP, CRASH])])  # 0004's 5th statement is metric_samples' two-table RENAME
+        + [(4, 4, [HALF_SWAP, CRASH])]  # 0004's 5th statement is metric_samples' two-table RENAME
+        + [(6, k, [CRASH]) for k in range(_SHIPPED[6] + 1)])
 
 
 @pytest.mark.parametrize(("version", "k", "then"), CUTS, ids=[f"{v}-{k}-{len(t)}" for v, k, t in CUTS])
 def test_a_migration_cut_short_completes_on_the_next_migrate(scratch: ClickHouseSettings, tmp_path: Path,
                                                             version: int, k: int, then: list[str]) -> None:
-    """On 18.16: a `db migrate` that failed part-way through 0003 or 0004 (any statement; for 0004 also
+    """On 18.16: a `db migrate` that failed part-way through 0003, 0004 or 0006 (any statement; for 0004 also
     between the two renames of a swap) is completed by the next one, with the schema of a database
     migrated in one go and every row kept once."""
     reference = scratch.model_copy(update={"database": f"{scratch.database}_ref"})

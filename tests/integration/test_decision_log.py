@@ -46,7 +46,7 @@ def decisions_on_topic(broker: Broker) -> list[dict[str, object]]:
 
 
 def decisions_on_topic_named(where: Broker | Settings, topic: str) -> list[dict[str, object]]:
-    return [orjson.loads(v) for v in iter_topic(where.kafka.bootstrap_servers, topic, 60)]
+    return [orjson.loads(v) for v in iter_topic(where.kafka, topic, 60)]
 
 
 def round_of(i: int) -> tuple[list[Decision], list[PredictionRecord]]:

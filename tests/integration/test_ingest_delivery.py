@@ -46,7 +46,7 @@ class Broker:
 
     def start(self) -> None:
         self.record = spawn("tansu-delivery-test", self.argv, self.log, dict(os.environ), self.log.parent)
-        probe = probes.kafka_metadata(self.kafka.bootstrap_servers)
+        probe = probes.kafka_metadata(self.kafka)
         deadline = time.monotonic() + 30
         while not probe():
             assert time.monotonic() < deadline, f"tansu did not answer; see {self.log}"

@@ -28,7 +28,7 @@ def events_after(s: Settings, topic: str, offsets: dict[int, int], want: int, ma
         found[:] = [e for r in records for e in decode_access_record(r.value) if match in json.dumps(e)]
         return len(found) >= want
 
-    read_records(s.kafka.bootstrap_servers, topic, offsets, done, timeout_s)
+    read_records(s.kafka, topic, offsets, done, timeout_s)
     return found
 
 
@@ -43,7 +43,7 @@ def test_http_endpoint_takes_gzip_lines_and_refuses_bad_bodies(stack: Settings) 
     marker = uuid.uuid4().hex[:8]
     lines = "".join(f'10.0.0.{i} - - [28/Nov/2026:10:00:0{i % 10} +0000] "GET /{marker}/{i} HTTP/1.1" 200 {i}\n'
                     for i in range(30))
-    offsets = end_offsets(s.kafka.bootstrap_servers, s.kafka.topic_access)
+    offsets = end_offsets(s.kafka, s.kafka.topic_access)
     resp = httpx.post(url, content=gzip.compress((lines + "this is not a log line\n").encode()),
                       headers={"Content-Encoding": "gzip", "Content-Type": "text/plain", **bearer(s)}, timeout=10)
     assert resp.status_code in (200, 202), resp.text
@@ -60,7 +60,7 @@ def test_http_endpoint_takes_gzip_lines_and_refuses_bad_bodies(stack: Settings) 
 
 def test_scrape_puts_haproxy_exporter_samples_on_fs_metrics(stack: Settings) -> None:
     s = stack
-    offsets = end_offsets(s.kafka.bootstrap_servers, s.kafka.topic_metrics)
+    offsets = end_offsets(s.kafka, s.kafka.topic_metrics)
     samples = events_after(s, s.kafka.topic_metrics, offsets, 20, '"server": "s1"',
                            timeout_s=s.ingest.scrape_interval_s + 20)
     assert len(samples) >= 20
@@ -76,7 +76,7 @@ def test_ingest_file_sends_every_nasa_line_once(stack: Settings, tmp_path: Path)
     parser = parser_for("auto", s.ingest, file=log)
     expected = {r.id for r in map(parser, log.read_bytes().splitlines()) if isinstance(r, AccessEvent)}
     assert len(expected) > 990  # a few sample lines repeat verbatim and share an id
-    offsets = end_offsets(s.kafka.bootstrap_servers, s.kafka.topic_access)
+    offsets = end_offsets(s.kafka, s.kafka.topic_access)
     out = foresight("ingest", "file", str(log), "--json")
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"parsed": 1000, "rejected": 0, "reasons": {}}
     stem = log.stem

@@ -111,7 +111,7 @@ def wait_for(check: object, timeout_s: float, what: str) -> None:
 
 
 def dead_letters(r: RecordRun) -> list[dict[str, object]]:
-    return [orjson.loads(v) for v in iter_topic(r.kafka.bootstrap_servers, r.kafka.topic_dlq, 60)]
+    return [orjson.loads(v) for v in iter_topic(r.kafka, r.kafka.topic_dlq, 60)]
 
 
 def test_sigkill_and_redelivery_leave_one_row_per_event(run: RecordRun) -> None:

@@ -31,6 +31,8 @@ from serving.app import build_app
 from serving.bench import own_serving
 from serving.runner import init_ray, shutdown, start_serve
 from tests.integration.sockets import listeners, process_tree
+from tests.unit.test_serving_health import LAT_COLUMNS, RISK_COLS, PeerRisk, QueueingLatency
+from tests.unit.test_serving_health import register as register_health
 from tests.unit.test_serving_loader import QUANTILES, QuantileMLP, register_broken
 from training.registry import new_version, write_version
 
@@ -279,6 +281,35 @@ def test_a_model_failing_at_request_time_is_answered_for_by_the_baseline(served:
     assert spiky.status_code == 200, spiky.text
     assert (spiky.json()["model_version"], spiky.json()["model"]) == ("baseline", "recent-level-quantiles")
     assert forecast_status(served)["version"] == version  # still in service for the inputs it handles
+
+
+def test_health_models_are_served_after_reload_with_their_reasons(served: Served) -> None:
+    """Kinds `latency` and `risk` from the registry: /v1/weights and /v1/risk answer from them, named."""
+    latency = register_health(served.root, "latency", QueueingLatency(), LAT_COLUMNS, name="queueing")
+    risk = register_health(served.root, "risk", PeerRisk(), RISK_COLS, name="peer-mlp")
+    resp = served.post("/v1/models/reload", None)
+    assert resp.status_code == 200, resp.text
+    by_kind = {m["kind"]: m for m in resp.json()["models"]}
+    assert (by_kind["weights"]["version"], by_kind["weights"]["columns"]) == (latency, LAT_COLUMNS)
+    assert (by_kind["risk"]["version"], by_kind["risk"]["horizon_s"]) == (risk, 60.0)
+    instances = [{"instance": f"s{i}", "latency_p99_ms": 30.0, "latency_p50_ms": 10.0, "requests": 100}
+                 for i in range(6)]
+    instances += [{"instance": "slow", "latency_p99_ms": 400.0, "latency_p50_ms": 120.0, "requests": 100},
+                  {"instance": "failing", "latency_p99_ms": 30.0, "latency_p50_ms": 10.0, "requests": 100,
+                   "error_rate": 1.0, "sessions": 3, "busy": 0.5}]
+    weights = served.post("/v1/weights", {"service": "demo", "instances": instances})
+    assert weights.status_code == 200, weights.text
+    body = weights.json()
+    assert (body["model"], body["model_version"]) == ("queueing", latency)
+    by_instance = {w["instance"]: w for w in body["weights"]}
+    assert by_instance["s0"]["weight"] == 256 and 0 < by_instance["slow"]["weight"] < 128
+    assert by_instance["failing"]["weight"] == 0
+    assert by_instance["slow"]["reasons"][0].startswith("capacity ~")
+    scored = served.post("/v1/risk", {"service": "demo", "instances": instances})
+    assert scored.status_code == 200, scored.text
+    assert (scored.json()["model"], scored.json()["model_version"]) == ("peer-mlp", risk)
+    risks = {r["instance"]: r for r in scored.json()["risks"]}
+    assert risks["failing"]["risk"] > risks["s0"]["risk"] and risks["failing"]["reasons"]
 
 
 def test_haproxy_fronts_ingress_replicas_that_serve_http_themselves_all_on_loopback(served: Served) -> None:

@@ -38,8 +38,8 @@ def haproxy_weights(settings: Settings) -> dict[str, int]:
 
 def test_every_hop_of_the_thin_path(stack: Settings) -> None:
     s = stack
-    access_from = end_offsets(s.kafka.bootstrap_servers, s.kafka.topic_access)
-    features_from = end_offsets(s.kafka.bootstrap_servers, s.kafka.topic_features)
+    access_from = end_offsets(s.kafka, s.kafka.topic_access)
+    features_from = end_offsets(s.kafka, s.kafka.topic_features)
     burst = send_burst(s, 120, concurrency=4)
     assert burst.statuses == {200: 120}
 
@@ -99,14 +99,14 @@ def test_every_hop_of_the_thin_path(stack: Settings) -> None:
 
 def test_bad_log_line_goes_to_dead_letter_topic_with_reason(stack: Settings) -> None:
     s = stack
-    dlq_from = end_offsets(s.kafka.bootstrap_servers, s.kafka.topic_dlq)
+    dlq_from = end_offsets(s.kafka, s.kafka.topic_dlq)
     marker = "garbage-" + str(id(s))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.sendto(f"<134>Nov 28 21:30:07 haproxy[1]: {marker} this is no httplog".encode(),
                     (s.ingest.syslog_host, s.ingest.syslog_port))
     from infra.thin_path import read_records
 
-    records = read_records(s.kafka.bootstrap_servers, s.kafka.topic_dlq, dlq_from,
+    records = read_records(s.kafka, s.kafka.topic_dlq, dlq_from,
                            lambda recs: any(marker.encode() in r.value for r in recs), timeout_s=20)
     rejected = [json.loads(r.value) for r in records if marker.encode() in r.value]
     assert rejected, "the malformed line never reached fs.dlq"

@@ -28,7 +28,7 @@ from infra.benches.streams import IsolatedPipeline, sample_events, worker_comman
 from infra.core.datasets import NASA_SAMPLE, dataset_path
 from infra.core.db import client as clickhouse_client
 from infra.core.ports import free_port
-from infra.core.settings import RecordSettings, Settings
+from infra.core.settings import KafkaSettings, RecordSettings, Settings
 from infra.core.spool import Spool
 from infra.record_commands import verify_report
 from infra.stack import probes
@@ -60,7 +60,7 @@ class KafkaProxy:
             self.proc = subprocess.Popen([str(tansu_binary() or "tansu"), "proxy", "--listener-url", url,
                                           "--advertised-listener-url", url, "--origin-url", f"tcp://{self.origin}"],
                                          stdout=out, stderr=subprocess.STDOUT)
-        wait_for(probes.kafka_metadata(self.address), 20, "the Kafka proxy")
+        wait_for(probes.kafka_metadata(KafkaSettings(bootstrap_servers=self.address)), 20, "the Kafka proxy")
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -87,6 +87,7 @@ def test_window_features_from_two_rounds() -> None:
     assert w.requests == 20 and w.error_rate == pytest.approx(5 / 20)  # what HAProxy saw: 5xx + eresp
     assert 250 < w.latency_p99_ms <= 500 and 250 < w.latency_p50_ms <= 500  # only the window's observations
     assert w.queue == 3  # HAProxy's queue + the backend's
+    assert w.sessions == 3 and w.resource == 0.25  # the window's peaks: HAProxy's scur, the backend's gauge
     # No request in the window: unknown (None), not healthy.
     assert window_features("b0", new, new) is None
     # Requests went there but the backend answered none (a hang, a crash): the worst latency.

@@ -55,6 +55,7 @@ def test_kafka_sasl_scram_over_tls_reaches_kafka_python(monkeypatch: pytest.Monk
                                                         ) -> None:
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
+    from infra.core.kafka_admin import client_config
     from ingest.sinks.kafka import producer_config
 
     s = env_settings(monkeypatch, {**SASL_ENV, "FORESIGHT_KAFKA__SSL_CAFILE": str(certs[0])})
@@ -65,7 +66,7 @@ def test_kafka_sasl_scram_over_tls_reaches_kafka_python(monkeypatch: pytest.Monk
                        "ssl_check_hostname": True}
     for client in (KafkaProducer, KafkaConsumer, KafkaAdminClient):  # every key is one the client knows
         assert set(options) <= set(client.DEFAULT_CONFIG), client
-    config = producer_config(s.kafka)
+    config = client_config(s.kafka, **producer_config(s.kafka))  # what the ingest sink's producer gets
     assert {k: config[k] for k in options} == options
     assert config["bootstrap_servers"] == ["kafka-0:9093", "kafka-1:9093", "kafka-2:9093"]
 

@@ -26,12 +26,14 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from infra.core.service_registry import InstanceRecord, RegistryEntry
 from infra.core.settings import IngestSettings
 from ingest.parsers.base import now_ms
 from ingest.schemas import MetricSample, decode_access_record, encode_batch
 from ingest.sources.scrape import (
     PrometheusScraper,
     ScrapeError,
+    registry_targets,
     samples_from_exposition,
     serve_scrape_ingest,
     target_instance,
@@ -216,6 +218,18 @@ def test_haproxy_exporter_capture_maps_proxy_and_server(server: tuple[str, list[
     assert len({s.ts for s in samples}) == 1 and before <= samples[0].ts <= after  # one scrape, one time
 
 
+def test_service_and_instance_labels_map_when_haproxy_labels_are_absent() -> None:
+    """The pool backends' gauges carry `service`/`instance`; HAProxy's `proxy`/`server` win over them."""
+    text = ('foresight_backend_resource_ratio{service="api",instance="api-1"} 0.25\n'
+            'haproxy_server_current_queue{proxy="be",server="s1",service="x",instance="y"} 3\n'
+            'process_open_fds 7\n')
+    samples, skipped = samples_from_exposition(text, 5, service="dflt", instance="h:1")
+    assert skipped == 0
+    assert [(s.name, s.service, s.instance) for s in samples] == [
+        ("foresight_backend_resource_ratio", "api", "api-1"), ("haproxy_server_current_queue", "be", "s1"),
+        ("process_open_fds", "dflt", "h:1")]
+
+
 def test_batches_respect_batch_max_and_gzip_is_undone(server: tuple[str, list[str]]) -> None:
     base, _ = server
     batches = scrape_once(f"{base}/gz", batch_max=2)
@@ -298,6 +312,65 @@ def test_serve_scrape_ingest_uses_default_targets_and_flushes(server: tuple[str,
 
     asyncio.run(main())
     assert sink.flushed == 1 and {s.service for s in sink.samples} >= {"haproxy", "be", "fe"}
+
+
+def test_discovered_targets_follow_the_listing_and_a_failed_listing_keeps_the_last(
+        server: tuple[str, list[str]]) -> None:
+    """Listed targets are scraped; a failed listing (registry down) is counted and keeps them; a target
+    that left the listing stops (after at most the scrape it had in progress)."""
+    base, hits = server
+    listings: list[list[str] | None] = [[f"{base}/metrics"], None]  # None: the registry is down
+    calls = 0
+
+    def discover() -> list[str]:
+        nonlocal calls
+        calls += 1
+        listing = listings[calls - 1] if calls <= len(listings) else [f"{base}/gz"]
+        deadline = time.monotonic() + 10  # (a thread) the target listed first gets scraped across the failure
+        while calls == 3 and hits.count("/metrics") < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if listing is None:
+            raise ConnectionError("etcd down")
+        return listing
+
+    failed = REGISTRY.get_sample_value("foresight_ingest_scrape_discoveries_total", {"outcome": "failed"}) or 0.0
+    batches: list[list[MetricSample]] = []
+
+    async def wait_for(condition: Callable[[], bool]) -> None:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not condition():
+            assert asyncio.get_running_loop().time() < deadline, "timed out"
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        scraper = PrometheusScraper([], batches.append, interval_s=0.02, service="svc", timeout_s=5.0,
+                                    discover=discover, rediscover_every=2)
+        task = asyncio.create_task(scraper.run(stop))
+        await wait_for(lambda: calls >= 3 and hits.count("/gz") >= 1)
+        assert hits.count("/metrics") >= 2  # scraped across the failed listing
+        left_at = hits.count("/metrics")
+        await wait_for(lambda: hits.count("/gz") >= 4)
+        assert hits.count("/metrics") <= left_at + 1
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
+    assert REGISTRY.get_sample_value("foresight_ingest_scrape_discoveries_total", {"outcome": "failed"}) == failed + 1
+    with pytest.raises(ValueError, match="no scrape targets"):
+        PrometheusScraper([], batches.append, interval_s=1, service="svc")
+
+
+def test_registry_targets_are_the_serving_instances_metrics_urls() -> None:
+    def entry(instance: str, state: str, address: str = "127.0.0.1", port: int = 9000) -> RegistryEntry:
+        record = InstanceRecord(address=address, port=port, state=state, started_at=0)
+        return RegistryEntry("api", instance, record, None, mod_revision=1)
+
+    entries = [entry("a", "ready", port=9001), entry("b", "draining", port=9002), entry("c", "drained", port=9003),
+               entry("d", "ready", address="::1", port=9004), RegistryEntry("api", "bad", None, "not JSON", 1),
+               entry("a2", "ready", port=9001)]  # the same address twice: scraped once
+    assert registry_targets(entries) == ["http://127.0.0.1:9001/metrics", "http://127.0.0.1:9002/metrics",
+                                         "http://[::1]:9004/metrics"]
 
 
 def test_target_instance() -> None:

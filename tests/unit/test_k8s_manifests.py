@@ -9,11 +9,12 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from infra.core.settings import load_settings
+from infra.core.settings import Settings, load_settings
 from lb_adapters.keda.metric import TriggerConfig
 from tests.unit.k8s_validate import validate
 
@@ -21,7 +22,7 @@ K8S = Path(__file__).resolve().parents[2] / "infra" / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 # Secrets the prod overlay expects to be created out of band (its kustomization.yaml says how).
 EXTERNAL_SECRETS = {"prod": {"foresight-secrets", "foresight-tls"}}
-POD_KINDS = {"Deployment", "DaemonSet"}
+POD_KINDS = {"Deployment", "DaemonSet", "StatefulSet"}
 
 
 def build(overlay: str) -> list[dict[str, Any]]:
@@ -64,7 +65,7 @@ def test_every_object_validates(rendered: tuple[str, list[dict[str, Any]]]) -> N
     assert problems == []
     kinds = {o["kind"] for o in objects}
     assert {"DaemonSet", "Deployment", "RayService", "RayJob", "ScaledObject", "ConfigMap", "Role", "RoleBinding",
-            "ServiceAccount", "Service", "PersistentVolumeClaim"} <= kinds
+            "ServiceAccount", "Service", "PersistentVolumeClaim", "StatefulSet"} <= kinds
 
 
 def test_ingest_streams_controllers_and_scaler_are_all_there(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -232,3 +233,41 @@ def test_every_file_the_settings_name_is_mounted_where_they_are_read(
             missing += [f"{where} {container['name']}: {f}" for f in files
                         if not any(f.startswith(m + "/") for m in mounts)]
     assert missing == []
+
+
+def settings_of(objects: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    [config] = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("foresight-config")]
+    (tmp_path / "f.toml").write_text(config["data"]["foresight.toml"])
+    for name, value in secret_env(objects).items():
+        monkeypatch.setenv(name, value)
+    return load_settings(tmp_path / "f.toml")
+
+
+def test_the_registry_endpoint_is_the_etcd_the_manifests_run(rendered: tuple[str, list[dict[str, Any]]],
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, objects = rendered
+    endpoint = urlsplit(settings_of(objects, tmp_path, monkeypatch).registry_endpoint)
+    service = by_kind(objects, "Service").get(str(endpoint.hostname))
+    assert service is not None, f"no Service {endpoint.hostname} for registry.endpoint {endpoint.geturl()}"
+    [port] = [p for p in service["spec"]["ports"] if p["port"] == endpoint.port]
+    [etcd] = [s for s in by_kind(objects, "StatefulSet").values()
+              if service["spec"]["selector"].items() <= s["spec"]["template"]["metadata"]["labels"].items()]
+    assert etcd["spec"]["replicas"] == 1  # one member: its --initial-cluster names only itself
+    container = etcd["spec"]["template"]["spec"]["containers"][0]
+    assert port["targetPort"] in {p["name"] for p in container["ports"]}
+    assert f"--advertise-client-urls={endpoint.geturl()}" in container["args"]
+    data = {m["mountPath"] for m in container["volumeMounts"]}
+    assert any(a.startswith("--data-dir=") and a.split("=", 1)[1].startswith(tuple(data)) for a in container["args"])
+    assert {c["metadata"]["name"] for c in etcd["spec"]["volumeClaimTemplates"]} == \
+        {m["name"] for m in container["volumeMounts"]}
+
+
+def test_adapt_reaches_haproxys_runtime_api_over_the_network(rendered: tuple[str, list[dict[str, Any]]],
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, objects = rendered
+    s = settings_of(objects, tmp_path, monkeypatch)
+    assert isinstance(s.haproxy_runtime, tuple), "adapt would look for a local HAProxy socket"
+    host, _ = s.haproxy_runtime
+    assert host not in {"127.0.0.1", "localhost", "::1"}
+    adapt = by_kind(objects, "Deployment")["foresight-controllers"]["spec"]["template"]["spec"]["containers"][0]
+    assert adapt["args"] == ["adapt"]

@@ -123,6 +123,36 @@ def test_latest_features_query_runs_on_chdb(ch: Chdb) -> None:
         ("s1", 12.0, 100, 0.1), ("s2", 40.0, 50, 0.0)]
 
 
+def test_latest_instance_windows_read_saturation_and_backend_gauges(ch: Chdb) -> None:
+    from infra.core.features_table import latest_instance_windows
+
+    start = (datetime.now(UTC) - timedelta(seconds=20)).strftime("%Y-%m-%d %H:%M:%S")
+    ch.execute(f"INSERT INTO {DB}.features (window_start, window_end, service, instance, requests, sessions_max,"
+               " queue_max, conn_errors, resource_max, busy_max, emitted_at) VALUES "
+               f"(toDateTime('{start}', 'UTC'), toDateTime('{start}', 'UTC') + 2, 'gauges', 'b1', 7, 3, 2, 1, 0.8,"
+               " 0.5, 1)")
+    (w,) = latest_instance_windows(cast(Any, ch), DB, "gauges", max_age_s=600)
+    assert (w.instance, w.requests, w.sessions_max, w.queue_max, w.conn_errors, w.resource_max, w.busy_max) == (
+        "b1", 7, 3.0, 2.0, 1.0, 0.8, 0.5)
+
+
+def test_instance_windows_for_training_read_every_window_by_pattern(ch: Chdb) -> None:
+    from infra.core.features_table import HEALTH_WINDOW_FIELDS, instance_windows
+
+    rows = ", ".join(f"(toDateTime({1_800_000_000 + 2 * k}), toDateTime({1_800_000_002 + 2 * k}), 'health-s{s}', "
+                     f"'i{k % 2}', {k + 1}, {k}, 1.5, 0.25, 0.5, {k})" for s in (1, 2) for k in range(4))
+    ch.execute(f"INSERT INTO {DB}.features (window_start, window_end, service, instance, requests, latency_p99_ms,"
+               f" sessions_max, resource_max, busy_max, emitted_at) VALUES {rows}")
+    ch.execute(f"INSERT INTO {DB}.features (window_start, window_end, service, instance, requests, emitted_at) "
+               "VALUES (toDateTime(1800000000), toDateTime(1800000010), 'health-s1', '*', 99, 1)")
+    got = instance_windows(cast(Any, ch), DB, ["health-s%"], start_s=1_800_000_002)
+    assert len(got) == 2 * 3 and {r[0] for r in got} == {"health-s1", "health-s2"}
+    first = dict(zip(HEALTH_WINDOW_FIELDS, got[0], strict=True))
+    assert (first["instance"], first["start_s"], first["window_s"], first["requests"]) == ("i0", 1_800_000_004, 2, 3)
+    assert (first["sessions_max"], first["resource_max"], first["busy_max"]) == (1.5, 0.25, 0.5)
+    assert instance_windows(cast(Any, ch), DB, ["health-s2"], end_s=1_800_000_002)[0][:2] == ["health-s2", "i0"]
+
+
 def test_retention_drops_only_old_day_partitions(ch: Chdb) -> None:
     today = datetime.now(UTC).date()
     for age in (40, 31, 30, 0):
@@ -307,9 +337,9 @@ def _rerun_from(ch: Chdb, db: str, version: int) -> None:
             apply_migration(m, ch.execute)
 
 
-@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.parametrize("version", [3, 4, 6])
 def test_a_migration_cut_short_completes_when_run_again(ch: Chdb, version: int) -> None:
-    """0003 and 0004 are not recorded until all of them ran: after a failure at any statement, the next
+    """0003, 0004 and 0006 are not recorded until all of them ran: after a failure at any statement, the next
     `db migrate` runs the whole migration again, and it must then finish the schema with every row
     once (not fail on what the first run did, nor copy a table twice)."""
     ch.execute("DROP DATABASE IF EXISTS fsdb_whole")

@@ -79,3 +79,11 @@ def test_requests_batched_together_are_weighed_independently() -> None:
     groups = torch.tensor([0, 0, 1, 1, 1])
     batched = LatencyWeights()(features, groups).tolist()
     assert batched == weigh(*first) + weigh(*second)
+
+
+def test_an_unmeasured_instance_gets_its_peers_median_and_does_not_squash_them() -> None:
+    """p99 0 = no request completed in the window (idle or hung): not the fastest instance."""
+    weights = weigh(inst("a", 400.0), inst("b", 800.0), inst("c", 500.0), inst("idle", 0.0))
+    assert weights[:3] == [HAPROXY_MAX_WEIGHT, 128, 205]
+    assert weights[3] == 205  # torch's median of the measured: the lower middle
+    assert weigh(inst("x", 0.0), inst("y", 0.0)) == [HAPROXY_MAX_WEIGHT, HAPROXY_MAX_WEIGHT]

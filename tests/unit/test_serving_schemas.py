@@ -94,3 +94,14 @@ def test_a_body_that_is_not_json_gets_a_422() -> None:
     with pytest.raises(RequestValidationError) as exc:
         parse_instances_body(b"{not json", WeightsRequest)
     assert exc.value.errors()[0]["type"] == "json_invalid"
+
+
+def test_saturation_fields_read_in_bulk_as_pydantic_reads_them() -> None:
+    instances = [{"instance": "a", "latency_p99_ms": 9.0, "sessions": 4, "busy": 0.5},
+                 {"instance": "b", "latency_p99_ms": 3.0, "resource": 0.25}]
+    bulk = _bulk_checked(body(instances))
+    assert bulk is not None
+    slow = validated(body(instances), WeightsRequest)
+    assert np.array_equal(bulk.features, instances_array(slow.instances, tuple(name for name, _ in COLUMNS)))
+    assert bulk.columns(("sessions", "busy", "resource")).tolist() == [[4.0, 0.5, 0.0], [0.0, 0.0, 0.25]]
+    assert _bulk_checked(body([{"instance": "a", "latency_p99_ms": 1.0, "busy": 1.5}])) is None

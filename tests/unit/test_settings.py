@@ -53,3 +53,14 @@ def test_no_two_components_default_to_the_same_port() -> None:
                 assert port not in seen, f"{where} and {seen.get(port)} both default to port {port}"
                 seen[port] = where
     assert len(seen) > 15
+
+
+def test_instance_windows_default_to_the_window_and_must_divide_it() -> None:
+    from infra.core.settings import StreamSettings
+
+    assert StreamSettings().instance_window == StreamSettings().window_s == 10
+    assert StreamSettings(instance_window_s=2).instance_window == 2
+    with pytest.raises(ValueError, match=r"instance_window_s \(3\) must divide streams.window_s \(10\)"):
+        StreamSettings(instance_window_s=3)
+    with pytest.raises(ValueError):
+        StreamSettings(instance_window_s=0)

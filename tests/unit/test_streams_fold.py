@@ -108,3 +108,30 @@ def test_a_forgotten_instance_frees_its_place(fs: FeatureStream, monkeypatch: py
     assert [key for _, key, _ in tombstones] == [b"web/i2"]  # i1 has a window open again
     rejects, _, _ = fs._apply([rec(envelope([access(0, "i3", ts=T0 + 12_000)]))], {})
     assert rejects == [] and requests(fs) == {"i1": 1, "i3": 1}
+
+
+def test_short_instance_windows_through_the_worker(tmp_path: Path) -> None:
+    """`streams.instance_window_s = 2`: the worker folds into 2 s instance windows, files each closed one
+    under the 10 s service-wide window holding it, and the `*` row is their sum. Metric samples no window
+    keeps create no instance state."""
+    fs = FeatureStream(StreamSettings(instance_window_s=2), KafkaSettings(), sink=None,  # type: ignore[arg-type]
+                       data_dir=tmp_path)
+    rec, met = Records(fs.topic_access), Records(fs.topic_metrics)
+    events = [access(n, i, ts=T0 + 700 * n) for i in ("i1", "i2") for n in range(14)]  # 0 .. 9.1 s
+    samples = [{"v": 1, "ts": T0 + 3_000, "service": "web", "instance": i, "name": name, "value": 0.5}
+               for i, name in [("i1", "foresight_backend_resource_ratio"), ("127.0.0.1:9", "process_open_fds")]]
+    in_time = [rec(envelope([e])) for e in sorted(events, key=lambda e: e["ts"])]  # one partition, one clock
+    rejects, _, _ = fs._apply([met(envelope(samples)), *in_time], {})
+    assert rejects == [] and set(requests(fs)) == {"i1", "i2"}
+    _, closed = fs._close([0], wall_ms=T0 + 60_000)
+    windows = [w for w, _ in closed]
+    assert {(w.window_start - T0, w.window_end - w.window_start) for w in windows} == {
+        (s, 2_000) for s in range(0, 10_000, 2_000)}
+    assert [w.resource_max for w in windows if w.instance == "i1" and w.window_start == T0 + 2_000] == [0.5]
+    for _, p in closed:
+        assert p is not None and fs._service_window(p, 0).add(p, now=0.0)
+    (sw,) = fs._services[0].values()
+    assert sw.window_start == T0 - T0 % 10_000 == T0
+    star = sw.emit(fs.window_ms, now_ms=1)
+    assert (star.requests, star.window_end - star.window_start) == (28, 10_000)
+    assert star.requests == sum(w.requests for w in windows)

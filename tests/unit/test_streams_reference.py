@@ -82,3 +82,20 @@ def test_an_id_is_counted_once_however_often_it_is_delivered() -> None:
     ref = reference_windows(events, window_s=10)
     assert set(ref) == {("svc", "a", 0), ("svc", "*", 0)}
     assert (ref[("svc", "a", 0)].requests, ref[("svc", "a", 0)].latencies) == (2, [3.0, 10.0])
+
+
+def test_short_instance_windows_in_the_reference_and_the_comparison() -> None:
+    events = [ev(1_000, "a"), ev(2_500, "a"), ev(9_000, "b")]
+    ref = reference_windows(events, window_s=10, instance_window_s=2)
+    assert {k: w.requests for k, w in ref.items()} == {("svc", "a", 0): 1, ("svc", "a", 2): 1, ("svc", "b", 8): 1,
+                                                      ("svc", "*", 0): 3}
+
+    def row(instance: str, start: int, end: int, n: int) -> WindowRow:
+        return WindowRow(service="svc", instance=instance, window_start=start, window_end=end, requests=n,
+                         rate=n / (end - start), status_2xx=n, status_3xx=0, status_4xx=0, status_5xx=0,
+                         latency_p50_ms=10.0, latency_p90_ms=10.0, latency_p99_ms=10.0, bytes_sent=100 * n,
+                         late_events=0)
+
+    good = [row("a", 0, 2, 1), row("a", 2, 4, 1), row("b", 8, 10, 1), row("*", 0, 10, 3)]
+    assert compare_windows(ref, good, 10, 0.01, instance_window_s=2) == []
+    assert any("window of 2 s, expected 10" in p for p in compare_windows(ref, good, 10, 0.01))

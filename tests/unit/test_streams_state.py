@@ -129,6 +129,27 @@ def test_service_window_merges_instances_and_ignores_replays() -> None:
     assert again.requests == 6 and again.emitted_at > w.emitted_at  # ... and replaces it
 
 
+def test_backend_gauges_survive_serialisation_and_old_states_read_zero() -> None:
+    clock = PartitionClock(lateness_ms=0)
+    st = InstanceState("web", "s1", partition=0)
+    st.add_access(ev(1_000), W, clock)
+    assert st.add_sample(sample(2_000, "foresight_backend_resource_ratio", 0.6), W, clock)
+    assert st.add_sample(sample(3_000, "foresight_backend_busy_workers_ratio", 0.3), W, clock)
+    (w, p), = InstanceState.loads(st.dumps()).close(20_000, W, emitted_at=5)
+    assert (w.resource_max, w.busy_max) == (0.6, 0.3)
+    old = {k: v for k, v in p.acc.items() if k not in ("rs", "bz")}  # a changelog written before the gauges
+    back = WindowAcc.from_dict(old)
+    assert (back.requests, back.resource_max, back.busy_max) == (1, 0.0, 0.0)
+    sw = ServiceWindow("web", 0, partition=0)
+    other = WindowAcc()
+    other.resource_max, other.busy_max, other.sessions_max = 0.9, 0.1, 2.0
+    sw.add(p, now=0.0)
+    sw.add(WindowPartial(service="web", instance="s2", window_start=0, acc=other.to_dict()), now=0.0)
+    sw.add(WindowPartial(service="web", instance="s3", window_start=0, acc=old), now=0.0)
+    merged = sw.emit(W, now_ms=1)
+    assert (merged.resource_max, merged.busy_max, merged.sessions_max) == (0.9, 0.3, 2.0)
+
+
 def test_service_window_retires_only_when_settled_and_acknowledged() -> None:
     sw = ServiceWindow("web", 0, partition=1)
     sw.add(partial("a", 1), now=0.0)
@@ -168,3 +189,90 @@ def test_instance_and_service_stages_equal_the_single_process_aggregator() -> No
         fields = ("requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx", "bytes_sent")
         assert [getattr(got[key], f) for f in fields] == [getattr(w, f) for f in fields], key
         assert got[key].latency_p99_ms == pytest.approx(w.latency_p99_ms)
+
+
+def events_and_samples(seed: int, n: int = 3_000) -> tuple[list[dict], list[dict]]:
+    rng = random.Random(seed)
+    events = sorted((ev(rng.randrange(0, 60_000), status=rng.choice([200, 302, 404, 500]),
+                        latency=rng.uniform(1, 300), size=rng.randrange(1, 999), instance=f"s{rng.randrange(5)}")
+                     for _ in range(n)), key=lambda e: e["ts"])
+    samples = [sample(ts, name, rng.choice([0.1, 0.5, 0.9]) if "ratio" in name else rng.randrange(20),
+                      instance=f"s{i}")
+               for ts in range(500, 60_000, 1_000) for i in range(5)
+               for name in ("haproxy_server_current_sessions", "haproxy_server_current_queue",
+                            "foresight_backend_resource_ratio", "foresight_backend_busy_workers_ratio")]
+    return events, samples
+
+
+@pytest.mark.parametrize("instance_window_s", [10, 5, 2, 1])
+def test_short_instance_windows_merge_into_the_service_windows_of_the_single_process_aggregator(
+        instance_window_s: int) -> None:
+    """Instance windows of `instance_window_s`, `*` windows of 10 s: split over partitions, merged by
+    service, in any order and with replays, both equal the one-process computation; each `*` window's
+    counts are the sums of its instances' windows, its peaks the sums (sessions, queue) or the highest
+    (ratios) of each instance's peak within it."""
+    iw = instance_window_s * 1000
+    events, samples = events_and_samples(7)
+    single = WindowAggregator(window_s=10, allowed_lateness_s=0, instance_window_s=instance_window_s)
+    single.add_events(events)
+    single.add_samples(samples)
+    want = {(w.instance, w.window_start): w for w in single.close(10**9, emitted_at=1)}
+
+    states = {f"s{i}": InstanceState("web", f"s{i}", partition=i % 2) for i in range(5)}
+    clocks = [PartitionClock(0), PartitionClock(0)]
+    for item in sorted([*events, *samples], key=lambda x: x["ts"]):  # samples in time with the events
+        st = states[item["instance"]]
+        clock = clocks[st.partition]
+        assert st.add_sample(item, iw, clock) if "name" in item else st.add_access(item, iw, clock)
+    got, partials = {}, []
+    for st in states.values():
+        for w, p in st.close(10**9, iw, emitted_at=1):
+            got[(w.instance, w.window_start)] = w
+            assert w.window_end - w.window_start == iw and w.window_start % iw == 0
+            partials.append(p)
+    random.Random(1).shuffle(partials)
+    services: dict[int, ServiceWindow] = {}
+    for p in [*partials, *partials[:40]]:  # replays change nothing
+        start = p.window_start - p.window_start % W
+        services.setdefault(start, ServiceWindow("web", start, 0)).add(p, now=0.0)
+    for start, sw in services.items():
+        got[(SERVICE_WIDE, start)] = sw.emit(W, now_ms=1)
+    assert set(got) == set(want)
+    fields = ("requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx", "bytes_sent", "sessions_max",
+              "queue_max", "resource_max", "busy_max", "window_end", "rate")
+    for key, w in want.items():
+        assert [getattr(got[key], f) for f in fields] == [getattr(w, f) for f in fields], key
+        assert got[key].latency_p99_ms == pytest.approx(w.latency_p99_ms)
+    for (instance, start), w in got.items():
+        if instance != SERVICE_WIDE:
+            continue
+        inside = [v for (i, s), v in got.items() if i != SERVICE_WIDE and start <= s < start + W]
+        assert len(inside) == 5 * (W // iw)  # every instance has events and samples in every sub-window
+        assert w.requests == sum(v.requests for v in inside) and w.bytes_sent == sum(v.bytes_sent for v in inside)
+        peaks = {i: max(v.sessions_max for (j, s), v in got.items() if j == i and start <= s < start + W)
+                 for i in states}
+        assert w.sessions_max == sum(peaks.values())
+        assert w.resource_max == max(v.resource_max for v in inside)
+
+
+def test_a_service_window_of_short_instance_windows_waits_for_its_last_ones() -> None:
+    """Emitted once settled only when its last instance windows arrived; else it waits a window longer
+    (an instance with nothing in them never sends them). A replayed first window is still recognised
+    when the state was written before instance windows could be shorter (keyed by instance only)."""
+    def part(instance: str, start: int, requests: int) -> WindowPartial:
+        acc = WindowAcc()
+        for _ in range(requests):
+            acc.add(200, 5.0, 10)
+        return WindowPartial(service="web", instance=instance, window_start=start, acc=acc.to_dict())
+
+    sw = ServiceWindow("web", 20_000, partition=0)
+    assert sw.add(part("a", 20_000, 1), now=0.0) and sw.add(part("a", 22_000, 2), now=0.0)
+    assert not sw.due(now=1.5, grace_s=1.0, window_ms=W, instance_window_ms=2_000)  # 24..30 s still open
+    assert sw.due(now=11.0, grace_s=1.0, window_ms=W, instance_window_ms=2_000)  # ... or never coming
+    assert sw.add(part("b", 28_000, 4), now=2.0)
+    assert not sw.due(now=2.5, grace_s=1.0, window_ms=W, instance_window_ms=2_000)
+    assert sw.due(now=3.0, grace_s=1.0, window_ms=W, instance_window_ms=2_000)
+    assert sw.emit(W, now_ms=3_000).requests == 7
+    old = ServiceWindow.loads(sw.dumps())
+    assert not old.add(part("a", 20_000, 1), now=4.0) and not old.add(part("a", 22_000, 2), now=4.0)
+    assert old.add(part("a", 22_000, 3), now=4.0) and old.emit(W, now_ms=4_000).requests == 8

@@ -84,3 +84,36 @@ def test_saturation_samples_per_instance_and_service() -> None:
     assert closed[SERVICE_WIDE].conn_errors == 2.0
     assert agg.add_samples([{"ts": 3_000, "service": "web", "instance": "s1", "name":
                              "haproxy_server_current_queue", "value": 1}]) == 1  # window closed: late
+
+
+def test_backend_gauges_keep_peaks_and_the_service_keeps_the_highest_instance_peak() -> None:
+    """Resource and busy ratios: each instance's peak; for `*` the highest of them (a ratio of one
+    instance's capacity does not add up), while HAProxy's session peaks still add up."""
+    agg = WindowAggregator(window_s=10, allowed_lateness_s=0)
+    agg.add_events([ev(1_000, "s1"), ev(1_000, "s2")])
+    samples = [{"ts": 2_000, "service": "web", "instance": i, "name": n, "value": v} for i, n, v in [
+        ("s1", "foresight_backend_resource_ratio", 0.2), ("s1", "foresight_backend_resource_ratio", 0.7),
+        ("s2", "foresight_backend_resource_ratio", 0.4), ("s2", "foresight_backend_busy_workers_ratio", 0.5),
+        ("s1", "foresight_backend_busy_workers_ratio", 0.25), ("s1", "foresight_backend_in_flight", 9)]]
+    assert agg.add_samples(samples) == 0
+    agg.add_events([ev(25_000)])
+    closed = {w.instance: w for w in agg.close(agg.watermark(), emitted_at=1) if w.window_start == 0}
+    assert [(closed[k].resource_max, closed[k].busy_max) for k in ("s1", "s2", SERVICE_WIDE)] == [
+        (0.7, 0.25), (0.4, 0.5), (0.7, 0.5)]
+
+
+def test_short_instance_windows_close_at_their_boundaries_and_the_service_window_at_its_own() -> None:
+    agg = WindowAggregator(window_s=10, allowed_lateness_s=0, instance_window_s=2)
+    agg.add_events([ev(1_999, "s1"), ev(2_000, "s1"), ev(3_500, "s2")])
+    agg.add_events([ev(4_000, "s2")])  # watermark 4 000: [0, 2 000) and [2 000, 4 000) may close
+    first = {(w.instance, w.window_start, w.window_end): w.requests for w in agg.close(agg.watermark(), 1)}
+    assert first == {("s1", 0, 2_000): 1, ("s1", 2_000, 4_000): 1, ("s2", 2_000, 4_000): 1}
+    assert agg.add_events([ev(3_999, "s2")]) == 1  # its instance window closed: late, not in `*` either
+    agg.add_events([ev(9_999, "s1"), ev(10_000, "s1")])
+    closed = {(w.instance, w.window_start, w.window_end): w for w in agg.close(agg.watermark(), 1)}
+    assert {k: w.requests for k, w in closed.items()} == {
+        ("s2", 4_000, 6_000): 1, ("s1", 8_000, 10_000): 1, (SERVICE_WIDE, 0, 10_000): 5}
+    assert closed[("s1", 8_000, 10_000)].rate == pytest.approx(0.5)  # per second of its own 2 s
+    assert (closed[(SERVICE_WIDE, 0, 10_000)].rate, closed[(SERVICE_WIDE, 0, 10_000)].late_events) == (0.5, 1)
+    with pytest.raises(ValueError, match="does not divide"):
+        WindowAggregator(window_s=10, allowed_lateness_s=0, instance_window_s=3)
