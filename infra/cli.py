@@ -449,8 +449,8 @@ def bench_lb(
     mean_service: Annotated[float, typer.Option("--mean-service-s", help="Mean service time of one request, "
                                                 "the same on every backend.")] = 0.1,
     seed: Annotated[int, typer.Option(help="The load's seed: same seed, same send times in every arm.")] = 1,
-    fault_seed: Annotated[int, typer.Option(help="Seed of the generated fault scenario (held out: >= 9000).")
-                          ] = 9001,
+    fault_seed: Annotated[int, typer.Option(help="Seed of the generated fault scenario (a held-out seed: never "
+                                            "used in training).")] = 9001,
     faults: Annotated[int, typer.Option(help="Faulty backends in the generated scenario.")] = 1,
     scenario: Annotated[Path | None, typer.Option(help="A fault scenario file (YAML) instead of a generated one; "
                                                   "`#k` is the k-th backend.")] = None,
@@ -476,10 +476,15 @@ def bench_lb(
     "ratio_errors_vs_leastconn", ..., "settings"} last. Targets: p99 <= 0.6 x roundrobin and <= 0.9 x
     leastconn; errors <= 0.3 x leastconn's.
     """
+    import signal
     import tempfile
 
     from infra.benches.lb import LbBenchConfig, run_lb_bench
 
+    def stopped(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds: every arm's backends and HAProxy are stopped on the way out
+
+    signal.signal(signal.SIGTERM, stopped)
     try:
         cfg = LbBenchConfig(duration_s=duration, load_fraction=load, mean_service_s=mean_service,
                             workers=tuple(int(w) for w in workers.split(",") if w.strip()), seed=seed,

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import resource
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +44,7 @@ from lb_adapters.policies.drain import DrainKnobs
 
 ARMS = ("roundrobin", "leastconn", "foresight")
 BACKEND = "bench"
-DEFAULT_FAULT_SEED = 9001  # held out: seeds >= 9000 are kept out of training and tuning
+DEFAULT_FAULT_SEED = 9001  # a held-out seed: never used in training or tuning
 
 Say = Callable[[str], None]
 
@@ -211,13 +211,14 @@ class ArmResult:
     faults: dict[str, int]
     final: dict[str, dict[str, str]] = field(default_factory=dict)  # server -> status, weight at the end
     control: dict[str, Any] | None = None
+    loadavg_1m: tuple[float, float] = (0.0, 0.0)  # the machine's load average at the arm's start and end
 
 
-def _load(url: str, schedule: list[float], cfg: LbBenchConfig, label: str, say: Say) -> tuple[LoadResult, float]:
+def _load(url: str, schedule: list[float], cfg: LbBenchConfig, label: str, say: Say, duration_s: float
+          ) -> tuple[LoadResult, float]:
     """The schedule against `url` in this thread; the client thread's CPU share of the wall time."""
     def progress(t: float, done: int, errors: int) -> None:
-        say(f"{label}: {min(t, cfg.duration_s):4.0f}/{cfg.duration_s:.0f} s, {done:,} answered or failed, "
-            f"{errors:,} errors")
+        say(f"{label}: {min(t, duration_s):4.0f}/{duration_s:.0f} s, {done:,} answered or failed, {errors:,} errors")
 
     cpu0, wall0 = _thread_cpu_s(), time.monotonic()
     result = asyncio.run(run_load(url, schedule, timeout_s=cfg.timeout_s, max_in_flight=cfg.max_in_flight,
@@ -227,48 +228,75 @@ def _load(url: str, schedule: list[float], cfg: LbBenchConfig, label: str, say: 
 
 def run_arm(arm: str, cfg: LbBenchConfig, schedule: list[float], scenario: Scenario, folder: Path,
             say: Say) -> ArmResult:
-    from infra.benches.lb_control import ForesightController
+    import multiprocessing
+    import queue
+
+    from infra.benches.lb_control import ControlSpec, control_process
 
     rig = Rig(folder / arm, cfg.workers, cfg.mean_service_s, "roundrobin" if arm == "roundrobin" else "leastconn",
               cfg.seed)
+    mp = multiprocessing.get_context("spawn")
+    ready, go, stop_control, traces = mp.Event(), mp.Event(), mp.Event(), mp.Queue()
+    proc = None
+    trace: dict[str, Any] | None = None
     try:
         rig.start()
-        controller = None
-        stop_control = threading.Event()
-        thread = None
         if arm == "foresight":
             h = HealthSettings()
             knobs = DrainKnobs(h.drain_above, h.readmit_below, h.readmit_after, h.max_drained_fraction, None,
                                h.cooldown_rounds)
-            controller = ForesightController(rig.runtime, BACKEND, {n: f"{rig.backend_url(n)}/metrics"
-                                                                     for n in rig.names},
-                                             adapter=AdapterSettings(), knobs=knobs, window_s=cfg.window_s,
-                                             interval_s=cfg.interval_s)
-            thread = threading.Thread(target=controller.run, args=(stop_control,), name="foresight-control",
-                                      daemon=True)
+            spec = ControlSpec(rig.socket, BACKEND, {n: f"{rig.backend_url(n)}/metrics" for n in rig.names},
+                               AdapterSettings(), knobs, cfg.window_s, cfg.interval_s,
+                               registry_root(cfg.state_dir) if cfg.state_dir else None)
+            proc = mp.Process(target=control_process, args=(spec, ready, go, stop_control, traces),
+                              name="foresight-control", daemon=True)
+            proc.start()
+            if not ready.wait(120):
+                raise RuntimeError("the Foresight control process did not load its models within 120 s")
         say(f"{arm}: {len(rig.names)} backends and haproxy ({rig.algorithm}) up on :{rig.port}; "
             f"{len(schedule):,} requests over {cfg.duration_s:.0f} s")
+        load_before = os.getloadavg()[0]
         faults = rig.inject(scenario)
-        if thread is not None:
-            thread.start()
+        go.set()
         try:
-            result, cpu_pct = _load(rig.url, schedule, cfg, arm, say)
+            result, cpu_pct = _load(rig.url, schedule, cfg, arm, say, cfg.duration_s)
         finally:
             stop_control.set()
-            if thread is not None:
-                thread.join(timeout=10)
+            if proc is not None:
+                try:
+                    trace = traces.get(timeout=30)
+                except queue.Empty:
+                    trace = {"errors": ["the control process sent no trace"]}
+                proc.join(timeout=10)
         final = {name: {"status": row.get("status", ""), "weight": row.get("weight", "")}
                  for name, row in rig.runtime.server_stats(BACKEND).items()}
     finally:
+        if proc is not None and proc.is_alive():
+            proc.terminate()
         rig.close()
     control = None
-    if controller is not None:
-        t = controller.trace
-        rounds = sorted(t.round_ms)
-        control = {"rounds": t.rounds, "weight_changes": t.weight_changes, "weight_failures": t.weight_failures,
-                   "drains": t.drains, "models": t.models, "errors": t.errors, "last_weights": t.last_weights,
-                   "round_p99_ms": round(rounds[min(len(rounds) - 1, int(0.99 * len(rounds)))], 1) if rounds else None}
-    return ArmResult(arm, summarize(result), round(cpu_pct, 1), faults, final, control)
+    if trace is not None:
+        rounds = sorted(trace.get("round_ms", []))
+        control = {k: v for k, v in trace.items() if k != "round_ms"}
+        control["round_p99_ms"] = round(rounds[min(len(rounds) - 1, int(0.99 * len(rounds)))], 1) if rounds else None
+        control["drains"] = audit_drains(control.get("drains", []), scenario, rig.names)
+    return ArmResult(arm, summarize(result), round(cpu_pct, 1), faults, final, control,
+                     (round(load_before, 2), round(os.getloadavg()[0], 2)))
+
+
+def audit_drains(drains: list[dict[str, Any]], scenario: Scenario, names_: list[str]) -> list[dict[str, Any]]:
+    """Each drain decision with the ground truth beside it: was the instance a faulty one, and did the
+    decision come before its fault began (`before_onset_s`: seconds early; a drain long before any
+    fault is a false drain that the scenario happened to excuse, not a prediction)."""
+    out = []
+    for d in drains:
+        i = names_.index(str(d["instance"])) if d["instance"] in names_ else -1
+        faults = scenario.for_instance(str(d["instance"]), i)
+        onset = min((f.start_s for f in faults), default=None)
+        failure = min((t for f in faults if (t := f.failure_s()) is not None), default=None)
+        out.append({**d, "faulty": bool(faults), "fault_onset_s": onset, "failure_s": failure,
+                    "before_onset_s": None if onset is None else round(onset - float(d["t_s"]), 1)})
+    return out
 
 
 def client_overhead(cfg: LbBenchConfig, schedule: list[float], folder: Path, say: Say) -> dict[str, float]:
@@ -278,7 +306,7 @@ def client_overhead(cfg: LbBenchConfig, schedule: list[float], folder: Path, say
     try:
         rig.start()
         say(f"client overhead: {len(part):,} requests over {cfg.overhead_s:.0f} s to an instant backend")
-        result, cpu_pct = _load(rig.backend_url(rig.names[0]) + "/", part, cfg, "overhead", say)
+        result, cpu_pct = _load(rig.backend_url(rig.names[0]) + "/", part, cfg, "overhead", say, cfg.overhead_s)
     finally:
         rig.close()
     s = summarize(result)
@@ -311,7 +339,8 @@ def result_json(cfg: LbBenchConfig, scenario: Scenario, arms: dict[str, ArmResul
     out["errors"] = {a: r.summary.errors for a, r in arms.items()}
     out["served_by"] = {a: r.summary.by_instance for a, r in arms.items()}
     out["client"] = {"lag_p99_ms": {a: round(r.summary.lag_p99_ms, 1) for a, r in arms.items()},
-                     "cpu_pct": {a: r.client_cpu_pct for a, r in arms.items()}, "alone": overhead}
+                     "cpu_pct": {a: r.client_cpu_pct for a, r in arms.items()}, "alone": overhead,
+                     "machine_loadavg_1m": {a: r.loadavg_1m for a, r in arms.items()}}
     out["final_servers"] = {a: r.final for a, r in arms.items()}
     control = arms["foresight"].control if "foresight" in arms else None
     out["foresight"] = control
@@ -320,6 +349,9 @@ def result_json(cfg: LbBenchConfig, scenario: Scenario, arms: dict[str, ArmResul
     out["settings"] = {"seed": cfg.seed, "rate_rps": round(cfg.rate_rps, 2), "load_fraction": cfg.load_fraction,
                        "duration_s": cfg.duration_s, "workers": list(cfg.workers), "mean_service_s": cfg.mean_service_s,
                        "capacities_rps": [round(c, 1) for c in cfg.capacities_rps],
+                       # The service time's own p99 (exponential: mean x ln 100), queueing aside: no balancer
+                       # gets the p99 below it.
+                       "service_p99_floor_ms": round(cfg.mean_service_s * math.log(100) * 1000, 1),
                        "fault_seed": None if cfg.scenario else cfg.fault_seed,
                        "scenario": scenario.model_dump(exclude_none=True), "timeout_s": cfg.timeout_s,
                        "max_in_flight": cfg.max_in_flight, "interval_s": cfg.interval_s, "window_s": cfg.window_s,
@@ -360,6 +392,14 @@ def run_lb_bench(cfg: LbBenchConfig, folder: Path, say: Say) -> dict[str, Any]:
         s = arms[arm].summary
         say(f"{arm}: p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, errors {s.error_pct:.2f}% "
             f"({', '.join(f'{k} {v}' for k, v in s.errors.items() if v) or 'none'})")
-    if "foresight" in arms and arms["foresight"].control:
-        say(f"foresight models answered: {json.dumps(arms['foresight'].control['models'])}")
-    return result_json(cfg, scenario, arms, overhead, registry)
+    out = result_json(cfg, scenario, arms, overhead, registry)
+    answered = out["models"]["answered"]
+    if answered:
+        say(f"foresight models answered: {json.dumps(answered)}")
+    stale = [k for k, kind in (("weights", "latency"), ("risk", "risk"))
+             if registry[kind] and str(answered.get(k, "")).endswith("@baseline")]
+    if stale:
+        out["models"]["note"] = (f"learned version(s) in the registry, but the baseline answered for "
+                                 f"{', '.join(stale)}: serving's replicas on this code do not load them")
+        say(f"[yellow]warning:[/] {out['models']['note']}")
+    return out

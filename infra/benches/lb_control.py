@@ -11,23 +11,22 @@ the queue and resource gauges, read with prometheus_client's parser), turns the 
   `decide_drains` (hysteresis, max drained fraction, never the last instance, re-admission), applied
   with `HAProxyRuntime.set_server_state` (`drain` / `ready`).
 
-In process, not through Ray Serve: the functions under `@serve.batch` of the deployments
-(`WeightsModelReplica.weigh`, `RiskModelReplica.score`) are called unbatched, so the bench runs the
-code serving runs without a Ray head on the bench's two cores. The answers name the model, as
-serving's do.
+In process, not through Ray Serve: the deployments' replica classes (`WeightsModelReplica`,
+`RiskModelReplica`, with the registry's newest `latency` / `risk` version or their baselines) are
+called through the unbatched methods under their `@serve.batch` ones, so the bench runs the code
+serving runs without a Ray head on the bench's two cores. The answers name the model, as serving's do.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -142,7 +141,8 @@ def window_features(instance: str, old: ServerSample, new: ServerSample) -> Inst
 
     requests and errors come from HAProxy (what clients saw: 5xx answers and failed responses);
     latency p50/p99 from the backend's histogram (queue + service time); the queue is HAProxy's plus
-    the backend's own (servers here have no maxconn, so the backend is where requests wait)."""
+    the backend's own (servers here have no maxconn, so the backend is where requests wait); sessions,
+    resource and busy are the larger of the two samples (HAProxy's scur, the backend's gauges)."""
     requests = new.stot - old.stot
     if requests <= 0:
         return None
@@ -156,8 +156,12 @@ def window_features(instance: str, old: ServerSample, new: ServerSample) -> Inst
         queue += new.backend.queue
     if p99_s is None:  # requests went there, but the backend answered none in the window: it hangs or is gone
         p50_s = p99_s = UNANSWERED_S
+    gauges = [b for b in (old.backend, new.backend) if b is not None]
     return InstanceFeatures(instance=instance, latency_p99_ms=p99_s * 1000, latency_p50_ms=(p50_s or 0.0) * 1000,
-                            requests=requests, error_rate=min(1.0, max(0.0, errors / requests)), queue=queue)
+                            requests=requests, error_rate=min(1.0, max(0.0, errors / requests)), queue=queue,
+                            sessions=float(max(old.scur, new.scur)),  # the window's peaks, as the stream's windows
+                            resource=min(1.0, max((b.resource for b in gauges), default=0.0)),
+                            busy=min(1.0, max(0.0, max((b.busy for b in gauges), default=0.0))))
 
 
 # -- the serving code, in this process ---------------------------------------------------------------
@@ -166,24 +170,22 @@ class InProcessModels:
     """The serving deployments' model code, called in this process (see the module's docstring)."""
 
     def __init__(self, registry_root: Path | None = None, poll_s: float = 3600.0) -> None:
-        """`registry_root`: the model registry the replicas load their newest version from (None: an empty one,
-        so they answer from the baselines)."""
+        """`registry_root`: the model registry the replicas load their newest `latency` and `risk` versions
+        from (None: an empty one, so the baselines answer)."""
         import tempfile
 
         from serving.risk_model import RiskModelReplica
         from serving.weights_model import WeightsModelReplica
 
-        root = registry_root or Path(tempfile.mkdtemp(prefix="fs-lb-models-"))
+        root = registry_root or Path(tempfile.mkdtemp(prefix="fs-bench-lb-models-"))
         self._weights_replica = WeightsModelReplica(root, poll_s)
         self._risk_replica = RiskModelReplica(root, poll_s)
-        self._weigh = WeightsModelReplica.weigh.__wrapped__  # type: ignore[attr-defined]
-        self._score = RiskModelReplica.score.__wrapped__  # type: ignore[attr-defined]
 
     def weights(self, request: WeightsRequest) -> WeightsResponse:
         from serving.instances_body import COLUMN_NAMES, instances_array
 
         # the replicas read every InstanceFeatures column (instances_body.COLUMNS), as serving's front passes them
-        (weighed,) = asyncio.run(self._weigh(self._weights_replica, [instances_array(request.instances, COLUMN_NAMES)]))
+        (weighed,) = self._weights_replica.weigh_batch([instances_array(request.instances, COLUMN_NAMES)])
         return WeightsResponse(service=request.service, model=weighed.model, model_version=weighed.version,
                                weights=[InstanceWeight(instance=i.instance, weight=w)
                                         for i, w in zip(request.instances, weighed.weights, strict=True)])
@@ -191,7 +193,7 @@ class InProcessModels:
     def risk(self, request: RiskRequest) -> RiskResponse:
         from serving.instances_body import COLUMN_NAMES, instances_array
 
-        (scored,) = asyncio.run(self._score(self._risk_replica, [instances_array(request.instances, COLUMN_NAMES)]))
+        (scored,) = self._risk_replica.score_batch([instances_array(request.instances, COLUMN_NAMES)])
         return RiskResponse(service=request.service, model=scored.model, model_version=scored.version,
                             risks=[InstanceRisk(instance=i.instance, risk=min(1.0, max(0.0, r)), reasons=why)
                                    for i, r, why in zip(request.instances, scored.risks, scored.reasons,
@@ -216,6 +218,12 @@ class _Collect:
 
     def publish(self, decisions: list[Decision], predictions: Sequence[PredictionRecord] = ()) -> None:
         self.decisions.extend(decisions)
+
+
+class Stoppable(Protocol):
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 # -- the loop ------------------------------------------------------------------------------------------
@@ -256,7 +264,7 @@ class ForesightController:
         self.weights = WeightController(self.latest, self.models, runtime, self.sink, adapter, backend)
         self.history: deque[tuple[float, dict[str, ServerSample]]] = deque()
         self.drain_state = DrainState()
-        self.drained: set[str] = set()
+        self.drained: dict[str, float] = {}  # server -> when this controller drained it (clock)
         self.trace = ControlTrace()
         self.t0 = clock()
         self._http = httpx.Client(timeout=0.5)
@@ -279,7 +287,9 @@ class ForesightController:
         self.trace.rounds += 1
         if then == now:
             return  # the first round: no window yet
-        windows = [w for name, s in samples.items() if name in old
+        # A drained server's window counts only once it begins after the drain: the requests it still got
+        # while the drain was being applied are no evidence of health (they re-admitted it at once).
+        windows = [w for name, s in samples.items() if name in old and then >= self.drained.get(name, -math.inf)
                    if (w := window_features(name, old[name], s)) is not None]
         self.latest.windows = windows
         if windows:
@@ -317,11 +327,14 @@ class ForesightController:
                     entry["outcome"] = f"failed: {exc}"
                 else:
                     entry["outcome"] = "applied"
-                    (self.drained.add if d.action == "drain" else self.drained.discard)(d.instance)
+                    if d.action == "drain":
+                        self.drained[d.instance] = self.clock()
+                    else:
+                        self.drained.pop(d.instance, None)
             log.info("%s %s: %s", d.action, d.instance, d.reason)
             self.trace.drains.append(entry)
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: Stoppable) -> None:
         """Rounds every `interval_s` until `stop`; a failed round is recorded and the loop goes on."""
         self.t0 = self.clock()
         while not stop.is_set():
@@ -333,3 +346,34 @@ class ForesightController:
                     self.trace.errors.append(f"t={began - self.t0:.1f}s: {type(exc).__name__}: {exc}")
             stop.wait(max(0.0, self.interval_s - (self.clock() - began)))
         self._http.close()
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """What the control process needs (picklable: it crosses into a spawned process)."""
+
+    socket: Path
+    backend: str
+    metrics_urls: dict[str, str]
+    adapter: AdapterSettings
+    knobs: DrainKnobs
+    window_s: float
+    interval_s: float
+    registry_root: Path | None = None
+
+
+def control_process(spec: ControlSpec, ready: Any, go: Any, stop: Any, out: Any) -> None:
+    """The Foresight loop in a process of its own, so that its rounds (model calls, scrapes) never take
+    the load client's interpreter lock: the client measures the same way in every arm. Loads the models,
+    sets `ready`, starts at `go`, runs until `stop`, then puts its trace (a dict) on `out`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    controller = ForesightController(HAProxyRuntime(spec.socket), spec.backend, spec.metrics_urls,
+                                     adapter=spec.adapter, knobs=spec.knobs, window_s=spec.window_s,
+                                     interval_s=spec.interval_s, models=InProcessModels(spec.registry_root))
+    ready.set()
+    go.wait()
+    try:
+        controller.run(stop)
+    finally:
+        out.put(asdict(controller.trace))

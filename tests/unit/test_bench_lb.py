@@ -6,7 +6,7 @@ import math
 import pytest
 from prometheus_client import generate_latest
 
-from infra.benches.lb import ArmResult, LbBenchConfig, ratio, result_json
+from infra.benches.lb import ArmResult, LbBenchConfig, audit_drains, ratio, result_json
 from infra.benches.lb_control import (
     UNANSWERED_S,
     ServerSample,
@@ -18,7 +18,7 @@ from infra.benches.lb_control import (
 )
 from infra.benches.load import LoadSummary
 from infra.pool.backend import Backend, BackendConfig
-from infra.pool.faults import Scenario
+from infra.pool.faults import Fault, Scenario
 from lb_adapters.actuators.haproxy import HAProxyError, parse_show_stat
 
 SHOW_STAT = (  # HAProxy's header, shortened to the columns read here
@@ -87,6 +87,7 @@ def test_window_features_from_two_rounds() -> None:
     assert w.requests == 20 and w.error_rate == pytest.approx(5 / 20)  # what HAProxy saw: 5xx + eresp
     assert 250 < w.latency_p99_ms <= 500 and 250 < w.latency_p50_ms <= 500  # only the window's observations
     assert w.queue == 3  # HAProxy's queue + the backend's
+    assert w.sessions == 3 and w.resource == 0.25  # the window's peaks: HAProxy's scur, the backend's gauge
     # No request in the window: unknown (None), not healthy.
     assert window_features("b0", new, new) is None
     # Requests went there but the backend answered none (a hang, a crash): the worst latency.
@@ -135,3 +136,73 @@ def test_config_rate_is_a_fraction_of_capacity() -> None:
     cfg = LbBenchConfig(workers=(2, 4, 6, 8), mean_service_s=0.1, load_fraction=0.7)
     assert cfg.capacities_rps == [20, 40, 60, 80] and cfg.rate_rps == pytest.approx(140)
     assert [f.instance for f in cfg.scenario_().faults] == ["#0"]  # seed 9001's fault, reproducibly
+
+
+def test_audit_drains_sets_each_drain_against_the_ground_truth() -> None:
+    scenario = Scenario(name="s", faults=[Fault(instance="#0", kind="errors", start_s=20, ramp_s=10,
+                                                error_fraction=0.5)])
+    drains = [{"t_s": 6.0, "instance": "b0", "action": "drain"}, {"t_s": 25.0, "instance": "b2", "action": "drain"}]
+    early, wrong = audit_drains(drains, scenario, ["b0", "b1", "b2", "b3"])
+    assert early["faulty"] and early["fault_onset_s"] == 20 and early["before_onset_s"] == 14.0
+    assert early["failure_s"] == pytest.approx(20.2)  # 1% errors, 2% into the ramp
+    assert not wrong["faulty"] and wrong["before_onset_s"] is None
+
+
+class FakeRuntime:
+    """HAProxy's runtime API as the controller uses it: counters that the test advances, and a log of
+    the weights and states the controller set."""
+
+    name = "haproxy"
+
+    def __init__(self) -> None:
+        self.stot = {n: 0 for n in ("b0", "b1", "b2", "b3")}
+        self.err = dict.fromkeys(self.stot, 0)
+        self.status = dict.fromkeys(self.stot, "UP")
+        self.weight = dict.fromkeys(self.stot, 100)
+        self.calls: list[tuple[str, str, object]] = []
+
+    def advance(self, per_server: int, failing: str, failing_share: float) -> None:
+        for n in self.stot:
+            if self.status[n] == "UP":
+                self.stot[n] += per_server
+                if n == failing:
+                    self.err[n] += int(per_server * failing_share)
+
+    def server_stats(self, backend: str) -> dict[str, dict[str, str]]:
+        return {n: {"stot": str(self.stot[n]), "hrsp_5xx": str(self.err[n]), "eresp": "0", "scur": "1", "qcur": "0",
+                    "status": self.status[n], "weight": str(self.weight[n])} for n in self.stot}
+
+    def weights(self, backend: str) -> dict[str, int]:
+        return dict(self.weight)
+
+    def set_weight(self, backend: str, server: str, weight: int) -> None:
+        self.weight[server] = weight
+        self.calls.append(("weight", server, weight))
+
+    def set_server_state(self, backend: str, server: str, state: str) -> None:
+        self.status[server] = {"drain": "DRAIN", "ready": "UP"}[state]
+        self.calls.append(("state", server, state))
+
+
+def test_controller_drains_a_failing_server_and_does_not_readmit_it_on_stale_windows() -> None:
+    from infra.benches.lb_control import ForesightController, InProcessModels
+    from infra.core.settings import AdapterSettings
+    from lb_adapters.policies.drain import DrainKnobs
+
+    now = [0.0]
+    rt = FakeRuntime()
+    c = ForesightController(rt, "bench", {n: "http://127.0.0.1:1/metrics" for n in rt.stot},  # type: ignore[arg-type]
+                            adapter=AdapterSettings(), knobs=DrainKnobs(readmit_after=2), window_s=2.0,
+                            models=InProcessModels(), clock=lambda: now[0])
+    straddled = False
+    for second in range(10):
+        now[0] = float(second)
+        c.step()
+        if rt.status["b0"] == "DRAIN" and not straddled:
+            rt.stot["b0"] += 1  # one request reached it while the drain was being applied, none after
+            straddled = True
+        rt.advance(50, failing="b0", failing_share=0.5)
+    assert ("state", "b0", "drain") in rt.calls
+    assert ("state", "b0", "ready") not in rt.calls  # no window that began after the drain: unknown, not healthy
+    assert [d["action"] for d in c.trace.drains if d["instance"] == "b0"] == ["drain"]
+    assert c.trace.models == {"weights": "inverse-latency@baseline", "risk": "peer-deviation@baseline"}
