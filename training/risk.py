@@ -35,7 +35,7 @@ class RiskTrainConfig:
     lr: float = 3e-3
     batch: int = 512
     weight_decay: float = 1e-4
-    val_frac: float = 0.25
+    folds: int = 4  # out-of-fold calibration: seeds dealt into this many folds
     seed: int = 0
     horizon_s: float = 60.0
 
@@ -70,15 +70,20 @@ def refuse_heldout(seeds: Any, heldout_from: int) -> None:
                                "they are for `foresight evaluate risk` only, never for training")
 
 
-def split_by_seed(seeds: np.ndarray, y: np.ndarray, val_frac: float, rng: np.random.Generator) -> np.ndarray:
-    """A boolean mask of validation rows: whole seeds (scenarios), `val_frac` of those with a failure and of
-    those without (at least one of each kind when there are two), so calibration sees positives."""
-    val: list[Any] = []
-    failing = set(np.unique(seeds[y > 0]).tolist())
-    for group in (sorted(failing), sorted(set(np.unique(seeds).tolist()) - failing)):
-        n_val = max(1, round(len(group) * val_frac)) if len(group) > 1 else 0
-        val += rng.choice(np.array(group), size=n_val, replace=False).tolist() if n_val else []
-    return np.isin(seeds, val)
+def seed_folds(seeds: np.ndarray, kinds: dict[Any, str], folds: int, rng: np.random.Generator) -> dict[Any, int]:
+    """Seed -> fold, dealt round-robin within each fault kind (shuffled), so every fold holds some of each kind:
+    a fold without a leak would calibrate the model on failures it cannot see coming."""
+    out: dict[Any, int] = {}
+    by_kind: dict[str, list[Any]] = {}
+    for seed in np.unique(seeds).tolist():
+        by_kind.setdefault(kinds.get(seed, ""), []).append(seed)
+    k = 0
+    for kind in sorted(by_kind):
+        group = by_kind[kind]
+        for seed in rng.permutation(np.array(group)).tolist():
+            out[seed] = k % folds
+            k += 1
+    return out
 
 
 def calibration(p: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, float]:
@@ -107,23 +112,10 @@ def fit_platt(logits: torch.Tensor, y: torch.Tensor, steps: int = 300) -> tuple[
     return float(log_a.detach().exp()), float(b.detach())
 
 
-def train_risk(windows: Any, cfg: RiskTrainConfig, heldout_from: int,
-               on_epoch: Any = lambda _e, _l: None) -> tuple[torch.jit.ScriptModule, dict[str, Any], np.ndarray]:
-    """Train on recorded windows (TRAIN seeds only). Returns the scripted module, its metrics (validation
-    split, before and after calibration) and a few input rows for the smoke case."""
-    refuse_heldout(windows["seed"].unique(), heldout_from)
-    ordered, x_all = risk_inputs(windows)
-    w = label_windows(ordered, cfg.horizon_s)
-    keep = w["keep"].to_numpy()
-    w, x = w[keep], x_all[keep]
-    y, seeds = w["label"].to_numpy(np.float32), w["seed"].to_numpy()
-    if y.sum() == 0:
-        raise ValueError("no positive window (no instance fails in the recordings): record more seeds")
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    val = split_by_seed(seeds, y, cfg.val_frac, rng)
-    xt, yt = torch.from_numpy(x[~val]), torch.from_numpy(y[~val])
-    xv, yv = torch.from_numpy(x[val]), torch.from_numpy(y[val])
+def fit_mlp(x: np.ndarray, y: np.ndarray, cfg: RiskTrainConfig,
+            on_epoch: Any = lambda _e, _l: None) -> RiskModule:
+    """One MLP on (x, y), class-weighted (positives are rare); standardisation fitted on x."""
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     module = RiskModule(x.shape[1], cfg.hidden)
     module.mean.copy_(xt.mean(0))
     module.scale.copy_(xt.std(0).clamp_min(1e-3))
@@ -141,20 +133,54 @@ def train_risk(windows: Any, cfg: RiskTrainConfig, heldout_from: int,
             opt.step()
             total += float(loss.detach()) * len(rows)
         on_epoch(epoch, total / max(1, len(xt)))
-    module.eval()
-    with torch.no_grad():
-        raw_v = module.logit(xv) if len(xv) else torch.zeros(0)
-    before = calibration(torch.sigmoid(raw_v).numpy(), yv.numpy())
-    if len(xv) and 0 < float(yv.sum()) < len(yv):  # the class weighting skews probabilities: Platt puts them back
-        a, b = fit_platt(raw_v, yv)
+    return module.eval()
+
+
+def train_risk(windows: Any, cfg: RiskTrainConfig, heldout_from: int,
+               on_epoch: Any = lambda _e, _l: None) -> tuple[torch.jit.ScriptModule, dict[str, Any], np.ndarray]:
+    """Train on recorded windows (TRAIN seeds only). Returns the scripted module, its metrics and a few input
+    rows for the smoke case.
+
+    Calibration is fitted on out-of-fold logits: `folds` models, each trained without one fold of seeds,
+    score that fold; Platt scaling is fitted on all of them (every train seed, every kind, serves once as
+    validation), then applied to the model trained on every train seed. ECE and Brier are out-of-fold."""
+    refuse_heldout(windows["seed"].unique(), heldout_from)
+    ordered, x_all = risk_inputs(windows)
+    w = label_windows(ordered, cfg.horizon_s)
+    keep = w["keep"].to_numpy()
+    w, x = w[keep], x_all[keep]
+    y, seeds = w["label"].to_numpy(np.float32), w["seed"].to_numpy()
+    if y.sum() == 0:
+        raise ValueError("no positive window (no instance fails in the recordings): record more seeds")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    kinds = {s: str(k) for s, k in w[w["fault_kind"] != ""].groupby("seed")["fault_kind"].first().items()}
+    n_seeds = len(np.unique(seeds))
+    folds = min(cfg.folds, n_seeds)
+    oof = np.full(len(y), np.nan, np.float32)
+    if folds >= 2:
+        fold_of = seed_folds(seeds, kinds, folds, rng)
+        fold = np.array([fold_of[s] for s in seeds.tolist()])
+        for k in range(folds):
+            held = fold == k
+            if held.all() or not y[~held].any():
+                continue
+            fold_model = fit_mlp(x[~held], y[~held], cfg)
+            with torch.no_grad():
+                oof[held] = fold_model.logit(torch.from_numpy(x[held])).numpy()
+    module = fit_mlp(x, y, cfg, on_epoch)
+    scored = ~np.isnan(oof)
+    yo, lo = torch.from_numpy(y[scored]), torch.from_numpy(oof[scored])
+    before = calibration(torch.sigmoid(lo).numpy(), yo.numpy())
+    if scored.any() and 0 < float(yo.sum()) < len(yo):  # class weighting skews probabilities: Platt puts them back
+        a, b = fit_platt(lo, yo)
         module.platt_a.fill_(a)
         module.platt_b.fill_(b)
-    with torch.no_grad():
-        pv = module(xv).numpy() if len(xv) else np.zeros(0)
-    metrics = {"val_windows": len(yv), "val_positives": int(yv.sum()), "train_windows": len(yt),
-               "train_positives": int(pos), "val_seeds": sorted(int(s) for s in np.unique(seeds[val])),
-               "uncalibrated": before, **calibration(pv, yv.numpy()),
-               "platt": [round(float(module.platt_a), 4), round(float(module.platt_b), 4)]}
+    calibrated = torch.sigmoid(module.platt_a * lo + module.platt_b).numpy()
+    metrics = {"windows": len(y), "positives": int(y.sum()), "seeds": n_seeds, "folds": folds,
+               "out_of_fold_windows": int(scored.sum()), "uncalibrated": before, **calibration(calibrated, yo.numpy()),
+               "platt": [round(float(module.platt_a), 4), round(float(module.platt_b), 4)],
+               "positives_by_kind": {str(k): int(v) for k, v in w[w["label"] > 0].groupby("fault_kind").size().items()}}
     scripted = torch.jit.script(module)
     smoke = x[np.argsort(-y)[:4]] if len(x) >= 4 else x
     return scripted, metrics, smoke

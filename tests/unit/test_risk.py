@@ -93,7 +93,7 @@ def synthetic(seeds: range) -> pd.DataFrame:
 
 def test_training_learns_a_separable_precursor_and_stays_a_probability() -> None:
     module, metrics, smoke = train_risk(synthetic(range(8)), RiskTrainConfig(epochs=40, seed=1), heldout_from=1000)
-    assert metrics["val_positives"] > 0
+    assert metrics["positives"] > 0 and metrics["folds"] == 4 and metrics["out_of_fold_windows"] == metrics["windows"]
     out = module(torch.from_numpy(smoke))
     assert out.shape == (len(smoke),) and bool(((out >= 0) & (out <= 1)).all())
     from training.risk import score
@@ -170,15 +170,15 @@ def test_precursors_bound_the_recall_at_a_lead() -> None:
     assert p["recall_ceiling_at_30s_lead"] == round(1 / 3, 3)
 
 
-def test_validation_takes_whole_seeds_with_and_without_failures() -> None:
-    from training.risk import split_by_seed
+def test_folds_deal_each_fault_kind_across_folds() -> None:
+    from training.risk import seed_folds
 
-    seeds = np.repeat(np.arange(8), 10)
-    y = np.where(np.isin(seeds, [0, 1, 2, 3]) & (np.arange(80) % 10 == 9), 1.0, 0.0)
-    val = split_by_seed(seeds, y, 0.25, np.random.default_rng(0))
-    picked = set(seeds[val].tolist())
-    assert len(picked & {0, 1, 2, 3}) == 1 and len(picked & {4, 5, 6, 7}) == 1
-    assert all(val[seeds == s].all() for s in picked)  # a seed is never split
+    seeds = np.repeat(np.arange(12), 3)
+    kinds = {0: "leak", 1: "leak", 2: "leak", 3: "leak", 4: "crash", 5: "crash", 6: "errors", 7: "errors"}
+    fold_of = seed_folds(seeds, kinds, 4, np.random.default_rng(0))
+    assert set(fold_of) == set(range(12))
+    assert sorted(fold_of[s] for s in (0, 1, 2, 3)) == [0, 1, 2, 3]  # one leak a fold
+    assert {fold_of[s] for s in (4, 5)} != {fold_of[4]} and {fold_of[s] for s in (6, 7)} != {fold_of[6]}
 
 
 def test_drain_replay_forgets_an_instance_gone_from_the_windows() -> None:
