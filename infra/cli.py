@@ -1134,7 +1134,7 @@ def train(
     latency model on ClickHouse `features` (window t with the next window's load -> its p50/p99), prints
     its held-out MAE beside last-value and the inverse-latency baseline, and registers it; serving's
     `/v1/weights` then answers from it. `--kind risk` trains the failure classifier on a `foresight faults
-    record` dataset's TRAIN seeds (held-out ones are refused), calibrates it on a validation split of
+    record` dataset's TRAIN seeds (held-out ones are refused), calibrates it on out-of-fold scores of
     them (ECE, Brier printed) and registers it; `/v1/risk` then answers from it. Evaluate it with
     `foresight evaluate risk`.
 

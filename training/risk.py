@@ -1,9 +1,9 @@
 """The risk model: a small MLP on the risk inputs, calibrated, saved as one TorchScript module.
 
 `forward(x float32 [n, len(columns)]) -> float32 [n]`: the probability that each instance fails within
-the horizon. Standardisation and the calibration (Platt scaling of the logit, fitted on a validation
-split of the TRAIN seeds, by seed so one scenario never sits on both sides) are folded into the module,
-so a server only feeds the columns in manifest order.
+the horizon. Standardisation and the calibration (Platt scaling of the logit, fitted on out-of-fold
+scores of the TRAIN seeds, folds by whole seed so one scenario never sits on both sides) are folded into
+the module, so a server only feeds the columns in manifest order.
 
 Held-out seeds (>= `heldout_from`) are refused here, not only by the caller: the evaluation set cannot
 be trained on by mistake.
