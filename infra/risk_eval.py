@@ -16,7 +16,8 @@ Every detector turns the same recordings into alarms (instance, time):
 A failure (the ground truth's `failure_ms`, F) is caught when an alarm fires on its instance in
 [F - H, F]; lead time = F - the first such alarm. An alarm is true when its instance fails within H
 after it, late when the instance had already failed (a reactive detection: right, but no lead),
-false otherwise: a false drain. Precision = true / (true + false).
+false otherwise: a false drain (`early_alarms` counts those of them on an instance that did fail, later
+than H after the alarm). Precision = true / (true + false).
 
 The alarm of a window is stamped at its end plus the stream worker's lateness (when it is emitted).
 """
@@ -161,13 +162,13 @@ def score_alarms(alarms: Iterable[Alarm], truth: dict[tuple[str, str], Truth], h
         by_inst.setdefault((service, instance), []).append(t)
     kinds = sorted({t.kind or "none" for t in truth.values()})
     rows: dict[str, dict[str, Any]] = {k: {"failures": 0, "caught": 0, "leads": [], "true": 0, "false": 0,
-                                           "late": 0, "hours": 0.0, "detect": []} for k in ["all", *kinds]}
+                                           "late": 0, "early": 0, "hours": 0.0, "detect": []} for k in ["all", *kinds]}
     for key, tr in truth.items():
         times = sorted(by_inst.get(key, []))
         for k in ("all", tr.kind or "none"):
             rows[k]["hours"] += tr.observed_h
         f = tr.failure_s
-        verdict = {"true": 0, "false": 0, "late": 0}
+        verdict = {"true": 0, "false": 0, "late": 0, "early": 0}
         for t in times:
             if f is not None and t > f:
                 verdict["late"] += 1
@@ -175,6 +176,7 @@ def score_alarms(alarms: Iterable[Alarm], truth: dict[tuple[str, str], Truth], h
                 verdict["true"] += 1
             else:
                 verdict["false"] += 1
+                verdict["early"] += f is not None  # false by the definition, but on an instance that fails later
         counted = f is not None and f <= recorded_until.get(key[0], math.inf)
         in_window = [t for t in times if f is not None and f - horizon_s <= t <= f]
         after = [t for t in times if f is not None and f - horizon_s <= t <= f + horizon_s]
@@ -199,6 +201,7 @@ def score_alarms(alarms: Iterable[Alarm], truth: dict[tuple[str, str], Truth], h
                   "false_drains": r["false"],
                   "false_drains_per_instance_hour": round(r["false"] / r["hours"], 3) if r["hours"] else None,
                   "late_alarms": r["late"],
+                  "early_alarms": r["early"],  # of the false drains: more than H before a failure that came
                   "detected_within_h": len(r["detect"]),
                   "detect_delay_s_p50": _p50(r["detect"]),  # first alarm in [F-H, F+H] minus F: < 0 is a lead
                   "instance_hours": round(r["hours"], 3)}
