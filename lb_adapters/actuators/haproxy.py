@@ -3,6 +3,8 @@ membership (add, drain, maintenance, delete; no reload). I/O only, no policy."""
 
 from __future__ import annotations
 
+import csv
+import io
 import socket
 from pathlib import Path
 
@@ -12,6 +14,16 @@ from lb_adapters.actuators.base import ActuatorError
 
 class HAProxyError(ActuatorError):
     pass
+
+
+def parse_show_stat(text: str) -> list[dict[str, str]]:
+    """Rows of `show stat` (CSV, header line starting `# pxname,svname,...`) as dicts by column name."""
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("# pxname")), None)
+    if start is None:
+        raise HAProxyError(f"unexpected answer to show stat: {text[:200]!r}")
+    body = "\n".join([lines[start][2:], *(ln for ln in lines[start + 1:] if ln.strip())])
+    return [{k: v for k, v in row.items() if k} for row in csv.DictReader(io.StringIO(body))]
 
 
 def connect(address: RuntimeAddress, timeout_s: float) -> socket.socket:
@@ -60,6 +72,12 @@ class HAProxyRuntime:
         columns = header[2:].split()
         return [dict(zip(columns, ln.split(), strict=False)) for ln in lines if not ln.startswith("#")
                 and len(ln.split()) >= len(columns) - 1]
+
+    def server_stats(self, backend: str) -> dict[str, dict[str, str]]:
+        """`show stat` of one backend's servers (scur, qcur, stot, hrsp_5xx, eresp, rtime, status, weight, ...),
+        by server name; the FRONTEND/BACKEND summary rows are left out."""
+        return {row["svname"]: row for row in parse_show_stat(self.command("show stat"))
+                if row.get("pxname") == backend and row.get("svname") not in ("FRONTEND", "BACKEND")}
 
     def weights(self, backend: str) -> dict[str, int]:
         """Current user-visible weight of each server (`srv_uweight`)."""

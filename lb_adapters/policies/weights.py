@@ -1,7 +1,12 @@
 """Weight policy: from predicted weights and the current ones to guarded changes. Pure arithmetic.
 
-Guardrails: weights stay in [min_weight, 256] so latency alone never drains an instance; a change
-moves at most `max_step`; changes under `deadband` are ignored to avoid flapping the balancer.
+Guardrails: a positive prediction stays in [min_weight, 256], so latency alone never drains an
+instance (the weights model answers 0 only for an instance that fails everything); a change moves
+at most `max_step`; changes under `deadband` are ignored to avoid flapping the balancer.
+
+A predicted 0 drains: the weight goes to 0 at once (a drain is not a nudge, so no step limit and
+no deadband), unless that would leave no server of the backend with a positive weight: the last
+one keeps `min_weight` (never drain the last instance).
 """
 
 from __future__ import annotations
@@ -22,16 +27,27 @@ class WeightChange:
 
 def decide_weights(predicted: dict[str, int], current: dict[str, int], cfg: AdapterSettings) -> list[WeightChange]:
     """Changes for instances HAProxy knows; predictions for unknown instances are ignored."""
+    known = sorted(predicted.keys() & current.keys())
+    zeros = {i for i in known if predicted[i] <= 0}
+    # Servers that keep a positive weight whatever happens: predicted positive, or not predicted at all.
+    serving = [i for i in current if i not in zeros and (i in predicted or current[i] > 0)]
+    keep_last = not serving  # every serving server would go to 0: the zeros are refused
     changes = []
-    for instance in sorted(predicted.keys() & current.keys()):
-        want = min(max(predicted[instance], cfg.min_weight), HAPROXY_MAX_WEIGHT)
+    for instance in known:
         have = current[instance]
+        if instance in zeros and not keep_last:
+            if have != 0:
+                changes.append(WeightChange(instance, have, 0, f"predicted weight {predicted[instance]}: drained"))
+            continue
+        want = min(max(predicted[instance], cfg.min_weight), HAPROXY_MAX_WEIGHT)
         step = max(-cfg.max_step, min(cfg.max_step, want - have))
         after = have + step
-        if abs(after - have) < cfg.deadband:
+        if abs(after - have) < cfg.deadband and not (have == 0 and after > 0):
             continue
         reason = f"predicted weight {predicted[instance]}"
-        if want != predicted[instance]:
+        if instance in zeros:
+            reason += f", kept at {want}: it would leave no server with a positive weight"
+        elif want != predicted[instance]:
             reason += f", clamped to {want}"
         if after != want:
             reason += f", step limited to {cfg.max_step}"

@@ -24,7 +24,7 @@ SCRIPT_READ = {
     "stack up", "stack down", "stack status",
     "db migrate", "db retain",
     "ingest file",
-    "bench ingest", "bench serving", "bench streams", "bench registry", "bench autoscale",
+    "bench ingest", "bench serving", "bench streams", "bench registry", "bench autoscale", "bench lb",
     "registry list", "registry leaders", "registry show", "registry drain", "registry undrain",
     "registry deregister",
     "pool status", "pool scale",

@@ -10,9 +10,33 @@ def test_moves_toward_prediction_limited_by_step() -> None:
     assert "step limited" in changes[0].reason
 
 
-def test_clamps_to_min_weight_so_latency_never_drains() -> None:
-    (change,) = decide_weights({"a": 0}, {"a": 10}, CFG)
-    assert change.after == 1 and "clamped" in change.reason
+def test_clamps_positive_predictions_to_min_weight() -> None:
+    (change,) = decide_weights({"a": 0, "b": 1}, {"a": 10, "b": 0}, AdapterSettings(min_weight=5, max_step=50,
+                                                                                  deadband=4))[1:]
+    assert change.instance == "b" and change.after == 5 and "clamped" in change.reason
+
+
+def test_predicted_zero_drains_at_once() -> None:
+    """Issue 15 item 5: a predicted 0 is a drain, not clamped to min_weight, and not step-limited."""
+    changes = decide_weights({"a": 0, "b": 100}, {"a": 200, "b": 100}, CFG)
+    assert [(c.instance, c.before, c.after) for c in changes] == [("a", 200, 0)]
+    assert "drained" in changes[0].reason
+    assert decide_weights({"a": 0, "b": 100}, {"a": 0, "b": 100}, CFG) == []  # already drained: nothing to do
+
+
+def test_never_drains_the_last_server() -> None:
+    changes = decide_weights({"a": 0, "b": 0}, {"a": 100, "b": 100}, CFG)
+    assert [(c.instance, c.after) for c in changes] == [("a", 50), ("b", 50)]  # towards min_weight, step-limited
+    assert all("no server with a positive weight" in c.reason for c in changes)
+    # A server the prediction does not cover still serves, so the zeros may drain.
+    assert [c.after for c in decide_weights({"a": 0}, {"a": 100, "c": 100}, CFG)] == [0]
+    # ... but not if that server is itself at 0.
+    assert [c.after for c in decide_weights({"a": 0}, {"a": 100, "c": 0}, CFG)] == [50]
+
+
+def test_readmits_from_zero_below_the_deadband() -> None:
+    (change,) = decide_weights({"a": 2, "b": 100}, {"a": 0, "b": 100}, CFG)
+    assert (change.before, change.after) == (0, 2)
 
 
 def test_deadband_ignores_small_changes() -> None:
