@@ -395,6 +395,9 @@ class AdapterSettings(Section):
     min_weight: int = Field(1, description="Never drain an instance to 0 from latency alone.")
     max_step: int = Field(128, description="Largest weight change per decision.")
     deadband: int = Field(4, description="Ignore changes smaller than this.")
+    unknown_weight: int = Field(100, ge=1, le=256, description="Weight an instance with no recent window goes back "
+                                "to (step-limited) while its peers have windows: unknown, neither favoured nor "
+                                "punished by its last prediction. A drained one (weight 0) stays drained.")
     dry_run: bool = Field(False, description="Decide and record, but do not touch HAProxy.")
     features_max_age_s: int = Field(300, description="Ignore feature windows older than this.")
     metrics_port: int = Field(19105, description="Prometheus metrics of the `foresight adapt` loop.")

@@ -4,6 +4,12 @@ Guardrails: a positive prediction stays in [min_weight, 256], so latency alone n
 instance (the weights model answers 0 only for an instance that fails everything); a change moves
 at most `max_step`; changes under `deadband` are ignored to avoid flapping the balancer.
 
+An instance HAProxy knows but with no prediction (no recent window: idle, new, or its windows stopped)
+is unknown: it moves back to `unknown_weight` rather than staying frozen at whatever its last
+prediction gave it. A drained one (weight 0) stays at 0: sending it traffic to find out is the health
+controller's call (re-admission), not the weight policy's. The caller holds every weight when no
+instance has a window at all (the feature pipeline is down, not the instances).
+
 A predicted 0 drains: the weight goes to 0 at once (a drain is not a nudge, so no step limit and
 no deadband), unless that would leave no server of the backend with a positive weight: the last
 one keeps `min_weight` (never drain the last instance).
@@ -52,4 +58,14 @@ def decide_weights(predicted: dict[str, int], current: dict[str, int], cfg: Adap
         if after != want:
             reason += f", step limited to {cfg.max_step}"
         changes.append(WeightChange(instance, have, after, reason))
+    if predicted:
+        for instance in sorted(current.keys() - predicted.keys()):
+            have = current[instance]
+            step = max(-cfg.max_step, min(cfg.max_step, cfg.unknown_weight - have))
+            if have == 0 or abs(step) < cfg.deadband:
+                continue
+            reason = f"no recent window: unknown, back to the neutral weight {cfg.unknown_weight}"
+            if have + step != cfg.unknown_weight:
+                reason += f", step limited to {cfg.max_step}"
+            changes.append(WeightChange(instance, have, have + step, reason))
     return changes

@@ -46,3 +46,16 @@ def test_deadband_ignores_small_changes() -> None:
 
 def test_unknown_instances_ignored() -> None:
     assert decide_weights({"ghost": 200}, {"a": 100}, CFG) == []
+
+
+def test_an_instance_without_a_window_goes_back_to_neutral() -> None:
+    """Issue 15 item 5: no recent window is unknown, not frozen at the last predicted weight."""
+    cfg = AdapterSettings(min_weight=1, max_step=50, deadband=4, unknown_weight=100)
+    changes = decide_weights({"a": 100}, {"a": 100, "slow": 10, "fast": 256, "drained": 0}, cfg)
+    assert [(c.instance, c.before, c.after) for c in changes] == [("fast", 256, 206), ("slow", 10, 60)]
+    assert all("no recent window" in c.reason for c in changes)
+    assert "step limited" in changes[0].reason
+    # Near neutral already: inside the deadband, nothing to do.
+    assert decide_weights({"a": 100}, {"a": 100, "b": 98}, cfg) == []
+    # No window at all for the service: the pipeline is down, not the instances; every weight holds.
+    assert decide_weights({}, {"a": 100, "slow": 10}, cfg) == []
