@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ from training.risk_command import read_train_windows
 from training.risk_features import label_windows, risk_inputs
 
 
-def frame(rows: list[dict[str, object]]) -> pd.DataFrame:
+def frame(rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
     base = {"service": "svc", "instance": "a", "requests": 10, "status_5xx": 0, "latency_p50_ms": 10.0,
             "latency_p99_ms": 20.0, "sessions_max": 1.0, "queue_max": 0.0, "failure_ms": math.nan,
             "fault_kind": "", "seed": 1}
