@@ -1197,8 +1197,8 @@ def evaluate_risk(
     envoy_consecutive: Annotated[int, typer.Option(help="Envoy `consecutive_5xx`.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report last.")] = False,
 ) -> None:
-    """Risk model vs reactive baselines on the held-out recordings: precision, recall (an alarm in
-    [failure - H, failure]), lead time p50 and false drains per instance-hour, overall and per fault kind,
+    """Risk model vs reactive baselines on the held-out recordings: precision, recall (an alarm within H before
+    the failure), lead time p50 and false drains per instance-hour, overall and per fault kind,
     for the model (through the drain policy, health.drain_above and its guardrails), the peer-deviation
     baseline, HAProxy `observe layer7` + `error-limit` + active checks, and Envoy's consecutive-5xx ejection.
     """

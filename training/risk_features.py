@@ -40,13 +40,15 @@ def risk_inputs(windows: Any, columns: Sequence[str] = RISK_COLUMNS) -> tuple[An
 
 
 def label_windows(w: Any, horizon_s: float) -> Any:
-    """Label each window by its end t (when a server could score it): 1 if the instance fails in (t, t+H].
-    Windows ending at or after the failure are left out (`keep` = False): the instance has failed, so "will it
-    fail" no longer applies, and what it looks like then (crashed, hung, erroring) would teach the model to
-    detect failures rather than predict them, inflating recall at zero lead."""
+    """Label each window by its end t (when a server could score it): 1 if the instance has failed by t or
+    fails in (t, t+H]. The risk feeds a drain, and an instance that is failing now (answering errors, hung)
+    must be drained as surely as one about to fail: leaving those windows out taught the model that a window
+    full of 500s is fine (it never drained an erroring instance on `bench lb`). Prediction is still what is
+    judged: `foresight evaluate risk` counts a failure as caught only by an alarm before it, so these windows
+    add no recall at zero lead. Every window is kept (`keep`, for callers that filter)."""
     end_ms = w["window_end"].astype(float) * 1000
     fail = w["failure_ms"].astype(float)  # NaN: the instance never fails
     w = w.copy()
-    w["label"] = ((fail > end_ms) & (fail <= end_ms + horizon_s * 1000)).astype(np.float32)
-    w["keep"] = ~(fail <= end_ms)
+    w["label"] = (fail <= end_ms + horizon_s * 1000).astype(np.float32)
+    w["keep"] = True
     return w

@@ -38,8 +38,8 @@ def test_label_is_failure_within_the_horizon_after_the_window_end() -> None:
     # failure at t = 100 s; windows end at 38, 40, 98, 100, 102
     w = frame([{"window_start": s, "failure_ms": 100_000.0} for s in (36, 38, 96, 98, 100)])
     labelled = label_windows(w, horizon_s=60)
-    assert labelled["label"].tolist() == [0.0, 1.0, 1.0, 0.0, 0.0]  # end 38: 62 s before; end 40: exactly 60
-    assert labelled["keep"].tolist() == [True, True, True, False, False]  # ends at/after the failure: left out
+    assert labelled["label"].tolist() == [0.0, 1.0, 1.0, 1.0, 1.0]  # end 38: 62 s before; end 40: exactly 60
+    assert labelled["keep"].all()  # ends at/after the failure: failed, so positive (a drain must take it too)
 
 
 def test_healthy_instance_is_never_positive() -> None:
