@@ -461,7 +461,9 @@ def bench_lb(
     window: Annotated[float, typer.Option("--window-s", help="Feature window of the control loop.")] = 2.0,
     overhead: Annotated[float, typer.Option("--overhead-s", help="Seconds of the client alone against an instant "
                                             "backend first (0: skip).")] = 10.0,
-    arms: Annotated[str, typer.Option(help="Arms to run, comma-separated.")] = "roundrobin,leastconn,foresight",
+    arms: Annotated[str, typer.Option(help="Arms to run, comma-separated; add `oracle` for the bound: leastconn "
+                                           "with capacity-proportional weights and each faulty instance drained "
+                                           "the moment it fails.")] = "roundrobin,leastconn,foresight",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """roundrobin vs leastconn vs Foresight on a private HAProxy 2.6, same load, same faults.

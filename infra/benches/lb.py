@@ -23,6 +23,7 @@ import os
 import resource
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import httpx
 
 import infra
 from infra.benches.load import LoadResult, LoadSummary, poisson_schedule, run_load, summarize
+from infra.core.contracts import HAPROXY_MAX_WEIGHT
 from infra.core.model_registry import list_versions, registry_root
 from infra.core.ports import free_ports
 from infra.core.settings import AdapterSettings, HealthSettings
@@ -43,6 +45,10 @@ from lb_adapters.actuators.haproxy import HAProxyRuntime
 from lb_adapters.policies.drain import DrainKnobs
 
 ARMS = ("roundrobin", "leastconn", "foresight")
+# Opt-in (`--arms ...,oracle`): leastconn with weights proportional to the true capacities and each faulty
+# instance drained at the very moment it fails. No policy can know either, so it bounds what any
+# weights + drain policy could reach on the same load and faults.
+ORACLE = "oracle"
 BACKEND = "bench"
 DEFAULT_FAULT_SEED = 9001  # a held-out seed: never used in training or tuning
 
@@ -257,11 +263,16 @@ def run_arm(arm: str, cfg: LbBenchConfig, schedule: list[float], scenario: Scena
             f"{len(schedule):,} requests over {cfg.duration_s:.0f} s")
         load_before = os.getloadavg()[0]
         faults = rig.inject(scenario)
+        if arm == ORACLE:
+            oracle = _oracle(rig, scenario, cfg)
         go.set()
         try:
             result, cpu_pct = _load(rig.url, schedule, cfg, arm, say, cfg.duration_s)
         finally:
             stop_control.set()
+            if arm == ORACLE:
+                for timer in oracle:
+                    timer.cancel()
             if proc is not None:
                 try:
                     trace = traces.get(timeout=30)
@@ -282,6 +293,22 @@ def run_arm(arm: str, cfg: LbBenchConfig, schedule: list[float], scenario: Scena
         control["drains"] = audit_drains(control.get("drains", []), scenario, rig.names)
     return ArmResult(arm, summarize(result), round(cpu_pct, 1), faults, final, control,
                      (round(load_before, 2), round(os.getloadavg()[0], 2)))
+
+
+def _oracle(rig: Rig, scenario: Scenario, cfg: LbBenchConfig) -> list[threading.Timer]:
+    """The oracle arm's knowledge, applied: capacity-proportional weights now, a drain at each failure."""
+    top = max(cfg.workers)
+    for name, workers in zip(rig.names, cfg.workers, strict=True):
+        rig.runtime.set_weight(BACKEND, name, max(1, round(HAPROXY_MAX_WEIGHT * workers / top)))
+    timers = []
+    for k, name in enumerate(rig.names):
+        moments = [t for f in scenario.for_instance(name, k) if (t := f.failure_s()) is not None]
+        if moments:
+            timer = threading.Timer(min(moments), rig.runtime.set_server_state, (BACKEND, name, "drain"))
+            timer.daemon = True
+            timer.start()
+            timers.append(timer)
+    return timers
 
 
 def audit_drains(drains: list[dict[str, Any]], scenario: Scenario, names_: list[str]) -> list[dict[str, Any]]:
@@ -334,6 +361,9 @@ def result_json(cfg: LbBenchConfig, scenario: Scenario, arms: dict[str, ArmResul
         if "roundrobin" in arms:
             targets["p99_le_0.6x_roundrobin"] = p99["foresight"] <= 0.6 * p99["roundrobin"]
         out["targets_met"] = targets
+    if {ORACLE, "leastconn"} <= arms.keys():  # the bound: what perfect weights and drains reach here
+        out["ratio_p99_oracle_vs_leastconn"] = ratio(p99[ORACLE], p99["leastconn"])
+        out["ratio_errors_oracle_vs_leastconn"] = ratio(err[ORACLE], err["leastconn"])
     out["p50_ms"] = {a: round(r.summary.p50_ms, 1) for a, r in arms.items()}
     out["scheduled"] = {a: r.summary.scheduled for a, r in arms.items()}
     out["errors"] = {a: r.summary.errors for a, r in arms.items()}
@@ -368,7 +398,7 @@ def registry_versions(state_dir: Path | None) -> dict[str, list[str]]:
 
 
 def run_lb_bench(cfg: LbBenchConfig, folder: Path, say: Say) -> dict[str, Any]:
-    unknown = set(cfg.arms) - set(ARMS)
+    unknown = set(cfg.arms) - {*ARMS, ORACLE}
     if unknown:
         raise ValueError(f"unknown arm(s) {', '.join(sorted(unknown))}: {', '.join(ARMS)}")
     if len(cfg.workers) < 2:

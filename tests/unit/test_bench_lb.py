@@ -128,6 +128,43 @@ def test_result_json_ratios_and_targets() -> None:
     assert list(out)[:2] == ["p99_ms", "error_pct"]
 
 
+def test_result_json_reports_the_oracle_bound_beside_the_targets() -> None:
+    arms = {"leastconn": ArmResult("leastconn", summary(500, 2.0), 3.0, {}),
+            "foresight": ArmResult("foresight", summary(480, 0.5), 3.0, {}),
+            "oracle": ArmResult("oracle", summary(470, 0.2), 3.0, {})}
+    out = result_json(LbBenchConfig(duration_s=60), Scenario(name="s"), arms, None, {"latency": [], "risk": []})
+    assert out["ratio_p99_oracle_vs_leastconn"] == 0.94 and out["ratio_errors_oracle_vs_leastconn"] == 0.1
+    assert out["targets_met"] == {"p99_le_0.9x_leastconn": False, "errors_le_0.3x_leastconn": True}  # foresight's
+
+
+def test_oracle_timers_drain_each_faulty_instance_at_its_failure() -> None:
+    from infra.benches.lb import _oracle
+    from infra.pool.faults import Fault
+
+    class Runtime:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, ...]] = []
+
+        def set_weight(self, backend: str, server: str, weight: int) -> None:
+            self.calls.append(("weight", server, str(weight)))
+
+        def set_server_state(self, backend: str, server: str, state: str) -> None:
+            self.calls.append((state, server))
+
+    class FakeRig:  # only what _oracle touches; the real rig is in the integration test
+        names = ["b0", "b1", "b2", "b3"]
+        runtime = Runtime()
+
+    scenario = Scenario(name="s", faults=[Fault(instance="#1", kind="crash", start_s=0.05),
+                                          Fault(instance="#2", kind="slowdown", start_s=0.0)])
+    timers = _oracle(FakeRig(), scenario, LbBenchConfig())  # type: ignore[arg-type]
+    for t in timers:
+        t.join(2)
+    assert FakeRig.runtime.calls[:4] == [("weight", "b0", "64"), ("weight", "b1", "128"), ("weight", "b2", "192"),
+                                         ("weight", "b3", "256")]
+    assert FakeRig.runtime.calls[4:] == [("drain", "b1")] and len(timers) == 1  # a slowdown never fails
+
+
 def test_ratio_to_zero_baseline_is_none() -> None:
     assert ratio(0.0, 0.0) is None and ratio(1.0, 0.0) is None and ratio(1.0, 4.0) == 0.25
 
