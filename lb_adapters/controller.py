@@ -14,7 +14,7 @@ from typing import Protocol
 from infra.core.settings import AdapterSettings
 from lb_adapters import metrics
 from lb_adapters.actuators.base import ActuatorError, WeightActuator
-from lb_adapters.policies.weights import decide_weights
+from lb_adapters.policies.weights import decide_weights, smooth
 from lb_adapters.schemas import Decision, DecisionSink, PredictionRecord
 from serving.schemas import InstanceFeatures, WeightsRequest, WeightsResponse
 
@@ -45,6 +45,7 @@ class WeightController:
                  clock: Callable[[], float] = time.time) -> None:
         self.features, self.predictor, self.actuator, self.sink = features, predictor, actuator, sink
         self.cfg, self.backend, self.clock = cfg, backend, clock
+        self.aimed: dict[str, dict[str, float]] = {}  # per service: the smoothed weights of the last round
 
     def step(self, service: str) -> StepReport:
         report = StepReport(features=self.features.for_service(service, self.cfg.features_max_age_s))
@@ -53,7 +54,10 @@ class WeightController:
             return report
         report.response = self.predictor.weights(WeightsRequest(service=service, instances=report.features))
         report.before = self.actuator.weights(self.backend)
-        predicted = {w.instance: w.weight for w in report.response.weights}
+        aimed = smooth({w.instance: w.weight for w in report.response.weights}, self.aimed.get(service, {}),
+                       self.cfg.smoothing)
+        self.aimed[service] = aimed
+        predicted = {name: round(weight) for name, weight in aimed.items()}
         ref = f"{report.response.model}@{report.response.model_version}"
         asked_ms = int(self.clock() * 1000)
         predictions = [PredictionRecord(ts=asked_ms, kind="weights", service=service, instance=w.instance,

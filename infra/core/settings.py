@@ -395,6 +395,10 @@ class AdapterSettings(Section):
     min_weight: int = Field(1, description="Never drain an instance to 0 from latency alone.")
     max_step: int = Field(128, description="Largest weight change per decision.")
     deadband: int = Field(4, description="Ignore changes smaller than this.")
+    smoothing: float = Field(0.3, gt=0, le=1, description="Share of a new prediction in the weight aimed at "
+                             "(an exponential moving average over rounds; 1 = the prediction alone): one short "
+                             "window is a few dozen requests, so one round's p99 is noisy. A predicted 0 (drain) "
+                             "is never smoothed.")
     unknown_weight: int = Field(100, ge=1, le=256, description="Weight an instance with no recent window goes back "
                                 "to (step-limited) while its peers have windows: unknown, neither favoured nor "
                                 "punished by its last prediction. A drained one (weight 0) stays drained.")

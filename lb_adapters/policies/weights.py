@@ -31,6 +31,17 @@ class WeightChange:
     reason: str
 
 
+def smooth(predicted: dict[str, int], previous: dict[str, float], alpha: float) -> dict[str, float]:
+    """The weights to aim at: an exponential moving average of each instance's predictions (`alpha` the
+    share of the newest). A new instance starts at its prediction; a predicted 0 is a drain and passes at
+    once, and the instance starts again from its next prediction."""
+    out: dict[str, float] = {}
+    for instance, weight in predicted.items():
+        before = previous.get(instance)
+        out[instance] = float(weight) if weight <= 0 or not before else alpha * weight + (1 - alpha) * before
+    return out
+
+
 def decide_weights(predicted: dict[str, int], current: dict[str, int], cfg: AdapterSettings) -> list[WeightChange]:
     """Changes for instances HAProxy knows; predictions for unknown instances are ignored."""
     known = sorted(predicted.keys() & current.keys())

@@ -59,3 +59,15 @@ def test_an_instance_without_a_window_goes_back_to_neutral() -> None:
     assert decide_weights({"a": 100}, {"a": 100, "b": 98}, cfg) == []
     # No window at all for the service: the pipeline is down, not the instances; every weight holds.
     assert decide_weights({}, {"a": 100, "slow": 10}, cfg) == []
+
+
+def test_smoothing_averages_predictions_but_never_delays_a_drain() -> None:
+    from lb_adapters.policies.weights import smooth
+
+    first = smooth({"a": 200, "b": 100}, {}, 0.3)
+    assert first == {"a": 200.0, "b": 100.0}  # a new instance starts at its prediction
+    second = smooth({"a": 100, "b": 0}, first, 0.3)
+    assert second["a"] == 0.3 * 100 + 0.7 * 200  # moves 30% of the way to the new prediction
+    assert second["b"] == 0.0  # a drain passes at once
+    assert smooth({"b": 150}, second, 0.3)["b"] == 150.0  # after a drain it starts again from the prediction
+    assert smooth({"a": 100}, first, 1.0)["a"] == 100.0  # 1: the prediction alone
