@@ -54,8 +54,8 @@ class WeightController:
             return report
         report.response = self.predictor.weights(WeightsRequest(service=service, instances=report.features))
         report.before = self.actuator.weights(self.backend)
-        aimed = smooth({w.instance: w.weight for w in report.response.weights}, self.aimed.get(service, {}),
-                       self.cfg.smoothing)
+        raw = {w.instance: w.weight for w in report.response.weights}
+        aimed = smooth(raw, self.aimed.get(service, {}), self.cfg.smoothing)
         self.aimed[service] = aimed
         predicted = {name: round(weight) for name, weight in aimed.items()}
         ref = f"{report.response.model}@{report.response.model_version}"
@@ -64,10 +64,13 @@ class WeightController:
                                         model=report.response.model, model_version=report.response.model_version,
                                         value=float(w.weight)) for w in report.response.weights]
         for change in decide_weights(predicted, report.before, self.cfg):
+            reason = change.reason
+            if change.instance in raw and raw[change.instance] != predicted[change.instance]:
+                reason += f" (smoothed over rounds; this round's prediction {raw[change.instance]})"
             decision = Decision(
                 ts=int(self.clock() * 1000), service=service, actuator=self.actuator.name,
                 target=f"{self.backend}/{change.instance}", action="set_weight", before=change.before,
-                after=change.after, reason=change.reason, prediction_ref=ref, dry_run=self.cfg.dry_run,
+                after=change.after, reason=reason, prediction_ref=ref, dry_run=self.cfg.dry_run,
             )
             decision.outcome = "dry_run" if self.cfg.dry_run else self._apply(change.instance, change.after)
             metrics.DECISIONS.labels(self.actuator.name, decision.outcome.split(":")[0]).inc()
