@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from clickhouse_driver import Client
 
 from infra.core.contracts import SERVICE_WIDE
+from infra.core.db import time_bounds
 
 
 def minute_requests_sql(database: str, bounded: bool = False) -> str:
@@ -162,13 +163,8 @@ def instance_windows(client: Client, database: str, services: list[str], start_s
     match = " OR ".join(f"service LIKE %(s{i})s" for i in range(len(services))) or "1"
     params: dict[str, object] = {"all": SERVICE_WIDE}
     params.update({f"s{i}": s for i, s in enumerate(services)})
-    bounds = ""
-    if start_s is not None:
-        bounds += " AND window_start >= toDateTime(%(start)s)"
-        params["start"] = start_s
-    if end_s is not None:
-        bounds += " AND window_start < toDateTime(%(end)s)"
-        params["end"] = end_s
+    bounds, between = time_bounds("window_start", start_s, end_s)
+    params.update(between)
     return client.execute(
         f"SELECT service, instance, toUInt32(window_start), toUInt32(window_end) - toUInt32(window_start), requests, "
         f"status_5xx, latency_p50_ms, latency_p99_ms, {gauges} FROM {database}.features FINAL "

@@ -227,10 +227,14 @@ class DemoSettings(Section):
     fault_lead_s: float = Field(75.0, gt=0, description="The injected leak's precursors (latency, resource "
                                 "gauge) before it crashes the instance.")
     interval_s: float = Field(5.0, gt=0, description="Rounds of the demo's autoscaler and health controller.")
-    scale_down_stabilization_s: float = Field(100.0, ge=0, description="The demo autoscaler scales down only to "
-                                              "the highest recommendation of this many wall seconds. HPA's 300 s "
-                                              "is 20 of its 15 s rounds; this is 20 of the demo's 5 s rounds (in "
-                                              "trace time, 300 s would be 5 wall seconds at 60x: one round).")
+    policy_time_scale: float | None = Field(None, gt=0, description="Both replica policies' durations "
+                                            "(stabilization windows, step-limit periods, cooldown) times this, "
+                                            "alike for the predictive autoscaler and its shadow HPA. None: "
+                                            "demo.interval_s / 15 s, HPA's round mapped onto the demo's (300 s "
+                                            "stabilization becomes 100 s: 20 rounds either way).")
+
+    def time_scale(self) -> float:
+        return self.policy_time_scale if self.policy_time_scale is not None else self.interval_s / 15.0
 
 
 
