@@ -21,12 +21,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import BaseModel
 
+from infra.core.contracts import SERVICE_WIDE
 from infra.core.datasets import NASA_RPS, dataset_path
 from infra.core.db import client as clickhouse_client
 from infra.core.features_table import ServiceWindow, recent_service_windows
@@ -40,7 +43,7 @@ from infra.core.settings import (
     Settings,
 )
 from infra.workers import build_autoscaler, build_health_controller
-from ingest.replay import ReplaySummary, replay
+from ingest.replay import ReplaySummary, read_trace, replay
 
 Say = Callable[[str], None]
 
@@ -82,13 +85,54 @@ def demo_settings(s: Settings, svc: PoolServiceSettings) -> Settings:
                                knobs=compress_time(predictive_knobs(**bounds), f),
                                reactive=compress_time(reactive_knobs(**bounds), f))
     return s.model_copy(update={
-        "autoscaler": AutoscalerSettings(interval_s=s.demo.interval_s, poll_s=1.0, services=[scaled]),
+        "autoscaler": AutoscalerSettings(interval_s=s.demo.interval_s, poll_s=1.0, services=[scaled],
+                                         history_step_s=trace_minute_s(s)),
         # The overload guard (`health.capacity_rps`) stays off: with it on, the leaking instance was drained
         # 30 s later (9.4 s before its crash, 0.78% errors) because the pool had just scaled down to two;
         # off, 39.5 s before, 0 errors. It does stop drains of merely overloaded instances.
         "health": HealthSettings(services=[svc.name], interval_s=s.demo.interval_s, features_max_age_s=30,
                                  cooldown_rounds=int(120 / s.demo.interval_s)),
     })
+
+
+def trace_minute_s(s: Settings) -> int:
+    """Wall seconds one trace minute lasts in the replay: the forecaster's step. It must hold whole
+    feature windows, or a step would mix two minutes."""
+    step = 60.0 / s.demo.speedup
+    if step < s.streams.window_s or step != round(step) or round(step) % s.streams.window_s:
+        raise ValueError(f"demo.speedup {s.demo.speedup:g} makes a trace minute {step:g} wall seconds, not a whole "
+                         f"number of {s.streams.window_s} s feature windows: choose a speedup of 60 / "
+                         f"(k x {s.streams.window_s}), e.g. {60 / s.streams.window_s:g}")
+    return round(step)
+
+
+def history_rows(per_second: list[int], scale: float, step_s: int, end_s: int, service: str) -> list[tuple[Any, ...]]:
+    """Closed service-wide windows, one per trace minute of `per_second` (the trace's counts), the last
+    one ending at `end_s`, each `step_s` wall seconds long: the service's past as the stream worker would
+    have written it had the replay run all along (rate per wall second, requests scaled)."""
+    minutes = len(per_second) // 60
+    rows = []
+    for k in range(minutes):
+        n = round(sum(per_second[k * 60:(k + 1) * 60]) * scale)
+        start = end_s - (minutes - k) * step_s
+        rows.append((datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(start + step_s, UTC), service,
+                     SERVICE_WIDE, n, n / step_s))
+    return rows
+
+
+def backfill_history(s: Settings, svc: PoolServiceSettings, minutes: int, end_s: int) -> int:
+    """Write the `minutes` trace minutes before the replayed slice into `features` (see `history_rows`), so
+    the forecaster has the day before, as a running service would; returns the rows written."""
+    first = max(0, s.demo.trace_start - minutes * 60)
+    counts = list(islice(read_trace(dataset_path(NASA_RPS), first), s.demo.trace_start - first))
+    rows = history_rows(counts, s.demo.scale, trace_minute_s(s), end_s, svc.name)
+    cl = clickhouse_client(s.clickhouse, s.clickhouse.database)
+    try:
+        cl.execute(f"INSERT INTO {s.clickhouse.database}.features (window_start, window_end, service, instance, "
+                   "requests, rate) VALUES", rows)
+    finally:
+        cl.disconnect()
+    return len(rows)
 
 
 def _pool_status(s: Settings, service: str) -> dict[str, Any]:
@@ -203,6 +247,11 @@ def run_closed_loop(s: Settings, say: Say, report_dir: Path, progress: bool = Tr
             raise RuntimeError(f"{svc.name}: instances not ready after {svc.startup_delay_s + 60:.0f} s; "
                                f"see {s.state / 'logs' / 'pool'}")
         time.sleep(1)
+    step = trace_minute_s(s)
+    written = backfill_history(s, svc, loop_s.autoscaler.history_minutes, int(time.time()) // step * step)
+    notes.append(f"the forecaster's history: the {written} trace minutes before the replayed slice, written to "
+                 f"`features` as {step} s windows ending when the replay starts (the service's past)")
+    say(notes[-1])
     threads = [threading.Thread(target=_every, args=(stop, 1.0, sample_pool, say, "pool"), daemon=True),
                threading.Thread(target=_every, args=(stop, s.demo.interval_s, autoscale_round, say, "autoscaler"),
                                 daemon=True),

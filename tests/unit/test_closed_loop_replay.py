@@ -1,7 +1,12 @@
 """The demo's like-for-like replay of a policy's decided counts: startup delay, removals, under-provisioning."""
 
+from pathlib import Path
+
+import pytest
+
 from infra.closed_loop import replay_schedule
 from infra.core.features_table import ServiceWindow
+from infra.core.settings import load_settings
 
 
 def windows(rates: list[float], width: int = 10, start: int = 1000) -> list[ServiceWindow]:
@@ -32,3 +37,27 @@ def test_a_removal_takes_a_starting_replica_first() -> None:
 def test_no_decisions_keeps_the_initial_count_and_seconds_without_a_window_are_not_judged() -> None:
     rs, under = replay_schedule([], 4, 20.0, windows([50.0]), 10.0, 1000.0, 1020.0)  # 1010..1019: no window
     assert (rs, under) == (80, 10)
+
+
+def test_history_rows_are_one_closed_window_per_trace_minute_ending_at_the_replay() -> None:
+    from infra.closed_loop import history_rows
+
+    per_second = [1] * 60 + [2] * 60 + [0] * 30  # two whole minutes and a part, which is left out
+    rows = history_rows(per_second, 1.5, 10, 5000, "shop")
+    assert [(r[0].timestamp(), r[1].timestamp()) for r in rows] == [(4980, 4990), (4990, 5000)]
+    assert [(r[2], r[3], r[4], r[5]) for r in rows] == [("shop", "*", 90, 9.0), ("shop", "*", 180, 18.0)]
+
+
+def test_the_trace_minute_must_hold_whole_feature_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra.closed_loop import trace_minute_s
+
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert trace_minute_s(s) == 60 / s.demo.speedup == 10  # the default: one window per trace minute
+    for speedup, ok in ((3.0, 20), (60.0, None), (4.0, None), (7.0, None)):
+        t = s.model_copy(update={"demo": s.demo.model_copy(update={"speedup": speedup})})
+        if ok is None:
+            with pytest.raises(ValueError, match="whole number"):
+                trace_minute_s(t)
+        else:
+            assert trace_minute_s(t) == ok
