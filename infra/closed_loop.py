@@ -86,7 +86,7 @@ def demo_settings(s: Settings, svc: PoolServiceSettings) -> Settings:
                                reactive=compress_time(reactive_knobs(**bounds), f))
     return s.model_copy(update={
         "autoscaler": AutoscalerSettings(interval_s=s.demo.interval_s, poll_s=1.0, services=[scaled],
-                                         history_step_s=trace_minute_s(s)),
+                                         history_step_s=forecast_step_s(s)),
         # The overload guard (`health.capacity_rps`) stays off: with it on, the leaking instance was drained
         # 30 s later (9.4 s before its crash, 0.78% errors) because the pool had just scaled down to two;
         # off, 39.5 s before, 0 errors. It does stop drains of merely overloaded instances.
@@ -95,37 +95,44 @@ def demo_settings(s: Settings, svc: PoolServiceSettings) -> Settings:
     })
 
 
-def trace_minute_s(s: Settings) -> int:
-    """Wall seconds one trace minute lasts in the replay: the forecaster's step. It must hold whole
-    feature windows, or a step would mix two minutes."""
-    step = 60.0 / s.demo.speedup
-    if step < s.streams.window_s or step != round(step) or round(step) % s.streams.window_s:
-        raise ValueError(f"demo.speedup {s.demo.speedup:g} makes a trace minute {step:g} wall seconds, not a whole "
-                         f"number of {s.streams.window_s} s feature windows: choose a speedup of 60 / "
-                         f"(k x {s.streams.window_s}), e.g. {60 / s.streams.window_s:g}")
-    return round(step)
+def forecast_step_s(s: Settings) -> int:
+    """Wall seconds of one step of the forecaster's history in the replay: a trace minute when that holds
+    whole feature windows, else one window (then a step stands for several trace minutes). A step must
+    hold whole windows, or it would mix two of them."""
+    minute = 60.0 / s.demo.speedup
+    window = s.streams.window_s
+    if minute <= window:
+        return window
+    if minute != round(minute) or round(minute) % window:
+        raise ValueError(f"demo.speedup {s.demo.speedup:g} makes a trace minute {minute:g} wall seconds, not a whole "
+                         f"number of {window} s feature windows: choose a speedup of at least {60 / window:g}, or "
+                         f"60 / (k x {window})")
+    return round(minute)
 
 
-def history_rows(per_second: list[int], scale: float, step_s: int, end_s: int, service: str) -> list[tuple[Any, ...]]:
-    """Closed service-wide windows, one per trace minute of `per_second` (the trace's counts), the last
-    one ending at `end_s`, each `step_s` wall seconds long: the service's past as the stream worker would
-    have written it had the replay run all along (rate per wall second, requests scaled)."""
-    minutes = len(per_second) // 60
+def history_rows(per_second: list[int], scale: float, trace_s: int, step_s: int, end_s: int,
+                 service: str) -> list[tuple[Any, ...]]:
+    """Closed service-wide windows, one per `trace_s` seconds of `per_second` (the trace's counts), each
+    `step_s` wall seconds long, the last one ending at `end_s`: the service's past as the stream worker
+    would have written it had the replay run all along (rate per wall second, requests scaled)."""
+    steps = len(per_second) // trace_s
     rows = []
-    for k in range(minutes):
-        n = round(sum(per_second[k * 60:(k + 1) * 60]) * scale)
-        start = end_s - (minutes - k) * step_s
+    for k in range(steps):
+        n = round(sum(per_second[k * trace_s:(k + 1) * trace_s]) * scale)
+        start = end_s - (steps - k) * step_s
         rows.append((datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(start + step_s, UTC), service,
                      SERVICE_WIDE, n, n / step_s))
     return rows
 
 
-def backfill_history(s: Settings, svc: PoolServiceSettings, minutes: int, end_s: int) -> int:
-    """Write the `minutes` trace minutes before the replayed slice into `features` (see `history_rows`), so
-    the forecaster has the day before, as a running service would; returns the rows written."""
-    first = max(0, s.demo.trace_start - minutes * 60)
+def backfill_history(s: Settings, svc: PoolServiceSettings, steps: int, end_s: int) -> int:
+    """Write the `steps` forecaster steps of trace before the replayed slice into `features` (see
+    `history_rows`), so the forecaster has the history a running service would; returns the rows written."""
+    step = forecast_step_s(s)
+    trace_s = round(step * s.demo.speedup)
+    first = max(0, s.demo.trace_start - steps * trace_s)
     counts = list(islice(read_trace(dataset_path(NASA_RPS), first), s.demo.trace_start - first))
-    rows = history_rows(counts, s.demo.scale, trace_minute_s(s), end_s, svc.name)
+    rows = history_rows(counts, s.demo.scale, trace_s, step, end_s, svc.name)
     cl = clickhouse_client(s.clickhouse, s.clickhouse.database)
     try:
         cl.execute(f"INSERT INTO {s.clickhouse.database}.features (window_start, window_end, service, instance, "
@@ -247,10 +254,11 @@ def run_closed_loop(s: Settings, say: Say, report_dir: Path, progress: bool = Tr
             raise RuntimeError(f"{svc.name}: instances not ready after {svc.startup_delay_s + 60:.0f} s; "
                                f"see {s.state / 'logs' / 'pool'}")
         time.sleep(1)
-    step = trace_minute_s(s)
+    step = forecast_step_s(s)
     written = backfill_history(s, svc, loop_s.autoscaler.history_minutes, int(time.time()) // step * step)
-    notes.append(f"the forecaster's history: the {written} trace minutes before the replayed slice, written to "
-                 f"`features` as {step} s windows ending when the replay starts (the service's past)")
+    notes.append(f"the forecaster's history: {written} steps of {step * s.demo.speedup / 60:g} trace minutes "
+                 f"before the replayed slice, written to `features` as {step} s windows ending when the replay "
+                 "starts (the service's past)")
     say(notes[-1])
     threads = [threading.Thread(target=_every, args=(stop, 1.0, sample_pool, say, "pool"), daemon=True),
                threading.Thread(target=_every, args=(stop, s.demo.interval_s, autoscale_round, say, "autoscaler"),

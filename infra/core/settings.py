@@ -216,14 +216,13 @@ class DemoSettings(Section):
     latencies_ms: list[float] = Field(default_factory=lambda: [5.0, 40.0], description="Latency of each backend.")
     burst_requests: int = Field(400, description="Requests `foresight demo --quick` sends through HAProxy.")
     loop_service: str = Field("shop", description="Pool service the closed-loop demo scales, drains and loads.")
-    trace_start: int = Field(2_924_545, ge=0, description="First NASA trace second the demo replays (Monday 7 Aug "
-                             "1995, 06:50, in the validation range: the morning ramp, 0.26 to 0.83 req/s in 80 "
-                             "minutes, follows).")
-    speedup: float = Field(6.0, gt=0, description="Trace seconds per wall second: 6 replays 80 trace minutes in 8 "
-                           "minutes, one trace minute per 10 s feature window (the forecaster's step; the day "
-                           "before is written to `features` first, as the service's past).")
-    scale: float = Field(15.0, gt=0, description="Multiplier of the trace's requests (NASA's ~1 req/s becomes a "
-                         "load for several instances).")
+    trace_start: int = Field(2_914_345, ge=0, description="First NASA trace second the demo replays (Monday 7 Aug "
+                             "1995, 04:00, in the validation range: the morning ramp follows).")
+    speedup: float = Field(60.0, gt=0, description="Trace seconds per wall second: 60 replays 8 trace hours in 8 "
+                           "minutes. The forecaster reads each 10 s feature window (10 trace minutes) as one step; "
+                           "the steps before the slice are written to `features` first, as the service's past.")
+    scale: float = Field(1.3, gt=0, description="Multiplier of the trace's rate (NASA's ~1 req/s becomes a load "
+                         "for several instances).")
     duration_s: float = Field(480.0, gt=0, description="Wall seconds the closed-loop demo replays.")
     fault_at_s: float = Field(150.0, ge=0, description="When the demo injects its fault into one instance.")
     fault_lead_s: float = Field(75.0, gt=0, description="The injected leak's precursors (latency, resource "

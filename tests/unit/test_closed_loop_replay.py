@@ -39,25 +39,25 @@ def test_no_decisions_keeps_the_initial_count_and_seconds_without_a_window_are_n
     assert (rs, under) == (80, 10)
 
 
-def test_history_rows_are_one_closed_window_per_trace_minute_ending_at_the_replay() -> None:
+def test_history_rows_are_one_closed_window_per_step_ending_at_the_replay() -> None:
     from infra.closed_loop import history_rows
 
-    per_second = [1] * 60 + [2] * 60 + [0] * 30  # two whole minutes and a part, which is left out
-    rows = history_rows(per_second, 1.5, 10, 5000, "shop")
+    per_second = [1] * 60 + [2] * 60 + [0] * 30  # two whole steps of 60 trace seconds and a part, left out
+    rows = history_rows(per_second, 1.5, 60, 10, 5000, "shop")
     assert [(r[0].timestamp(), r[1].timestamp()) for r in rows] == [(4980, 4990), (4990, 5000)]
     assert [(r[2], r[3], r[4], r[5]) for r in rows] == [("shop", "*", 90, 9.0), ("shop", "*", 180, 18.0)]
 
 
-def test_the_trace_minute_must_hold_whole_feature_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from infra.closed_loop import trace_minute_s
+def test_the_forecast_step_holds_whole_feature_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra.closed_loop import forecast_step_s
 
     monkeypatch.chdir(tmp_path)
     s = load_settings()
-    assert trace_minute_s(s) == 60 / s.demo.speedup == 10  # the default: one window per trace minute
-    for speedup, ok in ((3.0, 20), (60.0, None), (4.0, None), (7.0, None)):
+    assert s.streams.window_s == 10
+    for speedup, step in ((60.0, 10), (6.0, 10), (3.0, 20), (120.0, 10), (7.0, 10), (4.0, None), (2.5, None)):
         t = s.model_copy(update={"demo": s.demo.model_copy(update={"speedup": speedup})})
-        if ok is None:
-            with pytest.raises(ValueError, match="whole number"):
-                trace_minute_s(t)
+        if step is None:  # a trace minute of 15 s or 24 s would mix windows
+            with pytest.raises(ValueError, match="whole"):
+                forecast_step_s(t)
         else:
-            assert trace_minute_s(t) == ok
+            assert forecast_step_s(t) == step
