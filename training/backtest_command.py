@@ -83,6 +83,17 @@ def print_tables(result: dict[str, Any]) -> None:
         weeks.add_row(row["from"], str(row["minutes"]), str(row["predictive"]["underprov_pct"]),
                       str(row["hpa"]["underprov_pct"]), str(row["predictive_vs_hpa"]), str(row["predictive_vs_oracle"]))
     console.print(weeks)
+    parts = result["autoscale"].get("breakdown")
+    if parts:
+        split = Table(title="where predictive's replica-seconds go, test range (x the oracle's; each variant "
+                            "tuned on validation)")
+        for col in ("oracle", "burst noise", "forecaster", "startup lead", "scale-down guardrails", "predictive"):
+            split.add_column(col)
+        split.add_row(*(str(parts[k]) for k in ("oracle", "burst_noise", "forecaster", "startup_lead",
+                                                "scale_down_guardrails", "total")))
+        console.print(split)
+        console.print(f"integer rounding (ceil) in the oracle: {parts['integer_rounding']['oracle']}, in the "
+                      f"startup-0 variant: {parts['integer_rounding']['startup_0']} (x the oracle's replica-seconds)")
     spread = result["autoscale"].get("per_day_spread", {})
     for key, s in spread.items():
         if s:

@@ -122,3 +122,49 @@ def floor_table(actual: np.ndarray, naive: np.ndarray, centred: np.ndarray, step
             "n": int(ok.sum()),
         }
     return out
+
+
+def allocation_floor(demand: np.ndarray, capacity: float, slo_pct: float, half: int, bins: int = 60) -> float | None:
+    """How few replica-minutes a policy knowing the neighbouring minutes could need, as a ratio to the oracle.
+
+    The policy imagined here knows each minute's centred rate (`centred_mean`: the `half` minutes each
+    side, the future included, the minute itself left out) and, in-sample, how demand spreads around
+    it (per bin of that rate); it provisions per bin the count minimising replicas + lam x misses, with
+    the lam that bills least within `slo_pct`, then drops replicas where they serve fewest minutes until
+    the allowance is spent: it puts its misses where a replica buys the least. It starts replicas at
+    once and sees the future, so it is no policy: it shows how much of the gap to the oracle is each
+    minute's own burst, which only the oracle knows. None: too few minutes."""
+    d = np.asarray(demand, dtype=np.float64)
+    mu = centred_mean(d, half)
+    ok = np.isfinite(d) & np.isfinite(mu)
+    d, mu = d[ok], mu[ok]
+    if len(d) < bins:
+        return None
+    oracle = np.ceil(d / capacity - 1e-9)
+    edges = np.unique(np.quantile(mu, np.linspace(0.0, 1.0, bins + 1))[1:-1])
+    which = np.searchsorted(edges, mu, side="right")
+    counts = np.arange(int(oracle.max()) + 1)
+    n = np.bincount(which, minlength=len(edges) + 1).astype(np.float64)
+    # misses[b, r]: minutes of bin b whose demand r replicas would not serve
+    misses = np.stack([np.bincount(which, weights=(d[:, None] > counts[None, :] * capacity + 1e-9)[:, r],
+                                   minlength=len(n)) for r in counts], axis=1)
+    allowed = slo_pct / 100.0 * len(d)
+    rows = np.arange(len(n))
+    best: np.ndarray | None = None
+    for lam in np.geomspace(1e-3, 1e7, 4000):
+        pick = np.argmin(n[:, None] * counts[None, :] + lam * misses, axis=1)
+        if misses[rows, pick].sum() <= allowed + 1e-9 and (best is None or (n * pick).sum() < (n * best).sum()):
+            best = pick
+    if best is None:
+        return None
+    # spend what is left of the allowance: drop a replica where it serves the fewest minutes per minute billed
+    while True:
+        used = misses[rows, best].sum()
+        extra = np.where(best > 0, misses[rows, np.maximum(best - 1, 0)] - misses[rows, best], np.inf)
+        fits = (extra <= allowed - used + 1e-9) & (best > 0)
+        if not fits.any():
+            break
+        score = np.where(fits, extra / np.maximum(n, 1.0), np.inf)
+        best = best.copy()
+        best[int(np.argmin(score))] -= 1
+    return round(float((n * best).sum()) / float(oracle.sum()), 4)
