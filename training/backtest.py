@@ -24,7 +24,15 @@ from infra.core.scaling import FEEDBACK_GAIN, ScalingKnobs, predictive, predicti
 from training import baselines
 from training.autoscale import Forecasts, ScalingSpec, Trace, oracle, simulate, tune
 from training.fit import OnEpoch, TrainConfig, TrainResult, forecast, script, targets, train
-from training.metrics import allocation_floor, centred_mean, floor_table, horizon_table, mase_scale
+from training.metrics import (
+    allocation_floor,
+    centred_conditions,
+    centred_mean,
+    floor_table,
+    horizon_table,
+    mase_scale,
+    past_conditions,
+)
 from training.progress import sim_bar
 from training.series import STEP_S, RateSeries
 from training.splits import Splits
@@ -170,8 +178,10 @@ def breakdown(cfg: BacktestConfig, pred: Callable[[float], ScalingKnobs], predic
     guardrails (stabilization and step limit), then also with startup 0 (it provisions for the
     forecast of the minute itself and bills no starting replica). The steps between them are the
     guardrails' and the startup lead's costs. The rest is split by `allocation_floor`: what a policy
-    knowing each minute's neighbours' rate (future included) would still need (`burst_noise`, bursts
-    only the oracle sees), and what the forecaster, past only, costs above that (`forecaster`).
+    knowing what a forecaster can know of each minute (the minute before, the level of the 10 before)
+    and, in-sample, the spread around it would still need (`burst_noise`, bursts only the oracle
+    sees), and what the forecaster costs above that (`forecaster`). `allocation_floor_centred` is the
+    same knowing the minutes on both sides, the future included.
     `integer_rounding` is the share of each that is whole replicas (ceil) rather than the fraction."""
     spec, slo = cfg.spec, cfg.slo_pct
     (val_d, val_fc), (test_d, test_fc) = val, test
@@ -190,7 +200,8 @@ def breakdown(cfg: BacktestConfig, pred: Callable[[float], ScalingKnobs], predic
     asked = test_fc.values[:, 0, test_fc.levels.index(cfg.predictive_quantile)] * (1.0 + h_now + correction)
     fraction_now = float(np.sum(asked[billed] / spec.capacity)) * STEP_S
     fraction_oracle = float(np.sum(test_d[billed] / spec.capacity)) * STEP_S
-    floor = allocation_floor(test_d, spec.capacity, slo, cfg.floor_half_window)
+    floor = allocation_floor(test_d, spec.capacity, slo, past_conditions(test_d))
+    centred = allocation_floor(test_d, spec.capacity, slo, centred_conditions(test_d, cfg.floor_half_window))
     o = oracle_rs or 1.0
     now_x, free_x = r_now.replica_seconds / o, r_free.replica_seconds / o
     return {
@@ -201,6 +212,7 @@ def breakdown(cfg: BacktestConfig, pred: Callable[[float], ScalingKnobs], predic
         "scale_down_guardrails": round(predictive_rs / o - free_x, 3),
         "total": round(predictive_rs / o, 3),
         "allocation_floor": floor,
+        "allocation_floor_centred": centred,
         "integer_rounding": {"oracle": round(1.0 - fraction_oracle / o, 3),
                              "startup_0": round((r_now.replica_seconds - fraction_now) / o, 3)},
         "variants": {

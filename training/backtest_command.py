@@ -92,6 +92,9 @@ def print_tables(result: dict[str, Any]) -> None:
         split.add_row(*(str(parts[k]) for k in ("oracle", "burst_noise", "forecaster", "startup_lead",
                                                 "scale_down_guardrails", "total")))
         console.print(split)
+        console.print(f"burst noise = allocation floor {parts['allocation_floor']} x the oracle, knowing the minute "
+                      f"before and the 10 before (knowing the minutes on both sides: "
+                      f"{parts['allocation_floor_centred']})")
         console.print(f"integer rounding (ceil) in the oracle: {parts['integer_rounding']['oracle']}, in the "
                       f"startup-0 variant: {parts['integer_rounding']['startup_0']} (x the oracle's replica-seconds)")
     spread = result["autoscale"].get("per_day_spread", {})
