@@ -32,12 +32,13 @@ def parse_start(start: str | None) -> float | None:
 def backtest_command(trace: Path, *, test_from: int | None, val_from: int | None, scale: float, capacity: float,
                      startup_s: float, slo_pct: float, start: str | None, report: Path | None, epochs: int,
                      seed: int, threads: int, as_json: bool, refit: bool = True,
-                     feedback_gain: float | None = None) -> dict[str, Any]:
+                     feedback_gain: float | None = None, breakdown: bool = True) -> dict[str, Any]:
     say(f"reading {trace}")
     series = load_trace(trace, parse_start(start))
     splits = split_by_index(series, test_from, val_from)
     cfg = BacktestConfig(scale=scale, spec=ScalingSpec(capacity=capacity, startup_s=startup_s), slo_pct=slo_pct,
                          train=TrainConfig(epochs=epochs, seed=seed, torch_threads=threads), refit=refit,
+                         breakdown=breakdown,
                          **({} if feedback_gain is None else {"feedback_gain": feedback_gain}))
     with epoch_bar(epochs) as on_epoch:
         bt = run_backtest(series, splits, cfg, say, on_epoch)
