@@ -157,7 +157,7 @@ def build_health_controller(s: Settings, leadership: bool = True, name: str = "h
         registry=registry,
         sink=decision_log(s, name),
         knobs=DrainKnobs(h.drain_above, h.readmit_below, h.readmit_after, h.max_drained_fraction, h.capacity_rps,
-                         h.cooldown_rounds),
+                         h.cooldown_rounds, h.drain_after),
         features_max_age_s=h.features_max_age_s, window_s=s.streams.instance_window, dry_run=h.dry_run, leadership=lead,
     )
 

@@ -604,6 +604,8 @@ class HealthSettings(Section):
                                 "drains before they fail (registry names); empty = none.")
     interval_s: float = Field(5.0, gt=0, description="Seconds between two rounds.")
     drain_above: float = Field(0.8, gt=0, le=1, description="Drain a ready instance whose risk reaches this.")
+    drain_after: int = Field(1, ge=1, description="Consecutive rounds at or above `drain_above` before a drain "
+                             "(`foresight train --kind risk` stores the one it chose, in windows, in the manifest).")
     readmit_below: float = Field(0.3, ge=0, lt=1, description="Re-admit a drained one after `readmit_after` rounds "
                                  "at or below this risk (hysteresis: below `drain_above`).")
     readmit_after: int = Field(3, ge=1, description="Consecutive healthy rounds before re-admission.")
