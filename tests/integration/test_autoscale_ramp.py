@@ -4,7 +4,9 @@ Everything runs on a private rig (etcd, the instance pool, HAProxy, the registry
 ClickHouse server of the test's own, on free loopback ports). The same load goes twice through the
 same pool and HAProxy: once scaled by the `Autoscaler` with the predictive policy, once with the
 reactive (HPA) one. The figures are measured, not simulated: each wall second, the requests HAProxy's
-frontend counted against the instances the pool reported ready times their capacity.
+frontend counted against the instances the pool reported ready times their capacity. The load generator
+(`ingest.replay`) runs in a process of its own and stays open-loop (up to 3,000 requests in flight), so
+an under-provisioned run's backlog does not throttle the arrivals and hide the demand.
 
 Time compression. The load replays Monday 7 August 1995, 06:30-08:00 EDT, at 60 trace seconds per
 wall second, so one wall second carries one trace minute of requests (about 18 req/s at 06:30,
@@ -25,6 +27,7 @@ The predictive advantage comes from the forecast (which has seen mornings rise),
 from __future__ import annotations
 
 import math
+import multiprocessing
 import re
 import threading
 import time
@@ -69,6 +72,10 @@ MAX_REPLICAS = 8
 ROUND_WALL_S = 2.0  # the autoscaler's interval, in wall seconds
 RAMP_MEAN_S = 10  # the ramp's level: the mean of this many seconds (trace minutes), not one second's burst
 HISTORY_MINUTES = 1470  # the forecaster's input: a day and half an hour
+# Requests in flight at most: enough that the client stays open-loop (arrivals follow the trace, not the
+# answers) even when a run's backlog grows; with 1,000 the backlog of an under-provisioned run throttled
+# the arrivals and hid the demand from the observed rate.
+CLIENT_CONCURRENCY = 3000
 
 
 def wait_for(what: str, cond: Callable[[], bool], timeout_s: float = 60.0) -> None:
@@ -182,6 +189,24 @@ def frontend_requests(http: httpx.Client, url: str) -> int:
     return int(float(match.group(1)))
 
 
+@dataclass(frozen=True)
+class Traffic:
+    sent: int
+    errors: int
+    p99_ms: float
+
+
+FORK = multiprocessing.get_context("fork")
+
+
+def load(trace_file: Path, url: str, wall0: float, answers: multiprocessing.Queue[Traffic]) -> None:
+    """The load generator's process: replay the stretch from `wall0` on, open-loop, and report."""
+    time.sleep(max(0.0, wall0 - time.monotonic()))
+    summary = replay(trace_file, speedup=SPEEDUP, to="http", base_url=url, duration_s=REPLAY_WALL_S, max_rps=400,
+                     concurrency=CLIENT_CONCURRENCY)
+    answers.put(Traffic(summary.requests_sent, summary.errors, summary.latency_ms(0.99) or 0.0))
+
+
 def write_history(cl: Client, database: str, trace: Trace) -> None:
     """The day before the replay, one closed window per trace minute, as the stream worker writes them."""
     rows = []
@@ -247,20 +272,28 @@ def run_once(policy: str, rig: Rig, scaler: PoolScaler, trace: Trace, trace_file
     sampler = threading.Thread(target=sample, name="ramp-sampler", daemon=True)
     loop = threading.Thread(target=auto.run, args=(stop, rounds.append), name="ramp-autoscaler", daemon=True)
     ready_at_start = scaler.current().ready
+    answers: multiprocessing.Queue[Traffic] = FORK.Queue()
+    clock.wall0 = time.monotonic() + 0.5  # the replay's first second
+    # Forked before this process starts a thread of its own; the client has its own interpreter, so the
+    # autoscaler and the sampler here cannot delay its requests.
+    client = FORK.Process(target=load, args=(trace_file, f"http://127.0.0.1:{rig.svc.haproxy_port}/", clock.wall0,
+                                             answers), name="ramp-load", daemon=True)
+    client.start()
     try:
-        clock.wall0 = time.monotonic() + 0.5  # the replay's first second
         sampler.start()
         time.sleep(max(0.0, clock.wall0 - time.monotonic()))
         loop.start()
-        traffic = replay(trace_file, speedup=SPEEDUP, to="http", base_url=f"http://127.0.0.1:{rig.svc.haproxy_port}/",
-                         duration_s=REPLAY_WALL_S, max_rps=400, concurrency=1000)
-        sampler.join(timeout=REPLAY_WALL_S + 30)
+        traffic = answers.get(timeout=REPLAY_WALL_S + 120)
+        sampler.join(timeout=30)
     finally:
         stop.set()
+        client.join(timeout=30)
+        if client.is_alive():
+            client.kill()
         loop.join(timeout=30)
         writer.disconnect()
         reader.disconnect()
-    assert len(samples) == REPLAY_WALL_S and rounds
+    assert client.exitcode == 0 and len(samples) == REPLAY_WALL_S and rounds
     if policy == "predictive":  # the served forecast decided every round, not the fallback
         assert not [r.fallback for r in rounds if r.fallback], [r.fallback for r in rounds if r.fallback][:3]
 
@@ -281,8 +314,7 @@ def run_once(policy: str, rig: Rig, scaler: PoolScaler, trace: Trace, trace_file
     return RunFigures(policy=policy, underprov_s=under, seconds=len(samples), exceeded_at=exceeded_at,
                       ready_then=ready_then, replica_seconds=float(sum(c for _, _, c, _ in samples)),
                       peak_rps=float(max(r for _, r, _, _ in samples)), decisions=applied,
-                      client=(f"{traffic.requests_sent} sent, {traffic.errors} errors, "
-                              f"p99 {traffic.latency_ms(0.99) or 0:.0f} ms"),
+                      client=f"{traffic.sent} sent, {traffic.errors} errors, p99 {traffic.p99_ms:.0f} ms",
                       timeline=" ".join(f"{np.mean(counts[i:i + 5]):.0f}/{samples[min(i + 4, len(samples) - 1)][3]}"
                                         for i in range(0, len(samples), 5)))
 
