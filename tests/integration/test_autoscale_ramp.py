@@ -5,7 +5,7 @@ ClickHouse server of the test's own, on free loopback ports). The same load goes
 same pool and HAProxy: once scaled by the `Autoscaler` with the predictive policy, once with the
 reactive (HPA) one. The figures are measured, not simulated: each wall second, the requests HAProxy's
 frontend counted against the instances the pool reported ready times their capacity. The load generator
-(`ingest.replay`) runs in a process of its own and stays open-loop (up to 3,000 requests in flight), so
+(`ingest.replay`) runs in processes of its own and stays open-loop (up to 3,000 requests in flight), so
 an under-provisioned run's backlog does not throttle the arrivals and hide the demand.
 
 Time compression. The load replays Monday 7 August 1995, 06:30-08:00 EDT, at 60 trace seconds per
@@ -72,10 +72,12 @@ MAX_REPLICAS = 8
 ROUND_WALL_S = 2.0  # the autoscaler's interval, in wall seconds
 RAMP_MEAN_S = 10  # the ramp's level: the mean of this many seconds (trace minutes), not one second's burst
 HISTORY_MINUTES = 1470  # the forecaster's input: a day and half an hour
-# Requests in flight at most: enough that the client stays open-loop (arrivals follow the trace, not the
-# answers) even when a run's backlog grows; with 1,000 the backlog of an under-provisioned run throttled
-# the arrivals and hid the demand from the observed rate.
-CLIENT_CONCURRENCY = 3000
+# The load generator: CLIENTS processes, each replaying a share of every trace second's requests with up to
+# CLIENT_CONCURRENCY in flight, so that it stays open-loop (arrivals follow the trace, not the answers) when
+# an under-provisioned run's backlog grows. One process with 1,000 in flight could not: httpx's connection
+# pool costs O(connections^2) per request, the client stalled, and the observed rate fell at the peak.
+CLIENTS = 4
+CLIENT_CONCURRENCY = 750
 
 
 def wait_for(what: str, cond: Callable[[], bool], timeout_s: float = 60.0) -> None:
@@ -221,7 +223,7 @@ def write_history(cl: Client, database: str, trace: Trace) -> None:
                "VALUES", rows)
 
 
-def run_once(policy: str, rig: Rig, scaler: PoolScaler, trace: Trace, trace_file: Path, registry: Path,
+def run_once(policy: str, rig: Rig, scaler: PoolScaler, trace: Trace, trace_files: list[Path], registry: Path,
              database: str) -> RunFigures:
     """Reset the pool to its starting size, replay the ramp through HAProxy with the autoscaler running
     `policy`, and measure each wall second."""
@@ -273,27 +275,30 @@ def run_once(policy: str, rig: Rig, scaler: PoolScaler, trace: Trace, trace_file
     loop = threading.Thread(target=auto.run, args=(stop, rounds.append), name="ramp-autoscaler", daemon=True)
     ready_at_start = scaler.current().ready
     answers: multiprocessing.Queue[Traffic] = FORK.Queue()
-    clock.wall0 = time.monotonic() + 0.5  # the replay's first second
-    # Forked before this process starts a thread of its own; the client has its own interpreter, so the
-    # autoscaler and the sampler here cannot delay its requests.
-    client = FORK.Process(target=load, args=(trace_file, f"http://127.0.0.1:{rig.svc.haproxy_port}/", clock.wall0,
-                                             answers), name="ramp-load", daemon=True)
-    client.start()
+    clock.wall0 = time.monotonic() + 1.0  # the replay's first second
+    # Forked before this process starts a thread of its own; the clients have their own interpreters, so
+    # the autoscaler and the sampler here cannot delay their requests.
+    clients = [FORK.Process(target=load, args=(f, f"http://127.0.0.1:{rig.svc.haproxy_port}/", clock.wall0, answers),
+                            name=f"ramp-load-{i}", daemon=True) for i, f in enumerate(trace_files)]
+    for c in clients:
+        c.start()
     try:
         sampler.start()
         time.sleep(max(0.0, clock.wall0 - time.monotonic()))
         loop.start()
-        traffic = answers.get(timeout=REPLAY_WALL_S + 120)
+        parts = [answers.get(timeout=REPLAY_WALL_S + 120) for _ in clients]
+        traffic = Traffic(sum(p.sent for p in parts), sum(p.errors for p in parts), max(p.p99_ms for p in parts))
         sampler.join(timeout=30)
     finally:
         stop.set()
-        client.join(timeout=30)
-        if client.is_alive():
-            client.kill()
+        for c in clients:
+            c.join(timeout=30)
+            if c.is_alive():
+                c.kill()
         loop.join(timeout=30)
         writer.disconnect()
         reader.disconnect()
-    assert client.exitcode == 0 and len(samples) == REPLAY_WALL_S and rounds
+    assert all(c.exitcode == 0 for c in clients) and len(samples) == REPLAY_WALL_S and rounds
     if policy == "predictive":  # the served forecast decided every round, not the fallback
         assert not [r.fallback for r in rounds if r.fallback], [r.fallback for r in rounds if r.fallback][:3]
 
@@ -314,7 +319,7 @@ def run_once(policy: str, rig: Rig, scaler: PoolScaler, trace: Trace, trace_file
     return RunFigures(policy=policy, underprov_s=under, seconds=len(samples), exceeded_at=exceeded_at,
                       ready_then=ready_then, replica_seconds=float(sum(c for _, _, c, _ in samples)),
                       peak_rps=float(max(r for _, r, _, _ in samples)), decisions=applied,
-                      client=f"{traffic.sent} sent, {traffic.errors} errors, p99 {traffic.p99_ms:.0f} ms",
+                      client=f"{traffic.sent} sent, {traffic.errors} errors, worst p99 {traffic.p99_ms:.0f} ms",
                       timeline=" ".join(f"{np.mean(counts[i:i + 5]):.0f}/{samples[min(i + 4, len(samples) - 1)][3]}"
                                         for i in range(0, len(samples), 5)))
 
@@ -324,14 +329,17 @@ def test_predictive_scaling_is_ready_before_a_nasa_ramp_that_reactive_scaling_mi
     service = PoolServiceSettings(name=SERVICE, replicas=START_REPLICAS, startup_delay_s=STARTUP_S,
                                   capacity_rps=CAPACITY_RPS, workers=2, min_replicas=1, max_replicas=MAX_REPLICAS)
     rig = Rig(rig_settings(tmp_path / "rig", service, private_clickhouse=True))
-    # the replayed stretch, and nothing else, in a file of its own: the replay starts at its first value
-    trace_file = tmp_path / "ramp.txt"
-    stretch = trace.rps[trace.first_second: trace.first_second + REPLAY_WALL_S * SPEEDUP + SPEEDUP]
-    trace_file.write_text("\n".join(str(int(v)) for v in stretch))
+    # the replayed stretch, and nothing else, split between the clients' files: each second's requests
+    # exactly, the remainder going round
+    stretch = trace.rps[trace.first_second: trace.first_second + REPLAY_WALL_S * SPEEDUP + SPEEDUP].astype(int)
+    trace_files = [tmp_path / f"ramp-{i}.txt" for i in range(CLIENTS)]
+    for i, path in enumerate(trace_files):
+        share = stretch // CLIENTS + (((i - np.arange(len(stretch))) % CLIENTS) < stretch % CLIENTS)
+        path.write_text("\n".join(str(int(v)) for v in share))
     try:
         rig.start("clickhouse", "etcd", "haproxy", "registry-sync", "pool")
         scaler = PoolScaler(f"http://127.0.0.1:{rig.s.pool.admin_port}", SERVICE)
-        figures = [run_once(policy, rig, scaler, trace, trace_file, registry, f"ramp_{policy}")
+        figures = [run_once(policy, rig, scaler, trace, trace_files, registry, f"ramp_{policy}")
                    for policy in ("predictive", "reactive")]
     finally:
         rig.close()
