@@ -174,6 +174,7 @@ class RunFigures:
     decisions: list[str]
     client: str  # what the load generator saw
     timeline: str  # every 5 s: mean req/s / instances ready at the end
+    arrivals: list[int]  # requests HAProxy counted, each second
 
     def line(self) -> str:
         return (f"{self.policy:>10}: under-provisioned {self.underprov_s:3d} of {self.seconds} s; load above the "
@@ -320,6 +321,7 @@ def run_once(policy: str, rig: Rig, scaler: PoolScaler, trace: Trace, trace_file
                       ready_then=ready_then, replica_seconds=float(sum(c for _, _, c, _ in samples)),
                       peak_rps=float(max(r for _, r, _, _ in samples)), decisions=applied,
                       client=f"{traffic.sent} sent, {traffic.errors} errors, worst p99 {traffic.p99_ms:.0f} ms",
+                      arrivals=counts,
                       timeline=" ".join(f"{np.mean(counts[i:i + 5]):.0f}/{samples[min(i + 4, len(samples) - 1)][3]}"
                                         for i in range(0, len(samples), 5)))
 
@@ -348,6 +350,12 @@ def test_predictive_scaling_is_ready_before_a_nasa_ramp_that_reactive_scaling_mi
         print(f"{'':>12}applied: {', '.join(f.decisions) or 'none'}")
         print(f"{'':>12}every 5 s, req/s / ready: {f.timeline}")
     predictive, reactive = figures
+    # the same load in both runs, as HAProxy counted it (a stalled client would make it a different test)
+    tens = [(sum(predictive.arrivals[i:i + 10]), sum(reactive.arrivals[i:i + 10])) for i in range(0, REPLAY_WALL_S, 10)]
+    worst = max(abs(a - b) / max(a, b, 1) for a, b in tens)
+    print(f"arrivals per 10 s, predictive / reactive run: {' '.join(f'{a}/{b}' for a, b in tens)} "
+          f"(largest difference {worst:.0%})")
+    assert worst <= 0.25, "the two runs did not get the same load"
     assert predictive.exceeded_at is not None, "the ramp never exceeded the starting capacity: nothing was tested"
     assert predictive.ready_then is not None and predictive.ready_then > START_REPLICAS, \
         "predictive scaling had no new instance ready when the load first exceeded the starting capacity"
