@@ -51,7 +51,7 @@ SECTIONS = ("kafka", "clickhouse", "etcd", "haproxy", "demo", "ingest", "pool", 
 
 
 def rig_settings(folder: Path, service: PoolServiceSettings | None = None, lease_ttl_s: int = 3,
-                 drain_quiet_s: float = 0.5, private_clickhouse: bool = False) -> Settings:
+                 drain_quiet_s: float = 1.0, private_clickhouse: bool = False) -> Settings:
     first = free_ports(15)
     port = iter(range(first, first + 15))
     svc = (service or PoolServiceSettings(name="web", replicas=1, startup_delay_s=0.2, capacity_rps=200,
