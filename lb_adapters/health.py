@@ -18,6 +18,7 @@ from typing import Protocol
 from infra.core.service_registry import InstanceState, Leadership, Registry, RegistryEntry, RegistryError
 from lb_adapters import metrics
 from lb_adapters.controller import FeatureSource
+from lb_adapters.policies.capacity import ALPHA, Served, capacities, observe, update_served
 from lb_adapters.policies.drain import DrainDecision, DrainKnobs, DrainState, decide_drains
 from lb_adapters.predictions import ServingError
 from lb_adapters.schemas import Decision, DecisionSink, PredictionRecord
@@ -49,6 +50,7 @@ class HealthController:
         self.window_s = window_s  # of the per-instance windows the feature source reads (the load estimate)
         self.leadership = leadership
         self.state: dict[str, DrainState] = {}
+        self.served: dict[str, dict[str, Served]] = {}  # per service: the capacity estimate's averages
 
     def step(self, service: str) -> HealthReport:
         report = HealthReport(service)
@@ -70,16 +72,20 @@ class HealthController:
         scored: RiskResponse | None = None
         if windows:
             try:
-                scored = self.predictor.risk(RiskRequest(service=service, instances=windows))
+                scored = self.predictor.risk(RiskRequest(service=service, instances=windows, window_s=self.window_s))
             except ServingError as exc:
                 report.note = f"risk unavailable ({exc}): holding every instance as it is"
                 return report
             report.model = f"{scored.model}@{scored.model_version}"
             report.risk.update({r.instance: r.risk for r in scored.risks if r.instance in records})
+            if scored.note:
+                report.note = scored.note
+        self.served[service] = update_served(self.served.get(service, {}), observe(windows, self.window_s), ALPHA)
         decisions, self.state[service] = decide_drains(
             report.risk, {n: e.record for n, e in records.items() if e.record is not None},
             self.state.get(service, DrainState()), self.knobs,
-            load_rps=sum(w.requests for w in windows) / self.window_s if windows else None)
+            load_rps=sum(w.requests for w in windows) / self.window_s if windows else None,
+            capacity=capacities(self.served[service], self.knobs.min_utilisation))
         now_ms = int(self.clock() * 1000)
         predictions = [PredictionRecord(ts=now_ms, kind="risk", service=service, instance=n, model=scored.model,
                                         model_version=scored.model_version, value=r)

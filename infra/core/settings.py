@@ -602,8 +602,14 @@ class HealthSettings(Section):
                                         "service at once (at least one; never the last ready one).")
     features_max_age_s: int = Field(30, gt=0, description="An instance whose newest window is older is unknown: "
                                     "neither drained nor re-admitted.")
-    capacity_rps: float | None = Field(None, gt=0, description="Requests/s one instance serves; when set, no drain "
-                                       "that would overload the ready instances left (none = no such guard).")
+    capacity_rps: float | None = Field(None, gt=0, description="Requests/s of an instance whose own capacity is "
+                                       "not estimated yet (the guard estimates each from its served rate / busy "
+                                       "share); none = such an instance leaves the overload unchecked.")
+    capacity_margin: float = Field(1.1, ge=1, description="No drain (risk, or a predicted weight of 0) unless the "
+                                   "instances left can serve the load times this; refused, the instance keeps a "
+                                   "low weight for the share they cannot take.")
+    min_utilisation: float = Field(0.25, gt=0, le=1, description="Capacity estimates read a lower busy share as "
+                                   "this: an idle instance counts for a lower bound, not a noisy ratio.")
     cooldown_rounds: int = Field(6, ge=0, description="After a drain, rounds before the next drain of the service "
                                  "(the replacement arrives and the peers' windows settle first).")
     dry_run: bool = Field(False, description="Decide and record, do not touch the registry.")

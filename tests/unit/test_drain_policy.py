@@ -80,7 +80,7 @@ def test_no_drain_into_overload_when_capacity_is_known() -> None:
     decisions, _ = decide_drains(risky, FOUR, DrainState(), knobs, load_rps=70)  # 3 left x 20 < 70
     assert [(d.instance, d.action) for d in decisions] == [("i0", "refuse")]
     assert "overloaded" in decisions[0].reason
-    decisions, _ = decide_drains(risky, FOUR, DrainState(), knobs, load_rps=55)  # 3 x 20 carries 55
+    decisions, _ = decide_drains(risky, FOUR, DrainState(), knobs, load_rps=54)  # 3 x 20 carries 54 x 1.1
     assert [(d.instance, d.action) for d in decisions] == [("i0", "drain")]
     decisions, _ = decide_drains(risky, FOUR, DrainState(), DrainKnobs(max_drained_fraction=0.5), load_rps=500)
     assert [(d.instance, d.action) for d in decisions] == [("i0", "drain")]  # capacity unknown: no guard
@@ -97,3 +97,76 @@ def test_after_a_drain_the_cooldown_holds_the_next_one() -> None:
     assert [(d.instance, d.action) for d in decisions] == [("i1", "refuse")]
     decisions, state = decide_drains({"i1": 0.9}, records, state, knobs)
     assert [(d.instance, d.action) for d in decisions] == [("i1", "drain")]
+
+
+# -- the overload guard with per-instance capacity (issue 15: unequal instances) ----------------------
+
+UNEQUAL = {"b0": 20.0, "b1": 40.0, "b2": 60.0, "b3": 80.0}  # the bench's capacities, req/s
+GUARD = DrainKnobs(max_drained_fraction=0.5, capacity_margin=1.1)
+B4 = {f"b{k}": rec(started=k) for k in range(4)}
+
+
+def test_a_drain_is_refused_when_the_rest_cannot_carry_the_load_and_the_instance_is_held() -> None:
+    """Scenario 9000: b2 (60 req/s) fails under 140 req/s; b0 + b1 + b3 = 140 < 140 x 1.1."""
+    decisions, state = decide_drains({"b2": 0.98}, B4, DrainState(), GUARD, load_rps=140, capacity=UNEQUAL)
+    (d,) = decisions
+    assert (d.instance, d.action) == ("b2", "refuse")
+    assert d.hold_share == pytest.approx((140 - 140 / 1.1) / 140)  # what the rest cannot take at 1/1.1 busy
+    assert "140 req/s" in d.reason and "low weight" in d.reason and "b3 80" in d.reason
+    assert state.cooldown == 0  # nothing was drained
+
+
+def test_a_drain_is_allowed_when_the_rest_have_the_capacity_with_the_margin() -> None:
+    """Scenario 9001: b0 (20 req/s) fails; b1 + b2 + b3 = 180 >= 140 x 1.1."""
+    decisions, _ = decide_drains({"b0": 0.98}, B4, DrainState(), GUARD, load_rps=140, capacity=UNEQUAL)
+    (d,) = decisions
+    assert (d.instance, d.action, d.hold_share) == ("b0", "drain", None)
+    assert "180 req/s" in d.reason
+
+
+@pytest.mark.parametrize(("load", "allowed"), [(127.0, True), (127.5, False)])
+def test_the_bound_is_load_times_the_margin(load: float, allowed: bool) -> None:
+    """140 req/s left carry 127.27 x 1.1: at the bound the drain passes, just above it is refused."""
+    (d,) = decide_drains({"b2": 0.9}, B4, DrainState(), GUARD, load_rps=load, capacity=UNEQUAL)[0]
+    assert (d.action == "drain") is allowed
+
+
+def test_per_instance_estimates_win_over_the_uniform_fallback_which_fills_the_gaps() -> None:
+    knobs = DrainKnobs(max_drained_fraction=0.5, capacity_rps=100.0)  # uniform alone: 300 left, would drain
+    (d,) = decide_drains({"b2": 0.9}, B4, DrainState(), knobs, load_rps=140, capacity=UNEQUAL)[0]
+    assert d.action == "refuse"
+    (d,) = decide_drains({"b2": 0.9}, B4, DrainState(), knobs, load_rps=140,
+                         capacity={"b0": 20.0, "b1": None, "b3": 80.0})[0]  # b1 unknown: 100 from the fallback
+    assert d.action == "drain"
+
+
+def test_an_unknown_capacity_or_load_leaves_the_overload_unchecked_and_says_so() -> None:
+    (d,) = decide_drains({"b2": 0.9}, B4, DrainState(), GUARD, load_rps=140, capacity={"b0": 20.0})[0]
+    assert d.action == "drain" and "unknown: overload not checked" in d.reason
+    (d,) = decide_drains({"b2": 0.9}, B4, DrainState(), GUARD, load_rps=None, capacity=UNEQUAL)[0]
+    assert d.action == "drain" and "load unknown" in d.reason
+
+
+def test_the_guard_never_lets_the_last_instance_go_and_never_touches_an_operator_state() -> None:
+    two = {"a": rec(started=1), "b": rec(state="draining", by="controller", started=2)}
+    decisions, _ = decide_drains({"a": 0.99}, two, DrainState(), DrainKnobs(max_drained_fraction=1.0), load_rps=1,
+                                 capacity={"a": 1000.0, "b": 1000.0})
+    assert [(d.instance, d.action) for d in decisions] == [("a", "refuse")]
+    assert "no ready instance" in decisions[0].reason
+    pinned = {**B4, "b2": rec(state="ready", by="operator", started=2)}
+    (d,) = decide_drains({"b2": 0.99}, pinned, DrainState(), GUARD, load_rps=1, capacity=UNEQUAL)[0]
+    assert d.action == "refuse" and "operator" in d.reason and d.hold_share is None
+    pinned = {**B4, "b2": rec(state="draining", by="operator", started=2)}  # an operator's drain stays
+    assert decide_drains({"b2": 0.0}, pinned, DrainState(), GUARD, load_rps=500, capacity=UNEQUAL)[0] == []
+
+
+def test_a_drained_instance_no_longer_counts_as_capacity_for_the_next() -> None:
+    out = {**B4, "b3": rec(state="draining", by="controller", started=3)}
+    knobs = DrainKnobs(max_drained_fraction=0.5)
+    (d,) = decide_drains({"b0": 0.9}, out, DrainState(), knobs, load_rps=95, capacity=UNEQUAL)[0]
+    assert d.action == "refuse" and "100 req/s" in d.reason  # b1 + b2 only; b3's 80 is out
+
+
+def test_knobs_refuse_a_margin_below_one() -> None:
+    with pytest.raises(ValueError):
+        DrainKnobs(capacity_margin=0.9)

@@ -233,3 +233,39 @@ def test_an_instance_without_completed_requests_gets_the_median_weight() -> None
     answer = health_models.capacity_weights(module, values, LAT_COLUMNS, 256)
     assert answer.weights[0] == 256 and answer.weights[3] == answer.weights[1]
     assert answer.reasons[3][0].startswith("no request completed")
+
+
+# -- the window length (issue 15: models trained on 2 s windows, counts per window) ------------------
+
+def test_a_model_trained_on_another_window_length_is_not_used_and_the_answer_says_so(tmp_path: Path) -> None:
+    from serving.instances_body import Rows
+
+    lat = register(tmp_path, "latency", QueueingLatency(), LAT_COLUMNS, name="queueing")  # window_s 10
+    risk_version = register(tmp_path, "risk", PeerRisk(), RISK_COLS)
+    weights, risk = WeightsModelReplica(tmp_path, 0.0), RiskModelReplica(tmp_path, 0.0)
+    x = rows(raw([10.0] * 3, [20.0, 20.0, 900.0], [5.0] * 3))
+
+    weighed = weights.weigh_batch([Rows(x, 2.0)])[0]
+    assert (weighed.model, weighed.version) == (BASELINE_WEIGHTS, "baseline")
+    assert weighed.note is not None and "10 s windows" in weighed.note and "2 s" in weighed.note
+    scored = risk.score_batch([Rows(x, 2.0)])[0]
+    assert (scored.model, scored.version) == (peer_risk.MODEL_NAME, "baseline")
+    assert scored.note is not None and "baseline" in scored.note
+
+    same_w, same_r = weights.weigh_batch([Rows(x, 10.0)])[0], risk.score_batch([Rows(x, 10.0)])[0]
+    assert (same_w.version, same_w.note, same_r.version, same_r.note) == (lat, None, risk_version, None)
+
+
+def test_a_request_without_a_window_length_is_assumed_the_models_and_told_so(tmp_path: Path) -> None:
+    version = register(tmp_path, "risk", PeerRisk(), RISK_COLS)
+    scored = RiskModelReplica(tmp_path, 0.0).score_batch([rows(raw([10.0] * 3, [20.0] * 3, [5.0] * 3))])[0]
+    assert scored.version == version  # a bare array (older callers): the model still answers
+    assert scored.note is not None and "assumed" in scored.note and "10 s" in scored.note
+
+
+def test_the_baseline_alone_needs_no_window_length(tmp_path: Path) -> None:
+    from serving.instances_body import Rows
+
+    (weighed,) = WeightsModelReplica(tmp_path, 0.0).weigh_batch([Rows(rows(raw([10.0] * 2, [20.0] * 2, [5.0] * 2)),
+                                                                      2.0)])
+    assert (weighed.version, weighed.note) == ("baseline", None)
