@@ -305,7 +305,8 @@ class ForesightController:
         windows = [w for name, s in samples.items() if name in old and then >= self.drained.get(name, -math.inf)
                    if (w := window_features(name, old[name], s)) is not None]
         self.latest.windows = windows
-        holds = self._drains(windows, stats)
+        busy_now = {name: s.backend.busy for name, s in samples.items() if s.backend is not None}
+        holds = self._drains(windows, stats, busy_now)
         if windows:
             report = self.weights.step(SERVICE, holds)
             if report.response is not None:
@@ -318,9 +319,11 @@ class ForesightController:
             self.trace.last_weights = dict(report.after)
         self.trace.round_ms.append((self.clock() - started) * 1000)
 
-    def _drains(self, windows: list[InstanceFeatures], stats: Mapping[str, Mapping[str, str]]) -> dict[str, int]:
+    def _drains(self, windows: list[InstanceFeatures], stats: Mapping[str, Mapping[str, str]],
+                busy_now: Mapping[str, float] | None = None) -> dict[str, int]:
         """Drain and re-admission decisions, carried out; returns the holds (instance -> weight cap) of the
-        drains refused for capacity."""
+        drains refused for capacity. `busy_now`: each backend's busy gauge read this round (the capacity
+        estimate's utilisation sample)."""
         risk: dict[str, float | None] = dict.fromkeys(stats, None)
         why: dict[str, list[str]] = {}
         if windows:
@@ -330,7 +333,7 @@ class ForesightController:
                 self.trace.notes["risk"] = scored.note
             risk.update({r.instance: r.risk for r in scored.risks})
             why = {r.instance: r.reasons for r in scored.risks}
-        self.served = update_served(self.served, observe(windows, self.window_s), ALPHA)
+        self.served = update_served(self.served, observe(windows, self.window_s, busy_now), ALPHA)
         load_rps = sum(w.requests for w in windows) / self.window_s if windows else None
         records = {name: InstanceRecord(address="127.0.0.1", port=1, started_at=0, weight=0,
                                         state=record_state(row.get("status", ""), name in self.drained),

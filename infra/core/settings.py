@@ -605,7 +605,7 @@ class HealthSettings(Section):
     capacity_rps: float | None = Field(None, gt=0, description="Requests/s of an instance whose own capacity is "
                                        "not estimated yet (the guard estimates each from its served rate / busy "
                                        "share); none = such an instance leaves the overload unchecked.")
-    capacity_margin: float = Field(1.1, ge=1, description="No drain (risk, or a predicted weight of 0) unless the "
+    capacity_margin: float = Field(1.15, ge=1, description="No drain (risk, or a predicted weight of 0) unless the "
                                    "instances left can serve the load times this; refused, the instance keeps a "
                                    "low weight for the share they cannot take.")
     min_utilisation: float = Field(0.25, gt=0, le=1, description="Capacity estimates read a lower busy share as "

@@ -10,8 +10,9 @@ capacity: that one is relative (the load at which its predicted p99 passes twice
 typical p99, capped at 10 equal shares), it exists only while a learned version answers, and serving
 returns it only inside the reasons text.
 
-Biases, both towards refusing a drain: `busy` is a window's peak, so utilisation reads high and
-capacity low; under `min_utilisation` the utilisation is taken as `min_utilisation`, so an idle
+Biases, both towards refusing a drain: a window's `busy` is its peak, so utilisation read from windows
+reads high and capacity low (a controller that reads the gauge itself passes the instant value, an
+unbiased sample of the utilisation); under `min_utilisation` the utilisation is taken as `min_utilisation`, so an idle
 instance counts for a lower bound (served / min_utilisation), not for a noisy ratio. An instance
 whose windows never showed a busy share (no such gauge) has no estimate: the uniform fallback
 (`health.capacity_rps`) stands in, else the guard says it cannot judge.
@@ -27,7 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-ALPHA = 0.2  # share of a round's window in the moving averages: ~5 rounds of memory
+ALPHA = 0.1  # share of a round's window in the moving averages: ~10 rounds of memory (capacity varies slowly;
+# one 2 s window's rate and busy share are noisy, and the guard must not let a drain through on one lucky round)
 
 
 @dataclass(frozen=True)
@@ -38,18 +40,18 @@ class Served:
     utilisation: float
 
 
-def update_served(previous: Mapping[str, Served], observed: Mapping[str, tuple[float, float]],
+def update_served(previous: Mapping[str, Served], observed: Mapping[str, tuple[float, float | None]],
                   alpha: float) -> dict[str, Served]:
-    """`observed`: instance -> (served requests/s, busy share) of this round's window. An instance with
-    no busy share (0: no gauge, or no worker busy at the window's samples) does not update its
-    utilisation; one not observed keeps its averages (capacity does not vanish when traffic does)."""
+    """`observed`: instance -> (served requests/s, busy share) of this round. A busy share of None (no
+    gauge) leaves the utilisation as it was; an instance not observed keeps its averages (capacity does
+    not vanish when traffic does)."""
     out = dict(previous)
     for name, (rps, busy) in observed.items():
         before = previous.get(name)
         if before is None:
-            out[name] = Served(rps, busy)
+            out[name] = Served(rps, busy or 0.0)
             continue
-        if busy <= 0:
+        if busy is None:
             util = before.utilisation
         else:
             util = busy if before.utilisation <= 0 else alpha * busy + (1 - alpha) * before.utilisation
@@ -123,6 +125,11 @@ class Window(Protocol):
     def busy(self) -> float: ...
 
 
-def observe(windows: Sequence[Window], window_s: float) -> dict[str, tuple[float, float]]:
-    """This round's (served requests/s, busy share) per instance, as `update_served` reads them."""
-    return {w.instance: (w.requests / window_s, w.busy) for w in windows}
+def observe(windows: Sequence[Window], window_s: float,
+            busy_now: Mapping[str, float] | None = None) -> dict[str, tuple[float, float | None]]:
+    """This round's (served requests/s, busy share) per instance, as `update_served` reads them. The busy
+    share is `busy_now`'s (the gauge read now: a sample of the utilisation) where given, else the
+    window's (its peak, so it reads high; a peak of 0 while serving is taken for no gauge)."""
+    now = busy_now or {}
+    return {w.instance: (w.requests / window_s, now.get(w.instance, w.busy or None))
+            for w in windows}

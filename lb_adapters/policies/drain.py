@@ -36,7 +36,7 @@ class DrainKnobs:
     max_drained_fraction: float = 0.25
     capacity_rps: float | None = None  # requests/s of an instance with no estimate of its own; None: unknown
     cooldown_rounds: int = 0  # after a drain, no other drain of the service for this many rounds
-    capacity_margin: float = 1.1  # the instances left must carry load x this (at most ~91% busy)
+    capacity_margin: float = 1.15  # the instances left must carry load x this (at most ~87% busy)
     min_utilisation: float = 0.25  # capacity estimates read a lower utilisation as this (policies.capacity)
 
     def __post_init__(self) -> None:

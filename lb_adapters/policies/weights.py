@@ -44,7 +44,7 @@ class OverloadGuard:
 
     capacity: Mapping[str, float | None]  # requests/s each instance can serve; None: no estimate
     load_rps: float | None
-    margin: float = 1.1
+    margin: float = 1.15
     fallback_rps: float | None = None
 
 

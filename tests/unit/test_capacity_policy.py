@@ -40,8 +40,10 @@ def test_an_idle_instance_counts_for_a_lower_bound_and_one_never_busy_for_nothin
 
 def test_a_round_without_a_busy_share_keeps_the_utilisation_and_an_unseen_instance_its_estimate() -> None:
     served = update_served({}, {"a": (30.0, 0.75)}, 0.5)
-    served = update_served(served, {"a": (20.0, 0.0)}, 0.5)
+    served = update_served(served, {"a": (20.0, None)}, 0.5)
     assert served["a"] == Served(25.0, 0.75)
+    served = update_served(served, {"a": (20.0, 0.0)}, 0.5)  # a gauge read 0: a real sample (no worker busy)
+    assert served["a"] == Served(22.5, 0.375)
     assert update_served(served, {}, 0.5) == served
 
 
@@ -62,3 +64,9 @@ def test_hold_weight_gives_the_share_beside_the_others() -> None:
     assert hold_weight(0.0001, others, 1, 256) == 1  # never 0: held is not drained
     assert hold_weight(0.9, others, 1, 256) == 256
     assert hold_weight(0.5, {}, 1, 256) == 256
+
+
+def test_windows_give_their_peak_unless_the_gauge_read_now_is_given() -> None:
+    windows = [W("a", 40, 0.9), W("b", 10, 0.0)]
+    assert observe(windows, 2.0) == {"a": (20.0, 0.9), "b": (5.0, None)}  # a peak of 0 while serving: no gauge
+    assert observe(windows, 2.0, {"a": 0.5, "b": 0.0}) == {"a": (20.0, 0.5), "b": (5.0, 0.0)}

@@ -80,7 +80,7 @@ def test_no_drain_into_overload_when_capacity_is_known() -> None:
     decisions, _ = decide_drains(risky, FOUR, DrainState(), knobs, load_rps=70)  # 3 left x 20 < 70
     assert [(d.instance, d.action) for d in decisions] == [("i0", "refuse")]
     assert "overloaded" in decisions[0].reason
-    decisions, _ = decide_drains(risky, FOUR, DrainState(), knobs, load_rps=54)  # 3 x 20 carries 54 x 1.1
+    decisions, _ = decide_drains(risky, FOUR, DrainState(), knobs, load_rps=52)  # 3 x 20 carries 52 x 1.15
     assert [(d.instance, d.action) for d in decisions] == [("i0", "drain")]
     decisions, _ = decide_drains(risky, FOUR, DrainState(), DrainKnobs(max_drained_fraction=0.5), load_rps=500)
     assert [(d.instance, d.action) for d in decisions] == [("i0", "drain")]  # capacity unknown: no guard
