@@ -14,7 +14,7 @@ from typing import Protocol
 from infra.core.settings import AdapterSettings
 from lb_adapters import metrics
 from lb_adapters.actuators.base import ActuatorError, WeightActuator
-from lb_adapters.policies.capacity import ALPHA, Served, capacities, observe, update_served
+from lb_adapters.policies.capacity import ALPHA, Served, capacities, guard_load, observe, update_served
 from lb_adapters.policies.drain import DrainKnobs
 from lb_adapters.policies.weights import OverloadGuard, decide_weights, smooth
 from lb_adapters.schemas import Decision, DecisionSink, PredictionRecord
@@ -60,7 +60,8 @@ class WeightController:
             return None
         self.served[service] = update_served(self.served.get(service, {}), observe(features, self.window_s), ALPHA)
         return OverloadGuard(capacities(self.served[service], self.overload.min_utilisation),
-                             sum(f.requests for f in features) / self.window_s, self.overload.capacity_margin,
+                             guard_load(sum(f.requests for f in features) / self.window_s, self.served[service]),
+                             self.overload.capacity_margin,
                              self.overload.capacity_rps)
 
     def step(self, service: str, holds: dict[str, int] | None = None) -> StepReport:

@@ -18,7 +18,7 @@ from typing import Protocol
 from infra.core.service_registry import InstanceState, Leadership, Registry, RegistryEntry, RegistryError
 from lb_adapters import metrics
 from lb_adapters.controller import FeatureSource
-from lb_adapters.policies.capacity import ALPHA, Served, capacities, observe, update_served
+from lb_adapters.policies.capacity import ALPHA, Served, capacities, guard_load, observe, update_served
 from lb_adapters.policies.drain import DrainDecision, DrainKnobs, DrainState, decide_drains
 from lb_adapters.predictions import ServingError
 from lb_adapters.schemas import Decision, DecisionSink, PredictionRecord
@@ -84,7 +84,8 @@ class HealthController:
         decisions, self.state[service] = decide_drains(
             report.risk, {n: e.record for n, e in records.items() if e.record is not None},
             self.state.get(service, DrainState()), self.knobs,
-            load_rps=sum(w.requests for w in windows) / self.window_s if windows else None,
+            load_rps=guard_load(sum(w.requests for w in windows) / self.window_s if windows else None,
+                                self.served[service]),
             capacity=capacities(self.served[service], self.knobs.min_utilisation))
         now_ms = int(self.clock() * 1000)
         predictions = [PredictionRecord(ts=now_ms, kind="risk", service=service, instance=n, model=scored.model,

@@ -41,7 +41,15 @@ from infra.core.settings import AdapterSettings
 from lb_adapters.actuators.base import ActuatorError
 from lb_adapters.actuators.haproxy import HAProxyRuntime
 from lb_adapters.controller import WeightController
-from lb_adapters.policies.capacity import ALPHA, Served, capacities, hold_weight, observe, update_served
+from lb_adapters.policies.capacity import (
+    ALPHA,
+    Served,
+    capacities,
+    guard_load,
+    hold_weight,
+    observe,
+    update_served,
+)
 from lb_adapters.policies.drain import DrainKnobs, DrainState, decide_drains
 from lb_adapters.schemas import Decision, PredictionRecord
 from serving.schemas import (
@@ -334,7 +342,7 @@ class ForesightController:
             risk.update({r.instance: r.risk for r in scored.risks})
             why = {r.instance: r.reasons for r in scored.risks}
         self.served = update_served(self.served, observe(windows, self.window_s, busy_now), ALPHA)
-        load_rps = sum(w.requests for w in windows) / self.window_s if windows else None
+        load_rps = guard_load(sum(w.requests for w in windows) / self.window_s if windows else None, self.served)
         records = {name: InstanceRecord(address="127.0.0.1", port=1, started_at=0, weight=0,
                                         state=record_state(row.get("status", ""), name in self.drained),
                                         metadata={"set_by": "controller"} if name in self.drained else {})

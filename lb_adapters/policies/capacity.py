@@ -59,6 +59,15 @@ def update_served(previous: Mapping[str, Served], observed: Mapping[str, tuple[f
     return out
 
 
+def guard_load(window_rps: float | None, served: Mapping[str, Served]) -> float | None:
+    """The load the guard weighs: the larger of this window's rate and the averaged one (the sum of the
+    instances' averaged served rates). Capacity is averaged over rounds, so the load must be too, or one
+    quiet window lets a drain through; a rise still counts at once."""
+    if window_rps is None:
+        return None
+    return max(window_rps, sum(s.rps for s in served.values()))
+
+
 def capacities(served: Mapping[str, Served], min_utilisation: float) -> dict[str, float | None]:
     """Requests/s each instance can serve; None: never seen busy (no estimate)."""
     return {name: None if s.utilisation <= 0 else s.rps / max(s.utilisation, min_utilisation)

@@ -10,6 +10,7 @@ from lb_adapters.policies.capacity import (
     Served,
     capacities,
     check_capacity,
+    guard_load,
     hold_weight,
     observe,
     update_served,
@@ -70,3 +71,11 @@ def test_windows_give_their_peak_unless_the_gauge_read_now_is_given() -> None:
     windows = [W("a", 40, 0.9), W("b", 10, 0.0)]
     assert observe(windows, 2.0) == {"a": (20.0, 0.9), "b": (5.0, None)}  # a peak of 0 while serving: no gauge
     assert observe(windows, 2.0, {"a": 0.5, "b": 0.0}) == {"a": (20.0, 0.5), "b": (5.0, 0.0)}
+
+
+def test_the_guard_weighs_the_averaged_load_unless_this_window_is_higher() -> None:
+    """bench lb, scenario 9000: a drain passed on one 132 req/s window of a 140 req/s load."""
+    served = {"a": Served(80.0, 0.8), "b": Served(60.0, 0.8)}
+    assert guard_load(132.0, served) == 140.0
+    assert guard_load(150.0, served) == 150.0
+    assert guard_load(None, served) is None
