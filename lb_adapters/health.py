@@ -104,11 +104,12 @@ class HealthController:
              leader: Leadership | None) -> Decision:
         before: InstanceState = entry.record.state if entry.record else "ready"
         after: InstanceState = {"drain": "draining", "readmit": "ready"}.get(d.action, before)  # type: ignore[assignment]
+        # a hold is a drain refused for capacity, still in force: audited as one (the weight is not held here yet)
         decision = Decision(ts=now_ms, service=service, actuator="etcd", target=f"{service}/{d.instance}",
-                            action={"drain": "drain", "readmit": "undrain", "refuse": "drain"}[d.action],
+                            action="undrain" if d.action == "readmit" else "drain",
                             before=None, after=None, reason=f"{before} -> {after}: {d.reason}",
                             prediction_ref=ref, dry_run=self.dry_run)
-        if d.action == "refuse":
+        if d.action in ("refuse", "hold"):
             decision.outcome = "skipped: guardrail"
         elif self.dry_run:
             decision.outcome = "dry_run"

@@ -355,7 +355,7 @@ class ForesightController:
             entry: dict[str, object] = {"t_s": round(self.clock() - self.t0, 1), "instance": d.instance,
                                         "action": d.action, "risk": None if d.risk is None else round(d.risk, 3),
                                         "reason": d.reason, "model_reasons": why.get(d.instance, [])}
-            if d.action == "refuse" and d.hold_share is not None:
+            if d.action in ("refuse", "hold") and d.hold_share is not None:
                 others = {n: w for n, w in weights.items() if n != d.instance and n not in self.drained
                           and records[n].state == "ready"}
                 holds[d.instance] = hold_weight(d.hold_share, others, 1, HAPROXY_MAX_WEIGHT)

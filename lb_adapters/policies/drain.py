@@ -14,7 +14,10 @@ here too, so a decision that comes out is one the controller may carry out.
   left carry the service's load times `capacity_margin`. An overloaded instance looks sick to its
   peers, but draining it moves the overload onto them (the cascade outlier ejection is known for);
   that is a scaling problem, and the autoscaler's. A drain refused so says which share of the load the
-  instance keeps (`hold_share`): the controller holds it at a low weight instead of draining it.
+  instance keeps (`hold_share`): the controller holds it at a low weight instead of draining it. A hold
+  has the drain's hysteresis: it lasts (action `hold`, each round) until the instance's risk stays at or
+  below `readmit_below` for `readmit_after` rounds, or until the others can carry the load; else a held
+  instance, now sending fewer errors, would look healthier, lose its hold and take its full share again.
 """
 
 from __future__ import annotations
@@ -54,12 +57,13 @@ class DrainState:
 
     healthy_streak: Mapping[str, int] = field(default_factory=dict)
     cooldown: int = 0  # rounds left before the next drain may happen
+    held: Mapping[str, int] = field(default_factory=dict)  # held instead of drained -> healthy rounds in a row
 
 
 @dataclass(frozen=True)
 class DrainDecision:
     instance: str
-    action: Literal["drain", "readmit", "refuse"]
+    action: Literal["drain", "readmit", "refuse", "hold"]
     risk: float | None
     reason: str
     hold_share: float | None = None  # a drain refused for capacity: the share of the load the instance keeps
@@ -86,10 +90,22 @@ def decide_drains(risk: Mapping[str, float | None], records: Mapping[str, Instan
     out_now = {n: r for n, r in records.items()}
     cooling = state.cooldown
     drained = False
+    held: dict[str, int] = {}
     for name in sorted((n for n, rec in records.items() if rec.state == "ready"),
                        key=lambda n: -(risk.get(n) or 0.0)):
         r = risk.get(name)
         if r is None or r < knobs.drain_above:
+            if name in state.held:
+                healthy = state.held[name] + 1 if r is not None and r <= knobs.readmit_below else 0
+                left = [n for n, rec in out_now.items() if rec.state == "ready" and n != name]
+                fits = check_capacity(name, left, capacity or {}, load_rps, knobs.capacity_margin, knobs.capacity_rps)
+                if healthy < knobs.readmit_after and not fits.allowed:
+                    held[name] = healthy
+                    shown = "unknown" if r is None else f"{r:.2f}"
+                    decisions.append(DrainDecision(
+                        name, "hold", r, f"held, not drained: risk {shown}, not yet <= {knobs.readmit_below:g} for "
+                                         f"{knobs.readmit_after} rounds ({healthy} so far), and {fits.reason}",
+                        fits.hold_share))
             continue
         pinned = may_change_state(records[name], "draining", "controller")
         verdict = pinned if not pinned.allowed else check_drain(out_now, [name], knobs.max_drained_fraction)
@@ -105,9 +121,11 @@ def decide_drains(risk: Mapping[str, float | None], records: Mapping[str, Instan
         if not verdict.allowed:
             decisions.append(DrainDecision(name, "refuse", r, f"risk {r:.2f} >= {knobs.drain_above:g}, "
                                                               f"but {verdict.reason}", hold))
+            if hold is not None:
+                held[name] = 0
             continue
         decisions.append(DrainDecision(name, "drain", r, f"risk {r:.2f} >= {knobs.drain_above:g}; {verdict.reason}"))
         out_now[name] = records[name].model_copy(update={"state": "draining"})
         drained = True
         cooling = knobs.cooldown_rounds
-    return decisions, DrainState(streak, knobs.cooldown_rounds if drained else max(0, cooling - 1))
+    return decisions, DrainState(streak, knobs.cooldown_rounds if drained else max(0, cooling - 1), held)

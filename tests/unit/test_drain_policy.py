@@ -170,3 +170,24 @@ def test_a_drained_instance_no_longer_counts_as_capacity_for_the_next() -> None:
 def test_knobs_refuse_a_margin_below_one() -> None:
     with pytest.raises(ValueError):
         DrainKnobs(capacity_margin=0.9)
+
+
+def test_a_hold_lasts_until_the_instance_is_healthy_for_readmit_after_rounds() -> None:
+    """Held at a low weight, an erroring instance looks less risky; the hold must not lapse on that alone
+    (bench lb scenario 9000: without this, b2 went back to its full share between refusals)."""
+    knobs = DrainKnobs(max_drained_fraction=0.5, readmit_after=2)
+    _, state = decide_drains({"b2": 0.98}, B4, DrainState(), knobs, load_rps=140, capacity=UNEQUAL)
+    assert state.held == {"b2": 0}
+    decisions, state = decide_drains({"b2": 0.6}, B4, state, knobs, load_rps=140, capacity=UNEQUAL)
+    assert [(d.instance, d.action) for d in decisions] == [("b2", "hold")] and decisions[0].hold_share
+    assert "not yet <= 0.3" in decisions[0].reason
+    decisions, state = decide_drains({"b2": 0.1}, B4, state, knobs, load_rps=140, capacity=UNEQUAL)
+    assert [d.action for d in decisions] == ["hold"] and state.held == {"b2": 1}
+    decisions, state = decide_drains({"b2": 0.1}, B4, state, knobs, load_rps=140, capacity=UNEQUAL)
+    assert decisions == [] and state.held == {}  # 2 healthy rounds: the hold is lifted
+
+
+def test_a_hold_is_lifted_once_the_others_can_carry_the_load() -> None:
+    _, state = decide_drains({"b2": 0.98}, B4, DrainState(), GUARD, load_rps=140, capacity=UNEQUAL)
+    decisions, state = decide_drains({"b2": 0.6}, B4, state, GUARD, load_rps=100, capacity=UNEQUAL)
+    assert decisions == [] and state.held == {}
