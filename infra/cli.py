@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -1063,6 +1063,10 @@ def backtest(
                                                         "each minute the correction moves by gain x (missed - SLO), "
                                                         "so the realised SLO converges to the target; 0: off. "
                                                         "Default: the backtest's.")] = None,
+    breakdown: Annotated[bool, typer.Option("--breakdown/--no-breakdown", help="Split predictive's replica-seconds "
+                                            "above the oracle's into burst noise (the allocation floor), "
+                                            "forecaster, startup lead and scale-down guardrails; it tunes two "
+                                            "more variants, about doubling the simulation time.")] = True,
 ) -> None:
     """Train on the past of a trace, then score forecaster, baselines and autoscaling policies on its test range.
 
@@ -1074,7 +1078,7 @@ def backtest(
         backtest_command(trace, test_from=test_from, val_from=val_from, scale=scale, capacity=capacity,
                          startup_s=startup, slo_pct=slo, start=start, report=report, epochs=epochs, seed=seed,
                          threads=threads, as_json=as_json, refit=refit,
-                         feedback_gain=feedback_gain)
+                         feedback_gain=feedback_gain, breakdown=breakdown)
     except ValueError as exc:  # a trace too short or splits out of order: say which, no traceback
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
@@ -1127,6 +1131,9 @@ def train(
                                               "requests (their p99 is noise).")] = 5,
     window_s: Annotated[float | None, typer.Option(help="--kind latency: window length to train on (default: "
                                                    "the most common in the data).")] = None,
+    false_drain_budget: Annotated[float, typer.Option(help="--kind risk: false drains per instance-hour the drain "
+                                                      "operating point may cost on the train seeds' out-of-fold "
+                                                      "scores; within it, the best recall, then lead, wins.")] = 0.1,
     as_json: Annotated[bool, typer.Option("--json", help="Only the JSON summary on stdout (it is always the last "
                                           "line); progress stays on stderr.")] = False,
 ) -> None:
@@ -1137,8 +1144,9 @@ def train(
     its held-out MAE beside last-value and the inverse-latency baseline, and registers it; serving's
     `/v1/weights` then answers from it. `--kind risk` trains the failure classifier on a `foresight faults
     record` dataset's TRAIN seeds (held-out ones are refused), calibrates it on out-of-fold scores of
-    them (ECE, Brier printed) and registers it; `/v1/risk` then answers from it. Evaluate it with
-    `foresight evaluate risk`.
+    them (ECE, Brier printed), chooses the drain operating point (threshold, consecutive risky windows) by
+    replaying the drain policy on those out-of-fold scores (`--false-drain-budget`), stores it in the
+    manifest and registers it; `/v1/risk` then answers from it. Evaluate it with `foresight evaluate risk`.
 
     Progress (notes and an epoch bar) goes to stderr; {kind, version, path, model_versions, metrics} is
     the last line of stdout."""
@@ -1151,12 +1159,19 @@ def train(
         raise typer.BadParameter("--split must be time or service", param_hint="--split")
     s = _ctx(ctx).settings
     if kind == "risk":
+        from infra.risk_eval import TARGETS, policy_knobs
+        from infra.risk_tuning import operating_point
         from training.risk_command import train_risk_command
+
+        def choose(oof: Any) -> dict[str, Any]:
+            return operating_point(oof, policy_knobs(s), s.health.horizon_s, s.streams.allowed_lateness_s,
+                                   false_drain_budget, TARGETS["lead_s_p50"])
 
         try:
             train_risk_command(dataset or s.state / "datasets" / "risk", s.state, s.clickhouse,
                                horizon_s=s.health.horizon_s, heldout_from=s.health.heldout_seed_from,
-                               epochs=epochs or 60, hidden=hidden or 32, seed=seed, as_json=as_json)
+                               epochs=epochs or 60, hidden=hidden or 32, seed=seed, as_json=as_json,
+                               operating_point=choose)
         except (ValueError, FileNotFoundError) as exc:  # held-out seeds, no dataset, no positive window
             err.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from exc
@@ -1197,6 +1212,10 @@ def evaluate_risk(
     error_limit: Annotated[int, typer.Option(help="HAProxy `error-limit` (consecutive errors before mark-down; "
                                              "HAProxy's default 10).")] = 10,
     envoy_consecutive: Annotated[int, typer.Option(help="Envoy `consecutive_5xx`.")] = 5,
+    at: Annotated[str, typer.Option(help="The model's drain operating point: `model` (the threshold and consecutive "
+                                    "windows chosen at training on the train seeds, from the manifest; the "
+                                    "settings' when it has none) or `settings` (health.drain_above, "
+                                    "health.drain_after).")] = "model",
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report last.")] = False,
 ) -> None:
     """Risk model vs reactive baselines on the held-out recordings: precision, recall (an alarm within H before
@@ -1206,10 +1225,12 @@ def evaluate_risk(
     """
     from infra.risk_eval import evaluate_command
 
+    if at not in ("model", "settings"):
+        raise typer.BadParameter("--at must be model or settings", param_hint="--at")
     s = _ctx(ctx).settings
     try:
         report = evaluate_command(s, dataset or s.state / "datasets" / "risk", version, error_limit,
-                                  envoy_consecutive)
+                                  envoy_consecutive, at=at)
     except (ValueError, FileNotFoundError) as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc

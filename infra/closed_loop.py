@@ -7,10 +7,11 @@ instances at risk, while one instance is given a leak that ends in a crash. At t
 (under-provisioned seconds and replica-seconds beside the shadow HPA and the oracle, client p99 and
 errors, how long before the crash the faulty instance was drained, decisions) and an HTML report.
 
-The comparison with HPA is counterfactual and like for like: the recorded demand goes through the
-same simulator twice, once with what the autoscaler actually did and once with the reactive policy
-(`training.whatif`), both with the service's startup delay. The measured side (ready instances each
-second against the observed load) is reported beside it.
+The comparison with HPA is counterfactual and like for like: both policies decide every round on the
+same inputs and on the same compressed clock (the HPA in shadow, its counts recorded), and both
+schedules of counts are applied second by second with the service's startup delay against the
+recorded demand (`replay_schedule`). What was measured (ready instances against the observed load
+each window) is reported beside it.
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import BaseModel
 
+from infra.core.contracts import SERVICE_WIDE
 from infra.core.datasets import NASA_RPS, dataset_path
 from infra.core.db import client as clickhouse_client
-from infra.core.features_table import recent_service_windows
+from infra.core.features_table import ServiceWindow, recent_service_windows
+from infra.core.scaling import compress_time, predictive_knobs, reactive_knobs
 from infra.core.settings import (
     AutoscaledService,
     AutoscalerSettings,
@@ -38,7 +43,7 @@ from infra.core.settings import (
     Settings,
 )
 from infra.workers import build_autoscaler, build_health_controller
-from ingest.replay import ReplaySummary, replay
+from ingest.replay import ReplaySummary, read_trace, replay
 
 Say = Callable[[str], None]
 
@@ -70,20 +75,71 @@ class Timeline:
 
 
 def demo_settings(s: Settings, svc: PoolServiceSettings) -> Settings:
-    """The stack's settings with the demo's own autoscaler and health controller for `svc`; its scale-down
-    window is in the demo's compressed time (`demo.scale_down_stabilization_s`), not the preset's 300 s."""
+    """The stack's settings with the demo's own autoscaler and health controller for `svc`. Both replica
+    policies run on the demo's compressed clock, alike (`demo.time_scale()`): the predictive preset and
+    the shadow HPA's defaults have every duration scaled by the same factor."""
+    f = s.demo.time_scale()
+    bounds = {"min_replicas": svc.min_replicas, "max_replicas": svc.max_replicas}
     scaled = AutoscaledService(name=svc.name, scaler=PoolScalerSettings(url=f"http://127.0.0.1:{s.pool.admin_port}"),
                                capacity_rps=svc.capacity_rps, startup_s=svc.startup_delay_s,
-                               knobs={"min_replicas": svc.min_replicas, "max_replicas": svc.max_replicas,
-                                      "scale_down_stabilization_s": s.demo.scale_down_stabilization_s})
+                               knobs=compress_time(predictive_knobs(**bounds), f),
+                               reactive=compress_time(reactive_knobs(**bounds), f))
     return s.model_copy(update={
-        "autoscaler": AutoscalerSettings(interval_s=s.demo.interval_s, poll_s=1.0, services=[scaled]),
+        "autoscaler": AutoscalerSettings(interval_s=s.demo.interval_s, poll_s=1.0, services=[scaled],
+                                         history_step_s=forecast_step_s(s)),
         # The overload guard (`health.capacity_rps`) stays off: with it on, the leaking instance was drained
         # 30 s later (9.4 s before its crash, 0.78% errors) because the pool had just scaled down to two;
         # off, 39.5 s before, 0 errors. It does stop drains of merely overloaded instances.
         "health": HealthSettings(services=[svc.name], interval_s=s.demo.interval_s, features_max_age_s=30,
                                  cooldown_rounds=int(120 / s.demo.interval_s)),
     })
+
+
+def forecast_step_s(s: Settings) -> int:
+    """Wall seconds of one step of the forecaster's history in the replay: a trace minute when that holds
+    whole feature windows, else one window (then a step stands for several trace minutes). A step must
+    hold whole windows, or it would mix two of them."""
+    minute = 60.0 / s.demo.speedup
+    window = s.streams.window_s
+    if minute <= window:
+        return window
+    if minute != round(minute) or round(minute) % window:
+        raise ValueError(f"demo.speedup {s.demo.speedup:g} makes a trace minute {minute:g} wall seconds, not a whole "
+                         f"number of {window} s feature windows: choose a speedup of at least {60 / window:g}, or "
+                         f"60 / (k x {window})")
+    return round(minute)
+
+
+def history_rows(per_second: list[int], scale: float, trace_s: int, step_s: int, end_s: int,
+                 service: str) -> list[tuple[Any, ...]]:
+    """Closed service-wide windows, one per `trace_s` seconds of `per_second` (the trace's counts), each
+    `step_s` wall seconds long, the last one ending at `end_s`: the service's past as the stream worker
+    would have written it had the replay run all along (rate per wall second, requests scaled)."""
+    steps = len(per_second) // trace_s
+    rows = []
+    for k in range(steps):
+        n = round(sum(per_second[k * trace_s:(k + 1) * trace_s]) * scale)
+        start = end_s - (steps - k) * step_s
+        rows.append((datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(start + step_s, UTC), service,
+                     SERVICE_WIDE, n, n / step_s))
+    return rows
+
+
+def backfill_history(s: Settings, svc: PoolServiceSettings, steps: int, end_s: int) -> int:
+    """Write the `steps` forecaster steps of trace before the replayed slice into `features` (see
+    `history_rows`), so the forecaster has the history a running service would; returns the rows written."""
+    step = forecast_step_s(s)
+    trace_s = round(step * s.demo.speedup)
+    first = max(0, s.demo.trace_start - steps * trace_s)
+    counts = list(islice(read_trace(dataset_path(NASA_RPS), first), s.demo.trace_start - first))
+    rows = history_rows(counts, s.demo.scale, trace_s, step, end_s, svc.name)
+    cl = clickhouse_client(s.clickhouse, s.clickhouse.database)
+    try:
+        cl.execute(f"INSERT INTO {s.clickhouse.database}.features (window_start, window_end, service, instance, "
+                   "requests, rate) VALUES", rows)
+    finally:
+        cl.disconnect()
+    return len(rows)
 
 
 def _pool_status(s: Settings, service: str) -> dict[str, Any]:
@@ -125,6 +181,34 @@ def _integrate(samples: list[tuple[float, int]], start: float, end: float) -> fl
     for (t, v), (t_next, _) in zip(samples, [*samples[1:], (end, 0)], strict=True):
         total += v * max(0.0, min(t_next, end) - max(t, start))
     return total
+
+
+def replay_schedule(decided: list[tuple[float, int]], initial: int, startup_s: float, windows: list[ServiceWindow],
+                    capacity_rps: float, start: float, end: float) -> tuple[float, float]:
+    """(replica-seconds, under-provisioned seconds) of a policy whose counts `decided` (time, desired) had
+    been applied from `start` to `end`, second by second: an added replica counts from its decision and
+    serves `startup_s` later; a removal takes a starting replica first. A second is under-provisioned when
+    its window's rate is above the ready replicas' capacity. The predictive autoscaler's and the shadow
+    HPA's decisions go through this same function, so their figures compare like for like."""
+    pending = sorted(decided)
+    ready_at: list[float] = [-math.inf] * initial
+    replica_s = under_s = 0.0
+    k = 0
+    t = start
+    while t < end:
+        while k < len(pending) and pending[k][0] <= t:
+            want = pending[k][1]
+            while len(ready_at) < want:
+                ready_at.append(t + startup_s)
+            if len(ready_at) > want:
+                ready_at = sorted(ready_at)[:want]  # the latest to be ready go first
+            k += 1
+        replica_s += len(ready_at)
+        rate = next((w.rate for w in windows if w.start_s <= t < w.end_s), None)
+        if rate is not None and rate > capacity_rps * sum(1 for r in ready_at if r <= t):
+            under_s += 1
+        t += 1.0
+    return replica_s, under_s
 
 
 def run_closed_loop(s: Settings, say: Say, report_dir: Path, progress: bool = True) -> LoopSummary:
@@ -170,6 +254,12 @@ def run_closed_loop(s: Settings, say: Say, report_dir: Path, progress: bool = Tr
             raise RuntimeError(f"{svc.name}: instances not ready after {svc.startup_delay_s + 60:.0f} s; "
                                f"see {s.state / 'logs' / 'pool'}")
         time.sleep(1)
+    step = forecast_step_s(s)
+    written = backfill_history(s, svc, loop_s.autoscaler.history_minutes, int(time.time()) // step * step)
+    notes.append(f"the forecaster's history: {written} steps of {step * s.demo.speedup / 60:g} trace minutes "
+                 f"before the replayed slice, written to `features` as {step} s windows ending when the replay "
+                 "starts (the service's past)")
+    say(notes[-1])
     threads = [threading.Thread(target=_every, args=(stop, 1.0, sample_pool, say, "pool"), daemon=True),
                threading.Thread(target=_every, args=(stop, s.demo.interval_s, autoscale_round, say, "autoscaler"),
                                 daemon=True),
@@ -198,10 +288,6 @@ def run_closed_loop(s: Settings, say: Say, report_dir: Path, progress: bool = Tr
 
 def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: ReplaySummary, t0: float, t1: float,
               report_dir: Path, notes: list[str], say: Say) -> LoopSummary:
-    from infra.core.scaling import reactive_knobs
-    from training.autoscale import ScalingSpec
-    from training.whatif import WhatIfConfig, whatif
-
     cl = clickhouse_client(s.clickhouse, s.clickhouse.database)
     db = s.clickhouse.database
     try:
@@ -211,20 +297,9 @@ def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: Repl
         truth = (cl.execute(f"SELECT failure_ms FROM {db}.fault_events FINAL WHERE service = %(s)s "
                             "AND instance = %(i)s ORDER BY start_ms DESC LIMIT 1",
                             {"s": svc.name, "i": tl.fault[1]}) if tl.fault else [])
-        spec = ScalingSpec(capacity=svc.capacity_rps, startup_s=svc.startup_delay_s)
-        hpa = recorded = None
-        try:
-            cfg = WhatIfConfig(service=svc.name, start_s=int(t0), end_s=int(t1), policy="hpa", spec=spec,
-                               knobs=reactive_knobs().model_copy(update={"min_replicas": svc.min_replicas,
-                                                                        "max_replicas": svc.max_replicas}))
-            result = whatif(cl, db, cfg, s.state / "models")
-            hpa, recorded = result.policy, result.recorded
-            notes += result.notes
-        except ValueError as exc:
-            notes.append(f"what-if replay not possible: {exc}")
     finally:
         cl.disconnect()
-    # measured: each second, the load of its window against the ready instances' capacity
+    # measured: each window's load against the ready instances' capacity
     measured_under = 0.0
     oracle = 0.0
     for w in windows:
@@ -234,6 +309,11 @@ def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: Repl
         ready_then = [r for t, _, r in tl.pool if t <= w.end_s]
         if ready_then and w.rate > ready_then[-1] * svc.capacity_rps:
             measured_under += secs
+    # counterfactual, like for like: both policies' live decisions applied with the same startup delay
+    initial = next((r for t, _, r in tl.pool), max(svc.min_replicas, svc.replicas))
+    pred_rs, pred_under = replay_schedule(tl.desired, initial, svc.startup_delay_s, windows, svc.capacity_rps,
+                                          t0, t1)
+    hpa_rs, hpa_under = replay_schedule(tl.shadow, initial, svc.startup_delay_s, windows, svc.capacity_rps, t0, t1)
     started = _integrate([(t, c) for t, c, _ in tl.pool], t0, t1)
     failed = sum(1 for _, _, f in traffic.answers if f)
     lead = None
@@ -247,11 +327,8 @@ def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: Repl
         notes.append("no fault was injected (the demo ended first, or no instance was ready)")
     summary = LoopSummary(
         wall_s=round(t1 - t0, 1),
-        underprov_s={"predictive": None if recorded is None else recorded.underprov_minutes * 60.0,
-                     "hpa_shadow": None if hpa is None else hpa.underprov_minutes * 60.0,
-                     "predictive_measured": measured_under},
-        replica_seconds={"predictive": None if recorded is None else round(recorded.replica_seconds),
-                         "hpa_shadow": None if hpa is None else round(hpa.replica_seconds),
+        underprov_s={"predictive": pred_under, "hpa_shadow": hpa_under, "predictive_measured": measured_under},
+        replica_seconds={"predictive": round(pred_rs), "hpa_shadow": round(hpa_rs),
                          "oracle": round(oracle), "predictive_measured": round(started)},
         client_p99_ms=None if (p99 := traffic.latency_ms(0.99)) is None else round(p99, 1),
         client_error_pct=round(100 * failed / max(1, len(traffic.answers)), 3),

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -200,6 +200,9 @@ def score_alarms(alarms: Iterable[Alarm], truth: dict[tuple[str, str], Truth], h
                   "lead_s_p50": _p50(r["leads"]),
                   "false_drains": r["false"],
                   "false_drains_per_instance_hour": round(r["false"] / r["hours"], 3) if r["hours"] else None,
+                  # the same without the early ones: drains of instances that never failed (not the headline)
+                  "false_drains_never_failing_per_instance_hour":
+                      round((r["false"] - r["early"]) / r["hours"], 3) if r["hours"] else None,
                   "late_alarms": r["late"],
                   "early_alarms": r["early"],  # of the false drains: more than H before a failure that came
                   "detected_within_h": len(r["detect"]),
@@ -209,8 +212,11 @@ def score_alarms(alarms: Iterable[Alarm], truth: dict[tuple[str, str], Truth], h
 
 
 def evaluate(windows: Any, requests: Any, model_scores: Any | None, knobs: DrainKnobs, horizon_s: float,
-             delay_s: float, error_limit: int = 10, envoy_consecutive: int = 5) -> dict[str, Any]:
-    """Every detector on the same held-out recordings; `model_scores` = windows with the model's `risk`."""
+             delay_s: float, error_limit: int = 10, envoy_consecutive: int = 5,
+             baseline_knobs: DrainKnobs | None = None) -> dict[str, Any]:
+    """Every detector on the same held-out recordings; `model_scores` = windows with the model's `risk`, drained
+    with `knobs`; the peer-deviation baseline is drained with `baseline_knobs` (default: `knobs`), the settings'
+    point, since the model's operating point was chosen for the model's scores."""
     truth = truths(windows)
     recorded_until = {str(k): float(v) for k, v in windows.groupby("service")["window_end"].max().items()}
     firsts = windows.drop_duplicates(["service", "instance"])
@@ -219,7 +225,7 @@ def evaluate(windows: Any, requests: Any, model_scores: Any | None, knobs: Drain
         detectors["model"] = drain_alarms(model_scores, knobs, delay_s)
         detectors["model_threshold"] = [(r.service, r.instance, float(r.window_end) + delay_s)
                                         for r in model_scores.itertuples() if r.risk >= knobs.drain_above]
-    detectors["peer_deviation"] = drain_alarms(peer_deviation_scores(windows), knobs, delay_s)
+    detectors["peer_deviation"] = drain_alarms(peer_deviation_scores(windows), baseline_knobs or knobs, delay_s)
     detectors["haproxy_layer7"] = (request_rule_alarms(requests, error_limit, 4.0, is_layer7_error)
                                    + active_check_alarms(firsts))
     detectors["envoy_outlier"] = request_rule_alarms(requests, envoy_consecutive, 30.0, lambda s: s >= 500)
@@ -239,7 +245,19 @@ def policy_knobs(s: Any) -> DrainKnobs:
     return DrainKnobs(drain_above=s.health.drain_above, readmit_below=s.health.readmit_below,
                       readmit_after=max(1, round(s.health.readmit_after * rounds)),
                       max_drained_fraction=s.health.max_drained_fraction,
-                      cooldown_rounds=round(s.health.cooldown_rounds * rounds))
+                      cooldown_rounds=round(s.health.cooldown_rounds * rounds),
+                      drain_after=max(1, round(s.health.drain_after * rounds)))
+
+
+def model_knobs(base: DrainKnobs, metrics: dict[str, Any]) -> tuple[DrainKnobs, str]:
+    """`base` at the operating point the model's training chose (its manifest's `metrics.operating_point`:
+    threshold and consecutive windows), and where the knobs came from."""
+    op = metrics.get("operating_point")
+    if not op:
+        return base, "settings (the model has no operating point)"
+    above = float(op["drain_above"])
+    return (replace(base, drain_above=above, drain_after=int(op["drain_after"])),
+            "model manifest (chosen on the train seeds' out-of-fold scores)")
 
 
 def load_risk_module(state_dir: Any, version: str | None) -> tuple[Any, Any]:
@@ -261,7 +279,8 @@ def load_risk_module(state_dir: Any, version: str | None) -> tuple[Any, Any]:
 
 
 def evaluate_command(s: Any, dataset: Any, version: str | None, error_limit: int,
-                     envoy_consecutive: int) -> dict[str, Any]:
+                     envoy_consecutive: int, at: str = "model") -> dict[str, Any]:
+    """`at`: the model's drain operating point, `model` (its manifest's) or `settings` (health.*)."""
     from infra.fault_dataset import load_dataset
     from training.risk import score
 
@@ -279,15 +298,19 @@ def evaluate_command(s: Any, dataset: Any, version: str | None, error_limit: int
     heldout = sorted(int(x) for x in windows["seed"].unique())
     if trained_on & set(heldout):
         raise ValueError(f"risk {manifest.version} was trained on seeds {sorted(trained_on & set(heldout))}")
-    knobs = policy_knobs(s)
+    settings_knobs = policy_knobs(s)
+    knobs, knobs_from = settings_knobs, "settings"
+    if at == "model":
+        knobs, knobs_from = model_knobs(settings_knobs, manifest.metrics)
     report = evaluate(windows, requests, score(module, windows, manifest.health.columns), knobs, s.health.horizon_s,
-                      s.streams.allowed_lateness_s, error_limit, envoy_consecutive)
+                      s.streams.allowed_lateness_s, error_limit, envoy_consecutive, baseline_knobs=settings_knobs)
     kinds = windows.drop_duplicates(["service", "instance"])["fault_kind"].replace("", "none").value_counts()
     firsts = windows.drop_duplicates(["service", "instance"]).copy()
     firsts["recorded_until"] = firsts["service"].map(windows.groupby("service")["window_end"].max())
     return {"model": f"{manifest.name}@{manifest.version}", "horizon_s": s.health.horizon_s, "heldout_seeds": heldout,
             "instances_by_kind": {str(k): int(v) for k, v in kinds.items()},
-            "knobs": {"drain_above": knobs.drain_above, "readmit_below": knobs.readmit_below,
+            "knobs": {"from": knobs_from, "drain_above": knobs.drain_above, "drain_after_windows": knobs.drain_after,
+                      "readmit_below": knobs.readmit_below,
                       "readmit_after_windows": knobs.readmit_after, "cooldown_windows": knobs.cooldown_rounds,
                       "max_drained_fraction": knobs.max_drained_fraction,
                       "error_limit": error_limit, "envoy_consecutive_5xx": envoy_consecutive},

@@ -134,7 +134,8 @@ def health_knobs(s: Settings) -> DrainKnobs:
     """The drain policy's knobs (and its overload guard, which the weight controller applies too)."""
     h = s.health
     return DrainKnobs(h.drain_above, h.readmit_below, h.readmit_after, h.max_drained_fraction, h.capacity_rps,
-                      h.cooldown_rounds, h.capacity_margin, h.min_utilisation)
+                      h.cooldown_rounds, drain_after=h.drain_after, capacity_margin=h.capacity_margin,
+                      min_utilisation=h.min_utilisation)
 
 
 def build_health_controller(s: Settings, leadership: bool = True, name: str = "health") -> HealthController:

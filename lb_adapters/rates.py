@@ -14,8 +14,8 @@ class ClickHouseRates:
     def windows(self, service: str, since_s: int) -> list[ServiceWindow]:
         return recent_service_windows(self.client, self.database, service, since_s)
 
-    def minutes(self, service: str, start_s: int, end_s: int) -> list[tuple[int, int]]:
-        return read_minute_requests(self.client, self.database, service, start_s, end_s)
+    def minutes(self, service: str, start_s: int, end_s: int, step_s: int = 60) -> list[tuple[int, int]]:
+        return read_minute_requests(self.client, self.database, service, start_s, end_s, step_s)
 
     def newest(self, services: list[str], since_s: int) -> dict[str, int]:
         return newest_window_ends(self.client, self.database, services, since_s) if services else {}

@@ -24,7 +24,15 @@ from infra.core.scaling import FEEDBACK_GAIN, ScalingKnobs, predictive, predicti
 from training import baselines
 from training.autoscale import Forecasts, ScalingSpec, Trace, oracle, simulate, tune
 from training.fit import OnEpoch, TrainConfig, TrainResult, forecast, script, targets, train
-from training.metrics import centred_mean, floor_table, horizon_table, mase_scale
+from training.metrics import (
+    allocation_floor,
+    centred_conditions,
+    centred_mean,
+    floor_table,
+    horizon_table,
+    mase_scale,
+    past_conditions,
+)
 from training.progress import sim_bar
 from training.series import STEP_S, RateSeries
 from training.splits import Splits
@@ -54,6 +62,14 @@ class BacktestConfig(BaseModel):
                                  "(infra.core.scaling): correction += gain x (miss - SLO) each minute; 0: off.")
     refit: bool = Field(True, description="Retrain the forecaster on train + validation, for the epoch count "
                                           "validation chose, before scoring it on the test range.")
+    breakdown: bool = Field(True, description="Also split predictive's replica-seconds above the oracle's into "
+                                              "burst noise, forecaster, startup lead and scale-down guardrails "
+                                              "(two more tuned variants of the policy).")
+
+
+# The predictive preset's scale-down guardrails, turned off for the breakdown's counterfactual variants.
+NO_SCALE_DOWN_GUARDRAILS: dict[str, Any] = dict(scale_down_stabilization_s=0.0, scale_down_pods=None,
+                                                scale_down_percent=None)
 
 
 @dataclass
@@ -152,6 +168,61 @@ def _spread(rows: list[dict], key: str) -> dict[str, float] | None:
     return {"min": round(min(vals), 3), "median": round(float(np.median(vals)), 3), "max": round(max(vals), 3)}
 
 
+def breakdown(cfg: BacktestConfig, pred: Callable[[float], ScalingKnobs], predictive_rs: float, oracle_rs: float,
+              val: tuple[np.ndarray, Forecasts], test: tuple[np.ndarray, Forecasts],
+              tick: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Where predictive's replica-seconds above the oracle's go on the test range, in oracle units.
+
+    Counterfactual variants of the predictive policy, each with its headroom tuned on validation and its
+    online feedback on, like the policy itself (so each lands near the SLO): without the scale-down
+    guardrails (stabilization and step limit), then also with startup 0 (it provisions for the
+    forecast of the minute itself and bills no starting replica). The steps between them are the
+    guardrails' and the startup lead's costs. The rest is split by `allocation_floor`: what a policy
+    knowing what a forecaster can know of each minute (the minute before, the level of the 10 before)
+    and, in-sample, the spread around it would still need (`burst_noise`, bursts only the oracle
+    sees), and what the forecaster costs above that (`forecaster`). `allocation_floor_centred` is the
+    same knowing the minutes on both sides, the future included.
+    `integer_rounding` is the share of each that is whole replicas (ceil) rather than the fraction."""
+    spec, slo = cfg.spec, cfg.slo_pct
+    (val_d, val_fc), (test_d, test_fc) = val, test
+
+    def free(headroom: float) -> ScalingKnobs:
+        return pred(headroom).model_copy(update=NO_SCALE_DOWN_GUARDRAILS)
+
+    at_once = spec.model_copy(update={"startup_s": 0.0})
+    h_free, _ = tune(free, predictive, cfg.headrooms, val_d, spec, slo, val_fc, on_run=tick)
+    h_now, _ = tune(free, predictive, cfg.headrooms, val_d, at_once, slo, val_fc, on_run=tick)
+    r_free = simulate(test_d, predictive, free(h_free), spec, test_fc)
+    trace = Trace()
+    r_now = simulate(test_d, predictive, free(h_now), at_once, test_fc, trace)
+    billed = np.isfinite(test_d)
+    correction = np.array([d.state.correction for d in trace.decisions])
+    asked = test_fc.values[:, 0, test_fc.levels.index(cfg.predictive_quantile)] * (1.0 + h_now + correction)
+    fraction_now = float(np.sum(asked[billed] / spec.capacity)) * STEP_S
+    fraction_oracle = float(np.sum(test_d[billed] / spec.capacity)) * STEP_S
+    floor = allocation_floor(test_d, spec.capacity, slo, past_conditions(test_d))
+    centred = allocation_floor(test_d, spec.capacity, slo, centred_conditions(test_d, cfg.floor_half_window))
+    o = oracle_rs or 1.0
+    now_x, free_x = r_now.replica_seconds / o, r_free.replica_seconds / o
+    return {
+        "oracle": 1.0,
+        "burst_noise": None if floor is None else round(floor - 1.0, 3),
+        "forecaster": round(now_x - (1.0 if floor is None else floor), 3),
+        "startup_lead": round(free_x - now_x, 3),
+        "scale_down_guardrails": round(predictive_rs / o - free_x, 3),
+        "total": round(predictive_rs / o, 3),
+        "allocation_floor": floor,
+        "allocation_floor_centred": centred,
+        "integer_rounding": {"oracle": round(1.0 - fraction_oracle / o, 3),
+                             "startup_0": round((r_now.replica_seconds - fraction_now) / o, 3)},
+        "variants": {
+            "no_scale_down_guardrails": {"headroom": h_free, "underprov_pct": r_free.underprov_pct,
+                                         "vs_oracle": round(free_x, 3)},
+            "startup_0": {"headroom": h_now, "underprov_pct": r_now.underprov_pct, "vs_oracle": round(now_x, 3)},
+        },
+    }
+
+
 def autoscale_table(series: RateSeries, splits: Splits, cfg: BacktestConfig, module: torch.nn.Module, history: int,
                     say: Say, test_module: torch.nn.Module | None = None,
                     ) -> tuple[dict[str, Any], dict[str, list[int]], np.ndarray]:
@@ -214,6 +285,11 @@ def autoscale_table(series: RateSeries, splits: Splits, cfg: BacktestConfig, mod
     out["per_day"] = days
     out["per_week"] = weeks
     out["per_day_spread"] = {key: _spread(days, key) for key in ("predictive_vs_hpa", "predictive_vs_oracle")}
+    if cfg.breakdown:
+        say("breakdown: two counterfactual variants of the predictive policy, tuned on the validation range")
+        with sim_bar(2 * len(cfg.headrooms)) as tick:
+            out["breakdown"] = breakdown(cfg, pred, out["predictive"]["replica_seconds"], oracle_rs,
+                                         (val_d, val_fc), (test_d, test_fc), tick)
     replicas = {name: tr.ready for name, tr in traces.items()}
     return out, replicas, test_d
 

@@ -32,12 +32,13 @@ def parse_start(start: str | None) -> float | None:
 def backtest_command(trace: Path, *, test_from: int | None, val_from: int | None, scale: float, capacity: float,
                      startup_s: float, slo_pct: float, start: str | None, report: Path | None, epochs: int,
                      seed: int, threads: int, as_json: bool, refit: bool = True,
-                     feedback_gain: float | None = None) -> dict[str, Any]:
+                     feedback_gain: float | None = None, breakdown: bool = True) -> dict[str, Any]:
     say(f"reading {trace}")
     series = load_trace(trace, parse_start(start))
     splits = split_by_index(series, test_from, val_from)
     cfg = BacktestConfig(scale=scale, spec=ScalingSpec(capacity=capacity, startup_s=startup_s), slo_pct=slo_pct,
                          train=TrainConfig(epochs=epochs, seed=seed, torch_threads=threads), refit=refit,
+                         breakdown=breakdown,
                          **({} if feedback_gain is None else {"feedback_gain": feedback_gain}))
     with epoch_bar(epochs) as on_epoch:
         bt = run_backtest(series, splits, cfg, say, on_epoch)
@@ -83,6 +84,20 @@ def print_tables(result: dict[str, Any]) -> None:
         weeks.add_row(row["from"], str(row["minutes"]), str(row["predictive"]["underprov_pct"]),
                       str(row["hpa"]["underprov_pct"]), str(row["predictive_vs_hpa"]), str(row["predictive_vs_oracle"]))
     console.print(weeks)
+    parts = result["autoscale"].get("breakdown")
+    if parts:
+        split = Table(title="where predictive's replica-seconds go, test range (x the oracle's; each variant "
+                            "tuned on validation)")
+        for col in ("oracle", "burst noise", "forecaster", "startup lead", "scale-down guardrails", "predictive"):
+            split.add_column(col)
+        split.add_row(*(str(parts[k]) for k in ("oracle", "burst_noise", "forecaster", "startup_lead",
+                                                "scale_down_guardrails", "total")))
+        console.print(split)
+        console.print(f"burst noise = allocation floor {parts['allocation_floor']} x the oracle, knowing the minute "
+                      f"before and the 10 before (knowing the minutes on both sides: "
+                      f"{parts['allocation_floor_centred']})")
+        console.print(f"integer rounding (ceil) in the oracle: {parts['integer_rounding']['oracle']}, in the "
+                      f"startup-0 variant: {parts['integer_rounding']['startup_0']} (x the oracle's replica-seconds)")
     spread = result["autoscale"].get("per_day_spread", {})
     for key, s in spread.items():
         if s:

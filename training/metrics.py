@@ -122,3 +122,80 @@ def floor_table(actual: np.ndarray, naive: np.ndarray, centred: np.ndarray, step
             "n": int(ok.sum()),
         }
     return out
+
+
+def trailing_mean(values: np.ndarray, n: int) -> np.ndarray:
+    """Mean of the `n` minutes before each minute, itself left out (NaN-aware; NaN when none has data)."""
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    cum = np.concatenate([[0.0], np.cumsum(np.where(ok, v, 0.0))])
+    cnt = np.concatenate([[0], np.cumsum(ok)])
+    i = np.arange(len(v))
+    lo = np.maximum(i - n, 0)
+    total, count = cum[i] - cum[lo], cnt[i] - cnt[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def past_conditions(demand: np.ndarray, level_minutes: int = 10) -> list[tuple[np.ndarray, int]]:
+    """What a forecaster knows of a minute, for `allocation_floor`: the minute before it (8 bins) and the
+    mean of the `level_minutes` before it (20 bins)."""
+    d = np.asarray(demand, dtype=np.float64)
+    return [(trailing_mean(d, level_minutes), 20), (trailing_mean(d, 1), 8)]
+
+
+def centred_conditions(demand: np.ndarray, half: int) -> list[tuple[np.ndarray, int]]:
+    """The minutes on both sides, future included (`centred_mean`, 60 bins), for `allocation_floor`."""
+    return [(centred_mean(np.asarray(demand, dtype=np.float64), half), 60)]
+
+
+def allocation_floor(demand: np.ndarray, capacity: float, slo_pct: float,
+                     conditions: list[tuple[np.ndarray, int]]) -> float | None:
+    """How few replica-minutes a policy knowing `conditions` of each minute could need, as a ratio to the oracle.
+
+    The policy imagined here knows, for each minute, the given values (each cut into its number of
+    quantile bins: `past_conditions`, what a forecaster could know; `centred_conditions`, the future
+    too) and, in-sample, how demand spreads in each cell; it provisions per cell the count minimising
+    replicas + lam x misses, with the lam that bills least within `slo_pct`, then drops replicas where
+    they serve fewest minutes until the allowance is spent: it puts its misses where a replica buys
+    the least. It starts replicas at once and fits the spread on the minutes it is judged on, so it is
+    no policy but a floor: the part of the gap to the oracle that is each minute's own burst, which
+    only the oracle knows. None: too few minutes."""
+    d = np.asarray(demand, dtype=np.float64)
+    ok = np.isfinite(d)
+    for values, _ in conditions:
+        ok &= np.isfinite(values)
+    d = d[ok]
+    if len(d) < 100:
+        return None
+    cell = np.zeros(len(d), dtype=np.int64)
+    for values, bins in conditions:
+        v = np.asarray(values, dtype=np.float64)[ok]
+        edges = np.unique(np.quantile(v, np.linspace(0.0, 1.0, bins + 1))[1:-1])
+        cell = cell * (len(edges) + 1) + np.searchsorted(edges, v, side="right")
+    which = np.unique(cell, return_inverse=True)[1].ravel()
+    oracle = np.ceil(d / capacity - 1e-9)
+    counts = np.arange(int(oracle.max()) + 1)
+    n = np.bincount(which).astype(np.float64)
+    short = d[:, None] > counts[None, :] * capacity + 1e-9  # [minute, replicas]: that many would not serve it
+    misses = np.stack([np.bincount(which, weights=short[:, r], minlength=len(n)) for r in counts], axis=1)
+    allowed = slo_pct / 100.0 * len(d)
+    rows = np.arange(len(n))
+    best: np.ndarray | None = None
+    for lam in np.geomspace(1e-3, 1e7, 4000):
+        pick = np.argmin(n[:, None] * counts[None, :] + lam * misses, axis=1)
+        if misses[rows, pick].sum() <= allowed + 1e-9 and (best is None or (n * pick).sum() < (n * best).sum()):
+            best = pick
+    if best is None:
+        return None
+    # spend what is left of the allowance: drop a replica where it serves the fewest minutes per minute billed
+    while True:
+        used = misses[rows, best].sum()
+        extra = np.where(best > 0, misses[rows, np.maximum(best - 1, 0)] - misses[rows, best], np.inf)
+        fits = (extra <= allowed - used + 1e-9) & (best > 0)
+        if not fits.any():
+            break
+        score = np.where(fits, extra / np.maximum(n, 1.0), np.inf)
+        best = best.copy()
+        best[int(np.argmin(score))] -= 1
+    return round(float((n * best).sum()) / float(oracle.sum()), 4)

@@ -136,14 +136,18 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, cfg: RiskTrainConfig,
     return module.eval()
 
 
-def train_risk(windows: Any, cfg: RiskTrainConfig, heldout_from: int,
-               on_epoch: Any = lambda _e, _l: None) -> tuple[torch.jit.ScriptModule, dict[str, Any], np.ndarray]:
+def train_risk(windows: Any, cfg: RiskTrainConfig, heldout_from: int, on_epoch: Any = lambda _e, _l: None,
+               operating_point: Any = None) -> tuple[torch.jit.ScriptModule, dict[str, Any], np.ndarray]:
     """Train on recorded windows (TRAIN seeds only). Returns the scripted module, its metrics and a few input
     rows for the smoke case.
 
     Calibration is fitted on out-of-fold logits: `folds` models, each trained without one fold of seeds,
     score that fold; Platt scaling is fitted on all of them (every train seed, every kind, serves once as
-    validation), then applied to the model trained on every train seed. ECE and Brier are out-of-fold."""
+    validation), then applied to the model trained on every train seed. ECE and Brier are out-of-fold.
+
+    `operating_point(oof)`, when given, picks the drain policy's operating point from the out-of-fold windows
+    (`risk` = calibrated out-of-fold probability): its answer is kept as `metrics["operating_point"]`. The
+    caller (the composition root) injects it because the drain replay lives downstream of training."""
     refuse_heldout(windows["seed"].unique(), heldout_from)
     ordered, x_all = risk_inputs(windows)
     w = label_windows(ordered, cfg.horizon_s)
@@ -157,17 +161,7 @@ def train_risk(windows: Any, cfg: RiskTrainConfig, heldout_from: int,
     kinds = {s: str(k) for s, k in w[w["fault_kind"] != ""].groupby("seed")["fault_kind"].first().items()}
     n_seeds = len(np.unique(seeds))
     folds = min(cfg.folds, n_seeds)
-    oof = np.full(len(y), np.nan, np.float32)
-    if folds >= 2:
-        fold_of = seed_folds(seeds, kinds, folds, rng)
-        fold = np.array([fold_of[s] for s in seeds.tolist()])
-        for k in range(folds):
-            held = fold == k
-            if held.all() or not y[~held].any():
-                continue
-            fold_model = fit_mlp(x[~held], y[~held], cfg)
-            with torch.no_grad():
-                oof[held] = fold_model.logit(torch.from_numpy(x[held])).numpy()
+    oof = out_of_fold_logits(x, y, seeds, kinds, folds, cfg, rng)
     module = fit_mlp(x, y, cfg, on_epoch)
     scored = ~np.isnan(oof)
     yo, lo = torch.from_numpy(y[scored]), torch.from_numpy(oof[scored])
@@ -181,9 +175,30 @@ def train_risk(windows: Any, cfg: RiskTrainConfig, heldout_from: int,
                "out_of_fold_windows": int(scored.sum()), "uncalibrated": before, **calibration(calibrated, yo.numpy()),
                "platt": [round(float(module.platt_a), 4), round(float(module.platt_b), 4)],
                "positives_by_kind": {str(k): int(v) for k, v in w[w["label"] > 0].groupby("fault_kind").size().items()}}
+    if operating_point is not None and scored.any():
+        oof_windows = w[scored].drop(columns=["keep"]).assign(risk=calibrated)
+        metrics["operating_point"] = operating_point(oof_windows)
     scripted = torch.jit.script(module)
     smoke = x[np.argsort(-y)[:4]] if len(x) >= 4 else x
     return scripted, metrics, smoke
+
+
+def out_of_fold_logits(x: np.ndarray, y: np.ndarray, seeds: np.ndarray, kinds: dict[Any, str], folds: int,
+                       cfg: RiskTrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """Each window's logit from a model trained without its seed's fold (NaN where no fold model scored it)."""
+    oof = np.full(len(y), np.nan, np.float32)
+    if folds < 2:
+        return oof
+    fold_of = seed_folds(seeds, kinds, folds, rng)
+    fold = np.array([fold_of[s] for s in seeds.tolist()])
+    for k in range(folds):
+        held = fold == k
+        if held.all() or not y[~held].any():
+            continue
+        fold_model = fit_mlp(x[~held], y[~held], cfg)
+        with torch.no_grad():
+            oof[held] = fold_model.logit(torch.from_numpy(x[held])).numpy()
+    return oof
 
 
 def publish_risk(root: Any, module: torch.jit.ScriptModule, metrics: dict[str, Any], smoke_x: np.ndarray,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,18 @@ def read_train_windows(folder: Path, heldout_from: int) -> Any:
 
 
 def train_risk_command(dataset: Path, state_dir: Path, ch: ClickHouseSettings, *, horizon_s: float,
-                       heldout_from: int, epochs: int, hidden: int, seed: int, as_json: bool) -> dict[str, Any]:
+                       heldout_from: int, epochs: int, hidden: int, seed: int, as_json: bool,
+                       operating_point: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Train, calibrate and register; `operating_point` (from the composition root) picks the drain threshold
+    and consecutive windows on the out-of-fold scores of the train seeds, stored in the manifest's metrics."""
     windows = read_train_windows(dataset, heldout_from)
     cfg = RiskTrainConfig(hidden=hidden, epochs=epochs, seed=seed, horizon_s=horizon_s)
     seeds = sorted(int(s) for s in windows["seed"].unique())
     say(f"{len(windows)} instance windows of {len(seeds)} train seed(s) from {dataset}; horizon {horizon_s:g} s")
     with epoch_bar(cfg.epochs) as on_epoch:
         module, metrics, smoke = train_risk(windows, cfg, heldout_from,
-                                             lambda e, loss: on_epoch(e + 1, cfg.epochs, loss, float("nan")))
+                                             lambda e, loss: on_epoch(e + 1, cfg.epochs, loss, float("nan")),
+                                             operating_point=operating_point)
     fp = fingerprint({"dataset": str(dataset.resolve()), "seeds": seeds}, windows.to_csv(index=False).encode())
     lengths = (windows["window_end"] - windows["window_start"]).value_counts()
     window_s = float(lengths.index[0])
@@ -49,6 +54,13 @@ def train_risk_command(dataset: Path, state_dir: Path, ch: ClickHouseSettings, *
                                    "heldout_seed_from": heldout_from})
     say(f"wrote {path}; validation ECE {metrics['ece']}, Brier {metrics['brier']} "
         f"(uncalibrated ECE {metrics['uncalibrated']['ece']})")
+    if "operating_point" in metrics:
+        op = metrics["operating_point"]
+        v = op["validation"]
+        say(f"operating point (train seeds, out of fold): drain at risk >= {op['drain_above']:g} for "
+            f"{op['drain_after']} window(s): recall {v['recall']}, lead p50 {v['lead_s_p50']} s, "
+            f"{v['false_drains']} false drain(s) in {v['instance_hours']} instance-hours"
+            + ("" if v["within_budget"] else " [yellow](no point within the false-drain budget)[/]"))
     why_not = record_in_clickhouse(ch, manifest, path)
     summary = {"kind": manifest.kind, "version": manifest.version, "path": str(path),
                "model_versions": why_not is None, "metrics": manifest.metrics}

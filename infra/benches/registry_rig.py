@@ -1,7 +1,9 @@
 """A private copy of the membership path on free loopback ports under one folder: etcd, HAProxy,
 nginx, the pool and the registry sync, built by the stack's own component builders from a settings
 object of its own. Used by `foresight bench registry` and the integration tests; never touches
-the shared stack (own ports, own state folder, own registry prefix, HAProxy logs to a dead port)."""
+the shared stack (own ports, own state folder, own registry prefix, HAProxy logs to a dead port).
+With `private_clickhouse`, ClickHouse too is the rig's own server (component `clickhouse`), and Kafka a
+dead port (decisions of the pool and the sync are then dropped, counted)."""
 
 from __future__ import annotations
 
@@ -49,19 +51,22 @@ SECTIONS = ("kafka", "clickhouse", "etcd", "haproxy", "demo", "ingest", "pool", 
 
 
 def rig_settings(folder: Path, service: PoolServiceSettings | None = None, lease_ttl_s: int = 3,
-                 drain_quiet_s: float = 0.5) -> Settings:
-    first = free_ports(12)
-    port = iter(range(first, first + 12))
+                 drain_quiet_s: float = 0.5, private_clickhouse: bool = False) -> Settings:
+    first = free_ports(15)
+    port = iter(range(first, first + 15))
     svc = (service or PoolServiceSettings(name="web", replicas=1, startup_delay_s=0.2, capacity_rps=200,
                                           workers=8, max_replicas=8))
     svc = svc.model_copy(update={"haproxy_port": next(port), "nginx_port": next(port)})
     run = secrets.token_hex(4)
+    # decisions go to a topic and a ClickHouse database of the rig's own on the shared servers, or on the
+    # rig's own ClickHouse (and to no Kafka: nothing listens on that port)
+    private = {"tcp_port": next(port), "http_port": next(port)} if private_clickhouse else {}
+    dead_kafka = {"bootstrap_servers": f"127.0.0.1:{next(port)}"} if private_clickhouse else {}
     return Settings(
         state_dir=folder,
-        # decisions go to a topic and a ClickHouse database of the rig's own on the shared servers
-        clickhouse=ClickHouseSettings(database=f"foresight_rig_{run}"),
+        clickhouse=ClickHouseSettings(database=f"foresight_rig_{run}", **private),
         kafka=KafkaSettings(**{f"topic_{t}": f"fs.rig-{run}.{t}" for t in ("access", "metrics", "dlq", "features",
-                                                                          "decisions")}),
+                                                                          "decisions")}, **dead_kafka),
         etcd=EtcdSettings(client_port=next(port), peer_port=next(port), metrics_port=next(port)),
         haproxy=HAProxySettings(frontend_port=next(port), exporter_port=next(port)),
         demo=DemoSettings(ports=[next(port), next(port)]),  # nothing listens there: the demo backend stays down
@@ -84,7 +89,7 @@ class Rig:
         for name in SECTIONS:  # children read the same settings (nested sections as JSON)
             self.env[f"FORESIGHT_{name.upper()}"] = json.dumps(getattr(s, name).model_dump(mode="json"))
         built = {c.name: c for c in [components.etcd(s), components.haproxy(s), components.nginx(s),
-                                     components.pool(s), components.registry_sync(s)]}
+                                     components.pool(s), components.registry_sync(s), components.clickhouse(s)]}
         self.components: dict[str, Component] = built
         self.records: dict[str, ProcessRecord] = {}
         self._database = False
@@ -165,9 +170,10 @@ class Rig:
         os.kill(record.pid, sig)
 
     def close(self) -> None:
+        own_clickhouse = "clickhouse" in self.records  # its data goes with the rig's folder: nothing to drop
         for name in reversed(list(self.records)):
             self.stop(name)
-        if self._database:
+        if self._database and not own_clickhouse:
             from infra.core.db import client
 
             cl = client(self.s.clickhouse)

@@ -11,27 +11,34 @@ from dataclasses import dataclass
 from clickhouse_driver import Client
 
 from infra.core.contracts import SERVICE_WIDE
+from infra.core.db import time_bounds
 
 
-def minute_requests_sql(database: str, bounded: bool = False) -> str:
-    """(minute start, requests) of a service's service-wide windows; `bounded` adds [start, end)."""
+def minute_requests_sql(database: str, bounded: bool = False, step_s: int = 60) -> str:
+    """(step start, requests) of a service's service-wide windows per `step_s` (a minute unless a
+    time-compressed replay shortens it); `bounded` adds [start, end)."""
     window = ("AND window_start >= toDateTime(%(start)s) AND window_start < toDateTime(%(end)s) "
               if bounded else "")
+    step = ("toUInt32(toStartOfMinute(window_start))" if step_s == 60
+            else f"intDiv(toUInt32(window_start), {int(step_s)}) * {int(step_s)}")
     return (
-        "SELECT toUInt32(toStartOfMinute(window_start)) AS minute, sum(requests) AS requests "
+        f"SELECT {step} AS minute, sum(requests) AS requests "
         f"FROM {database}.features FINAL WHERE service = %(service)s AND instance = %(all)s "
         f"{window}GROUP BY minute ORDER BY minute"
     )
 
 
 def read_minute_requests(client: Client, database: str, service: str,
-                         start_s: int | None = None, end_s: int | None = None) -> list[tuple[int, int]]:
-    """Requests per minute of `service`, oldest first; all of its history unless bounded."""
+                         start_s: int | None = None, end_s: int | None = None,
+                         step_s: int = 60) -> list[tuple[int, int]]:
+    """Requests per minute (or per `step_s`) of `service`, oldest first; all of its history unless bounded."""
+    if step_s <= 0:
+        raise ValueError(f"step_s must be > 0, got {step_s}")
     bounded = start_s is not None and end_s is not None
     params: dict[str, object] = {"service": service, "all": SERVICE_WIDE}
     if bounded:
         params |= {"start": start_s, "end": end_s}
-    rows = client.execute(minute_requests_sql(database, bounded), params)
+    rows = client.execute(minute_requests_sql(database, bounded, step_s), params)
     return [(int(m), int(r)) for m, r in rows]
 
 
@@ -162,13 +169,8 @@ def instance_windows(client: Client, database: str, services: list[str], start_s
     match = " OR ".join(f"service LIKE %(s{i})s" for i in range(len(services))) or "1"
     params: dict[str, object] = {"all": SERVICE_WIDE}
     params.update({f"s{i}": s for i, s in enumerate(services)})
-    bounds = ""
-    if start_s is not None:
-        bounds += " AND window_start >= toDateTime(%(start)s)"
-        params["start"] = start_s
-    if end_s is not None:
-        bounds += " AND window_start < toDateTime(%(end)s)"
-        params["end"] = end_s
+    bounds, between = time_bounds("window_start", start_s, end_s)
+    params.update(between)
     return client.execute(
         f"SELECT service, instance, toUInt32(window_start), toUInt32(window_end) - toUInt32(window_start), requests, "
         f"status_5xx, latency_p50_ms, latency_p99_ms, {gauges} FROM {database}.features FINAL "

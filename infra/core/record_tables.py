@@ -9,25 +9,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from clickhouse_driver import Client
+
+from infra.core.db import time_bounds
 
 
 def access_minute_requests(client: Client, database: str, service: str, start_s: int | None = None,
                            end_s: int | None = None) -> list[tuple[int, int]]:
     """(minute start unix s, requests) of `service` from `access_events`, oldest first, in [start, end)."""
-    where = "service = %(service)s"
-    params: dict[str, Any] = {"service": service}
-    if start_s is not None:
-        where += " AND ts >= toDateTime(%(start)s)"
-        params["start"] = start_s
-    if end_s is not None:
-        where += " AND ts < toDateTime(%(end)s)"
-        params["end"] = end_s
+    bounds, params = time_bounds("ts", start_s, end_s)
+    where = "service = %(service)s" + bounds
     rows = client.execute(
         f"SELECT toUInt32(toStartOfMinute(ts)) AS minute, count() AS requests FROM {database}.access_events FINAL "
-        f"WHERE {where} GROUP BY minute ORDER BY minute", params)
+        f"WHERE {where} GROUP BY minute ORDER BY minute", {"service": service, **params})
     return [(int(m), int(r)) for m, r in rows]
 
 

@@ -216,10 +216,11 @@ class DemoSettings(Section):
     latencies_ms: list[float] = Field(default_factory=lambda: [5.0, 40.0], description="Latency of each backend.")
     burst_requests: int = Field(400, description="Requests `foresight demo --quick` sends through HAProxy.")
     loop_service: str = Field("shop", description="Pool service the closed-loop demo scales, drains and loads.")
-    trace_start: int = Field(2_914_345, ge=0, description="First NASA trace second the demo replays (a weekday, "
-                             "04:00 in the trace: the morning ramp follows).")
-    speedup: float = Field(60.0, gt=0, description="Trace seconds per wall second: 60 replays 8 trace hours in "
-                           "8 minutes.")
+    trace_start: int = Field(2_914_345, ge=0, description="First NASA trace second the demo replays (Monday 7 Aug "
+                             "1995, 04:00, in the validation range: the morning ramp follows).")
+    speedup: float = Field(60.0, gt=0, description="Trace seconds per wall second: 60 replays 8 trace hours in 8 "
+                           "minutes. The forecaster reads each 10 s feature window (10 trace minutes) as one step; "
+                           "the steps before the slice are written to `features` first, as the service's past.")
     scale: float = Field(1.3, gt=0, description="Multiplier of the trace's rate (NASA's ~1 req/s becomes a load "
                          "for several instances).")
     duration_s: float = Field(480.0, gt=0, description="Wall seconds the closed-loop demo replays.")
@@ -227,10 +228,14 @@ class DemoSettings(Section):
     fault_lead_s: float = Field(75.0, gt=0, description="The injected leak's precursors (latency, resource "
                                 "gauge) before it crashes the instance.")
     interval_s: float = Field(5.0, gt=0, description="Rounds of the demo's autoscaler and health controller.")
-    scale_down_stabilization_s: float = Field(100.0, ge=0, description="The demo autoscaler scales down only to "
-                                              "the highest recommendation of this many wall seconds. HPA's 300 s "
-                                              "is 20 of its 15 s rounds; this is 20 of the demo's 5 s rounds (in "
-                                              "trace time, 300 s would be 5 wall seconds at 60x: one round).")
+    policy_time_scale: float | None = Field(None, gt=0, description="Both replica policies' durations "
+                                            "(stabilization windows, step-limit periods, cooldown) times this, "
+                                            "alike for the predictive autoscaler and its shadow HPA. None: "
+                                            "demo.interval_s / 15 s, HPA's round mapped onto the demo's (300 s "
+                                            "stabilization becomes 100 s: 20 rounds either way).")
+
+    def time_scale(self) -> float:
+        return self.policy_time_scale if self.policy_time_scale is not None else self.interval_s / 15.0
 
 
 
@@ -537,6 +542,10 @@ class AutoscalerSettings(Section):
                                                       "intervals are stale: the reactive fallback decides.")
     history_minutes: int = Field(1440, ge=1, le=10080, description="Minutes of rate history sent to `/v1/forecast` "
                                                                    "(at most a week, the API's limit).")
+    history_step_s: int = Field(60, ge=1, le=60, description="Seconds per step of the rate history sent to "
+                                "`/v1/forecast`, each step read as one of the model's minutes. 60 but in a "
+                                "time-compressed replay, where a trace minute lasts 60 / speedup wall seconds "
+                                "(the demo sets it); then the wall clock is not sent as the calendar.")
     serving_timeout_s: float = Field(3.0, gt=0, description="Timeout of each `/v1/forecast` call.")
     dry_run: bool = Field(False, description="Decide and record, do not touch the scalers.")
     metrics_port: int = Field(19108, description="Prometheus metrics of the `foresight autoscale` loop.")
@@ -595,6 +604,8 @@ class HealthSettings(Section):
                                 "drains before they fail (registry names); empty = none.")
     interval_s: float = Field(5.0, gt=0, description="Seconds between two rounds.")
     drain_above: float = Field(0.8, gt=0, le=1, description="Drain a ready instance whose risk reaches this.")
+    drain_after: int = Field(1, ge=1, description="Consecutive rounds at or above `drain_above` before a drain "
+                             "(`foresight train --kind risk` stores the one it chose, in windows, in the manifest).")
     readmit_below: float = Field(0.3, ge=0, lt=1, description="Re-admit a drained one after `readmit_after` rounds "
                                  "at or below this risk (hysteresis: below `drain_above`).")
     readmit_after: int = Field(3, ge=1, description="Consecutive healthy rounds before re-admission.")

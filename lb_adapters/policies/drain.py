@@ -2,8 +2,9 @@
 Pure; the membership guardrails (last ready instance, `max_unavailable`, operator pins) are applied
 here too, so a decision that comes out is one the controller may carry out.
 
-- Hysteresis: drain at `drain_above`, re-admit only after `readmit_after` consecutive rounds at or
-  below `readmit_below` (< `drain_above`), so an instance near the threshold does not flap.
+- Hysteresis: drain after `drain_after` consecutive rounds at or above `drain_above` (one noisy window
+  is not a trend), re-admit only after `readmit_after` consecutive rounds at or below `readmit_below`
+  (< `drain_above`), so an instance near the threshold does not flap.
 - Unknown is not healthy: an instance with no recent window (risk None) is neither drained nor
   counted towards its re-admission; its streak starts again.
 - Only what a controller drained is re-admitted by one; an operator's state is never undone.
@@ -39,24 +40,26 @@ class DrainKnobs:
     max_drained_fraction: float = 0.25
     capacity_rps: float | None = None  # requests/s of an instance with no estimate of its own; None: unknown
     cooldown_rounds: int = 0  # after a drain, no other drain of the service for this many rounds
+    drain_after: int = 1  # consecutive rounds at or above drain_above before a drain (an unknown round resets)
     capacity_margin: float = 1.15  # the instances left must carry load x this (at most ~87% busy)
     min_utilisation: float = 0.25  # capacity estimates read a lower utilisation as this (policies.capacity)
 
     def __post_init__(self) -> None:
         if not 0 <= self.readmit_below < self.drain_above <= 1:
             raise ValueError(f"need 0 <= readmit_below ({self.readmit_below}) < drain_above ({self.drain_above}) <= 1")
-        if self.readmit_after < 1:
-            raise ValueError("readmit_after must be at least 1 round")
+        if self.readmit_after < 1 or self.drain_after < 1:
+            raise ValueError("readmit_after and drain_after must be at least 1 round")
         if self.capacity_margin < 1:
             raise ValueError(f"capacity_margin ({self.capacity_margin}) below 1 would drain into overload")
 
 
 @dataclass(frozen=True)
 class DrainState:
-    """Consecutive healthy rounds of each instance a controller drained."""
+    """Consecutive healthy rounds of each instance a controller drained, risky rounds of each ready one."""
 
     healthy_streak: Mapping[str, int] = field(default_factory=dict)
     cooldown: int = 0  # rounds left before the next drain may happen
+    risky_streak: Mapping[str, int] = field(default_factory=dict)
     held: Mapping[str, int] = field(default_factory=dict)  # held instead of drained -> healthy rounds in a row
 
 
@@ -91,10 +94,15 @@ def decide_drains(risk: Mapping[str, float | None], records: Mapping[str, Instan
     cooling = state.cooldown
     drained = False
     held: dict[str, int] = {}
+    risky: dict[str, int] = {}
+    for name, rec in records.items():
+        r = risk.get(name)
+        if rec.state == "ready" and r is not None and r >= knobs.drain_above:
+            risky[name] = state.risky_streak.get(name, 0) + 1
     for name in sorted((n for n, rec in records.items() if rec.state == "ready"),
                        key=lambda n: -(risk.get(n) or 0.0)):
         r = risk.get(name)
-        if r is None or r < knobs.drain_above:
+        if r is None or r < knobs.drain_above or risky[name] < knobs.drain_after:
             if name in state.held:
                 healthy = state.held[name] + 1 if r is not None and r <= knobs.readmit_below else 0
                 left = [n for n, rec in out_now.items() if rec.state == "ready" and n != name]
@@ -124,8 +132,11 @@ def decide_drains(risk: Mapping[str, float | None], records: Mapping[str, Instan
             if hold is not None:
                 held[name] = 0
             continue
-        decisions.append(DrainDecision(name, "drain", r, f"risk {r:.2f} >= {knobs.drain_above:g}; {verdict.reason}"))
+        rounds = f" for {risky[name]} rounds" if knobs.drain_after > 1 else ""
+        decisions.append(DrainDecision(name, "drain", r, f"risk {r:.2f} >= {knobs.drain_above:g}{rounds}; "
+                                                         f"{verdict.reason}"))
         out_now[name] = records[name].model_copy(update={"state": "draining"})
+        del risky[name]
         drained = True
         cooling = knobs.cooldown_rounds
-    return decisions, DrainState(streak, knobs.cooldown_rounds if drained else max(0, cooling - 1), held)
+    return decisions, DrainState(streak, knobs.cooldown_rounds if drained else max(0, cooling - 1), risky, held)

@@ -44,5 +44,12 @@ def test_backtest_prints_the_result_json_last_and_writes_plots(tmp_path: Path) -
     for name in ("predictive", "hpa"):
         assert auto[name]["slo_gap_points"] == round(auto[name]["underprov_pct"] - 0.5, 3)
     assert "per week of the test range" in proc.stdout
+    # where predictive's replica-seconds above the oracle's go: the parts add up to its ratio
+    parts = auto["breakdown"]
+    steps = ("burst_noise", "forecaster", "startup_lead", "scale_down_guardrails")
+    assert abs(parts["oracle"] + sum(parts[k] for k in steps) - parts["total"]) < 0.005
+    assert parts["total"] == auto["predictive"]["vs_oracle"]
+    assert parts["allocation_floor"] >= 1.0
+    assert "where predictive's replica-seconds go" in proc.stdout
     assert (report / "forecast.png").stat().st_size > 10_000
     assert (report / "replicas.png").stat().st_size > 10_000

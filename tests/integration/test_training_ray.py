@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,13 @@ def test_train_on_local_ray_registers_a_small_model(stack: Settings, tmp_path: P
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     path = Path(summary["path"])
+    try:
+        check_registered(stack, path, summary)
+    finally:  # a toy model must not stay the stack's newest forecaster (a later `./run demo` would serve it)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def check_registered(stack: Settings, path: Path, summary: dict[str, object]) -> None:
     assert path.parent == registry_root(stack.state) / "forecast"
     manifest = read_manifest(path)
     assert manifest.version == summary["version"] and manifest.forecast is not None

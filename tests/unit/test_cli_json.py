@@ -81,7 +81,7 @@ def test_config_reference_as_json(runner: CliRunner) -> None:
     out = runner.invoke(app, ["config", "--reference", "--json"])
     assert out.exit_code == 0, out.output
     rows = {r["setting"]: r for r in json.loads(out.stdout)}
-    assert rows["demo.scale_down_stabilization_s"]["default"] == "100.0"
+    assert rows["demo.interval_s"]["default"] == "5.0"
     assert rows["autoscaler.interval_s"]["env"] == "FORESIGHT_AUTOSCALER__INTERVAL_S"
 
 

@@ -191,3 +191,22 @@ def test_a_hold_is_lifted_once_the_others_can_carry_the_load() -> None:
     _, state = decide_drains({"b2": 0.98}, B4, DrainState(), GUARD, load_rps=140, capacity=UNEQUAL)
     decisions, state = decide_drains({"b2": 0.6}, B4, state, GUARD, load_rps=100, capacity=UNEQUAL)
     assert decisions == [] and state.held == {}
+
+
+def test_drain_after_needs_consecutive_risky_rounds_and_a_quiet_or_unknown_round_resets() -> None:
+    knobs = DrainKnobs(drain_above=0.8, readmit_below=0.3, readmit_after=2, max_drained_fraction=0.25, drain_after=3)
+    state = DrainState()
+    actions = []
+    for r in (0.9, 0.9, 0.5, 0.9, None, 0.9, 0.9, 0.9):  # streaks: 1, 2, reset, 1, reset, 1, 2, 3 -> drain
+        decisions, state = decide_drains({"i0": r, "i1": 0.1, "i2": 0.1, "i3": 0.1}, FOUR, state, knobs)
+        actions.append([d.action for d in decisions if d.instance == "i0"])
+    assert actions == [[], [], [], [], [], [], [], ["drain"]]
+    assert "for 3 rounds" in decide_drains({"i0": 0.9}, FOUR, DrainState(risky_streak={"i0": 2}), knobs)[0][0].reason
+    assert "i0" not in state.risky_streak  # drained: its streak is done
+
+
+def test_drain_after_of_one_is_the_old_single_round_rule_and_zero_is_refused() -> None:
+    decisions, state = decide_drains({"i0": 0.9}, FOUR, DrainState(), KNOBS)
+    assert [d.action for d in decisions] == ["drain"] and state.risky_streak == {}
+    with pytest.raises(ValueError, match="drain_after"):
+        DrainKnobs(drain_after=0)

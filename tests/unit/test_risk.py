@@ -104,6 +104,21 @@ def test_training_learns_a_separable_precursor_and_stays_a_probability() -> None
     assert d[(d["window_start"] > 110) & (d["window_start"] < 146)]["risk"].mean() > a["risk"].mean() + 0.3
 
 
+def test_training_hands_the_out_of_fold_scores_of_train_seeds_to_the_operating_point_chooser() -> None:
+    seen: dict[str, pd.DataFrame] = {}
+
+    def chooser(oof: pd.DataFrame) -> dict[str, object]:
+        seen["oof"] = oof
+        return {"drain_above": 0.9, "drain_after": 2}
+
+    _, metrics, _ = train_risk(synthetic(range(8)), RiskTrainConfig(epochs=3, seed=1), heldout_from=1000,
+                               operating_point=chooser)
+    oof = seen["oof"]
+    assert metrics["operating_point"] == {"drain_above": 0.9, "drain_after": 2}
+    assert len(oof) == metrics["out_of_fold_windows"] and set(oof["seed"]) == set(range(8))
+    assert oof["risk"].between(0, 1).all() and {"service", "instance", "window_end", "failure_ms"} <= set(oof)
+
+
 # -- reactive baselines ----------------------------------------------------------------------------
 def test_consecutive_errors_reset_on_a_success_and_after_an_ejection() -> None:
     errs = [True, True, False, True, True, True, True, True, True, True, True]
@@ -150,6 +165,7 @@ def test_precision_recall_lead_and_false_drains_on_hand_made_alarms() -> None:
     assert a["false_drains_per_instance_hour"] == round(3 / 2.0, 3)
     assert m["leak"]["recall"] == 1.0 and m["crash"]["recall"] == 0.0 and m["crash"]["detect_delay_s_p50"] == 6.0
     assert m["none"]["false_drains"] == 2 and a["early_alarms"] == 1  # the leak's alarm 70 s ahead
+    assert a["false_drains_never_failing_per_instance_hour"] == round(2 / 2.0, 3)  # side figure: without the early one
 
 
 def test_a_failure_after_the_recording_is_not_counted_in_recall() -> None:

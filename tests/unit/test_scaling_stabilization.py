@@ -19,8 +19,9 @@ from infra.core.scaling import (
     decide,
     predictive,
     predictive_knobs,
+    reactive_knobs,
 )
-from infra.core.settings import AutoscaledService, DemoSettings, load_settings
+from infra.core.settings import AutoscaledService, load_settings
 from training.autoscale import Forecasts, ScalingSpec, Trace, simulate
 
 INTERVAL = 15.0
@@ -86,7 +87,7 @@ def test_the_backtest_simulator_holds_the_same_way() -> None:
     assert trace.ready == [3] * minutes
 
 
-def test_the_demo_scales_the_window_to_its_compressed_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_demo_compresses_both_policies_clocks_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from infra.closed_loop import demo_settings
 
     monkeypatch.chdir(tmp_path)  # no foresight.toml: the defaults
@@ -95,5 +96,24 @@ def test_the_demo_scales_the_window_to_its_compressed_time(tmp_path: Path, monke
     assert svc is not None
     scaled = demo_settings(s, svc).autoscaler.services[0]
     assert isinstance(scaled, AutoscaledService)
-    assert scaled.knobs.scale_down_stabilization_s == DemoSettings().scale_down_stabilization_s == 100.0
+    f = s.demo.interval_s / 15.0  # HPA's 15 s round onto the demo's round
+    assert scaled.knobs.scale_down_stabilization_s == pytest.approx(300.0 * f) == 100.0
+    assert scaled.reactive.scale_down_stabilization_s == pytest.approx(300.0 * f)
+    assert scaled.knobs.scale_down_period_s == pytest.approx(predictive_knobs().scale_down_period_s * f)
+    assert scaled.reactive.scale_up_period_s == pytest.approx(reactive_knobs().scale_up_period_s * f)
     assert scaled.knobs.scale_down_pods == predictive_knobs().scale_down_pods  # the rest is the preset
+    assert (scaled.knobs.min_replicas, scaled.knobs.max_replicas) == (svc.min_replicas, svc.max_replicas)
+
+
+def test_compress_time_scales_every_duration_and_nothing_else() -> None:
+    from infra.core.scaling import compress_time
+    from infra.core.scaling.context import TIME_KNOBS
+
+    k = reactive_knobs(cooldown_s=30.0, scale_up_stabilization_s=60.0)
+    c = compress_time(k, 0.5)
+    for name in TIME_KNOBS:
+        assert getattr(c, name) == getattr(k, name) * 0.5
+    rest = set(type(k).model_fields) - set(TIME_KNOBS)
+    assert {n: getattr(c, n) for n in rest} == {n: getattr(k, n) for n in rest}
+    with pytest.raises(ValueError, match="> 0"):
+        compress_time(k, 0)

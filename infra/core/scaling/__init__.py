@@ -12,6 +12,7 @@ from infra.core.scaling.context import (
     ScalingDecision,
     ScalingKnobs,
     ScalingState,
+    compress_time,
     predictive_knobs,
     reactive_knobs,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "ScalingDecision",
     "ScalingKnobs",
     "ScalingState",
+    "compress_time",
     "decide",
     "feedback",
     "policy_by_name",

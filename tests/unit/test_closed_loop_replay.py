@@ -1,0 +1,63 @@
+"""The demo's like-for-like replay of a policy's decided counts: startup delay, removals, under-provisioning."""
+
+from pathlib import Path
+
+import pytest
+
+from infra.closed_loop import replay_schedule
+from infra.core.features_table import ServiceWindow
+from infra.core.settings import load_settings
+
+
+def windows(rates: list[float], width: int = 10, start: int = 1000) -> list[ServiceWindow]:
+    return [ServiceWindow(start + i * width, start + (i + 1) * width, int(r * width), r) for i, r in enumerate(rates)]
+
+
+def test_an_added_replica_costs_from_its_decision_and_serves_after_startup() -> None:
+    w = windows([15.0, 25.0, 25.0])  # capacity 10: 2 replicas cover 15, 3 are needed from t=1010
+    # scale 2 -> 3 at t=1000 with a 15 s startup: ready at 1015, so 1010..1014 are under-provisioned
+    rs, under = replay_schedule([(1000.0, 3)], 2, 15.0, w, 10.0, 1000.0, 1030.0)
+    assert rs == 3 * 30
+    assert under == 5
+    # the same decision 10 s late: 1010..1024 short
+    rs, under = replay_schedule([(1010.0, 3)], 2, 15.0, w, 10.0, 1000.0, 1030.0)
+    assert (rs, under) == (2 * 10 + 3 * 20, 15)
+
+
+def test_a_removal_takes_a_starting_replica_first() -> None:
+    w = windows([15.0, 15.0])
+    # 2 ready; up to 3 at 1000 (ready 1030), back to 2 at 1005: the starting one goes, both ready ones stay
+    rs, under = replay_schedule([(1000.0, 3), (1005.0, 2)], 2, 30.0, w, 10.0, 1000.0, 1020.0)
+    assert (rs, under) == (3 * 5 + 2 * 15, 0)
+    # down to 1 at 1010: 15 req/s on one ready replica is short for the last 10 s
+    rs, under = replay_schedule([(1010.0, 1)], 2, 30.0, w, 10.0, 1000.0, 1020.0)
+    assert (rs, under) == (2 * 10 + 1 * 10, 10)
+
+
+def test_no_decisions_keeps_the_initial_count_and_seconds_without_a_window_are_not_judged() -> None:
+    rs, under = replay_schedule([], 4, 20.0, windows([50.0]), 10.0, 1000.0, 1020.0)  # 1010..1019: no window
+    assert (rs, under) == (80, 10)
+
+
+def test_history_rows_are_one_closed_window_per_step_ending_at_the_replay() -> None:
+    from infra.closed_loop import history_rows
+
+    per_second = [1] * 60 + [2] * 60 + [0] * 30  # two whole steps of 60 trace seconds and a part, left out
+    rows = history_rows(per_second, 1.5, 60, 10, 5000, "shop")
+    assert [(r[0].timestamp(), r[1].timestamp()) for r in rows] == [(4980, 4990), (4990, 5000)]
+    assert [(r[2], r[3], r[4], r[5]) for r in rows] == [("shop", "*", 90, 9.0), ("shop", "*", 180, 18.0)]
+
+
+def test_the_forecast_step_holds_whole_feature_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra.closed_loop import forecast_step_s
+
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert s.streams.window_s == 10
+    for speedup, step in ((60.0, 10), (6.0, 10), (3.0, 20), (120.0, 10), (7.0, 10), (4.0, None), (2.5, None)):
+        t = s.model_copy(update={"demo": s.demo.model_copy(update={"speedup": speedup})})
+        if step is None:  # a trace minute of 15 s or 24 s would mix windows
+            with pytest.raises(ValueError, match="whole"):
+                forecast_step_s(t)
+        else:
+            assert forecast_step_s(t) == step
