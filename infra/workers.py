@@ -168,6 +168,7 @@ def build_health_controller(s: Settings, leadership: bool = True, name: str = "h
         sink=decision_log(s, name),
         knobs=health_knobs(s),
         features_max_age_s=h.features_max_age_s, window_s=s.streams.instance_window, dry_run=h.dry_run, leadership=lead,
+        interval_s=h.interval_s, model_point=h.drain_at == "model",
     )
 
 

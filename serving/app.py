@@ -234,6 +234,8 @@ class ServingApi:
             "risks": [{"instance": name, "risk": risk, "reasons": reasons}
                       for name, risk, reasons in zip(body.names, scored.risks, scored.reasons, strict=True)],
             **({"note": scored.note} if scored.note else {}),
+            **({"operating_point": {"drain_above": scored.operating_point[0],
+                                    "sustained_s": scored.operating_point[1]}} if scored.operating_point else {}),
         })
 
     @fastapi_app.get(

@@ -33,6 +33,16 @@ class Scored:
     risks: list[float]
     reasons: list[list[str]]
     note: str | None = None  # why the baseline answered, or what was assumed
+    operating_point: tuple[float, float] | None = None  # (drain_above, sustained_s) from the manifest
+
+
+def operating_point(loaded: LoadedVersion) -> tuple[float, float] | None:
+    """The manifest's drain point (threshold, consecutive windows) as (threshold, seconds): the windows
+    are the model's own length, the controller's rounds may be another."""
+    op = loaded.manifest.metrics.get("operating_point") if loaded.manifest.metrics else None
+    if not op or loaded.manifest.health is None:
+        return None
+    return float(op["drain_above"]), float(op["drain_after"]) * loaded.manifest.health.window_s
 
 
 def risk_array(instances: list[InstanceFeatures]) -> np.ndarray:
@@ -74,7 +84,8 @@ class RiskModelReplica(RegistryReplica):
             if use:
                 try:
                     scored = self._learned(loaded, request.features)
-                    return Scored(scored.model, scored.version, scored.risks, scored.reasons, note)
+                    return Scored(scored.model, scored.version, scored.risks, scored.reasons, note,
+                                  operating_point(loaded))
                 except Exception:  # a version that passed its smoke check can still fail on some input
                     logger.exception("risk model %s failed on a request; answering from the baseline",
                                      loaded.version)

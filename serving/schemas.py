@@ -108,11 +108,20 @@ class InstanceRisk(BaseModel):
     reasons: list[str] = Field(description="The signals that drove the score, worst first.")
 
 
+class OperatingPoint(BaseModel):
+    """Where the answering model's training chose to drain (on its train seeds, within a false-drain budget)."""
+
+    drain_above: float = Field(gt=0, le=1, description="Drain at or above this risk ...")
+    sustained_s: float = Field(ge=0, description="... held for this many seconds of consecutive windows.")
+
+
 class RiskResponse(BaseModel):
     service: str
     model: str = Field(description="Which model answered.")
     model_version: str = Field(description="Registry version of the model, or `baseline`.")
     risks: list[InstanceRisk]
+    operating_point: OperatingPoint | None = Field(None, description="The learned model's chosen drain point, "
+                                                   "when its training chose one; the baseline has none.")
     note: str | None = Field(None, description="Why the baseline answered instead of a learned version, or "
                                                "what was assumed (the window length).")
 

@@ -603,6 +603,10 @@ class HealthSettings(Section):
     services: list[str] = Field(default_factory=list, description="Services whose instances `foresight health` "
                                 "drains before they fail (registry names); empty = none.")
     interval_s: float = Field(5.0, gt=0, description="Seconds between two rounds.")
+    drain_at: Literal["model", "settings"] = Field("model", description="`model`: drain where the answering risk "
+                                                   "model's training chose (its threshold and sustained seconds, "
+                                                   "in `/v1/risk`'s `operating_point`), else at `drain_above` / "
+                                                   "`drain_after`; `settings`: always at those.")
     drain_above: float = Field(0.8, gt=0, le=1, description="Drain a ready instance whose risk reaches this.")
     drain_after: int = Field(1, ge=1, description="Consecutive rounds at or above `drain_above` before a drain "
                              "(`foresight train --kind risk` stores the one it chose, in windows, in the manifest).")

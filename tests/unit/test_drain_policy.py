@@ -210,3 +210,17 @@ def test_drain_after_of_one_is_the_old_single_round_rule_and_zero_is_refused() -
     assert [d.action for d in decisions] == ["drain"] and state.risky_streak == {}
     with pytest.raises(ValueError, match="drain_after"):
         DrainKnobs(drain_after=0)
+
+
+def test_the_models_drain_point_replaces_the_threshold_and_counts_its_seconds_in_rounds() -> None:
+    from lb_adapters.health import at_operating_point
+    from serving.schemas import OperatingPoint
+
+    base = DrainKnobs(drain_above=0.8, readmit_below=0.3, drain_after=1)
+    knobs, said = at_operating_point(base, OperatingPoint(drain_above=0.7, sustained_s=12.0), 5.0)
+    assert (knobs.drain_above, knobs.drain_after) == (0.7, 3)  # 12 s of windows: 3 rounds of 5 s
+    assert "0.7" in said and "3 round" in said
+    assert knobs.readmit_below == base.readmit_below and knobs.max_drained_fraction == base.max_drained_fraction
+    assert at_operating_point(base, OperatingPoint(drain_above=0.9, sustained_s=0.0), 5.0)[0].drain_after == 1
+    kept, said = at_operating_point(base, OperatingPoint(drain_above=0.2, sustained_s=4.0), 5.0)
+    assert kept == base and "not above readmit_below" in said  # no hysteresis left: the settings drain
