@@ -14,7 +14,9 @@ from typing import Protocol
 from infra.core.settings import AdapterSettings
 from lb_adapters import metrics
 from lb_adapters.actuators.base import ActuatorError, WeightActuator
-from lb_adapters.policies.weights import decide_weights, smooth
+from lb_adapters.policies.capacity import ALPHA, Served, capacities, guard_load, observe, update_served
+from lb_adapters.policies.drain import DrainKnobs
+from lb_adapters.policies.weights import OverloadGuard, decide_weights, smooth
 from lb_adapters.schemas import Decision, DecisionSink, PredictionRecord
 from serving.schemas import InstanceFeatures, WeightsRequest, WeightsResponse
 
@@ -42,17 +44,35 @@ class StepReport:
 class WeightController:
     def __init__(self, features: FeatureSource, predictor: WeightPredictor, actuator: WeightActuator,
                  sink: DecisionSink, cfg: AdapterSettings, backend: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, window_s: float | None = None,
+                 overload: DrainKnobs | None = None) -> None:
+        """`window_s`: length of the feature windows (sent with each request: a model trained on
+        another length is refused); `overload`: the drain knobs whose capacity guard a predicted 0 passes
+        (None: no guard; it needs `window_s` to turn windows into rates)."""
         self.features, self.predictor, self.actuator, self.sink = features, predictor, actuator, sink
         self.cfg, self.backend, self.clock = cfg, backend, clock
+        self.window_s, self.overload = window_s, overload
         self.aimed: dict[str, dict[str, float]] = {}  # per service: the smoothed weights of the last round
+        self.served: dict[str, dict[str, Served]] = {}  # per service: the capacity estimate's averages
 
-    def step(self, service: str) -> StepReport:
+    def _guard(self, service: str, features: list[InstanceFeatures]) -> OverloadGuard | None:
+        if self.overload is None or not self.window_s:
+            return None
+        self.served[service] = update_served(self.served.get(service, {}), observe(features, self.window_s), ALPHA)
+        return OverloadGuard(capacities(self.served[service], self.overload.min_utilisation),
+                             guard_load(sum(f.requests for f in features) / self.window_s, self.served[service]),
+                             self.overload.capacity_margin,
+                             self.overload.capacity_rps)
+
+    def step(self, service: str, holds: dict[str, int] | None = None) -> StepReport:
+        """`holds`: instance -> the most weight it may have (a drain the health policy refused for capacity)."""
         report = StepReport(features=self.features.for_service(service, self.cfg.features_max_age_s))
         if not report.features:
             report.note = f"no feature windows for {service} in the last {self.cfg.features_max_age_s} s"
             return report
-        report.response = self.predictor.weights(WeightsRequest(service=service, instances=report.features))
+        guard = self._guard(service, report.features)
+        report.response = self.predictor.weights(WeightsRequest(service=service, instances=report.features,
+                                                                window_s=self.window_s))
         report.before = self.actuator.weights(self.backend)
         raw = {w.instance: w.weight for w in report.response.weights}
         aimed = smooth(raw, self.aimed.get(service, {}), self.cfg.smoothing)
@@ -63,7 +83,7 @@ class WeightController:
         predictions = [PredictionRecord(ts=asked_ms, kind="weights", service=service, instance=w.instance,
                                         model=report.response.model, model_version=report.response.model_version,
                                         value=float(w.weight)) for w in report.response.weights]
-        for change in decide_weights(predicted, report.before, self.cfg):
+        for change in decide_weights(predicted, report.before, self.cfg, guard, holds):
             reason = change.reason
             if change.instance in raw and raw[change.instance] != predicted[change.instance]:
                 reason += f" (smoothed over rounds; this round's prediction {raw[change.instance]})"

@@ -10,18 +10,20 @@ the registry unreachable it changes nothing and says why.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from infra.core.service_registry import InstanceState, Leadership, Registry, RegistryEntry, RegistryError
 from lb_adapters import metrics
 from lb_adapters.controller import FeatureSource
+from lb_adapters.policies.capacity import ALPHA, Served, capacities, guard_load, observe, update_served
 from lb_adapters.policies.drain import DrainDecision, DrainKnobs, DrainState, decide_drains
 from lb_adapters.predictions import ServingError
 from lb_adapters.schemas import Decision, DecisionSink, PredictionRecord
-from serving.schemas import RiskRequest, RiskResponse
+from serving.schemas import OperatingPoint, RiskRequest, RiskResponse
 
 log = logging.getLogger("foresight.health")
 
@@ -39,16 +41,31 @@ class HealthReport:
     note: str = ""
 
 
+def at_operating_point(knobs: DrainKnobs, op: OperatingPoint, interval_s: float) -> tuple[DrainKnobs, str]:
+    """`knobs` draining where the answering model's training chose: its threshold, held for as many rounds
+    as cover its seconds of consecutive windows. A point that would cross the re-admission threshold (no
+    hysteresis left) is not taken, and the note says so."""
+    if op.drain_above <= knobs.readmit_below:
+        return knobs, (f"the model's drain point {op.drain_above:g} is not above readmit_below "
+                       f"{knobs.readmit_below:g}: draining at the settings' {knobs.drain_above:g}")
+    rounds = max(1, math.ceil(op.sustained_s / interval_s - 1e-9))
+    return (replace(knobs, drain_above=op.drain_above, drain_after=rounds),
+            f"drain point from the model: risk >= {op.drain_above:g} for {rounds} round(s) ({op.sustained_s:g} s)")
+
+
 class HealthController:
     def __init__(self, features: FeatureSource, predictor: RiskPredictor, registry: Registry, sink: DecisionSink,
                  knobs: DrainKnobs, features_max_age_s: int, window_s: float = 10.0, dry_run: bool = False,
+                 interval_s: float = 5.0, model_point: bool = True,
                  leadership: Callable[[str], Leadership | None] = lambda _service: None,
                  clock: Callable[[], float] = time.time) -> None:
         self.features, self.predictor, self.registry, self.sink = features, predictor, registry, sink
         self.knobs, self.max_age_s, self.dry_run, self.clock = knobs, features_max_age_s, dry_run, clock
         self.window_s = window_s  # of the per-instance windows the feature source reads (the load estimate)
         self.leadership = leadership
+        self.interval_s, self.model_point = interval_s, model_point  # rounds' period; drain at the model's point
         self.state: dict[str, DrainState] = {}
+        self.served: dict[str, dict[str, Served]] = {}  # per service: the capacity estimate's averages
 
     def step(self, service: str) -> HealthReport:
         report = HealthReport(service)
@@ -70,16 +87,25 @@ class HealthController:
         scored: RiskResponse | None = None
         if windows:
             try:
-                scored = self.predictor.risk(RiskRequest(service=service, instances=windows))
+                scored = self.predictor.risk(RiskRequest(service=service, instances=windows, window_s=self.window_s))
             except ServingError as exc:
                 report.note = f"risk unavailable ({exc}): holding every instance as it is"
                 return report
             report.model = f"{scored.model}@{scored.model_version}"
             report.risk.update({r.instance: r.risk for r in scored.risks if r.instance in records})
+            if scored.note:
+                report.note = scored.note
+        self.served[service] = update_served(self.served.get(service, {}), observe(windows, self.window_s), ALPHA)
+        knobs = self.knobs
+        if self.model_point and scored is not None and scored.operating_point is not None:
+            knobs, said = at_operating_point(self.knobs, scored.operating_point, self.interval_s)
+            report.note = "; ".join(n for n in (report.note, said) if n)
         decisions, self.state[service] = decide_drains(
             report.risk, {n: e.record for n, e in records.items() if e.record is not None},
-            self.state.get(service, DrainState()), self.knobs,
-            load_rps=sum(w.requests for w in windows) / self.window_s if windows else None)
+            self.state.get(service, DrainState()), knobs,
+            load_rps=guard_load(sum(w.requests for w in windows) / self.window_s if windows else None,
+                                self.served[service]),
+            capacity=capacities(self.served[service], self.knobs.min_utilisation))
         now_ms = int(self.clock() * 1000)
         predictions = [PredictionRecord(ts=now_ms, kind="risk", service=service, instance=n, model=scored.model,
                                         model_version=scored.model_version, value=r)
@@ -97,11 +123,12 @@ class HealthController:
              leader: Leadership | None) -> Decision:
         before: InstanceState = entry.record.state if entry.record else "ready"
         after: InstanceState = {"drain": "draining", "readmit": "ready"}.get(d.action, before)  # type: ignore[assignment]
+        # a hold is a drain refused for capacity, still in force: audited as one (the weight is not held here yet)
         decision = Decision(ts=now_ms, service=service, actuator="etcd", target=f"{service}/{d.instance}",
-                            action={"drain": "drain", "readmit": "undrain", "refuse": "drain"}[d.action],
+                            action="undrain" if d.action == "readmit" else "drain",
                             before=None, after=None, reason=f"{before} -> {after}: {d.reason}",
                             prediction_ref=ref, dry_run=self.dry_run)
-        if d.action == "refuse":
+        if d.action in ("refuse", "hold"):
             decision.outcome = "skipped: guardrail"
         elif self.dry_run:
             decision.outcome = "dry_run"

@@ -166,7 +166,7 @@ class ServingApi:
         """From a `latency` model's predicted capacity and p99 (with reasons), else the baseline: inverse of
         recent p99 latency and queue; errors drain; 0-256 per instance."""
         body = parse_instances_body(await request.body(), WeightsRequest)
-        weighed: Weighed = await self._timed("weights", self._weights.weigh.remote(body.features))
+        weighed: Weighed = await self._timed("weights", self._weights.weigh.remote(body.rows))
         if weighed.reasons is None:
             weights = [{"instance": name, "weight": weight}
                        for name, weight in zip(body.names, weighed.weights, strict=True)]
@@ -174,7 +174,7 @@ class ServingApi:
             weights = [{"instance": name, "weight": weight, "reasons": reasons}
                        for name, weight, reasons in zip(body.names, weighed.weights, weighed.reasons, strict=True)]
         return json_response({"service": body.service, "model": weighed.model, "model_version": weighed.version,
-                              "weights": weights})
+                              "weights": weights, **({"note": weighed.note} if weighed.note else {})})
 
     @fastapi_app.post(
         "/v1/forecast", summary="Quantile forecast of a service's request rate",
@@ -228,11 +228,14 @@ class ServingApi:
         """A `risk` model's failure probability within its horizon (reasons: the inputs that drove it), else
         the baseline: how far each instance is worse than its service's peers (p99, errors, queue)."""
         body = parse_instances_body(await request.body(), RiskRequest)
-        scored: Scored = await self._timed("risk", self._risk.score.remote(body.features))
+        scored: Scored = await self._timed("risk", self._risk.score.remote(body.rows))
         return json_response({
             "service": body.service, "model": scored.model, "model_version": scored.version,
             "risks": [{"instance": name, "risk": risk, "reasons": reasons}
                       for name, risk, reasons in zip(body.names, scored.risks, scored.reasons, strict=True)],
+            **({"note": scored.note} if scored.note else {}),
+            **({"operating_point": {"drain_above": scored.operating_point[0],
+                                    "sustained_s": scored.operating_point[1]}} if scored.operating_point else {}),
         })
 
     @fastapi_app.get(

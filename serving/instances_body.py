@@ -39,10 +39,42 @@ NAME = itemgetter("instance")
 
 
 @dataclass(frozen=True)
+class Rows:
+    """One request's instances as the replicas read them, with the length of the windows they cover
+    (None: not given; a learned health model then assumes its own and says so)."""
+
+    features: np.ndarray  # float32 [n, len(COLUMNS)]
+    window_s: float | None = None
+
+
+def rows_of(request: np.ndarray | Rows) -> Rows:
+    """A bare array (older callers) is rows of unknown window length."""
+    return request if isinstance(request, Rows) else Rows(request)
+
+
+def window_check(window_s: float | None, model_window_s: float, kind: str, version: str) -> tuple[bool, str | None]:
+    """May a health model trained on `model_window_s` windows answer rows of `window_s` ones? Its count
+    inputs are per window, so another length would be read as another load: refused, the baseline answers.
+    Returns (use the model, the note for the answer)."""
+    if window_s is None:
+        return True, (f"window_s not given: assumed the {kind} model's {model_window_s:g} s (its counts are per "
+                      "window; send window_s)")
+    if abs(window_s - model_window_s) > 1e-6:
+        return False, (f"{kind} model {version} is for {model_window_s:g} s windows, the request's are "
+                       f"{window_s:g} s: answered from the baseline")
+    return True, None
+
+
+@dataclass(frozen=True)
 class InstancesBody:
     service: str
     names: list[str]
     features: np.ndarray  # float32 [n, len(COLUMNS)]
+    window_s: float | None = None
+
+    @property
+    def rows(self) -> Rows:
+        return Rows(self.features, self.window_s)
 
     def columns(self, names: tuple[str, ...]) -> np.ndarray:
         return np.ascontiguousarray(self.features[:, [COLUMN[name] for name in names]])
@@ -61,16 +93,18 @@ def parse_instances_body(raw: bytes, model: type[BaseModel]) -> InstancesBody:
     body = validated(raw, model)
     instances: list[InstanceFeatures] = body.instances  # type: ignore[attr-defined]
     return InstancesBody(body.service, [i.instance for i in instances],  # type: ignore[attr-defined]
-                         instances_array(instances, COLUMN_NAMES))
+                         instances_array(instances, COLUMN_NAMES), getattr(body, "window_s", None))
 
 
 def _bulk_checked(raw: bytes) -> InstancesBody | None:
     """The body when it is plainly valid, else None (the pydantic path then decides)."""
     try:
         data: Any = orjson.loads(raw)
-        service, instances = data["service"], data["instances"]
+        service, instances, window_s = data["service"], data["instances"], data.get("window_s")
         if not (type(service) is str and 0 < len(service) <= MAX_NAME and type(instances) is list
                 and 0 < len(instances) <= MAX_INSTANCES):
+            return None
+        if window_s is not None and not (type(window_s) in (int, float) and 0 < window_s < float("inf")):
             return None
         names = list(map(NAME, instances))
         try:
@@ -94,7 +128,7 @@ def _bulk_checked(raw: bytes) -> InstancesBody | None:
     if not (np.isfinite(x).all() and (x >= 0).all() and (shares <= 1).all()
             and (requests == np.floor(requests)).all()):
         return None
-    return InstancesBody(service, names, x.astype(np.float32))
+    return InstancesBody(service, names, x.astype(np.float32), None if window_s is None else float(window_s))
 
 
 def validated(raw: bytes, model: type[Body]) -> Body:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from ray import serve
 
-from serving.instances_body import COLUMN, instances_array, raw_values
+from serving.instances_body import COLUMN, Rows, instances_array, raw_values, rows_of, window_check
 from serving.models import health_models, peer_risk
 from serving.registry_loader import LoadedVersion, RegistryReplica
 from serving.schemas import InstanceFeatures, ModelStatus
@@ -32,6 +32,17 @@ class Scored:
     version: str
     risks: list[float]
     reasons: list[list[str]]
+    note: str | None = None  # why the baseline answered, or what was assumed
+    operating_point: tuple[float, float] | None = None  # (drain_above, sustained_s) from the manifest
+
+
+def operating_point(loaded: LoadedVersion) -> tuple[float, float] | None:
+    """The manifest's drain point (threshold, consecutive windows) as (threshold, seconds): the windows
+    are the model's own length, the controller's rounds may be another."""
+    op = loaded.manifest.metrics.get("operating_point") if loaded.manifest.metrics else None
+    if not op or loaded.manifest.health is None:
+        return None
+    return float(op["drain_above"]), float(op["drain_after"]) * loaded.manifest.health.window_s
 
 
 def risk_array(instances: list[InstanceFeatures]) -> np.ndarray:
@@ -57,21 +68,30 @@ class RiskModelReplica(RegistryReplica):
                            refused=self.refused_models())
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # no wait: requests carry many instances
-    async def score(self, requests: list[np.ndarray]) -> list[Scored]:
+    async def score(self, requests: list[np.ndarray | Rows]) -> list[Scored]:
         return self.score_batch(requests)
 
-    def score_batch(self, requests: list[np.ndarray]) -> list[Scored]:
-        """Each request is one service (rows: columns as `instances_body.COLUMNS`), scored on its own."""
+    def score_batch(self, requests: list[np.ndarray | Rows]) -> list[Scored]:
+        """Each request is one service (rows: columns as `instances_body.COLUMNS`, with their window
+        length), scored on its own."""
         loaded = self._loaded()
-        return [self._one(loaded, rows) for rows in requests]
+        return [self._one(loaded, rows_of(request)) for request in requests]
 
-    def _one(self, loaded: LoadedVersion | None, rows: np.ndarray) -> Scored:
+    def _one(self, loaded: LoadedVersion | None, request: Rows) -> Scored:
+        note = None
         if loaded is not None and loaded.manifest.health is not None:
-            try:
-                return self._learned(loaded, rows)
-            except Exception:  # a version that passed its smoke check can still fail on some input
-                logger.exception("risk model %s failed on a request; answering from the baseline", loaded.version)
-        return self._baseline(rows)
+            use, note = window_check(request.window_s, loaded.manifest.health.window_s, "risk", loaded.version)
+            if use:
+                try:
+                    scored = self._learned(loaded, request.features)
+                    return Scored(scored.model, scored.version, scored.risks, scored.reasons, note,
+                                  operating_point(loaded))
+                except Exception:  # a version that passed its smoke check can still fail on some input
+                    logger.exception("risk model %s failed on a request; answering from the baseline",
+                                     loaded.version)
+                    note = f"risk model {loaded.version} failed on this request: answered from the baseline"
+        baseline = self._baseline(request.features)
+        return Scored(baseline.model, baseline.version, baseline.risks, baseline.reasons, note)
 
     @staticmethod
     def _learned(loaded: LoadedVersion, rows: np.ndarray) -> Scored:

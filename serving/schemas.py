@@ -27,9 +27,15 @@ class InstanceFeatures(BaseModel):
     busy: float = Field(0.0, ge=0, le=1, description="Share of the backend's workers busy, the window's peak.")
 
 
+WINDOW_S_DOC = ("Length (s) of the windows the instances' counts (requests) cover. A learned model trained on "
+               "another length is not used (the baseline answers, and `note` says why); omitted: assumed to be "
+               "the model's, and `note` says so.")
+
+
 class WeightsRequest(BaseModel):
     service: str = Field(min_length=1, max_length=256, examples=["demo"])
     instances: list[InstanceFeatures] = Field(min_length=1, max_length=MAX_INSTANCES)
+    window_s: float | None = Field(None, gt=0, examples=[2.0], description=WINDOW_S_DOC)
 
 
 class InstanceWeight(BaseModel):
@@ -44,6 +50,8 @@ class WeightsResponse(BaseModel):
     model: str = Field(description="Which model answered.")
     model_version: str = Field(description="Registry version of the model, or `baseline`.")
     weights: list[InstanceWeight]
+    note: str | None = Field(None, description="Why the baseline answered instead of a learned version, or "
+                                               "what was assumed (the window length).")
 
 
 # A week of minutes: more history than any forecast model reads; longer requests get 422.
@@ -91,6 +99,7 @@ class ForecastResponse(BaseModel):
 class RiskRequest(BaseModel):
     service: str = Field(min_length=1, max_length=256, examples=["demo"])
     instances: list[InstanceFeatures] = Field(min_length=1, max_length=MAX_INSTANCES)
+    window_s: float | None = Field(None, gt=0, examples=[2.0], description=WINDOW_S_DOC)
 
 
 class InstanceRisk(BaseModel):
@@ -99,11 +108,22 @@ class InstanceRisk(BaseModel):
     reasons: list[str] = Field(description="The signals that drove the score, worst first.")
 
 
+class OperatingPoint(BaseModel):
+    """Where the answering model's training chose to drain (on its train seeds, within a false-drain budget)."""
+
+    drain_above: float = Field(gt=0, le=1, description="Drain at or above this risk ...")
+    sustained_s: float = Field(ge=0, description="... held for this many seconds of consecutive windows.")
+
+
 class RiskResponse(BaseModel):
     service: str
     model: str = Field(description="Which model answered.")
     model_version: str = Field(description="Registry version of the model, or `baseline`.")
     risks: list[InstanceRisk]
+    operating_point: OperatingPoint | None = Field(None, description="The learned model's chosen drain point, "
+                                                   "when its training chose one; the baseline has none.")
+    note: str | None = Field(None, description="Why the baseline answered instead of a learned version, or "
+                                               "what was assumed (the window length).")
 
 
 class RefusedModel(BaseModel):

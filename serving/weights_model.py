@@ -17,7 +17,7 @@ import torch
 from ray import serve
 
 from infra.core.contracts import HAPROXY_MAX_WEIGHT
-from serving.instances_body import COLUMN, raw_values
+from serving.instances_body import COLUMN, Rows, raw_values, rows_of, window_check
 from serving.models import health_models
 from serving.models.latency_weights import FEATURES, MODEL_NAME, MODEL_VERSION, LatencyWeights
 from serving.registry_loader import LoadedVersion, RegistryReplica
@@ -36,6 +36,7 @@ class Weighed:
     version: str
     weights: list[int]
     reasons: list[list[str]] | None = None  # per instance, from a learned model
+    note: str | None = None  # why the baseline answered, or what was assumed
 
 
 class WeightsModelReplica(RegistryReplica):
@@ -57,22 +58,30 @@ class WeightsModelReplica(RegistryReplica):
 
     # No wait: one request is already 1,000 rows; batching only folds in what queued meanwhile.
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
-    async def weigh(self, requests: list[np.ndarray]) -> list[Weighed]:
+    async def weigh(self, requests: list[np.ndarray | Rows]) -> list[Weighed]:
         return self.weigh_batch(requests)
 
-    def weigh_batch(self, requests: list[np.ndarray]) -> list[Weighed]:
-        """Weights per request (float32 rows, columns as `instances_body.COLUMNS`), in row order."""
+    def weigh_batch(self, requests: list[np.ndarray | Rows]) -> list[Weighed]:
+        """Weights per request (float32 rows, columns as `instances_body.COLUMNS`, with their window
+        length), in row order."""
         loaded = self._loaded()
         if loaded is None or loaded.manifest.health is None:
-            return self._baseline(requests)
-        return [self._one(loaded, rows) for rows in requests]
+            return self._baseline([rows_of(r).features for r in requests])
+        return [self._one(loaded, rows_of(r)) for r in requests]
 
-    def _one(self, loaded: LoadedVersion, rows: np.ndarray) -> Weighed:
-        try:
-            return self._learned(loaded, rows)
-        except Exception:  # a version that passed its smoke check can still fail on some input
-            logger.exception("latency model %s failed on a request; answering from the baseline", loaded.version)
-            return self._baseline([rows])[0]
+    def _one(self, loaded: LoadedVersion, request: Rows) -> Weighed:
+        assert loaded.manifest.health is not None
+        use, note = window_check(request.window_s, loaded.manifest.health.window_s, "latency", loaded.version)
+        if use:
+            try:
+                weighed = self._learned(loaded, request.features)
+                return Weighed(weighed.model, weighed.version, weighed.weights, weighed.reasons, note)
+            except Exception:  # a version that passed its smoke check can still fail on some input
+                logger.exception("latency model %s failed on a request; answering from the baseline",
+                                 loaded.version)
+                note = f"latency model {loaded.version} failed on this request: answered from the baseline"
+        baseline = self._baseline([request.features])[0]
+        return Weighed(baseline.model, baseline.version, baseline.weights, baseline.reasons, note)
 
     @staticmethod
     def _learned(loaded: LoadedVersion, rows: np.ndarray) -> Weighed:

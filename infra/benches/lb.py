@@ -250,7 +250,8 @@ def run_arm(arm: str, cfg: LbBenchConfig, schedule: list[float], scenario: Scena
         if arm == "foresight":
             h = HealthSettings()
             knobs = DrainKnobs(h.drain_above, h.readmit_below, h.readmit_after, h.max_drained_fraction, None,
-                               h.cooldown_rounds, h.drain_after)
+                               h.cooldown_rounds, drain_after=h.drain_after, capacity_margin=h.capacity_margin,
+                               min_utilisation=h.min_utilisation)
             spec = ControlSpec(rig.socket, BACKEND, {n: f"{rig.backend_url(n)}/metrics" for n in rig.names},
                                AdapterSettings(), knobs, cfg.window_s, cfg.interval_s,
                                registry_root(cfg.state_dir) if cfg.state_dir else None)

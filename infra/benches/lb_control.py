@@ -8,8 +8,12 @@ the queue and resource gauges, read with prometheus_client's parser), turns the 
 - weights: the serving weights deployment's model code, in this process, through the adapter's
   `WeightController` (policy `decide_weights`, actuator `HAProxyRuntime.set_weight`);
 - drains: the serving risk deployment's model code, in this process, then the pure drain policy
-  `decide_drains` (hysteresis, max drained fraction, never the last instance, re-admission), applied
-  with `HAProxyRuntime.set_server_state` (`drain` / `ready`).
+  `decide_drains` (hysteresis, max drained fraction, never the last instance, re-admission, and no
+  drain the others lack the capacity for: each instance's capacity estimated from its served rate and
+  busy share, `policies.capacity`), applied with `HAProxyRuntime.set_server_state` (`drain` / `ready`).
+  A drain refused for capacity holds the instance at the low weight that gives it the share of the
+  load the others cannot take (the weight controller caps it there), and is recorded like a drain.
+  Drains are decided before weights in a round, so a hold applies in the round that decided it.
 
 In process, not through Ray Serve: the deployments' replica classes (`WeightsModelReplica`,
 `RiskModelReplica`, with the registry's newest `latency` / `risk` version or their baselines) are
@@ -31,11 +35,21 @@ from typing import Any, Protocol
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from infra.core.contracts import HAPROXY_MAX_WEIGHT
 from infra.core.service_registry import InstanceRecord, InstanceState
 from infra.core.settings import AdapterSettings
 from lb_adapters.actuators.base import ActuatorError
 from lb_adapters.actuators.haproxy import HAProxyRuntime
 from lb_adapters.controller import WeightController
+from lb_adapters.policies.capacity import (
+    ALPHA,
+    Served,
+    capacities,
+    guard_load,
+    hold_weight,
+    observe,
+    update_served,
+)
 from lb_adapters.policies.drain import DrainKnobs, DrainState, decide_drains
 from lb_adapters.schemas import Decision, PredictionRecord
 from serving.schemas import (
@@ -182,22 +196,25 @@ class InProcessModels:
         self._risk_replica = RiskModelReplica(root, poll_s)
 
     def weights(self, request: WeightsRequest) -> WeightsResponse:
-        from serving.instances_body import COLUMN_NAMES, instances_array
+        from serving.instances_body import COLUMN_NAMES, Rows, instances_array
 
         # the replicas read every InstanceFeatures column (instances_body.COLUMNS), as serving's front passes them
-        (weighed,) = self._weights_replica.weigh_batch([instances_array(request.instances, COLUMN_NAMES)])
+        rows = Rows(instances_array(request.instances, COLUMN_NAMES), request.window_s)
+        (weighed,) = self._weights_replica.weigh_batch([rows])
         return WeightsResponse(service=request.service, model=weighed.model, model_version=weighed.version,
                                weights=[InstanceWeight(instance=i.instance, weight=w)
-                                        for i, w in zip(request.instances, weighed.weights, strict=True)])
+                                        for i, w in zip(request.instances, weighed.weights, strict=True)],
+                               note=weighed.note)
 
     def risk(self, request: RiskRequest) -> RiskResponse:
-        from serving.instances_body import COLUMN_NAMES, instances_array
+        from serving.instances_body import COLUMN_NAMES, Rows, instances_array
 
-        (scored,) = self._risk_replica.score_batch([instances_array(request.instances, COLUMN_NAMES)])
+        rows = Rows(instances_array(request.instances, COLUMN_NAMES), request.window_s)
+        (scored,) = self._risk_replica.score_batch([rows])
         return RiskResponse(service=request.service, model=scored.model, model_version=scored.version,
                             risks=[InstanceRisk(instance=i.instance, risk=min(1.0, max(0.0, r)), reasons=why)
                                    for i, r, why in zip(request.instances, scored.risks, scored.reasons,
-                                                        strict=True)])
+                                                        strict=True)], note=scored.note)
 
 
 class _Latest:
@@ -237,6 +254,8 @@ class ControlTrace:
     weight_failures: int = 0
     drains: list[dict[str, object]] = field(default_factory=list)  # {t_s, instance, action, risk, reason}
     models: dict[str, str] = field(default_factory=dict)  # kind -> model@version that answered
+    notes: dict[str, str] = field(default_factory=dict)  # kind -> serving's note (baseline why, assumptions)
+    holds: int = 0  # rounds in which a drain refused for capacity held an instance at a low weight
     errors: list[str] = field(default_factory=list)
     round_ms: list[float] = field(default_factory=list)
     last_weights: dict[str, int] = field(default_factory=dict)
@@ -261,7 +280,9 @@ class ForesightController:
         self.models = models or InProcessModels()
         self.latest = _Latest()
         self.sink = _Collect()
-        self.weights = WeightController(self.latest, self.models, runtime, self.sink, adapter, backend)
+        self.weights = WeightController(self.latest, self.models, runtime, self.sink, adapter, backend,
+                                        window_s=window_s, overload=knobs)
+        self.served: dict[str, Served] = {}  # the capacity estimate's averages (policies.capacity)
         self.history: deque[tuple[float, dict[str, ServerSample]]] = deque()
         self.drain_state = DrainState()
         self.drained: dict[str, float] = {}  # server -> when this controller drained it (clock)
@@ -292,34 +313,54 @@ class ForesightController:
         windows = [w for name, s in samples.items() if name in old and then >= self.drained.get(name, -math.inf)
                    if (w := window_features(name, old[name], s)) is not None]
         self.latest.windows = windows
+        busy_now = {name: s.backend.busy for name, s in samples.items() if s.backend is not None}
+        holds = self._drains(windows, stats, busy_now)
         if windows:
-            report = self.weights.step(SERVICE)
+            report = self.weights.step(SERVICE, holds)
             if report.response is not None:
                 self.trace.models["weights"] = f"{report.response.model}@{report.response.model_version}"
+                if report.response.note:
+                    self.trace.notes["weights"] = report.response.note
             for d in report.decisions:
                 self.trace.weight_changes += d.outcome == "applied"
                 self.trace.weight_failures += d.outcome.startswith("failed")
             self.trace.last_weights = dict(report.after)
-        self._drains(windows, stats)
         self.trace.round_ms.append((self.clock() - started) * 1000)
 
-    def _drains(self, windows: list[InstanceFeatures], stats: Mapping[str, Mapping[str, str]]) -> None:
+    def _drains(self, windows: list[InstanceFeatures], stats: Mapping[str, Mapping[str, str]],
+                busy_now: Mapping[str, float] | None = None) -> dict[str, int]:
+        """Drain and re-admission decisions, carried out; returns the holds (instance -> weight cap) of the
+        drains refused for capacity. `busy_now`: each backend's busy gauge read this round (the capacity
+        estimate's utilisation sample)."""
         risk: dict[str, float | None] = dict.fromkeys(stats, None)
         why: dict[str, list[str]] = {}
         if windows:
-            scored = self.models.risk(RiskRequest(service=SERVICE, instances=windows))
+            scored = self.models.risk(RiskRequest(service=SERVICE, instances=windows, window_s=self.window_s))
             self.trace.models["risk"] = f"{scored.model}@{scored.model_version}"
+            if scored.note:
+                self.trace.notes["risk"] = scored.note
             risk.update({r.instance: r.risk for r in scored.risks})
             why = {r.instance: r.reasons for r in scored.risks}
+        self.served = update_served(self.served, observe(windows, self.window_s, busy_now), ALPHA)
+        load_rps = guard_load(sum(w.requests for w in windows) / self.window_s if windows else None, self.served)
         records = {name: InstanceRecord(address="127.0.0.1", port=1, started_at=0, weight=0,
                                         state=record_state(row.get("status", ""), name in self.drained),
                                         metadata={"set_by": "controller"} if name in self.drained else {})
                    for name, row in stats.items()}
-        decisions, self.drain_state = decide_drains(risk, records, self.drain_state, self.knobs)
+        decisions, self.drain_state = decide_drains(risk, records, self.drain_state, self.knobs, load_rps,
+                                                    capacities(self.served, self.knobs.min_utilisation))
+        holds: dict[str, int] = {}
+        weights = {name: int(row["weight"]) for name, row in stats.items() if row.get("weight", "").isdigit()}
         for d in decisions:
             entry: dict[str, object] = {"t_s": round(self.clock() - self.t0, 1), "instance": d.instance,
                                         "action": d.action, "risk": None if d.risk is None else round(d.risk, 3),
                                         "reason": d.reason, "model_reasons": why.get(d.instance, [])}
+            if d.action in ("refuse", "hold") and d.hold_share is not None:
+                others = {n: w for n, w in weights.items() if n != d.instance and n not in self.drained
+                          and records[n].state == "ready"}
+                holds[d.instance] = hold_weight(d.hold_share, others, 1, HAPROXY_MAX_WEIGHT)
+                entry["hold_weight"] = holds[d.instance]
+                self.trace.holds += 1
             if d.action in ("drain", "readmit"):
                 try:
                     self.runtime.set_server_state(self.backend, d.instance, "drain" if d.action == "drain" else "ready")
@@ -333,6 +374,7 @@ class ForesightController:
                         self.drained.pop(d.instance, None)
             log.info("%s %s: %s", d.action, d.instance, d.reason)
             self.trace.drains.append(entry)
+        return holds
 
     def run(self, stop: Stoppable) -> None:
         """Rounds every `interval_s` until `stop`; a failed round is recorded and the loop goes on."""

@@ -603,6 +603,10 @@ class HealthSettings(Section):
     services: list[str] = Field(default_factory=list, description="Services whose instances `foresight health` "
                                 "drains before they fail (registry names); empty = none.")
     interval_s: float = Field(5.0, gt=0, description="Seconds between two rounds.")
+    drain_at: Literal["model", "settings"] = Field("model", description="`model`: drain where the answering risk "
+                                                   "model's training chose (its threshold and sustained seconds, "
+                                                   "in `/v1/risk`'s `operating_point`), else at `drain_above` / "
+                                                   "`drain_after`; `settings`: always at those.")
     drain_above: float = Field(0.8, gt=0, le=1, description="Drain a ready instance whose risk reaches this.")
     drain_after: int = Field(1, ge=1, description="Consecutive rounds at or above `drain_above` before a drain "
                              "(`foresight train --kind risk` stores the one it chose, in windows, in the manifest).")
@@ -613,8 +617,14 @@ class HealthSettings(Section):
                                         "service at once (at least one; never the last ready one).")
     features_max_age_s: int = Field(30, gt=0, description="An instance whose newest window is older is unknown: "
                                     "neither drained nor re-admitted.")
-    capacity_rps: float | None = Field(None, gt=0, description="Requests/s one instance serves; when set, no drain "
-                                       "that would overload the ready instances left (none = no such guard).")
+    capacity_rps: float | None = Field(None, gt=0, description="Requests/s of an instance whose own capacity is "
+                                       "not estimated yet (the guard estimates each from its served rate / busy "
+                                       "share); none = such an instance leaves the overload unchecked.")
+    capacity_margin: float = Field(1.15, ge=1, description="No drain (risk, or a predicted weight of 0) unless the "
+                                   "instances left can serve the load times this; refused, the instance keeps a "
+                                   "low weight for the share they cannot take.")
+    min_utilisation: float = Field(0.25, gt=0, le=1, description="Capacity estimates read a lower busy share as "
+                                   "this: an idle instance counts for a lower bound, not a noisy ratio.")
     cooldown_rounds: int = Field(6, ge=0, description="After a drain, rounds before the next drain of the service "
                                  "(the replacement arrives and the peers' windows settle first).")
     dry_run: bool = Field(False, description="Decide and record, do not touch the registry.")

@@ -10,10 +10,15 @@ here too, so a decision that comes out is one the controller may carry out.
 - Only what a controller drained is re-admitted by one; an operator's state is never undone.
 - One at a time: after a drain, `cooldown_rounds` pass before the next one, so the replacement
   capacity arrives and the peers' windows settle before another instance is judged against them.
-- Never drain into overload: with the per-instance capacity known, an instance is drained only if the
-  ready ones left can carry the service's load. An overloaded instance looks sick to its peers, but
-  draining it moves the overload onto them (the cascade outlier ejection is known for); that is a
-  scaling problem, and the autoscaler's.
+- Never drain into overload: with the per-instance capacity known (estimated from what each served,
+  `policies.capacity`, or the uniform `capacity_rps`), an instance is drained only if the ready ones
+  left carry the service's load times `capacity_margin`. An overloaded instance looks sick to its
+  peers, but draining it moves the overload onto them (the cascade outlier ejection is known for);
+  that is a scaling problem, and the autoscaler's. A drain refused so says which share of the load the
+  instance keeps (`hold_share`): the controller holds it at a low weight instead of draining it. A hold
+  has the drain's hysteresis: it lasts (action `hold`, each round) until the instance's risk stays at or
+  below `readmit_below` for `readmit_after` rounds, or until the others can carry the load; else a held
+  instance, now sending fewer errors, would look healthier, lose its hold and take its full share again.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from infra.core.service_registry import InstanceRecord
+from lb_adapters.policies.capacity import check_capacity
 from lb_adapters.policies.membership import Verdict, check_drain, may_change_state, set_by
 
 
@@ -32,15 +38,19 @@ class DrainKnobs:
     readmit_below: float = 0.3
     readmit_after: int = 3
     max_drained_fraction: float = 0.25
-    capacity_rps: float | None = None  # requests/s one instance serves; None: the overload guard is off
+    capacity_rps: float | None = None  # requests/s of an instance with no estimate of its own; None: unknown
     cooldown_rounds: int = 0  # after a drain, no other drain of the service for this many rounds
     drain_after: int = 1  # consecutive rounds at or above drain_above before a drain (an unknown round resets)
+    capacity_margin: float = 1.15  # the instances left must carry load x this (at most ~87% busy)
+    min_utilisation: float = 0.25  # capacity estimates read a lower utilisation as this (policies.capacity)
 
     def __post_init__(self) -> None:
         if not 0 <= self.readmit_below < self.drain_above <= 1:
             raise ValueError(f"need 0 <= readmit_below ({self.readmit_below}) < drain_above ({self.drain_above}) <= 1")
         if self.readmit_after < 1 or self.drain_after < 1:
             raise ValueError("readmit_after and drain_after must be at least 1 round")
+        if self.capacity_margin < 1:
+            raise ValueError(f"capacity_margin ({self.capacity_margin}) below 1 would drain into overload")
 
 
 @dataclass(frozen=True)
@@ -50,20 +60,24 @@ class DrainState:
     healthy_streak: Mapping[str, int] = field(default_factory=dict)
     cooldown: int = 0  # rounds left before the next drain may happen
     risky_streak: Mapping[str, int] = field(default_factory=dict)
+    held: Mapping[str, int] = field(default_factory=dict)  # held instead of drained -> healthy rounds in a row
 
 
 @dataclass(frozen=True)
 class DrainDecision:
     instance: str
-    action: Literal["drain", "readmit", "refuse"]
+    action: Literal["drain", "readmit", "refuse", "hold"]
     risk: float | None
     reason: str
+    hold_share: float | None = None  # a drain refused for capacity: the share of the load the instance keeps
 
 
 def decide_drains(risk: Mapping[str, float | None], records: Mapping[str, InstanceRecord], state: DrainState,
-                  knobs: DrainKnobs, load_rps: float | None = None) -> tuple[list[DrainDecision], DrainState]:
+                  knobs: DrainKnobs, load_rps: float | None = None,
+                  capacity: Mapping[str, float | None] | None = None) -> tuple[list[DrainDecision], DrainState]:
     """`risk`: instance -> probability of failure soon (None: no recent window); `records`: every valid
-    registry record of the service; `load_rps`: the service's request rate now. Returns the decisions
+    registry record of the service; `load_rps`: the service's request rate now; `capacity`: requests/s
+    each instance can serve (estimated; missing or None: `knobs.capacity_rps`). Returns the decisions
     (a `refuse` says which drain a guardrail stopped, and why) and the next state."""
     decisions: list[DrainDecision] = []
     streak: dict[str, int] = {}
@@ -79,6 +93,7 @@ def decide_drains(risk: Mapping[str, float | None], records: Mapping[str, Instan
     out_now = {n: r for n, r in records.items()}
     cooling = state.cooldown
     drained = False
+    held: dict[str, int] = {}
     risky: dict[str, int] = {}
     for name, rec in records.items():
         r = risk.get(name)
@@ -88,20 +103,34 @@ def decide_drains(risk: Mapping[str, float | None], records: Mapping[str, Instan
                        key=lambda n: -(risk.get(n) or 0.0)):
         r = risk.get(name)
         if r is None or r < knobs.drain_above or risky[name] < knobs.drain_after:
+            if name in state.held:
+                healthy = state.held[name] + 1 if r is not None and r <= knobs.readmit_below else 0
+                left = [n for n, rec in out_now.items() if rec.state == "ready" and n != name]
+                fits = check_capacity(name, left, capacity or {}, load_rps, knobs.capacity_margin, knobs.capacity_rps)
+                if healthy < knobs.readmit_after and not fits.allowed:
+                    held[name] = healthy
+                    shown = "unknown" if r is None else f"{r:.2f}"
+                    decisions.append(DrainDecision(
+                        name, "hold", r, f"held, not drained: risk {shown}, not yet <= {knobs.readmit_below:g} for "
+                                         f"{knobs.readmit_after} rounds ({healthy} so far), and {fits.reason}",
+                        fits.hold_share))
             continue
         pinned = may_change_state(records[name], "draining", "controller")
         verdict = pinned if not pinned.allowed else check_drain(out_now, [name], knobs.max_drained_fraction)
         if verdict.allowed and cooling > 0:
             verdict = Verdict(False, f"another drain happened {knobs.cooldown_rounds - cooling + 1} round(s) ago "
                                      f"(cooldown of {knobs.cooldown_rounds} rounds)")
-        if verdict.allowed and knobs.capacity_rps is not None and load_rps is not None:
-            left = sum(1 for n, rec in out_now.items() if rec.state == "ready" and n != name)
-            if load_rps > left * knobs.capacity_rps:
-                verdict = Verdict(False, f"the {left} ready instance(s) left would be overloaded ({load_rps:.1f} req/s "
-                                         f"> {left} x {knobs.capacity_rps:g}); scale up first")
+        hold = None
+        if verdict.allowed and (capacity or knobs.capacity_rps is not None):
+            left = [n for n, rec in out_now.items() if rec.state == "ready" and n != name]
+            fits = check_capacity(name, left, capacity or {}, load_rps, knobs.capacity_margin, knobs.capacity_rps)
+            verdict = Verdict(fits.allowed, f"{verdict.reason}; {fits.reason}" if fits.allowed else fits.reason)
+            hold = fits.hold_share
         if not verdict.allowed:
             decisions.append(DrainDecision(name, "refuse", r, f"risk {r:.2f} >= {knobs.drain_above:g}, "
-                                                              f"but {verdict.reason}"))
+                                                              f"but {verdict.reason}", hold))
+            if hold is not None:
+                held[name] = 0
             continue
         rounds = f" for {risky[name]} rounds" if knobs.drain_after > 1 else ""
         decisions.append(DrainDecision(name, "drain", r, f"risk {r:.2f} >= {knobs.drain_above:g}{rounds}; "
@@ -110,4 +139,4 @@ def decide_drains(risk: Mapping[str, float | None], records: Mapping[str, Instan
         del risky[name]
         drained = True
         cooling = knobs.cooldown_rounds
-    return decisions, DrainState(streak, knobs.cooldown_rounds if drained else max(0, cooling - 1), risky)
+    return decisions, DrainState(streak, knobs.cooldown_rounds if drained else max(0, cooling - 1), risky, held)

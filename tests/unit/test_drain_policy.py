@@ -80,7 +80,7 @@ def test_no_drain_into_overload_when_capacity_is_known() -> None:
     decisions, _ = decide_drains(risky, FOUR, DrainState(), knobs, load_rps=70)  # 3 left x 20 < 70
     assert [(d.instance, d.action) for d in decisions] == [("i0", "refuse")]
     assert "overloaded" in decisions[0].reason
-    decisions, _ = decide_drains(risky, FOUR, DrainState(), knobs, load_rps=55)  # 3 x 20 carries 55
+    decisions, _ = decide_drains(risky, FOUR, DrainState(), knobs, load_rps=52)  # 3 x 20 carries 52 x 1.15
     assert [(d.instance, d.action) for d in decisions] == [("i0", "drain")]
     decisions, _ = decide_drains(risky, FOUR, DrainState(), DrainKnobs(max_drained_fraction=0.5), load_rps=500)
     assert [(d.instance, d.action) for d in decisions] == [("i0", "drain")]  # capacity unknown: no guard
@@ -97,6 +97,100 @@ def test_after_a_drain_the_cooldown_holds_the_next_one() -> None:
     assert [(d.instance, d.action) for d in decisions] == [("i1", "refuse")]
     decisions, state = decide_drains({"i1": 0.9}, records, state, knobs)
     assert [(d.instance, d.action) for d in decisions] == [("i1", "drain")]
+
+
+# -- the overload guard with per-instance capacity (issue 15: unequal instances) ----------------------
+
+UNEQUAL = {"b0": 20.0, "b1": 40.0, "b2": 60.0, "b3": 80.0}  # the bench's capacities, req/s
+GUARD = DrainKnobs(max_drained_fraction=0.5, capacity_margin=1.1)
+B4 = {f"b{k}": rec(started=k) for k in range(4)}
+
+
+def test_a_drain_is_refused_when_the_rest_cannot_carry_the_load_and_the_instance_is_held() -> None:
+    """Scenario 9000: b2 (60 req/s) fails under 140 req/s; b0 + b1 + b3 = 140 < 140 x 1.1."""
+    decisions, state = decide_drains({"b2": 0.98}, B4, DrainState(), GUARD, load_rps=140, capacity=UNEQUAL)
+    (d,) = decisions
+    assert (d.instance, d.action) == ("b2", "refuse")
+    assert d.hold_share == pytest.approx((140 - 140 / 1.1) / 140)  # what the rest cannot take at 1/1.1 busy
+    assert "140 req/s" in d.reason and "low weight" in d.reason and "b3 80" in d.reason
+    assert state.cooldown == 0  # nothing was drained
+
+
+def test_a_drain_is_allowed_when_the_rest_have_the_capacity_with_the_margin() -> None:
+    """Scenario 9001: b0 (20 req/s) fails; b1 + b2 + b3 = 180 >= 140 x 1.1."""
+    decisions, _ = decide_drains({"b0": 0.98}, B4, DrainState(), GUARD, load_rps=140, capacity=UNEQUAL)
+    (d,) = decisions
+    assert (d.instance, d.action, d.hold_share) == ("b0", "drain", None)
+    assert "180 req/s" in d.reason
+
+
+@pytest.mark.parametrize(("load", "allowed"), [(127.0, True), (127.5, False)])
+def test_the_bound_is_load_times_the_margin(load: float, allowed: bool) -> None:
+    """140 req/s left carry 127.27 x 1.1: at the bound the drain passes, just above it is refused."""
+    (d,) = decide_drains({"b2": 0.9}, B4, DrainState(), GUARD, load_rps=load, capacity=UNEQUAL)[0]
+    assert (d.action == "drain") is allowed
+
+
+def test_per_instance_estimates_win_over_the_uniform_fallback_which_fills_the_gaps() -> None:
+    knobs = DrainKnobs(max_drained_fraction=0.5, capacity_rps=100.0)  # uniform alone: 300 left, would drain
+    (d,) = decide_drains({"b2": 0.9}, B4, DrainState(), knobs, load_rps=140, capacity=UNEQUAL)[0]
+    assert d.action == "refuse"
+    (d,) = decide_drains({"b2": 0.9}, B4, DrainState(), knobs, load_rps=140,
+                         capacity={"b0": 20.0, "b1": None, "b3": 80.0})[0]  # b1 unknown: 100 from the fallback
+    assert d.action == "drain"
+
+
+def test_an_unknown_capacity_or_load_leaves_the_overload_unchecked_and_says_so() -> None:
+    (d,) = decide_drains({"b2": 0.9}, B4, DrainState(), GUARD, load_rps=140, capacity={"b0": 20.0})[0]
+    assert d.action == "drain" and "unknown: overload not checked" in d.reason
+    (d,) = decide_drains({"b2": 0.9}, B4, DrainState(), GUARD, load_rps=None, capacity=UNEQUAL)[0]
+    assert d.action == "drain" and "load unknown" in d.reason
+
+
+def test_the_guard_never_lets_the_last_instance_go_and_never_touches_an_operator_state() -> None:
+    two = {"a": rec(started=1), "b": rec(state="draining", by="controller", started=2)}
+    decisions, _ = decide_drains({"a": 0.99}, two, DrainState(), DrainKnobs(max_drained_fraction=1.0), load_rps=1,
+                                 capacity={"a": 1000.0, "b": 1000.0})
+    assert [(d.instance, d.action) for d in decisions] == [("a", "refuse")]
+    assert "no ready instance" in decisions[0].reason
+    pinned = {**B4, "b2": rec(state="ready", by="operator", started=2)}
+    (d,) = decide_drains({"b2": 0.99}, pinned, DrainState(), GUARD, load_rps=1, capacity=UNEQUAL)[0]
+    assert d.action == "refuse" and "operator" in d.reason and d.hold_share is None
+    pinned = {**B4, "b2": rec(state="draining", by="operator", started=2)}  # an operator's drain stays
+    assert decide_drains({"b2": 0.0}, pinned, DrainState(), GUARD, load_rps=500, capacity=UNEQUAL)[0] == []
+
+
+def test_a_drained_instance_no_longer_counts_as_capacity_for_the_next() -> None:
+    out = {**B4, "b3": rec(state="draining", by="controller", started=3)}
+    knobs = DrainKnobs(max_drained_fraction=0.5)
+    (d,) = decide_drains({"b0": 0.9}, out, DrainState(), knobs, load_rps=95, capacity=UNEQUAL)[0]
+    assert d.action == "refuse" and "100 req/s" in d.reason  # b1 + b2 only; b3's 80 is out
+
+
+def test_knobs_refuse_a_margin_below_one() -> None:
+    with pytest.raises(ValueError):
+        DrainKnobs(capacity_margin=0.9)
+
+
+def test_a_hold_lasts_until_the_instance_is_healthy_for_readmit_after_rounds() -> None:
+    """Held at a low weight, an erroring instance looks less risky; the hold must not lapse on that alone
+    (bench lb scenario 9000: without this, b2 went back to its full share between refusals)."""
+    knobs = DrainKnobs(max_drained_fraction=0.5, readmit_after=2)
+    _, state = decide_drains({"b2": 0.98}, B4, DrainState(), knobs, load_rps=140, capacity=UNEQUAL)
+    assert state.held == {"b2": 0}
+    decisions, state = decide_drains({"b2": 0.6}, B4, state, knobs, load_rps=140, capacity=UNEQUAL)
+    assert [(d.instance, d.action) for d in decisions] == [("b2", "hold")] and decisions[0].hold_share
+    assert "not yet <= 0.3" in decisions[0].reason
+    decisions, state = decide_drains({"b2": 0.1}, B4, state, knobs, load_rps=140, capacity=UNEQUAL)
+    assert [d.action for d in decisions] == ["hold"] and state.held == {"b2": 1}
+    decisions, state = decide_drains({"b2": 0.1}, B4, state, knobs, load_rps=140, capacity=UNEQUAL)
+    assert decisions == [] and state.held == {}  # 2 healthy rounds: the hold is lifted
+
+
+def test_a_hold_is_lifted_once_the_others_can_carry_the_load() -> None:
+    _, state = decide_drains({"b2": 0.98}, B4, DrainState(), GUARD, load_rps=140, capacity=UNEQUAL)
+    decisions, state = decide_drains({"b2": 0.6}, B4, state, GUARD, load_rps=100, capacity=UNEQUAL)
+    assert decisions == [] and state.held == {}
 
 
 def test_drain_after_needs_consecutive_risky_rounds_and_a_quiet_or_unknown_round_resets() -> None:
@@ -116,3 +210,17 @@ def test_drain_after_of_one_is_the_old_single_round_rule_and_zero_is_refused() -
     assert [d.action for d in decisions] == ["drain"] and state.risky_streak == {}
     with pytest.raises(ValueError, match="drain_after"):
         DrainKnobs(drain_after=0)
+
+
+def test_the_models_drain_point_replaces_the_threshold_and_counts_its_seconds_in_rounds() -> None:
+    from lb_adapters.health import at_operating_point
+    from serving.schemas import OperatingPoint
+
+    base = DrainKnobs(drain_above=0.8, readmit_below=0.3, drain_after=1)
+    knobs, said = at_operating_point(base, OperatingPoint(drain_above=0.7, sustained_s=12.0), 5.0)
+    assert (knobs.drain_above, knobs.drain_after) == (0.7, 3)  # 12 s of windows: 3 rounds of 5 s
+    assert "0.7" in said and "3 round" in said
+    assert knobs.readmit_below == base.readmit_below and knobs.max_drained_fraction == base.max_drained_fraction
+    assert at_operating_point(base, OperatingPoint(drain_above=0.9, sustained_s=0.0), 5.0)[0].drain_after == 1
+    kept, said = at_operating_point(base, OperatingPoint(drain_above=0.2, sustained_s=4.0), 5.0)
+    assert kept == base and "not above readmit_below" in said  # no hysteresis left: the settings drain

@@ -79,12 +79,12 @@ SMOKE = raw([10.0, 30.0], [30.0, 90.0], [100.0, 100.0])
 
 
 def register(root: Path, kind: ModelKind, module: nn.Module, columns: list[str], offset_s: int = 0,
-             health: HealthSpec | None = None, name: str = "tiny") -> str:
+             health: HealthSpec | None = None, name: str = "tiny", metrics: dict[str, object] | None = None) -> str:
     version = new_version(f"{kind}{offset_s}", now=BASE_TIME + timedelta(seconds=offset_s))
     spec = health or HealthSpec(columns=columns, window_s=10.0, horizon_s=60.0 if kind == "risk" else None,
                                 outputs=list(LATENCY_OUTPUTS) if kind == "latency" else [])
     manifest = ModelManifest(kind=kind, version=version, name=name, created_at=BASE_TIME, data_fingerprint="t",
-                             health=spec)
+                             health=spec, metrics=metrics or {})
     x = torch.from_numpy(derive(SMOKE, None, spec.columns if spec.columns else columns))
     write_version(root, torch.jit.script(module.eval()), manifest, {"x": x})
     return version
@@ -233,3 +233,52 @@ def test_an_instance_without_completed_requests_gets_the_median_weight() -> None
     answer = health_models.capacity_weights(module, values, LAT_COLUMNS, 256)
     assert answer.weights[0] == 256 and answer.weights[3] == answer.weights[1]
     assert answer.reasons[3][0].startswith("no request completed")
+
+
+# -- the window length (issue 15: models trained on 2 s windows, counts per window) ------------------
+
+def test_a_model_trained_on_another_window_length_is_not_used_and_the_answer_says_so(tmp_path: Path) -> None:
+    from serving.instances_body import Rows
+
+    lat = register(tmp_path, "latency", QueueingLatency(), LAT_COLUMNS, name="queueing")  # window_s 10
+    risk_version = register(tmp_path, "risk", PeerRisk(), RISK_COLS)
+    weights, risk = WeightsModelReplica(tmp_path, 0.0), RiskModelReplica(tmp_path, 0.0)
+    x = rows(raw([10.0] * 3, [20.0, 20.0, 900.0], [5.0] * 3))
+
+    weighed = weights.weigh_batch([Rows(x, 2.0)])[0]
+    assert (weighed.model, weighed.version) == (BASELINE_WEIGHTS, "baseline")
+    assert weighed.note is not None and "10 s windows" in weighed.note and "2 s" in weighed.note
+    scored = risk.score_batch([Rows(x, 2.0)])[0]
+    assert (scored.model, scored.version) == (peer_risk.MODEL_NAME, "baseline")
+    assert scored.note is not None and "baseline" in scored.note
+
+    same_w, same_r = weights.weigh_batch([Rows(x, 10.0)])[0], risk.score_batch([Rows(x, 10.0)])[0]
+    assert (same_w.version, same_w.note, same_r.version, same_r.note) == (lat, None, risk_version, None)
+
+
+def test_a_request_without_a_window_length_is_assumed_the_models_and_told_so(tmp_path: Path) -> None:
+    version = register(tmp_path, "risk", PeerRisk(), RISK_COLS)
+    scored = RiskModelReplica(tmp_path, 0.0).score_batch([rows(raw([10.0] * 3, [20.0] * 3, [5.0] * 3))])[0]
+    assert scored.version == version  # a bare array (older callers): the model still answers
+    assert scored.note is not None and "assumed" in scored.note and "10 s" in scored.note
+
+
+def test_the_baseline_alone_needs_no_window_length(tmp_path: Path) -> None:
+    from serving.instances_body import Rows
+
+    (weighed,) = WeightsModelReplica(tmp_path, 0.0).weigh_batch([Rows(rows(raw([10.0] * 2, [20.0] * 2, [5.0] * 2)),
+                                                                      2.0)])
+    assert (weighed.version, weighed.note) == ("baseline", None)
+
+
+def test_a_risk_version_carries_its_training_chosen_drain_point_in_seconds_and_the_baseline_none(
+        tmp_path: Path) -> None:
+    from serving.instances_body import Rows
+
+    x = Rows(rows(raw([10.0] * 3, [20.0, 20.0, 900.0], [5.0] * 3)), 2.0)
+    assert RiskModelReplica(tmp_path, 0.0).score_batch([x])[0].operating_point is None  # the baseline
+    register(tmp_path, "risk", PeerRisk(), RISK_COLS, health=HealthSpec(columns=RISK_COLS, window_s=2.0,
+                                                                        horizon_s=60.0),
+             metrics={"operating_point": {"drain_above": 0.7, "drain_after": 6}})
+    scored = RiskModelReplica(tmp_path, 0.0).score_batch([x])[0]
+    assert scored.version != "baseline" and scored.operating_point == (0.7, 12.0)  # 6 windows of 2 s

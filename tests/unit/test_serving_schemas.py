@@ -105,3 +105,23 @@ def test_saturation_fields_read_in_bulk_as_pydantic_reads_them() -> None:
     assert np.array_equal(bulk.features, instances_array(slow.instances, tuple(name for name, _ in COLUMNS)))
     assert bulk.columns(("sessions", "busy", "resource")).tolist() == [[4.0, 0.5, 0.0], [0.0, 0.0, 0.25]]
     assert _bulk_checked(body([{"instance": "a", "latency_p99_ms": 1.0, "busy": 1.5}])) is None
+
+
+@pytest.mark.parametrize("window", [2, 2.5, None])
+def test_the_window_length_is_read_in_bulk_and_by_pydantic_alike(window: float | None) -> None:
+    data: dict[str, object] = {"service": "demo", "instances": [{"instance": "a", "latency_p99_ms": 1.0}]}
+    if window is not None:
+        data["window_s"] = window
+    raw = orjson.dumps(data)
+    fast = _bulk_checked(raw)
+    assert fast is not None and fast.window_s == window
+    assert parse_instances_body(raw, RiskRequest).rows.window_s == window
+    assert WeightsRequest.model_validate(data).window_s == window
+
+
+@pytest.mark.parametrize("window", [0, -2, "2s"])
+def test_a_bad_window_length_gets_a_422(window: object) -> None:
+    raw = orjson.dumps({"service": "demo", "window_s": window, "instances": [{"instance": "a", "latency_p99_ms": 1.0}]})
+    assert _bulk_checked(raw) is None
+    with pytest.raises(RequestValidationError):
+        parse_instances_body(raw, WeightsRequest)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from infra.core.settings import AdapterSettings
 from lb_adapters.controller import WeightController
+from lb_adapters.policies.drain import DrainKnobs
 from lb_adapters.schemas import Decision, PredictionRecord
 from serving.schemas import InstanceFeatures, InstanceWeight, WeightsRequest, WeightsResponse
 
@@ -20,8 +21,10 @@ class Features:
 class Predictor:
     def __init__(self) -> None:
         self.rounds: list[dict[str, int]] = []
+        self.requests: list[WeightsRequest] = []
 
     def weights(self, request: WeightsRequest) -> WeightsResponse:
+        self.requests.append(request)
         answer = self.rounds.pop(0)
         return WeightsResponse(service=request.service, model="m", model_version="v1",
                                weights=[InstanceWeight(instance=i, weight=w) for i, w in answer.items()])
@@ -68,3 +71,30 @@ def test_rounds_aim_at_smoothed_predictions_and_record_the_raw_ones() -> None:
     assert "smoothed" not in reasons["web/b"]
     # the record keeps what the model said, not the smoothed value
     assert [(p.instance, p.value) for p in record.predictions[-2:]] == [("a", 100.0), ("b", 0.0)]
+
+
+class Busy:
+    """Two instances of unequal capacity: a serves 60 requests per 2 s window at 75 % busy (40 req/s),
+    b 20 at 50 % (20 req/s); 40 req/s in all."""
+
+    def for_service(self, service: str, max_age_s: int) -> list[InstanceFeatures]:
+        return [InstanceFeatures(instance="a", latency_p99_ms=10.0, requests=60, busy=0.75),
+                InstanceFeatures(instance="b", latency_p99_ms=10.0, requests=20, busy=0.5)]
+
+
+def test_the_window_length_is_sent_and_a_zero_the_rest_cannot_carry_is_held_not_drained() -> None:
+    predictor, balancer, record = Predictor(), Balancer(), Record()
+    balancer.current = {"a": 100, "b": 100}
+    cfg = AdapterSettings(smoothing=1.0, max_step=256, deadband=1)
+    controller = WeightController(Busy(), predictor, balancer, record, cfg, backend="web", window_s=2.0,
+                                  overload=DrainKnobs(capacity_margin=1.1))
+    predictor.rounds = [{"a": 0, "b": 100}]
+    report = controller.step("web")
+    assert predictor.requests[0].window_s == 2.0
+    # b alone (20 req/s) cannot take 40 req/s: a keeps the share b cannot take, at a low weight
+    assert 0 < balancer.current["a"] < 256
+    assert "instead of drained" in report.decisions[0].reason and report.decisions[0].action == "set_weight"
+    # a hold from the health policy caps a weight at once
+    predictor.rounds = [{"a": 200, "b": 100}]
+    controller.step("web", holds={"a": 7})
+    assert balancer.current["a"] == 7

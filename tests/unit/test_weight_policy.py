@@ -1,5 +1,7 @@
+import pytest
+
 from infra.core.settings import AdapterSettings
-from lb_adapters.policies.weights import decide_weights
+from lb_adapters.policies.weights import OverloadGuard, decide_weights
 
 CFG = AdapterSettings(min_weight=1, max_step=50, deadband=4)
 
@@ -71,3 +73,24 @@ def test_smoothing_averages_predictions_but_never_delays_a_drain() -> None:
     assert second["b"] == 0.0  # a drain passes at once
     assert smooth({"b": 150}, second, 0.3)["b"] == 150.0  # after a drain it starts again from the prediction
     assert smooth({"a": 100}, first, 1.0)["a"] == 100.0  # 1: the prediction alone
+
+
+def test_a_predicted_zero_the_rest_lack_capacity_for_is_held_at_a_low_weight() -> None:
+    """The overload guard (issue 15, scenario 9000): draining b2 would leave 140 req/s for 140 x 1.1."""
+    current = {"b0": 100, "b1": 100, "b2": 100, "b3": 100}
+    predicted = {"b0": 60, "b1": 120, "b2": 0, "b3": 240}
+    guard = OverloadGuard({"b0": 20.0, "b1": 40.0, "b2": 60.0, "b3": 80.0}, 140.0, 1.1)
+    changes = {c.instance: c for c in decide_weights(predicted, current, CFG, guard)}
+    held = changes["b2"]
+    assert 0 < held.after < 60 and "held at" in held.reason and "instead of drained" in held.reason
+    assert held.after / (held.after + 60 + 120 + 240) == pytest.approx((140 - 140 / 1.1) / 140, abs=0.01)
+    # enough capacity left (load 100): the zero drains as before
+    guard = OverloadGuard(guard.capacity, 100.0, 1.1)
+    assert {c.instance: c.after for c in decide_weights(predicted, current, CFG, guard)}["b2"] == 0
+
+
+def test_a_hold_caps_the_weight_at_once_and_only_downwards() -> None:
+    changes = decide_weights({"a": 200, "b": 100}, {"a": 200, "b": 100}, CFG, holds={"a": 20})
+    assert [(c.instance, c.after) for c in changes] == [("a", 20)]  # no step limit: a hold is a partial drain
+    assert "held at 20" in changes[0].reason
+    assert decide_weights({"a": 10, "b": 100}, {"a": 10, "b": 100}, CFG, holds={"a": 20}) == []  # under the cap

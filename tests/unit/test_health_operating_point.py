@@ -1,0 +1,82 @@
+"""The health controller drains where the answering risk model's training chose (`/v1/risk`'s
+`operating_point`), counted in its own rounds; `health.drain_at = settings` keeps the settings'.
+Fakes of our own interfaces only (feature source, risk answer, registry, sink): no server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from infra.core.service_registry import InstanceRecord, InstanceState, RegistryEntry
+from lb_adapters.health import HealthController
+from lb_adapters.policies.drain import DrainKnobs
+from lb_adapters.schemas import Decision, PredictionRecord
+from serving.schemas import InstanceFeatures, InstanceRisk, OperatingPoint, RiskRequest, RiskResponse
+
+NAMES = ("a", "b", "c", "d")
+
+
+@dataclass
+class Features:
+    def for_service(self, service: str, max_age_s: int) -> list[InstanceFeatures]:
+        return [InstanceFeatures(instance=n, latency_p99_ms=20.0, requests=10) for n in NAMES]
+
+
+@dataclass
+class Risk:
+    """`b` scores 0.75 every round: above the model's point 0.7, below the settings' 0.8."""
+
+    point: OperatingPoint | None
+
+    def risk(self, request: RiskRequest) -> RiskResponse:
+        return RiskResponse(service=request.service, model="mlp-risk", model_version="v1",
+                            risks=[InstanceRisk(instance=f.instance, risk=0.75 if f.instance == "b" else 0.05,
+                                                reasons=[]) for f in request.instances],
+                            operating_point=self.point)
+
+
+@dataclass
+class Registry:
+    states: dict[str, InstanceState] = field(default_factory=lambda: dict.fromkeys(NAMES, "ready"))
+
+    def list(self, service: str) -> list[RegistryEntry]:
+        return [RegistryEntry(service, n, InstanceRecord(address="127.0.0.1", port=9000 + i, state=s, started_at=0),
+                              None, 1) for i, (n, s) in enumerate(self.states.items())]
+
+    def set_state(self, service: str, instance: str, state: InstanceState, mod_revision: int, set_by: str,
+                  leader: object = None) -> bool:
+        self.states[instance] = state
+        return True
+
+
+@dataclass
+class Sink:
+    decisions: list[Decision] = field(default_factory=list)
+
+    def publish(self, decisions: list[Decision], predictions: list[PredictionRecord] | None = None) -> None:
+        self.decisions += decisions
+
+
+def rounds_until_drained(point: OperatingPoint | None, model_point: bool = True, rounds: int = 6) -> int | None:
+    registry = Registry()
+    controller = HealthController(Features(), Risk(point), registry, Sink(),  # type: ignore[arg-type]
+                                  DrainKnobs(drain_above=0.8, readmit_below=0.3, max_drained_fraction=0.5),
+                                  features_max_age_s=30, window_s=2.0, interval_s=5.0, model_point=model_point)
+    for k in range(1, rounds + 1):
+        report = controller.step("shop")
+        if registry.states["b"] == "draining":
+            assert point is None or not model_point or "drain point from the model" in report.note
+            return k
+    return None
+
+
+@pytest.mark.parametrize(("point", "model_point", "drained_in"), [
+    (OperatingPoint(drain_above=0.7, sustained_s=12.0), True, 3),  # 12 s of windows: 3 rounds of 5 s
+    (OperatingPoint(drain_above=0.7, sustained_s=0.0), True, 1),
+    (OperatingPoint(drain_above=0.7, sustained_s=12.0), False, None),  # drain_at = settings: 0.75 < 0.8
+    (None, True, None),  # no point (the baseline, or an older model): the settings' 0.8
+])
+def test_the_controller_drains_at_the_models_point_when_told_to(point: OperatingPoint | None, model_point: bool,
+                                                                drained_in: int | None) -> None:
+    assert rounds_until_drained(point, model_point) == drained_in
