@@ -87,9 +87,11 @@ def demo_settings(s: Settings, svc: PoolServiceSettings) -> Settings:
     return s.model_copy(update={
         "autoscaler": AutoscalerSettings(interval_s=s.demo.interval_s, poll_s=1.0, services=[scaled],
                                          history_step_s=forecast_step_s(s)),
-        # The overload guard (`health.capacity_rps`) stays off: with it on, the leaking instance was drained
-        # 30 s later (9.4 s before its crash, 0.78% errors) because the pool had just scaled down to two;
-        # off, 39.5 s before, 0 errors. It does stop drains of merely overloaded instances.
+        # `health.capacity_rps` (one capacity for every instance) stays unset: with it set, the leaking
+        # instance was drained 30 s later (9.4 s before its crash, 0.78% errors) because the pool had just
+        # scaled down to two; unset, 39.5 s before, 0 errors. The drain guard still judges from each
+        # instance's own capacity, estimated from its busy gauge (`lb_adapters.policies.capacity`); the
+        # figures above predate that estimate.
         "health": HealthSettings(services=[svc.name], interval_s=s.demo.interval_s, features_max_age_s=30,
                                  cooldown_rounds=int(120 / s.demo.interval_s)),
     })
