@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,25 +27,10 @@ from lb_adapters.actuators.scalers.pool import PoolScaler
 from lb_adapters.autoscaler import Autoscaler, ScaledService
 from lb_adapters.predictions import ForecastClient
 from lb_adapters.rates import ClickHouseRates
-from lb_adapters.schemas import Decision, PredictionRecord
+from tests.integration.waiting import Recorder, wait_for
 
 SERVICE = "web"
 STARTUP_S = 2.0
-
-
-def wait_for(what: str, cond: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-@dataclass
-class Recorder:
-    decisions: list[Decision] = field(default_factory=list)
-
-    def publish(self, decisions: list[Decision], predictions: Sequence[PredictionRecord] = ()) -> None:
-        self.decisions += decisions
 
 
 def test_pool_scaler_and_loop_scale_real_pool_instances(core_stack: Settings, tmp_path: Path) -> None:

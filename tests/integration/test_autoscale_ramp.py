@@ -31,8 +31,7 @@ import multiprocessing
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -54,9 +53,9 @@ from lb_adapters.actuators.scalers.pool import PoolScaler
 from lb_adapters.autoscaler import Autoscaler, RoundReport, ScaledService
 from lb_adapters.predictions import ServingError
 from lb_adapters.rates import ClickHouseRates
-from lb_adapters.schemas import Decision, PredictionRecord
 from serving.forecast_model import ForecastCall, ForecastModelReplica
 from serving.schemas import ForecastRequest, ForecastResponse
+from tests.integration.waiting import Recorder, wait_for
 from training.fit import TrainConfig, script, train
 from training.publish import data_fingerprint, publish
 from training.series import RateSeries, nasa_layout, read_rps, seconds_to_minutes
@@ -78,21 +77,6 @@ HISTORY_MINUTES = 1470  # the forecaster's input: a day and half an hour
 # pool costs O(connections^2) per request, the client stalled, and the observed rate fell at the peak.
 CLIENTS = 4
 CLIENT_CONCURRENCY = 750
-
-
-def wait_for(what: str, cond: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-@dataclass
-class Recorder:
-    decisions: list[Decision] = field(default_factory=list)
-
-    def publish(self, decisions: list[Decision], predictions: Sequence[PredictionRecord] = ()) -> None:
-        self.decisions += decisions
 
 
 class InProcessForecaster:

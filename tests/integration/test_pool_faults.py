@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -17,13 +16,7 @@ from infra.core.db import client as clickhouse_client
 from infra.core.db import migrate
 from infra.core.settings import PoolServiceSettings, Settings
 from infra.pool.faults import Fault, Scenario, dump_scenario
-
-
-def wait_for(what: str, cond: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+from tests.integration.waiting import wait_for
 
 
 def test_the_scenario_s_instance_fails_its_peer_serves_and_the_truth_is_recorded(stack: Settings,
