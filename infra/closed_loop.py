@@ -7,8 +7,10 @@ instances at risk, while one instance is given a leak that ends in a crash. At t
 (under-provisioned seconds and replica-seconds beside the shadow HPA and the oracle, client p99 and
 errors, how long before the crash the faulty instance was drained, decisions) and an HTML report.
 
-The comparison with HPA is counterfactual and like for like: both policies decide every round on the
-same inputs and on the same compressed clock (the HPA in shadow, its counts recorded), and both
+The autoscaler runs on the trace's clock and units (`infra.trace_time`), asking a forecaster trained
+on the trace before the slice (`infra.demo_forecaster`), so both replica policies run as an operator
+would configure them on the real service. The comparison with HPA is counterfactual and like for like:
+both policies decide every round on the same inputs (the HPA in shadow, its counts recorded), and both
 schedules of counts are applied second by second with the service's startup delay against the
 recorded demand (`replay_schedule`). What was measured (ready instances against the observed load
 each window) is reported beside it.
@@ -22,18 +24,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from pydantic import BaseModel
 
 from infra.core.contracts import SERVICE_WIDE
 from infra.core.datasets import NASA_RPS, dataset_path
 from infra.core.db import client as clickhouse_client
 from infra.core.features_table import ServiceWindow, recent_service_windows
-from infra.core.scaling import compress_time, predictive_knobs, reactive_knobs
+from infra.core.scaling import predictive_knobs, reactive_knobs
 from infra.core.settings import (
     AutoscaledService,
     AutoscalerSettings,
@@ -42,8 +44,14 @@ from infra.core.settings import (
     PoolServiceSettings,
     Settings,
 )
-from infra.workers import build_autoscaler, build_health_controller
-from ingest.replay import ReplaySummary, read_trace, replay
+from infra.demo_forecaster import ensure_forecaster, minute_at
+from infra.trace_time import TraceTime, TraceTimeRates, WallTimeSink
+from infra.workers import build_health_controller, build_scaler, decision_log
+from ingest.replay import ReplaySummary, replay
+from lb_adapters.autoscaler import Autoscaler, ScaledService
+from lb_adapters.predictions import ForecastClient
+from lb_adapters.rates import ClickHouseRates
+from training.series import RateSeries, load_trace
 
 Say = Callable[[str], None]
 
@@ -75,18 +83,8 @@ class Timeline:
 
 
 def demo_settings(s: Settings, svc: PoolServiceSettings) -> Settings:
-    """The stack's settings with the demo's own autoscaler and health controller for `svc`. Both replica
-    policies run on the demo's compressed clock, alike (`demo.time_scale()`): the predictive preset and
-    the shadow HPA's defaults have every duration scaled by the same factor."""
-    f = s.demo.time_scale()
-    bounds = {"min_replicas": svc.min_replicas, "max_replicas": svc.max_replicas}
-    scaled = AutoscaledService(name=svc.name, scaler=PoolScalerSettings(url=f"http://127.0.0.1:{s.pool.admin_port}"),
-                               capacity_rps=svc.capacity_rps, startup_s=svc.startup_delay_s,
-                               knobs=compress_time(predictive_knobs(**bounds), f),
-                               reactive=compress_time(reactive_knobs(**bounds), f))
+    """The stack's settings with the demo's own health controller for `svc`, on the wall clock."""
     return s.model_copy(update={
-        "autoscaler": AutoscalerSettings(interval_s=s.demo.interval_s, poll_s=1.0, services=[scaled],
-                                         history_step_s=forecast_step_s(s)),
         # `health.capacity_rps` (one capacity for every instance) stays unset: with it set, the leaking
         # instance was drained 30 s later (9.4 s before its crash, 0.78% errors) because the pool had just
         # scaled down to two; unset, 39.5 s before, 0 errors. The drain guard still judges from each
@@ -97,44 +95,55 @@ def demo_settings(s: Settings, svc: PoolServiceSettings) -> Settings:
     })
 
 
-def forecast_step_s(s: Settings) -> int:
-    """Wall seconds of one step of the forecaster's history in the replay: a trace minute when that holds
-    whole feature windows, else one window (then a step stands for several trace minutes). A step must
-    hold whole windows, or it would mix two of them."""
+def history_window_s(s: Settings) -> int:
+    """Wall seconds of one trace minute in the replay: the length of the history windows written (whole
+    seconds, as `features` stores them)."""
     minute = 60.0 / s.demo.speedup
-    window = s.streams.window_s
-    if minute <= window:
-        return window
-    if minute != round(minute) or round(minute) % window:
-        raise ValueError(f"demo.speedup {s.demo.speedup:g} makes a trace minute {minute:g} wall seconds, not a whole "
-                         f"number of {window} s feature windows: choose a speedup of at least {60 / window:g}, or "
-                         f"60 / (k x {window})")
+    if minute < 1 or minute != round(minute):
+        raise ValueError(f"demo.speedup {s.demo.speedup:g} makes a trace minute {minute:g} wall seconds; choose a "
+                         "speedup that divides 60 (e.g. 60, 30, 20, 12, 10, 6) so a trace minute is whole seconds")
     return round(minute)
 
 
-def history_rows(per_second: list[int], scale: float, trace_s: int, step_s: int, end_s: int,
-                 service: str) -> list[tuple[Any, ...]]:
-    """Closed service-wide windows, one per `trace_s` seconds of `per_second` (the trace's counts), each
-    `step_s` wall seconds long, the last one ending at `end_s`: the service's past as the stream worker
-    would have written it had the replay run all along (rate per wall second, requests scaled)."""
-    steps = len(per_second) // trace_s
+def trace_autoscaler(s: Settings, svc: PoolServiceSettings, tt: TraceTime, history_minutes: int) -> Autoscaler:
+    """`svc`'s autoscaler on the trace's clock and units (`infra.trace_time`): the predictive preset with the
+    reactive HPA-style policy in shadow, both with their usual durations, in trace seconds."""
+    bounds = {"min_replicas": svc.min_replicas, "max_replicas": svc.max_replicas}
+    config = AutoscaledService(name=svc.name, scaler=PoolScalerSettings(url=f"http://127.0.0.1:{s.pool.admin_port}"),
+                               capacity_rps=svc.capacity_rps / tt.rate_factor,
+                               startup_s=svc.startup_delay_s * tt.speedup,
+                               knobs=predictive_knobs(quantile=s.demo.quantile, **bounds),
+                               reactive=reactive_knobs(**bounds))
+    cfg = AutoscalerSettings(interval_s=s.demo.interval_s * tt.speedup, poll_s=1.0, services=[config],
+                             history_minutes=history_minutes, stale_intervals=6)
+    rates = TraceTimeRates(ClickHouseRates(clickhouse_client(s.clickhouse), s.clickhouse.database), tt,
+                           history_window_s(s))
+    return Autoscaler([ScaledService(config, build_scaler(config))], rates,
+                      ForecastClient(s.serving_url, s.serving_token, timeout_s=s.autoscaler.serving_timeout_s),
+                      WallTimeSink(decision_log(s, "demo-autoscale"), tt), cfg, clock=tt.now)
+
+
+def history_rows(rates: np.ndarray, scale: float, window_s: int, end_s: int, service: str) -> list[tuple[Any, ...]]:
+    """Closed service-wide windows, one per trace minute of `rates` (req/s, NaN where the trace has none),
+    each `window_s` wall seconds long, the last one ending at `end_s`: the service's past as the stream
+    worker would have written it had the replay run all along (requests scaled, rate per wall second)."""
     rows = []
-    for k in range(steps):
-        n = round(sum(per_second[k * trace_s:(k + 1) * trace_s]) * scale)
-        start = end_s - (steps - k) * step_s
-        rows.append((datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(start + step_s, UTC), service,
-                     SERVICE_WIDE, n, n / step_s))
+    for k, rate in enumerate(rates):
+        if not math.isfinite(rate):
+            continue
+        n = round(float(rate) * 60 * scale)
+        start = end_s - (len(rates) - k) * window_s
+        rows.append((datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(start + window_s, UTC), service,
+                     SERVICE_WIDE, n, n / window_s))
     return rows
 
 
-def backfill_history(s: Settings, svc: PoolServiceSettings, steps: int, end_s: int) -> int:
-    """Write the `steps` forecaster steps of trace before the replayed slice into `features` (see
-    `history_rows`), so the forecaster has the history a running service would; returns the rows written."""
-    step = forecast_step_s(s)
-    trace_s = round(step * s.demo.speedup)
-    first = max(0, s.demo.trace_start - steps * trace_s)
-    counts = list(islice(read_trace(dataset_path(NASA_RPS), first), s.demo.trace_start - first))
-    rows = history_rows(counts, s.demo.scale, trace_s, step, end_s, svc.name)
+def backfill_history(s: Settings, svc: PoolServiceSettings, series: RateSeries, first_minute: int, minutes: int,
+                     end_s: int) -> int:
+    """Write the `minutes` trace minutes before the slice into `features` (see `history_rows`), so the
+    forecaster has the history a running service would; returns the rows written."""
+    rates = series.values[max(0, first_minute - minutes):first_minute]
+    rows = history_rows(rates, s.demo.scale, history_window_s(s), end_s, svc.name)
     cl = clickhouse_client(s.clickhouse, s.clickhouse.database)
     try:
         cl.execute(f"INSERT INTO {s.clickhouse.database}.features (window_start, window_end, service, instance, "
@@ -151,7 +160,14 @@ def _pool_status(s: Settings, service: str) -> dict[str, Any]:
     return body
 
 
-def _every(stop: threading.Event, period_s: float, work: Callable[[], None], say: Say, what: str) -> None:
+def _trace_clock(trace_s: float) -> str:
+    return datetime.fromtimestamp(trace_s, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _every(stop: threading.Event, period_s: float, work: Callable[[], None], say: Say, what: str,
+           first_at: float | None = None) -> None:
+    if first_at is not None:
+        stop.wait(max(0.0, first_at - time.time()))
     while not stop.is_set():
         try:
             work()
@@ -218,8 +234,8 @@ def run_closed_loop(s: Settings, say: Say, report_dir: Path, progress: bool = Tr
     if svc is None:
         raise ValueError(f"demo.loop_service {s.demo.loop_service!r} is not in pool.services")
     loop_s = demo_settings(s, svc)
-    autoscaler = build_autoscaler(loop_s, only=svc.name, name="demo-autoscale")  # spools of their own: the
-    health = build_health_controller(loop_s, leadership=False, name="demo-health")  # stack's copies run too
+    health = build_health_controller(loop_s, leadership=False, name="demo-health")  # spools of their own: the
+    # stack's copies run too
     tl = Timeline()
     stop = threading.Event()
     notes: list[str] = []
@@ -231,6 +247,8 @@ def run_closed_loop(s: Settings, say: Say, report_dir: Path, progress: bool = Tr
 
     def autoscale_round() -> None:
         report = autoscaler.step(svc.name)
+        if report.fallback:
+            say(f"[yellow]autoscaler: the reactive fallback decided ({report.fallback})[/]")
         with tl.lock:
             if report.decision is not None and report.decision.after is not None:
                 tl.desired.append((time.time(), int(report.decision.after)))
@@ -256,28 +274,37 @@ def run_closed_loop(s: Settings, say: Say, report_dir: Path, progress: bool = Tr
             raise RuntimeError(f"{svc.name}: instances not ready after {svc.startup_delay_s + 60:.0f} s; "
                                f"see {s.state / 'logs' / 'pool'}")
         time.sleep(1)
-    step = forecast_step_s(s)
-    written = backfill_history(s, svc, loop_s.autoscaler.history_minutes, int(time.time()) // step * step)
-    notes.append(f"the forecaster's history: {written} steps of {step * s.demo.speedup / 60:g} trace minutes "
-                 f"before the replayed slice, written to `features` as {step} s windows ending when the replay "
-                 "starts (the service's past)")
+    series = load_trace(dataset_path(NASA_RPS))
+    first = minute_at(series, s.demo.trace_start)
+    horizon_min = math.ceil((svc.startup_delay_s + s.demo.interval_s + 3 * s.streams.window_s) * s.demo.speedup / 60)
+    _version, history_minutes = ensure_forecaster(s, series, first, horizon_min, say)
+    # The replay's first second is a window boundary, so no live window holds history seconds.
+    wall0 = math.ceil((time.time() + 5) / s.streams.window_s) * s.streams.window_s
+    tt = TraceTime(wall0=wall0, trace0=float(series.unix_of(np.array(first))), speedup=s.demo.speedup,
+                   scale=s.demo.scale)
+    autoscaler = trace_autoscaler(s, svc, tt, history_minutes)
+    written = backfill_history(s, svc, series, first, history_minutes, wall0)
+    notes.append(f"the autoscaler runs on the trace's clock and units (1995; x{s.demo.speedup:g} time, rates / "
+                 f"{tt.rate_factor:g}); its history: the {written} trace minutes before the slice, written to "
+                 f"`features` as {history_window_s(s)} s windows ending when the replay starts (the service's past)")
     say(notes[-1])
-    threads = [threading.Thread(target=_every, args=(stop, 1.0, sample_pool, say, "pool"), daemon=True),
-               threading.Thread(target=_every, args=(stop, s.demo.interval_s, autoscale_round, say, "autoscaler"),
-                                daemon=True),
-               threading.Thread(target=_every, args=(stop, s.demo.interval_s, health_round, say, "health"),
+    threads = [threading.Thread(target=_every, args=(stop, 1.0, sample_pool, say, "pool", wall0), daemon=True),
+               threading.Thread(target=_every, args=(stop, s.demo.interval_s, autoscale_round, say, "autoscaler",
+                                                     wall0), daemon=True),
+               threading.Thread(target=_every, args=(stop, s.demo.interval_s, health_round, say, "health", wall0),
                                 daemon=True)]
     for t in threads:
         t.start()
-    fault_timer = threading.Timer(s.demo.fault_at_s, _inject_fault, args=(s, svc, tl, say))
+    fault_timer = threading.Timer(wall0 - time.time() + s.demo.fault_at_s, _inject_fault, args=(s, svc, tl, say))
     fault_timer.start()
-    t0 = time.time()
-    say(f"replaying NASA from trace second {s.demo.trace_start} at {s.demo.speedup:g}x, rate x{s.demo.scale:g}, "
-        f"for {s.demo.duration_s:g} s through HAProxy :{svc.haproxy_port}")
+    t0 = wall0
+    start_second = int(series.second_index[first])
+    say(f"replaying NASA from trace second {start_second} ({_trace_clock(tt.trace0)}) at {s.demo.speedup:g}x, "
+        f"rate x{s.demo.scale:g}, for {s.demo.duration_s:g} s through HAProxy :{svc.haproxy_port}")
     try:
-        traffic = replay(dataset_path(NASA_RPS), speedup=s.demo.speedup, to="http", start=s.demo.trace_start,
+        traffic = replay(dataset_path(NASA_RPS), speedup=s.demo.speedup, to="http", start=start_second,
                          base_url=f"http://127.0.0.1:{svc.haproxy_port}/", duration_s=s.demo.duration_s,
-                         max_rps=500, progress=progress, scale=s.demo.scale)
+                         max_rps=500, progress=progress, scale=s.demo.scale, start_at=wall0)
     finally:
         fault_timer.cancel()
         stop.set()

@@ -243,7 +243,7 @@ def policy_knobs(s: Any) -> DrainKnobs:
     per feature window (the replay judges every window)."""
     rounds = s.health.interval_s / s.streams.window_s
     return DrainKnobs(drain_above=s.health.drain_above, readmit_below=s.health.readmit_below,
-                      readmit_after=max(1, round(s.health.readmit_after * rounds)),
+                      readmit_after=s.health.readmit_rounds(s.streams.window_s),
                       max_drained_fraction=s.health.max_drained_fraction,
                       cooldown_rounds=round(s.health.cooldown_rounds * rounds),
                       drain_after=max(1, round(s.health.drain_after * rounds)))

@@ -133,7 +133,8 @@ def build_weight_controller(s: Settings, name: str = "adapt") -> WeightControlle
 def health_knobs(s: Settings) -> DrainKnobs:
     """The drain policy's knobs (and its overload guard, which the weight controller applies too)."""
     h = s.health
-    return DrainKnobs(h.drain_above, h.readmit_below, h.readmit_after, h.max_drained_fraction, h.capacity_rps,
+    return DrainKnobs(h.drain_above, h.readmit_below, h.readmit_rounds(h.interval_s), h.max_drained_fraction,
+                      h.capacity_rps,
                       h.cooldown_rounds, drain_after=h.drain_after, capacity_margin=h.capacity_margin,
                       min_utilisation=h.min_utilisation)
 

@@ -105,11 +105,13 @@ def replay(trace_path: str | Path, *, speedup: float = 1.0, to: Literal["http", 
            base_url: str | None = None, sink: EventSink | None = None, start: int = 0,
            duration_s: float | None = None, max_rps: float | None = None, progress: bool = False,
            concurrency: int = DEFAULT_CONCURRENCY, parser: LineParser | None = None,
-           scale: float = 1.0) -> ReplaySummary:
+           scale: float = 1.0, start_at: float | None = None) -> ReplaySummary:
     """Replay `trace_path` to `base_url` (http) or `sink` (kafka) until the trace, or `duration_s`, ends.
 
     `parser` turns the synthetic lines into events in kafka mode (default: CLF, service `replay`).
     `scale` multiplies each trace second's requests (rounded at random, seeded, so the mean is kept).
+    `start_at` (epoch s) is when trace second `start` is sent, for a caller that maps wall time to trace
+    time; None: as soon as the file is open.
     """
     if speedup <= 0:
         raise ValueError("speedup must be positive")
@@ -131,10 +133,10 @@ def replay(trace_path: str | Path, *, speedup: float = 1.0, to: Literal["http", 
     summary = ReplaySummary()
     try:
         if base_url is not None and to == "http":
-            asyncio.run(_replay_http(slots, base_url, concurrency, duration_s, summary, bar))
+            asyncio.run(_replay_http(slots, base_url, concurrency, duration_s, summary, bar, start_at))
         elif sink is not None:
             _replay_kafka(slots, sink, parser or CLFParser(Router([], REPLAY_SERVICE)), start, duration_s,
-                          summary, bar)
+                          summary, bar, start_at)
     finally:
         counts.close()
         if bar is not None:
@@ -175,8 +177,13 @@ class _Pacer:
             yield k, k * self.slot_s, n
 
 
+def _wait_for_start(start_at: float | None) -> float:
+    """Seconds until `start_at` (epoch s), 0 when it is None or past."""
+    return 0.0 if start_at is None else max(0.0, start_at - time.time())
+
+
 async def _replay_http(slots: _Pacer, base_url: str, concurrency: int, duration_s: float | None,
-                       summary: ReplaySummary, bar: _Bar | None) -> None:
+                       summary: ReplaySummary, bar: _Bar | None, start_at: float | None = None) -> None:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     free = asyncio.Semaphore(concurrency)
     pending: set[asyncio.Task[None]] = set()
@@ -198,6 +205,7 @@ async def _replay_http(slots: _Pacer, base_url: str, concurrency: int, duration_
             free.release()
 
     async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
+        await asyncio.sleep(_wait_for_start(start_at))
         t0 = loop.time()
         try:
             for _k, offset, n in slots:
@@ -226,10 +234,11 @@ async def _replay_http(slots: _Pacer, base_url: str, concurrency: int, duration_
 
 
 def _replay_kafka(slots: _Pacer, sink: EventSink, parser: LineParser, start: int, duration_s: float | None,
-                  summary: ReplaySummary, bar: _Bar | None) -> None:
+                  summary: ReplaySummary, bar: _Bar | None, start_at: float | None = None) -> None:
     """Events leave in batches of up to SEND_EVENTS or every SEND_INTERVAL_S, as the ingest pipeline's do."""
     rng = random.Random(start)  # same trace range, same synthetic paths and sizes
     events: list[AccessEvent] = []
+    time.sleep(_wait_for_start(start_at))
     t0 = last_send = time.monotonic()
     try:
         for k, offset, n in slots:

@@ -137,9 +137,8 @@ class Autoscaler:
         lookback_s = max(2 * stale_s, 5 * MINUTE_S)  # windows read for the observed rate and staleness
         try:
             windows = self.rates.windows(svc.name, int(now - lookback_s))
-            step = self.cfg.history_step_s
-            hist_end = (max(w.end_s for w in windows) // step) * step if windows else None
-            minutes = (self.rates.minutes(svc.name, hist_end - self.cfg.history_minutes * step, hist_end, step)
+            hist_end = (max(w.end_s for w in windows) // MINUTE_S) * MINUTE_S if windows else None
+            minutes = (self.rates.minutes(svc.name, hist_end - self.cfg.history_minutes * MINUTE_S, hist_end)
                        if hist_end is not None else [])
         except Exception as exc:  # any ClickHouse failure: no load known, so nothing may change
             return self._hold(svc, report, now, f"hold: ClickHouse unreachable or failing ({exc})",
@@ -220,23 +219,18 @@ class Autoscaler:
                                                 str | None]:
         """Ask serving; (forecast, its records, knobs with a served quantile, a note, why the fallback decides)."""
         span = svc.config.startup_s + self.cfg.interval_s
-        step = self.cfg.history_step_s
         by_minute = {m: n for m, n in minutes}
-        start = hist_end - self.cfg.history_minutes * step
-        history: list[float | None] = [by_minute[m] / step if m in by_minute else None
-                                       for m in range(start, hist_end, step)]
+        start = hist_end - self.cfg.history_minutes * MINUTE_S
+        history: list[float | None] = [by_minute[m] / MINUTE_S if m in by_minute else None
+                                       for m in range(start, hist_end, MINUTE_S)]
         while history and history[0] is None:
             history.pop(0)
         if not history:
-            return None, [], knobs, "", f"predictions unavailable (no whole {step} s step of history yet)"
-        horizon = max(1, math.ceil((now + span - hist_end) / step))
-        # Compressed time: each step stands for a minute of the model's, and the wall clock is not its
-        # calendar, so the calendar is left unknown (the model masks it) and the answer's steps are ours.
-        compressed = step != MINUTE_S
+            return None, [], knobs, "", "predictions unavailable (no whole minute of history yet)"
+        horizon = max(1, math.ceil((now + span - hist_end) / MINUTE_S))
         try:
             resp = self.forecaster.forecast(ForecastRequest(service=svc.name, history=history,
-                                                            next_minute=None if compressed else float(hist_end),
-                                                            horizon=horizon))
+                                                            next_minute=float(hist_end), horizon=horizon))
         except ServingError as exc:  # down, or refusing: the fallback decides
             return None, [], knobs, "", f"serving unreachable ({exc})"
         except (ValidationError, ValueError) as exc:  # an answer that does not parse as a forecast
@@ -247,8 +241,8 @@ class Autoscaler:
             served = min((q for q in levels if q >= knobs.quantile), default=max(levels))
             note = f"p{knobs.quantile * 100:g} not served by {resp.model}@{resp.model_version}, using p{served * 100:g}"
             knobs = knobs.model_copy(update={"quantile": served})
-        start_s = float(hist_end) if compressed or resp.next_minute is None else resp.next_minute
-        forecast = QuantileForecast(start_s=start_s, step_s=float(step if compressed else resp.step_s), levels=levels,
+        start_s = float(hist_end) if resp.next_minute is None else resp.next_minute
+        forecast = QuantileForecast(start_s=start_s, step_s=float(resp.step_s), levels=levels,
                                     values=np.asarray(resp.forecast, dtype=float).reshape(len(resp.forecast),
                                                                                            len(levels)))
         if forecast.peak(knobs.quantile, now, now + span) is None:

@@ -7,6 +7,7 @@ objects from its own section; stages never read the environment themselves.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import ssl
@@ -218,25 +219,23 @@ class DemoSettings(Section):
     loop_service: str = Field("shop", description="Pool service the closed-loop demo scales, drains and loads.")
     trace_start: int = Field(2_914_345, ge=0, description="First NASA trace second the demo replays (Monday 7 Aug "
                              "1995, 04:00, in the validation range: the morning ramp follows).")
-    speedup: float = Field(60.0, gt=0, description="Trace seconds per wall second: 60 replays 8 trace hours in 8 "
-                           "minutes. The forecaster reads each 10 s feature window (10 trace minutes) as one step; "
-                           "the steps before the slice are written to `features` first, as the service's past.")
+    speedup: float = Field(60.0, gt=0, description="Trace seconds per wall second (a divisor of 60): 60 replays 8 "
+                           "trace hours in 8 minutes. The demo's autoscaler runs on the trace's clock (durations "
+                           "and rates in trace units); the trace minutes before the slice are written to "
+                           "`features` first, as the service's past.")
     scale: float = Field(1.3, gt=0, description="Multiplier of the trace's rate (NASA's ~1 req/s becomes a load "
                          "for several instances).")
     duration_s: float = Field(480.0, gt=0, description="Wall seconds the closed-loop demo replays.")
     fault_at_s: float = Field(150.0, ge=0, description="When the demo injects its fault into one instance.")
     fault_lead_s: float = Field(75.0, gt=0, description="The injected leak's precursors (latency, resource "
                                 "gauge) before it crashes the instance.")
-    interval_s: float = Field(5.0, gt=0, description="Rounds of the demo's autoscaler and health controller.")
-    policy_time_scale: float | None = Field(None, gt=0, description="Both replica policies' durations "
-                                            "(stabilization windows, step-limit periods, cooldown) times this, "
-                                            "alike for the predictive autoscaler and its shadow HPA. None: "
-                                            "demo.interval_s / 15 s, HPA's round mapped onto the demo's (300 s "
-                                            "stabilization becomes 100 s: 20 rounds either way).")
-
-    def time_scale(self) -> float:
-        return self.policy_time_scale if self.policy_time_scale is not None else self.interval_s / 15.0
-
+    interval_s: float = Field(5.0, gt=0, description="Wall seconds between rounds of the demo's autoscaler and "
+                              "health controller (the autoscaler's is speedup x this in trace seconds).")
+    quantile: float = Field(0.9, gt=0, lt=1, description="Forecast quantile the demo's predictive policy provisions "
+                            "for. The forecast is per trace minute, but under-provisioning is judged per feature "
+                            "window (10 trace minutes), whose mean varies less than one minute: in the trace before "
+                            "the slice, 0.38% of 10-minute means lie above their hour's per-minute p90 (the 0.5% "
+                            "SLO), none above its p99 (the preset's level, which pays for bursts no window shows).")
 
 
 class RouteRule(Section):
@@ -542,10 +541,6 @@ class AutoscalerSettings(Section):
                                                       "intervals are stale: the reactive fallback decides.")
     history_minutes: int = Field(1440, ge=1, le=10080, description="Minutes of rate history sent to `/v1/forecast` "
                                                                    "(at most a week, the API's limit).")
-    history_step_s: int = Field(60, ge=1, le=60, description="Seconds per step of the rate history sent to "
-                                "`/v1/forecast`, each step read as one of the model's minutes. 60 but in a "
-                                "time-compressed replay, where a trace minute lasts 60 / speedup wall seconds "
-                                "(the demo sets it); then the wall clock is not sent as the calendar.")
     serving_timeout_s: float = Field(3.0, gt=0, description="Timeout of each `/v1/forecast` call.")
     dry_run: bool = Field(False, description="Decide and record, do not touch the scalers.")
     metrics_port: int = Field(19108, description="Prometheus metrics of the `foresight autoscale` loop.")
@@ -612,7 +607,10 @@ class HealthSettings(Section):
                              "(`foresight train --kind risk` stores the one it chose, in windows, in the manifest).")
     readmit_below: float = Field(0.3, ge=0, lt=1, description="Re-admit a drained one after `readmit_after` rounds "
                                  "at or below this risk (hysteresis: below `drain_above`).")
-    readmit_after: int = Field(3, ge=1, description="Consecutive healthy rounds before re-admission.")
+    readmit_after: int = Field(3, ge=1, description="Consecutive healthy rounds before re-admission, and never "
+                               "before `horizon_s` has passed: a drained instance's risk is read without its traffic, "
+                               "so it looks healthy whether it is or not; the failure it was drained for comes within "
+                               "the horizon, or it was a false alarm.")
     max_drained_fraction: float = Field(0.25, gt=0, le=1, description="Most of a service's instances out of "
                                         "service at once (at least one; never the last ready one).")
     features_max_age_s: int = Field(30, gt=0, description="An instance whose newest window is older is unknown: "
@@ -633,6 +631,11 @@ class HealthSettings(Section):
     heldout_seed_from: int = Field(1000, ge=1, description="Fault scenario seeds at or above this are the held-out "
                                    "set: recorded and evaluated on, refused by `foresight train --kind risk`.")
     metrics_port: int = Field(19113, description="Prometheus metrics of the `foresight health` loop.")
+
+    def readmit_rounds(self, round_s: float) -> int:
+        """Healthy rounds of `round_s` seconds before a drained instance is re-admitted: `readmit_after` rounds
+        of `interval_s`, and at least the risk's horizon."""
+        return max(1, round(self.readmit_after * self.interval_s / round_s), math.ceil(self.horizon_s / round_s))
 
 
 class AuthSettings(Section):

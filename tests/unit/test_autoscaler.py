@@ -279,19 +279,3 @@ def test_rounds_run_on_each_new_window_and_at_least_every_interval() -> None:
 def test_policy_names_are_checked_when_the_loop_is_built() -> None:
     with pytest.raises(ValueError, match="unknown policy"):
         make(policy="psychic")
-
-
-def test_a_compressed_history_step_is_sent_per_step_without_a_calendar_and_its_answer_read_per_step() -> None:
-    """A time-compressed replay: one 10 s window stands for one of the model's minutes."""
-    auto, rates, forecasts, _, _, clock = make(history_step_s=10)
-    feed(rates, clock, 15.0)
-    report = auto.step("api")
-    request = forecasts.requests[-1]
-    assert request.next_minute is None  # the wall clock is not the trace's calendar
-    assert request.history is not None and len(request.history) >= 18  # 10 s steps, not 3 minutes
-    assert all(v == 15.0 for v in request.history if v is not None)
-    # startup 20 s + interval 15 s from the newest whole step: 4 steps of 10 s, not 1 minute
-    assert request.horizon == math.ceil((clock.t + 35 - (int(clock.t - 2) // 10 * 10)) / 10)
-    forecast_rows = [p for p in report.predictions if p.kind == "forecast"]
-    assert forecast_rows and max(p.horizon_s for p in forecast_rows) < 60
-    assert report.decision is not None and report.decision.after == 7  # p99 70 / 10 per replica, as per minute

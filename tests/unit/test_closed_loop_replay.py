@@ -1,7 +1,9 @@
 """The demo's like-for-like replay of a policy's decided counts: startup delay, removals, under-provisioning."""
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from infra.closed_loop import replay_schedule
@@ -39,25 +41,24 @@ def test_no_decisions_keeps_the_initial_count_and_seconds_without_a_window_are_n
     assert (rs, under) == (80, 10)
 
 
-def test_history_rows_are_one_closed_window_per_step_ending_at_the_replay() -> None:
+def test_history_rows_are_one_closed_window_per_trace_minute_ending_at_the_replay() -> None:
     from infra.closed_loop import history_rows
 
-    per_second = [1] * 60 + [2] * 60 + [0] * 30  # two whole steps of 60 trace seconds and a part, left out
-    rows = history_rows(per_second, 1.5, 60, 10, 5000, "shop")
-    assert [(r[0].timestamp(), r[1].timestamp()) for r in rows] == [(4980, 4990), (4990, 5000)]
-    assert [(r[2], r[3], r[4], r[5]) for r in rows] == [("shop", "*", 90, 9.0), ("shop", "*", 180, 18.0)]
+    rates = np.array([1.0, math.nan, 2.0])  # req/s of three trace minutes; the middle one missing
+    rows = history_rows(rates, 1.5, 1, 5000, "shop")
+    assert [(r[0].timestamp(), r[1].timestamp()) for r in rows] == [(4997, 4998), (4999, 5000)]
+    assert [(r[2], r[3], r[4], r[5]) for r in rows] == [("shop", "*", 90, 90.0), ("shop", "*", 180, 180.0)]
 
 
-def test_the_forecast_step_holds_whole_feature_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from infra.closed_loop import forecast_step_s
+def test_a_trace_minute_must_be_whole_wall_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra.closed_loop import history_window_s
 
     monkeypatch.chdir(tmp_path)
     s = load_settings()
-    assert s.streams.window_s == 10
-    for speedup, step in ((60.0, 10), (6.0, 10), (3.0, 20), (120.0, 10), (7.0, 10), (4.0, None), (2.5, None)):
+    for speedup, seconds in ((60.0, 1), (6.0, 10), (12.0, 5), (1.0, 60), (7.0, None), (120.0, None)):
         t = s.model_copy(update={"demo": s.demo.model_copy(update={"speedup": speedup})})
-        if step is None:  # a trace minute of 15 s or 24 s would mix windows
-            with pytest.raises(ValueError, match="whole"):
-                forecast_step_s(t)
+        if seconds is None:
+            with pytest.raises(ValueError, match="divides 60"):
+                history_window_s(t)
         else:
-            assert forecast_step_s(t) == step
+            assert history_window_s(t) == seconds

@@ -224,3 +224,24 @@ def test_the_models_drain_point_replaces_the_threshold_and_counts_its_seconds_in
     assert at_operating_point(base, OperatingPoint(drain_above=0.9, sustained_s=0.0), 5.0)[0].drain_after == 1
     kept, said = at_operating_point(base, OperatingPoint(drain_above=0.2, sustained_s=4.0), 5.0)
     assert kept == base and "not above readmit_below" in said  # no hysteresis left: the settings drain
+
+
+def test_a_drained_instance_waits_out_the_risk_horizon_before_readmission() -> None:
+    """Drained, it gets no traffic and its risk reads low whether it is sick or not: the failure it was
+    drained for comes within the horizon, so re-admission waits that long."""
+    from infra.core.settings import HealthSettings
+    from infra.workers import health_knobs
+
+    h = HealthSettings(interval_s=5.0, readmit_after=3, horizon_s=60.0)
+    assert h.readmit_rounds(5.0) == 12  # 60 s of 5 s rounds, not 3 rounds (15 s)
+    assert h.readmit_rounds(10.0) == 6  # in 10 s feature windows, as the held-out replay counts them
+    assert HealthSettings(interval_s=5.0, readmit_after=20, horizon_s=60.0).readmit_rounds(5.0) == 20
+    s = type("S", (), {"health": h})()
+    knobs = health_knobs(s)
+    assert knobs.readmit_after == 12
+    drained = {**FOUR, "i0": rec("draining", by="controller", started=0)}
+    state = DrainState()
+    for round_no in range(12):
+        decisions, state = decide_drains({"i0": 0.0, "i1": 0.1, "i2": 0.1, "i3": 0.1}, drained, state, knobs)
+        readmitted = [d.instance for d in decisions if d.action == "readmit"]
+        assert readmitted == ([] if round_no < 11 else ["i0"])

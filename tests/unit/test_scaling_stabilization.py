@@ -87,33 +87,24 @@ def test_the_backtest_simulator_holds_the_same_way() -> None:
     assert trace.ready == [3] * minutes
 
 
-def test_the_demo_compresses_both_policies_clocks_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from infra.closed_loop import demo_settings
+def test_the_demo_runs_both_policies_as_configured_on_the_trace_clock(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra.closed_loop import trace_autoscaler
+    from infra.trace_time import TraceTime
 
     monkeypatch.chdir(tmp_path)  # no foresight.toml: the defaults
     s = load_settings()
     svc = s.pool.service(s.demo.loop_service)
     assert svc is not None
-    scaled = demo_settings(s, svc).autoscaler.services[0]
+    tt = TraceTime(wall0=1000.0, trace0=807_782_400.0, speedup=s.demo.speedup, scale=s.demo.scale)
+    auto = trace_autoscaler(s, svc, tt, 1470)
+    scaled = auto.services[svc.name].config
     assert isinstance(scaled, AutoscaledService)
-    f = s.demo.interval_s / 15.0  # HPA's 15 s round onto the demo's round
-    assert scaled.knobs.scale_down_stabilization_s == pytest.approx(300.0 * f) == 100.0
-    assert scaled.reactive.scale_down_stabilization_s == pytest.approx(300.0 * f)
-    assert scaled.knobs.scale_down_period_s == pytest.approx(predictive_knobs().scale_down_period_s * f)
-    assert scaled.reactive.scale_up_period_s == pytest.approx(reactive_knobs().scale_up_period_s * f)
-    assert scaled.knobs.scale_down_pods == predictive_knobs().scale_down_pods  # the rest is the preset
-    assert (scaled.knobs.min_replicas, scaled.knobs.max_replicas) == (svc.min_replicas, svc.max_replicas)
-
-
-def test_compress_time_scales_every_duration_and_nothing_else() -> None:
-    from infra.core.scaling import compress_time
-    from infra.core.scaling.context import TIME_KNOBS
-
-    k = reactive_knobs(cooldown_s=30.0, scale_up_stabilization_s=60.0)
-    c = compress_time(k, 0.5)
-    for name in TIME_KNOBS:
-        assert getattr(c, name) == getattr(k, name) * 0.5
-    rest = set(type(k).model_fields) - set(TIME_KNOBS)
-    assert {n: getattr(c, n) for n in rest} == {n: getattr(k, n) for n in rest}
-    with pytest.raises(ValueError, match="> 0"):
-        compress_time(k, 0)
+    bounds = {"min_replicas": svc.min_replicas, "max_replicas": svc.max_replicas}
+    # the presets as an operator runs them, in trace seconds: HPA's 300 s stabilization is 300 trace seconds
+    assert scaled.knobs == predictive_knobs(quantile=s.demo.quantile, **bounds)
+    assert scaled.reactive == reactive_knobs(**bounds)
+    assert scaled.startup_s == svc.startup_delay_s * s.demo.speedup
+    assert scaled.capacity_rps == pytest.approx(svc.capacity_rps / (s.demo.speedup * s.demo.scale))
+    assert auto.cfg.interval_s == s.demo.interval_s * s.demo.speedup and auto.cfg.history_minutes == 1470
+    assert auto.clock() == pytest.approx(tt.now(), abs=5 * s.demo.speedup)

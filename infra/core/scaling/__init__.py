@@ -12,7 +12,6 @@ from infra.core.scaling.context import (
     ScalingDecision,
     ScalingKnobs,
     ScalingState,
-    compress_time,
     predictive_knobs,
     reactive_knobs,
 )
@@ -28,7 +27,6 @@ __all__ = [
     "ScalingDecision",
     "ScalingKnobs",
     "ScalingState",
-    "compress_time",
     "decide",
     "feedback",
     "policy_by_name",

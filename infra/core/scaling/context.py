@@ -94,19 +94,6 @@ def predictive_knobs(headroom: float = 0.0, quantile: float = 0.99, **overrides:
     return ScalingKnobs(**{**base, **overrides})
 
 
-TIME_KNOBS = ("scale_up_period_s", "scale_down_period_s", "scale_up_stabilization_s", "scale_down_stabilization_s",
-              "cooldown_s")
-
-
-def compress_time(knobs: ScalingKnobs, factor: float) -> ScalingKnobs:
-    """`knobs` with every duration (step-limit periods, stabilization windows, cooldown) times `factor`: a
-    replay that compresses time must compress every policy's clock alike, or the comparison favours the
-    policy whose windows were shortened."""
-    if factor <= 0:
-        raise ValueError(f"time factor must be > 0, got {factor}")
-    return knobs.model_copy(update={k: getattr(knobs, k) * factor for k in TIME_KNOBS})
-
-
 @dataclass(frozen=True, slots=True)
 class QuantileForecast:
     """Forecast quantiles of demand (req/s): values[k][j] is level `levels[j]` for the step starting
