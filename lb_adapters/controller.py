@@ -14,6 +14,7 @@ from typing import Protocol
 from infra.core.settings import AdapterSettings
 from lb_adapters import metrics
 from lb_adapters.actuators.base import ActuatorError, WeightActuator
+from lb_adapters.features import mean_busy
 from lb_adapters.policies.capacity import ALPHA, Served, capacities, guard_load, observe, update_served
 from lb_adapters.policies.drain import DrainKnobs
 from lb_adapters.policies.weights import OverloadGuard, decide_weights, smooth
@@ -58,7 +59,8 @@ class WeightController:
     def _guard(self, service: str, features: list[InstanceFeatures]) -> OverloadGuard | None:
         if self.overload is None or not self.window_s:
             return None
-        self.served[service] = update_served(self.served.get(service, {}), observe(features, self.window_s), ALPHA)
+        self.served[service] = update_served(self.served.get(service, {}),
+                                             observe(features, self.window_s, mean_busy(features)), ALPHA)
         return OverloadGuard(capacities(self.served[service], self.overload.min_utilisation),
                              guard_load(sum(f.requests for f in features) / self.window_s, self.served[service]),
                              self.overload.capacity_margin,

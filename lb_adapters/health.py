@@ -19,6 +19,7 @@ from typing import Protocol
 from infra.core.service_registry import InstanceState, Leadership, Registry, RegistryEntry, RegistryError
 from lb_adapters import metrics
 from lb_adapters.controller import FeatureSource
+from lb_adapters.features import mean_busy
 from lb_adapters.policies.capacity import ALPHA, Served, capacities, guard_load, observe, update_served
 from lb_adapters.policies.drain import DrainDecision, DrainKnobs, DrainState, decide_drains
 from lb_adapters.predictions import ServingError
@@ -95,7 +96,8 @@ class HealthController:
             report.risk.update({r.instance: r.risk for r in scored.risks if r.instance in records})
             if scored.note:
                 report.note = scored.note
-        self.served[service] = update_served(self.served.get(service, {}), observe(windows, self.window_s), ALPHA)
+        self.served[service] = update_served(self.served.get(service, {}),
+                                             observe(windows, self.window_s, mean_busy(windows)), ALPHA)
         knobs = self.knobs
         if self.model_point and scored is not None and scored.operating_point is not None:
             knobs, said = at_operating_point(self.knobs, scored.operating_point, self.interval_s)

@@ -32,6 +32,9 @@ class FeatureWindow(BaseModel):
                                 "crash (service: the highest instance peak).")
     busy_max: float = Field(0.0, description="Peak share of the backend's workers busy (service: the highest "
                             "instance peak).")
+    busy_mean: float = Field(0.0, description="Mean share of the backend's workers busy over the window's samples, "
+                             "0 with none: the utilisation the peak overstates (service: the highest instance "
+                             "mean).")
     late_events: int = Field(0, description="Events that arrived after the window closed (not in the counts).")
     emitted_at: int = Field(description="Epoch ms when the worker closed the window; the replace version.")
 

@@ -56,6 +56,8 @@ class WindowAcc:
 
     __slots__ = (
         "busy_max",
+        "busy_n",
+        "busy_sum",
         "by_class",
         "bytes_sent",
         "conn_errors",
@@ -77,6 +79,8 @@ class WindowAcc:
         self.conn_errors = 0.0
         self.resource_max = 0.0  # peak of the backend's resource ratio (0 healthy .. 1 about to crash)
         self.busy_max = 0.0  # peak of the backend's busy-workers ratio
+        self.busy_sum = 0.0  # sum and count of its samples: the mean, an unbiased utilisation (the peak reads high)
+        self.busy_n = 0
         self.late = 0  # late events of this key reported with this window (service-wide merge only)
 
     def add(self, status: int, latency_ms: float, bytes_sent: int) -> None:
@@ -107,12 +111,15 @@ class WindowAcc:
             self.resource_max = max(self.resource_max, value)
         elif signal == "busy":
             self.busy_max = max(self.busy_max, value)
+            self.busy_sum += value
+            self.busy_n += 1
         else:
             self.conn_errors += value
 
     def extend(self, other: WindowAcc) -> None:
         """Fold in another window of the same key (an instance's shorter windows within a service-wide
-        one): counts add up, each peak keeps the highest (the instance's peak over the longer span)."""
+        one): counts add up, each peak keeps the highest (the instance's peak over the longer span), the
+        busy samples pool (the instance's mean over the longer span)."""
         self.requests += other.requests
         self.by_class = [a + b for a, b in zip(self.by_class, other.by_class, strict=True)]
         self.bytes_sent += other.bytes_sent
@@ -122,11 +129,14 @@ class WindowAcc:
         self.conn_errors += other.conn_errors
         self.resource_max = max(self.resource_max, other.resource_max)
         self.busy_max = max(self.busy_max, other.busy_max)
+        self.busy_sum += other.busy_sum
+        self.busy_n += other.busy_n
         self.late += other.late
 
     def merge(self, other: WindowAcc) -> None:
         """Fold another instance's window in (the service-wide window): peaks of sessions and queue add
-        up (requests in flight at once over the service), the ratios keep the highest (`RATIO_SIGNALS`)."""
+        up (requests in flight at once over the service), the ratios keep the highest (`RATIO_SIGNALS`): the
+        peaks' highest, and the busy samples of the instance with the highest mean."""
         self.requests += other.requests
         self.by_class = [a + b for a, b in zip(self.by_class, other.by_class, strict=True)]
         self.bytes_sent += other.bytes_sent
@@ -136,12 +146,19 @@ class WindowAcc:
         self.conn_errors += other.conn_errors
         self.resource_max = max(self.resource_max, other.resource_max)
         self.busy_max = max(self.busy_max, other.busy_max)
+        if other.busy_n and (not self.busy_n or other.busy_mean > self.busy_mean):
+            self.busy_sum, self.busy_n = other.busy_sum, other.busy_n
         self.late += other.late
+
+    @property
+    def busy_mean(self) -> float:
+        """Mean of the busy samples (0.0 when none)."""
+        return self.busy_sum / self.busy_n if self.busy_n else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"r": self.requests, "c": self.by_class, "b": self.bytes_sent, "l": sketch_to_dict(self.latency),
                 "s": self.sessions_max, "q": self.queue_max, "e": self.conn_errors, "late": self.late,
-                "rs": self.resource_max, "bz": self.busy_max}
+                "rs": self.resource_max, "bz": self.busy_max, "bzs": self.busy_sum, "bzn": self.busy_n}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WindowAcc:
@@ -150,6 +167,7 @@ class WindowAcc:
         acc.latency = sketch_from_dict(d["l"])
         acc.sessions_max, acc.queue_max, acc.conn_errors, acc.late = d["s"], d["q"], d["e"], d.get("late", 0)
         acc.resource_max, acc.busy_max = d.get("rs", 0.0), d.get("bz", 0.0)  # absent in states written before them
+        acc.busy_sum, acc.busy_n = d.get("bzs", 0.0), d.get("bzn", 0)  # likewise (such a window reads a mean of 0)
         return acc
 
     def to_window(self, service: str, instance: str, start: int, window_ms: int, late: int,
@@ -163,7 +181,7 @@ class WindowAcc:
             latency_p50_ms=quantile(q, 0.5), latency_p90_ms=quantile(q, 0.9), latency_p99_ms=quantile(q, 0.99),
             bytes_sent=self.bytes_sent, sessions_max=self.sessions_max, queue_max=self.queue_max,
             conn_errors=self.conn_errors, resource_max=self.resource_max, busy_max=self.busy_max,
-            late_events=late, emitted_at=emitted_at,
+            busy_mean=self.busy_mean, late_events=late, emitted_at=emitted_at,
         )
 
 
@@ -184,7 +202,8 @@ class WindowAggregator:
         self._closed_before: dict[tuple[str, str], int] = {}  # per key: windows starting before this are closed
         self._late: dict[tuple[str, str], int] = {}
         self._counters: dict[tuple[str, str], float] = {}
-        # (service, `*` window start) -> instance -> its [sessions, queue] peak within that window
+        # (service, `*` window start) -> instance -> its [sessions, queue] peak within that window and the
+        # [sum, count] of its busy samples there
         self._peaks: dict[tuple[str, int], dict[str, list[float]]] = {}
         self.max_event_ts = 0
         self.late_total = 0
@@ -242,11 +261,15 @@ class WindowAggregator:
             service_acc = self._acc((key[0], SERVICE_WIDE), ts)
             if service_acc is not None:  # as in a merge: summed peaks are set at close, ratios keep the highest
                 service_acc.add_signal(signal, value if signal == "conn_errors" or signal in RATIO_SIGNALS else 0.0)
-                if signal in ("sessions", "queue"):
-                    peaks = self._peaks.setdefault((key[0], ts - ts % self.window_ms), {}).setdefault(key[1],
-                                                                                                     [0.0, 0.0])
-                    i = 0 if signal == "sessions" else 1
-                    peaks[i] = max(peaks[i], value)
+                if signal in ("sessions", "queue", "busy"):
+                    peaks = self._peaks.setdefault((key[0], ts - ts % self.window_ms), {}).setdefault(
+                        key[1], [0.0, 0.0, 0.0, 0.0])
+                    if signal == "busy":
+                        peaks[2] += value
+                        peaks[3] += 1
+                    else:
+                        i = 0 if signal == "sessions" else 1
+                        peaks[i] = max(peaks[i], value)
             self.max_event_ts = max(self.max_event_ts, ts)
         return late
 
@@ -266,10 +289,14 @@ class WindowAggregator:
             key = (service, instance)
             size = self._size(instance)
             self._closed_before[key] = max(self._closed_before.get(key, 0), start + size)
-            if instance == SERVICE_WIDE:  # peaks: sum of the instances' peaks within it
+            if instance == SERVICE_WIDE:  # peaks: sum of the instances' peaks within it; busy: the highest mean
                 peaks = self._peaks.pop((service, start), {}).values()
                 acc.sessions_max = sum(p[0] for p in peaks)
                 acc.queue_max = sum(p[1] for p in peaks)
+                acc.busy_sum, acc.busy_n = 0.0, 0
+                for p in peaks:
+                    if p[3] and (not acc.busy_n or p[2] / p[3] > acc.busy_mean):
+                        acc.busy_sum, acc.busy_n = p[2], int(p[3])
             out.append(acc.to_window(service, instance, start, size, self._late.pop(key, 0), emitted_at))
         return out
 

@@ -45,7 +45,8 @@ def read_minute_requests(client: Client, database: str, service: str,
 @dataclass(frozen=True)
 class InstanceWindow:
     """The latest closed window of one instance: traffic, HAProxy saturation (peak sessions = scur,
-    peak queue = qcur, connection errors) and the backend's own gauges (peak resource and busy ratios)."""
+    peak queue = qcur, connection errors) and the backend's own gauges (peak resource and busy ratios, and
+    the mean busy ratio: 0 when the window had no busy sample, or was written before the column)."""
 
     instance: str
     latency_p99_ms: float
@@ -57,10 +58,11 @@ class InstanceWindow:
     conn_errors: float = 0.0
     resource_max: float = 0.0
     busy_max: float = 0.0
+    busy_mean: float = 0.0
 
 
 _INSTANCE_WINDOW_COLUMNS = ("latency_p99_ms", "latency_p50_ms", "requests", "status_5xx", "sessions_max", "queue_max",
-                            "conn_errors", "resource_max", "busy_max")
+                            "conn_errors", "resource_max", "busy_max", "busy_mean")
 
 
 def latest_instance_windows(client: Client, database: str, service: str, max_age_s: int) -> list[InstanceWindow]:

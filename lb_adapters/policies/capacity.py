@@ -10,11 +10,14 @@ capacity: that one is relative (the load at which its predicted p99 passes twice
 typical p99, capped at 10 equal shares), it exists only while a learned version answers, and serving
 returns it only inside the reasons text.
 
-Biases, both towards refusing a drain: a window's `busy` is its peak, so utilisation read from windows
-reads high and capacity low (a controller that reads the gauge itself passes the instant value, an
-unbiased sample of the utilisation); under `min_utilisation` the utilisation is taken as `min_utilisation`, so an idle
-instance counts for a lower bound (served / min_utilisation), not for a noisy ratio. An instance
-whose windows never showed a busy share (no such gauge) has no estimate: the uniform fallback
+Utilisation is unbiased where it can be: the controllers pass each window's mean of the busy gauge's
+samples (`busy_mean`; the bench passes the gauge read now, a sample of it). Only a window whose mean is
+0 (a row written before that column, or no busy sample) falls back to its `busy`, the peak, which reads
+high and so capacity low (a 4-worker backend ~55% busy on average shows a peak near 1 over a few
+samples, and its capacity then reads as the rate it serves). The remaining bias is towards refusing a
+drain: under `min_utilisation` the utilisation is taken as `min_utilisation`, so an idle instance counts
+for a lower bound (served / min_utilisation), not for a noisy ratio. An instance whose windows never
+showed a busy share (no such gauge) has no estimate: the uniform fallback
 (`health.capacity_rps`) stands in, else the guard says it cannot judge.
 
 Guard: draining `x` is allowed when the ready instances left carry the load with a margin,
@@ -135,10 +138,10 @@ class Window(Protocol):
 
 
 def observe(windows: Sequence[Window], window_s: float,
-            busy_now: Mapping[str, float] | None = None) -> dict[str, tuple[float, float | None]]:
+            utilisation: Mapping[str, float] | None = None) -> dict[str, tuple[float, float | None]]:
     """This round's (served requests/s, busy share) per instance, as `update_served` reads them. The busy
-    share is `busy_now`'s (the gauge read now: a sample of the utilisation) where given, else the
-    window's (its peak, so it reads high; a peak of 0 while serving is taken for no gauge)."""
-    now = busy_now or {}
+    share is `utilisation`'s (unbiased: the window's mean busy share, or the gauge read now) where given,
+    else the window's (its peak, so it reads high; a peak of 0 while serving is taken for no gauge)."""
+    now = utilisation or {}
     return {w.instance: (w.requests / window_s, now.get(w.instance, w.busy or None))
             for w in windows}

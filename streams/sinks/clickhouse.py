@@ -11,7 +11,8 @@ from streams.schemas import FeatureWindow
 COLUMNS = (
     "window_start", "window_end", "service", "instance", "requests", "rate", "status_2xx", "status_3xx",
     "status_4xx", "status_5xx", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "bytes_sent",
-    "sessions_max", "queue_max", "conn_errors", "resource_max", "busy_max", "late_events", "emitted_at",
+    "sessions_max", "queue_max", "conn_errors", "resource_max", "busy_max", "busy_mean", "late_events",
+    "emitted_at",
 )
 
 
@@ -28,8 +29,8 @@ class FeatureSink:
         rows = [
             (_dt(w.window_start), _dt(w.window_end), w.service, w.instance, w.requests, w.rate, w.status_2xx,
              w.status_3xx, w.status_4xx, w.status_5xx, w.latency_p50_ms, w.latency_p90_ms, w.latency_p99_ms,
-             w.bytes_sent, w.sessions_max, w.queue_max, w.conn_errors, w.resource_max, w.busy_max, w.late_events,
-             w.emitted_at)
+             w.bytes_sent, w.sessions_max, w.queue_max, w.conn_errors, w.resource_max, w.busy_max, w.busy_mean,
+             w.late_events, w.emitted_at)
             for w in windows
         ]
         if rows:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from infra.core.service_registry import InstanceRecord, InstanceState, RegistryEntry
+from lb_adapters.features import WindowFeatures
 from lb_adapters.health import HealthController
 from lb_adapters.policies.drain import DrainKnobs
 from lb_adapters.schemas import Decision, PredictionRecord
@@ -80,3 +81,31 @@ def rounds_until_drained(point: OperatingPoint | None, model_point: bool = True,
 def test_the_controller_drains_at_the_models_point_when_told_to(point: OperatingPoint | None, model_point: bool,
                                                                 drained_in: int | None) -> None:
     assert rounds_until_drained(point, model_point) == drained_in
+
+
+@dataclass
+class Shop:
+    """The demo's `shop` at 31 req/s over 2 s windows: b (faulty) 8 req/s, a 11, c 12, each ~55 % busy on
+    average but with a window peak of 1 (4 workers, exponential service times)."""
+
+    mean: float
+
+    def for_service(self, service: str, max_age_s: int) -> list[InstanceFeatures]:
+        return [WindowFeatures(instance=n, latency_p99_ms=20.0, requests=2 * rps, busy=1.0, busy_mean=self.mean)
+                for n, rps in (("a", 11), ("b", 8), ("c", 12))]
+
+
+@pytest.mark.parametrize(("mean", "drained"), [(0.55, True), (0.0, False)])
+def test_the_overload_guard_reads_the_windows_mean_busy_share(mean: float, drained: bool) -> None:
+    """With the mean (a: 11 / 0.55 = 20 req/s, c ~22) the two left carry 31 req/s x 1.15: b is drained.
+    A window without a mean (0) falls back to the peak: capacity reads as the served 11 + 12, and the
+    drain is refused, as it was in the demo before windows had a mean."""
+    registry = Registry(dict.fromkeys("abc", "ready"))
+    sink = Sink()
+    controller = HealthController(Shop(mean), Risk(None), registry, sink,  # type: ignore[arg-type]
+                                  DrainKnobs(drain_above=0.7, readmit_below=0.3, max_drained_fraction=0.5),
+                                  features_max_age_s=30, window_s=2.0, interval_s=5.0)
+    controller.step("shop")
+    assert (registry.states["b"] == "draining") is drained
+    (decision,) = sink.decisions
+    assert ("would be overloaded" in decision.reason) is not drained, decision.reason

@@ -128,16 +128,17 @@ def test_latest_instance_windows_read_saturation_and_backend_gauges(ch: Chdb) ->
 
     start = (datetime.now(UTC) - timedelta(seconds=20)).strftime("%Y-%m-%d %H:%M:%S")
     ch.execute(f"INSERT INTO {DB}.features (window_start, window_end, service, instance, requests, sessions_max,"
-               " queue_max, conn_errors, resource_max, busy_max, emitted_at) VALUES "
+               " queue_max, conn_errors, resource_max, busy_max, busy_mean, emitted_at) VALUES "
                f"(toDateTime('{start}', 'UTC'), toDateTime('{start}', 'UTC') + 2, 'gauges', 'b1', 7, 3, 2, 1, 0.8,"
-               " 0.5, 1)")
+               " 0.5, 0.25, 1)")
     (w,) = latest_instance_windows(cast(Any, ch), DB, "gauges", max_age_s=600)
-    assert (w.instance, w.requests, w.sessions_max, w.queue_max, w.conn_errors, w.resource_max, w.busy_max) == (
-        "b1", 7, 3.0, 2.0, 1.0, 0.8, 0.5)
-    from lb_adapters.features import LatestFeatures
+    assert (w.instance, w.requests, w.sessions_max, w.queue_max, w.conn_errors, w.resource_max, w.busy_max,
+            w.busy_mean) == ("b1", 7, 3.0, 2.0, 1.0, 0.8, 0.5, 0.25)
+    from lb_adapters.features import LatestFeatures, mean_busy
 
     (f,) = LatestFeatures(cast(Any, ch), DB).for_service("gauges", max_age_s=600)  # what the health models read
     assert (f.sessions, f.queue, f.resource, f.busy) == (3.0, 2.0, 0.8, 0.5)
+    assert mean_busy([f]) == {"b1": 0.25}  # what the capacity estimate reads
 
 
 def test_instance_windows_for_training_read_every_window_by_pattern(ch: Chdb) -> None:
@@ -341,9 +342,9 @@ def _rerun_from(ch: Chdb, db: str, version: int) -> None:
             apply_migration(m, ch.execute)
 
 
-@pytest.mark.parametrize("version", [3, 4, 6])
+@pytest.mark.parametrize("version", [3, 4, 6, 7])
 def test_a_migration_cut_short_completes_when_run_again(ch: Chdb, version: int) -> None:
-    """0003, 0004 and 0006 are not recorded until all of them ran: after a failure at any statement, the next
+    """0003, 0004, 0006 and 0007 are not recorded until all of them ran: after a failure at any statement, the next
     `db migrate` runs the whole migration again, and it must then finish the schema with every row
     once (not fail on what the first run did, nor copy a table twice)."""
     ch.execute("DROP DATABASE IF EXISTS fsdb_whole")

@@ -150,6 +150,34 @@ def test_backend_gauges_survive_serialisation_and_old_states_read_zero() -> None
     assert (merged.resource_max, merged.busy_max, merged.sessions_max) == (0.9, 0.3, 2.0)
 
 
+def test_busy_mean_survives_serialisation_extends_merges_and_old_states_read_zero() -> None:
+    """The busy samples' sum and count: pooled over an instance's windows (`extend`), the highest instance
+    mean for `*` (`merge`); a changelog or partial written before them reads a mean of 0."""
+    clock = PartitionClock(lateness_ms=0)
+    st = InstanceState("web", "s1", partition=0)
+    st.add_access(ev(1_000), W, clock)
+    for ts, v in ((2_000, 0.25), (4_000, 1.0), (6_000, 0.25)):
+        assert st.add_sample(sample(ts, "foresight_backend_busy_workers_ratio", v), W, clock)
+    (w, p), = InstanceState.loads(st.dumps()).close(20_000, W, emitted_at=5)
+    assert (w.busy_max, w.busy_mean) == (1.0, 0.5)
+    old = {k: v for k, v in p.acc.items() if k not in ("bzs", "bzn")}  # written before the mean
+    back = WindowAcc.from_dict(old)
+    assert (back.busy_max, back.busy_mean) == (1.0, 0.0)
+    longer = WindowAcc.from_dict(p.acc)
+    other = WindowAcc()
+    other.add_signal("busy", 0.75)
+    longer.extend(other)
+    assert (longer.busy_n, longer.busy_mean) == (4, 0.5625)  # (1.5 + 0.75) / 4
+    merged = WindowAcc()
+    for acc in (WindowAcc.from_dict(p.acc), other, back, WindowAcc()):
+        merged.merge(acc)
+    assert (merged.busy_max, merged.busy_mean) == (1.0, 0.75)  # the highest instance mean: `other`'s
+    sw = ServiceWindow("web", 0, partition=0)
+    sw.add(p, now=0.0)
+    sw.add(WindowPartial(service="web", instance="s3", window_start=0, acc=old), now=0.0)
+    assert sw.emit(W, now_ms=1).busy_mean == 0.5
+
+
 def test_service_window_retires_only_when_settled_and_acknowledged() -> None:
     sw = ServiceWindow("web", 0, partition=1)
     sw.add(partial("a", 1), now=0.0)
@@ -243,6 +271,7 @@ def test_short_instance_windows_merge_into_the_service_windows_of_the_single_pro
     for key, w in want.items():
         assert [getattr(got[key], f) for f in fields] == [getattr(w, f) for f in fields], key
         assert got[key].latency_p99_ms == pytest.approx(w.latency_p99_ms)
+        assert got[key].busy_mean == pytest.approx(w.busy_mean) and w.busy_mean > 0, key
     for (instance, start), w in got.items():
         if instance != SERVICE_WIDE:
             continue
@@ -253,6 +282,10 @@ def test_short_instance_windows_merge_into_the_service_windows_of_the_single_pro
                  for i in states}
         assert w.sessions_max == sum(peaks.values())
         assert w.resource_max == max(v.resource_max for v in inside)
+        means = {i: [(v.busy_mean, (v.window_end - v.window_start) // 1000) for (j, s), v in got.items()
+                     if j == i and start <= s < start + W] for i in states}  # a sample a second in each
+        assert w.busy_mean == pytest.approx(max(sum(m * n for m, n in ms) / sum(n for _, n in ms)
+                                                for ms in means.values()))
 
 
 def test_a_service_window_of_short_instance_windows_waits_for_its_last_ones() -> None:

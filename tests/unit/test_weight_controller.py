@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from infra.core.settings import AdapterSettings
 from lb_adapters.controller import WeightController
+from lb_adapters.features import WindowFeatures
 from lb_adapters.policies.drain import DrainKnobs
 from lb_adapters.schemas import Decision, PredictionRecord
 from serving.schemas import InstanceFeatures, InstanceWeight, WeightsRequest, WeightsResponse
@@ -98,3 +99,31 @@ def test_the_window_length_is_sent_and_a_zero_the_rest_cannot_carry_is_held_not_
     predictor.rounds = [{"a": 200, "b": 100}]
     controller.step("web", holds={"a": 7})
     assert balancer.current["a"] == 7
+
+
+class Shop:
+    """Three instances serving 11, 8 and 12 req/s in 2 s windows, ~55 % busy on average (`busy_mean`)
+    but with a window peak of 1: read by the peak, each could serve only what it serves."""
+
+    def __init__(self, mean: float) -> None:
+        self.mean = mean
+
+    def for_service(self, service: str, max_age_s: int) -> list[InstanceFeatures]:
+        return [WindowFeatures(instance=n, latency_p99_ms=10.0, requests=2 * rps, busy=1.0, busy_mean=self.mean)
+                for n, rps in (("a", 11), ("b", 8), ("c", 12))]
+
+
+def test_a_zero_is_weighed_against_the_capacity_of_the_windows_mean_busy_share() -> None:
+    weights = {}
+    for mean in (0.55, 0.0):
+        predictor, balancer = Predictor(), Balancer()
+        balancer.current = {"a": 100, "b": 100, "c": 100}
+        controller = WeightController(Shop(mean), predictor, balancer, Record(),
+                                      AdapterSettings(smoothing=1.0, max_step=256, deadband=1), backend="web",
+                                      window_s=2.0, overload=DrainKnobs())
+        predictor.rounds = [{"a": 100, "b": 0, "c": 100}]
+        controller.step("web")
+        weights[mean] = balancer.current["b"]
+        assert "busy_mean" not in predictor.requests[0].model_dump()["instances"][0]  # not sent to serving
+    # with the mean a and c carry ~42 req/s >= 31 x 1.15: b is drained; by the peak (no mean) only 23: held
+    assert weights[0.55] == 0 and weights[0.0] > 0

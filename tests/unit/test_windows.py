@@ -102,6 +102,21 @@ def test_backend_gauges_keep_peaks_and_the_service_keeps_the_highest_instance_pe
         (0.7, 0.25), (0.4, 0.5), (0.7, 0.5)]
 
 
+def test_busy_mean_is_the_mean_of_the_samples_and_the_service_keeps_the_highest_instance_mean() -> None:
+    """The busy gauge's mean over a window's samples beside its peak (the capacity estimate reads the mean:
+    the peak overstates utilisation); `*` keeps the highest instance mean, not the mean of all samples."""
+    agg = WindowAggregator(window_s=10, allowed_lateness_s=0)
+    agg.add_events([ev(1_000, "s1"), ev(1_000, "s2"), ev(1_000, "s3")])
+    samples = [{"ts": ts, "service": "web", "instance": i, "name": "foresight_backend_busy_workers_ratio",
+                "value": v} for ts, i, v in [(1_000, "s1", 0.25), (3_000, "s1", 1.0), (5_000, "s1", 0.25),
+                                             (7_000, "s1", 0.5), (2_000, "s2", 0.75), (4_000, "s2", 0.5)]]
+    assert agg.add_samples(samples) == 0
+    agg.add_events([ev(25_000)])
+    closed = {w.instance: w for w in agg.close(agg.watermark(), emitted_at=1) if w.window_start == 0}
+    assert [(closed[k].busy_max, closed[k].busy_mean) for k in ("s1", "s2", "s3", SERVICE_WIDE)] == [
+        (1.0, 0.5), (0.75, 0.625), (0.0, 0.0), (1.0, 0.625)]  # s3: no sample, 0
+
+
 def test_short_instance_windows_close_at_their_boundaries_and_the_service_window_at_its_own() -> None:
     agg = WindowAggregator(window_s=10, allowed_lateness_s=0, instance_window_s=2)
     agg.add_events([ev(1_999, "s1"), ev(2_000, "s1"), ev(3_500, "s2")])
