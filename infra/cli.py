@@ -1297,6 +1297,14 @@ def demo(
     table.add_row("replica-seconds", *(str(summary.replica_seconds.get(k)) for k in ("predictive", "hpa_shadow",
                                                                                      "oracle", "predictive_measured")))
     console.print(table)
+    if summary.hpa_whatif:
+        whatif = Table(title="the reactive policy again on the recorded load, at other HPA targets (offline)")
+        for column in ("HPA target", "under-provisioned s", "replica-seconds"):
+            whatif.add_column(column)
+        for target, fig in summary.hpa_whatif.items():
+            mark = "  <- as safe as predictive, cheapest" if target == summary.hpa_at_predictive_slo else ""
+            whatif.add_row(target + mark, f"{fig['underprov_s']:g}", f"{fig['replica_seconds']:g}")
+        console.print(whatif)
     lead = "none (not drained)" if summary.drain_lead_s is None else f"{summary.drain_lead_s} s before the crash"
     console.print(f"clients: p99 {summary.client_p99_ms} ms, errors {summary.client_error_pct} %; drain lead "
                   f"{lead}; {summary.decisions} decisions")

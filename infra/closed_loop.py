@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from infra.core.contracts import SERVICE_WIDE
 from infra.core.datasets import NASA_RPS, dataset_path
@@ -45,6 +45,7 @@ from infra.core.settings import (
     Settings,
 )
 from infra.demo_forecaster import ensure_forecaster, minute_at
+from infra.hpa_whatif import cheapest_at_least_as_safe, simulate_reactive
 from infra.trace_time import TraceTime, TraceTimeRates, WallTimeSink
 from infra.workers import build_health_controller, build_scaler, decision_log
 from ingest.replay import ReplaySummary, replay
@@ -54,6 +55,7 @@ from lb_adapters.rates import ClickHouseRates
 from training.series import RateSeries, load_trace
 
 Say = Callable[[str], None]
+HPA_TARGETS = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3)  # the what-if's HPA targets: 0.8 is HPA's usual, the shadow's
 
 
 class LoopSummary(BaseModel):
@@ -68,6 +70,11 @@ class LoopSummary(BaseModel):
     decisions: int
     report: str
     notes: list[str]
+    hpa_whatif: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="HPA target utilisation -> {replica_seconds, underprov_s}: the reactive "
+        "policy run again offline on the recorded load at lower targets (`infra.hpa_whatif`)")
+    hpa_at_predictive_slo: str | None = Field(None, description="The cheapest of those targets under-provisioned "
+                                               "no longer than the predictive policy; None: none was")
 
 
 @dataclass
@@ -79,6 +86,7 @@ class Timeline:
     shadow: list[tuple[float, int]] = field(default_factory=list)
     drains: list[tuple[float, str, str]] = field(default_factory=list)  # (t, instance, outcome)
     fault: tuple[float, str] | None = None  # (t injected, instance)
+    trace: TraceTime | None = None  # the autoscaler's clock
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -114,7 +122,7 @@ def trace_autoscaler(s: Settings, svc: PoolServiceSettings, tt: TraceTime, histo
                                startup_s=svc.startup_delay_s * tt.speedup,
                                knobs=predictive_knobs(quantile=s.demo.quantile, **bounds),
                                reactive=reactive_knobs(**bounds))
-    cfg = AutoscalerSettings(interval_s=s.demo.interval_s * tt.speedup, poll_s=1.0, services=[config],
+    cfg = AutoscalerSettings(interval_s=s.demo.autoscale_interval_s * tt.speedup, poll_s=1.0, services=[config],
                              history_minutes=history_minutes, stale_intervals=6)
     rates = TraceTimeRates(ClickHouseRates(clickhouse_client(s.clickhouse), s.clickhouse.database), tt,
                            history_window_s(s))
@@ -276,21 +284,24 @@ def run_closed_loop(s: Settings, say: Say, report_dir: Path, progress: bool = Tr
         time.sleep(1)
     series = load_trace(dataset_path(NASA_RPS))
     first = minute_at(series, s.demo.trace_start)
-    horizon_min = math.ceil((svc.startup_delay_s + s.demo.interval_s + 3 * s.streams.window_s) * s.demo.speedup / 60)
+    # a round's forecast starts at the newest whole window (up to ~3 windows back) and covers startup + a round
+    reach_s = svc.startup_delay_s + s.demo.autoscale_interval_s + 3 * s.streams.window_s
+    horizon_min = math.ceil(reach_s * s.demo.speedup / 60)
     _version, history_minutes = ensure_forecaster(s, series, first, horizon_min, say)
     # The replay's first second is a window boundary, so no live window holds history seconds.
     wall0 = math.ceil((time.time() + 5) / s.streams.window_s) * s.streams.window_s
     tt = TraceTime(wall0=wall0, trace0=float(series.unix_of(np.array(first))), speedup=s.demo.speedup,
                    scale=s.demo.scale)
     autoscaler = trace_autoscaler(s, svc, tt, history_minutes)
+    tl.trace = tt
     written = backfill_history(s, svc, series, first, history_minutes, wall0)
     notes.append(f"the autoscaler runs on the trace's clock and units (1995; x{s.demo.speedup:g} time, rates / "
                  f"{tt.rate_factor:g}); its history: the {written} trace minutes before the slice, written to "
                  f"`features` as {history_window_s(s)} s windows ending when the replay starts (the service's past)")
     say(notes[-1])
     threads = [threading.Thread(target=_every, args=(stop, 1.0, sample_pool, say, "pool", wall0), daemon=True),
-               threading.Thread(target=_every, args=(stop, s.demo.interval_s, autoscale_round, say, "autoscaler",
-                                                     wall0), daemon=True),
+               threading.Thread(target=_every, args=(stop, s.demo.autoscale_interval_s, autoscale_round, say,
+                                                     "autoscaler", wall0), daemon=True),
                threading.Thread(target=_every, args=(stop, s.demo.interval_s, health_round, say, "health", wall0),
                                 daemon=True)]
     for t in threads:
@@ -344,6 +355,17 @@ def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: Repl
                                           t0, t1)
     hpa_rs, hpa_under = replay_schedule(tl.shadow, initial, svc.startup_delay_s, windows, svc.capacity_rps, t0, t1)
     started = _integrate([(t, c) for t, c, _ in tl.pool], t0, t1)
+    sweep: dict[float, tuple[float, float]] = {}
+    if tl.trace is not None and tl.shadow:
+        rounds = [t for t, _ in tl.shadow]
+        for target in HPA_TARGETS:
+            knobs = reactive_knobs(target_utilization=target, min_replicas=svc.min_replicas,
+                                   max_replicas=svc.max_replicas)
+            decided = simulate_reactive(rounds, windows, tl.trace, knobs, svc.capacity_rps, svc.startup_delay_s,
+                                        s.demo.autoscale_interval_s, initial, s.streams.allowed_lateness_s + 1)
+            sweep[target] = replay_schedule(decided, initial, svc.startup_delay_s, windows, svc.capacity_rps, t0,
+                                            t1)
+    iso = cheapest_at_least_as_safe(sweep, pred_under)
     failed = sum(1 for _, _, f in traffic.answers if f)
     lead = None
     if tl.fault and truth and truth[0][0] is not None:
@@ -361,7 +383,9 @@ def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: Repl
                          "oracle": round(oracle), "predictive_measured": round(started)},
         client_p99_ms=None if (p99 := traffic.latency_ms(0.99)) is None else round(p99, 1),
         client_error_pct=round(100 * failed / max(1, len(traffic.answers)), 3),
-        drain_lead_s=lead, decisions=int(decisions[0][0]), report=str(report_dir / "index.html"), notes=notes)
+        drain_lead_s=lead, decisions=int(decisions[0][0]), report=str(report_dir / "index.html"), notes=notes,
+        hpa_whatif={f"{t:g}": {"replica_seconds": round(rs), "underprov_s": u} for t, (rs, u) in sweep.items()},
+        hpa_at_predictive_slo=None if iso is None else f"{iso:g}")
     from infra.closed_loop_report import write_report
 
     write_report(report_dir, summary, tl, windows, traffic, svc.capacity_rps, t0, t1)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from infra.core.service_registry import InstanceState, Leadership, Registry, RegistryEntry, RegistryError
+from infra.core.service_registry import REPLACE, InstanceState, Leadership, Registry, RegistryEntry, RegistryError
 from lb_adapters import metrics
 from lb_adapters.controller import FeatureSource
 from lb_adapters.features import mean_busy
@@ -116,10 +116,50 @@ class HealthController:
         for d in decisions:
             report.decisions.append(self._act(service, records[d.instance], d, now_ms, refs.get(d.instance, ""),
                                                leader))
+        report.decisions += self._replacements(service, records, decisions, report.risk, knobs, now_ms, refs, leader)
         if report.decisions:
             self.sink.publish(report.decisions, [p for p in predictions if p.instance in
                                                  {d.instance for d in decisions}])
         return report
+
+    def _replacements(self, service: str, records: dict[str, RegistryEntry], decisions: list[DrainDecision],
+                      risk: dict[str, float | None], knobs: DrainKnobs, now_ms: int, refs: dict[str, str],
+                      leader: Leadership | None) -> list[Decision]:
+        """A drain refused for capacity asks for the instance's replacement (the pool starts one and stops
+        counting it), so that the drain can follow once it is ready; the mark is withdrawn when the instance
+        is healthy again before that (back at `readmit_below`). Surge, then drain: an instance at risk on a
+        service with no spare capacity is not left to fail in service."""
+        refused = {d.instance: d for d in decisions if d.action in ("refuse", "hold") and d.hold_share is not None}
+        out = []
+        for name, entry in sorted(records.items()):
+            rec = entry.record
+            if rec is None or rec.state != "ready":
+                continue
+            r = risk.get(name)
+            if name in refused and not rec.replacement_requested:
+                by: str | None = "controller"
+                why = f"{refused[name].reason}: a replacement is started so that the drain can follow"
+            elif (rec.replacement_requested and rec.metadata.get(REPLACE) == "controller" and name not in refused
+                  and r is not None and r <= knobs.readmit_below):
+                by, why = None, f"risk {r:.2f} <= {knobs.readmit_below:g}: the replacement is no longer needed"
+            else:
+                continue
+            decision = Decision(ts=now_ms, service=service, actuator="etcd", target=f"{service}/{name}",
+                                action="replace" if by else "keep", before=None, after=None, reason=why,
+                                prediction_ref=refs.get(name, ""), dry_run=self.dry_run)
+            if self.dry_run:
+                decision.outcome = "dry_run"
+            else:
+                try:
+                    done = self.registry.request_replacement(service, name, by, entry.mod_revision, leader)
+                except (RegistryError, ValueError) as exc:
+                    decision.outcome = f"failed: {exc}"
+                else:
+                    decision.outcome = "applied" if done else "skipped: the instance changed meanwhile; next round"
+            metrics.DECISIONS.labels("etcd", decision.outcome.split(":")[0]).inc()
+            log.info("%s %s: %s (%s)", decision.action, decision.target, decision.outcome, decision.reason)
+            out.append(decision)
+        return out
 
     def _act(self, service: str, entry: RegistryEntry, d: DrainDecision, now_ms: int, ref: str,
              leader: Leadership | None) -> Decision:

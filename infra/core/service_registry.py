@@ -37,6 +37,9 @@ class RegistryError(RuntimeError):
     """etcd could not be reached or answered an error; the message says which endpoint."""
 
 
+REPLACE = "replace"  # metadata key: a replacement was asked for (value: who asked)
+
+
 class InstanceRecord(BaseModel):
     """The JSON value of an instance key."""
 
@@ -48,7 +51,13 @@ class InstanceRecord(BaseModel):
     weight: int = Field(100, ge=0, le=256, description="Balancer weight (HAProxy's 0..256).")
     started_at: int = Field(ge=0, description="Epoch milliseconds when the instance started.")
     version: str = ""
-    metadata: dict[str, str] = Field(default_factory=dict, description="Free-form; `set_by` says who set `state`.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Free-form; `set_by` says who set `state`; "
+                                     "`replace` (who asked) that the instance is to be replaced before it is drained.")
+
+    @property
+    def replacement_requested(self) -> bool:
+        """Still serving, but out of the count: its replacement is (being) started, so that it can be drained."""
+        return REPLACE in self.metadata
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -369,9 +378,20 @@ class Registry:
 
     def set_state(self, service: str, instance: str, state: InstanceState, expect_mod_revision: int,
                   set_by: str = "controller", leader: Leadership | None = None) -> bool:
-        """Compare-and-set the state (recording `set_by` in metadata); False if the key changed meanwhile."""
+        """Compare-and-set the state (recording `set_by` in metadata); False if the key changed meanwhile. Back to
+        `ready`, a replacement asked for is withdrawn: the instance counts again."""
         def change(r: InstanceRecord) -> InstanceRecord:
-            return r.model_copy(update={"state": state, "metadata": {**r.metadata, "set_by": set_by}})
+            meta = {k: v for k, v in r.metadata.items() if not (state == "ready" and k == REPLACE)}
+            return r.model_copy(update={"state": state, "metadata": {**meta, "set_by": set_by}})
+        return self._update(service, instance, expect_mod_revision, leader, change)
+
+    def request_replacement(self, service: str, instance: str, by: str | None, expect_mod_revision: int,
+                            leader: Leadership | None = None) -> bool:
+        """Compare-and-set the `replace` mark (`by`: who asks; None withdraws it); the pool starts a replacement
+        for a marked instance and no longer counts it. False if the key changed meanwhile."""
+        def change(r: InstanceRecord) -> InstanceRecord:
+            meta = {k: v for k, v in r.metadata.items() if k != REPLACE}
+            return r.model_copy(update={"metadata": meta if by is None else {**meta, REPLACE: by}})
         return self._update(service, instance, expect_mod_revision, leader, change)
 
     def set_weight(self, service: str, instance: str, weight: int, expect_mod_revision: int,

@@ -229,8 +229,11 @@ class DemoSettings(Section):
     fault_at_s: float = Field(150.0, ge=0, description="When the demo injects its fault into one instance.")
     fault_lead_s: float = Field(75.0, gt=0, description="The injected leak's precursors (latency, resource "
                                 "gauge) before it crashes the instance.")
-    interval_s: float = Field(5.0, gt=0, description="Wall seconds between rounds of the demo's autoscaler and "
-                              "health controller (the autoscaler's is speedup x this in trace seconds).")
+    interval_s: float = Field(5.0, gt=0, description="Wall seconds between rounds of the demo's health controller.")
+    autoscale_interval_s: float = Field(1.0, gt=0, description="Wall seconds between rounds of the demo's autoscaler: "
+                                        "1 s is one trace minute, the forecaster's step, so HPA's 300 s scale-down "
+                                        "stabilization spans 5 rounds (at one round per 300 trace seconds it held one "
+                                        "round and both policies flapped).")
     quantile: float = Field(0.9, gt=0, lt=1, description="Forecast quantile the demo's predictive policy provisions "
                             "for. The forecast is per trace minute, but under-provisioning is judged per feature "
                             "window (10 trace minutes), whose mean varies less than one minute: in the trace before "

@@ -113,10 +113,12 @@ class PoolManager:
             started_at = entry.record.started_at if entry is not None and entry.record is not None else None
             rows.append(PoolInstance(instance=inst.name, port=inst.port, state=state, pid=inst.proc.pid,
                                      started_at=started_at))
-        ready = sum(1 for r in rows if r.state == "ready")
+        replaced = {n for n, e in (entries or {}).items() if e.record is not None and e.record.replacement_requested}
+        ready = sum(1 for r in rows if r.state == "ready" and r.instance not in replaced)
         READY.labels(service).set(ready)
-        # current: what counts towards `desired` (instances out of service are being replaced)
-        in_service = sum(1 for r in rows if r.state in ("ready", "starting"))
+        # current: what counts towards `desired` (instances out of service, or marked for replacement, are being
+        # replaced)
+        in_service = sum(1 for r in rows if r.state in ("ready", "starting") and r.instance not in replaced)
         return PoolStatus(service=service, desired=self.desired[service], current=in_service, ready=ready,
                           instances=sorted(rows, key=lambda r: r.instance))
 
@@ -167,14 +169,16 @@ class PoolManager:
                 await asyncio.wait_for(self._wake[service].wait(), 0.5)
 
     async def _out_of_service(self, service: str) -> set[str]:
-        """Instances someone else took out of service (the health controller, an operator): they no longer
-        count towards the desired number, so the pool starts their replacements. etcd away: none."""
+        """Instances someone else took out of service (the health controller, an operator), or marked for
+        replacement (still serving, until the health controller can drain them): they no longer count towards
+        the desired number, so the pool starts their replacements. etcd away: none."""
         try:
             entries = await asyncio.to_thread(self.registry.list, service)
         except RegistryError:
             return set()
         mine = self.instances[service]
-        return {e.instance for e in entries if e.record is not None and e.record.state != "ready"
+        return {e.instance for e in entries if e.record is not None
+                and (e.record.state != "ready" or e.record.replacement_requested)
                 and e.instance in mine and not mine[e.instance].stopping}
 
     def _reap(self, service: str) -> None:

@@ -120,3 +120,65 @@ def test_an_operator_drain_is_left_alone_and_serving_down_holds(rig: tuple[Setti
     report = away.step(SERVICE)
     assert report.decisions == [] and "risk unavailable" in report.note
     sink.close()
+
+
+def test_a_drain_refused_for_capacity_asks_for_a_replacement_then_drains_once_it_is_ready(
+        rig: tuple[Settings, Client, Registry]) -> None:
+    """Surge, then drain: with no spare capacity the outlier is not drained but marked for replacement (the
+    pool starts one and stops counting it); once the replacement is registered the drain goes through; the
+    mark goes when the instance is re-admitted."""
+    s, cl, registry = rig
+    db = s.clickhouse.database
+    registry.deregister(SERVICE, "c")  # three left: a, b and the outlier d, 10 req/s each
+    for name in ("a", "b", "d"):
+        _window(cl, db, name, p99=400.0 if name == "d" else 20.0 + INSTANCES.index(name), errors=3 if name == "d"
+                else 0)
+    sink = decision_log(s, "test-health-surge")
+    # 12 req/s each: a and b alone (24) cannot carry the 30 req/s x 1.15; with a third they can (36)
+    controller = HealthController(LatestFeatures(clickhouse_client(s.clickhouse), db),
+                                  RiskClient(s.serving_url, s.serving_token), registry, sink,
+                                  DrainKnobs(readmit_after=1, capacity_rps=12.0), features_max_age_s=60)
+    report = controller.step(SERVICE)
+    assert [(d.target, d.action, d.outcome) for d in report.decisions] == [
+        ("web/d", "drain", "skipped: guardrail"), ("web/d", "replace", "applied")]
+    assert "would be overloaded" in report.decisions[0].reason
+    d = registry.get(SERVICE, "d")
+    assert d is not None and d.record is not None
+    assert d.record.state == "ready" and d.record.replacement_requested  # still serving, out of the count
+    assert controller.step(SERVICE).decisions[1:] == []  # asked once, not every round
+
+    lease = registry.register(SERVICE, "e", InstanceRecord(address="127.0.0.1", port=20009,
+                                                           started_at=int(time.time() * 1000)), 30)
+    try:  # no window of its own yet: it adds capacity, not load
+        drained = controller.step(SERVICE).decisions
+        assert [(x.target, x.action, x.outcome) for x in drained] == [("web/d", "drain", "applied")], drained
+        _window(cl, db, "d", p99=21.0, errors=0, age_s=0)
+        readmit = controller.step(SERVICE).decisions
+        assert [(x.target, x.action, x.outcome) for x in readmit] == [("web/d", "undrain", "applied")]
+        d = registry.get(SERVICE, "d")
+        assert d is not None and d.record is not None
+        assert d.record.state == "ready" and not d.record.replacement_requested  # it counts again
+    finally:
+        lease.revoke()
+        sink.close()
+
+
+def test_a_replacement_asked_for_is_withdrawn_when_the_instance_recovers_first(
+        rig: tuple[Settings, Client, Registry]) -> None:
+    s, cl, registry = rig
+    db = s.clickhouse.database
+    registry.deregister(SERVICE, "c")
+    for name in ("a", "b", "d"):
+        _window(cl, db, name, p99=400.0 if name == "d" else 20.0 + INSTANCES.index(name), errors=3 if name == "d"
+                else 0)
+    sink = decision_log(s, "test-health-withdraw")
+    controller = HealthController(LatestFeatures(clickhouse_client(s.clickhouse), db),
+                                  RiskClient(s.serving_url, s.serving_token), registry, sink,
+                                  DrainKnobs(readmit_after=1, capacity_rps=12.0), features_max_age_s=60)
+    assert [x.action for x in controller.step(SERVICE).decisions] == ["drain", "replace"]
+    _window(cl, db, "d", p99=21.0, errors=0, age_s=0)
+    kept = controller.step(SERVICE).decisions
+    assert [(x.target, x.action, x.outcome) for x in kept if x.action == "keep"] == [("web/d", "keep", "applied")]
+    d = registry.get(SERVICE, "d")
+    assert d is not None and d.record is not None and not d.record.replacement_requested
+    sink.close()

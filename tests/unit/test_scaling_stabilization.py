@@ -106,5 +106,5 @@ def test_the_demo_runs_both_policies_as_configured_on_the_trace_clock(tmp_path: 
     assert scaled.reactive == reactive_knobs(**bounds)
     assert scaled.startup_s == svc.startup_delay_s * s.demo.speedup
     assert scaled.capacity_rps == pytest.approx(svc.capacity_rps / (s.demo.speedup * s.demo.scale))
-    assert auto.cfg.interval_s == s.demo.interval_s * s.demo.speedup and auto.cfg.history_minutes == 1470
+    assert auto.cfg.interval_s == s.demo.autoscale_interval_s * s.demo.speedup and auto.cfg.history_minutes == 1470
     assert auto.clock() == pytest.approx(tt.now(), abs=5 * s.demo.speedup)
