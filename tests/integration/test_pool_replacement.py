@@ -33,13 +33,14 @@ def test_a_marked_instance_is_replaced_while_it_serves_and_counts_again_once_unm
         wait_for("the replacement started and ready, the marked one out of the count",
                  lambda: scaler.current() == Replicas(2, 2) and len(registry.list(SERVICE)) == 3, 30)
         after = {e.instance: e.record for e in registry.list(SERVICE)}
-        assert after[marked] is not None and after[marked].state == "ready"  # still serving
-        assert after[marked].replacement_requested
+        record = after[marked]
+        assert record is not None and record.state == "ready"  # still serving
+        assert record.replacement_requested
         assert {i["instance"] for i in rig.pool_status()["instances"]} == set(after)  # type: ignore[attr-defined]
 
-        entry = registry.get(SERVICE, marked)
-        assert entry is not None
-        assert registry.request_replacement(SERVICE, marked, None, entry.mod_revision)  # withdrawn
+        now = registry.get(SERVICE, marked)
+        assert now is not None
+        assert registry.request_replacement(SERVICE, marked, None, now.mod_revision)  # withdrawn
         wait_for("back to two: the extra one drained and stopped", lambda: len(registry.list(SERVICE)) == 2
                  and scaler.current() == Replicas(2, 2), 30)
     finally:
