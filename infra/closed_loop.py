@@ -123,7 +123,10 @@ def trace_autoscaler(s: Settings, svc: PoolServiceSettings, tt: TraceTime, histo
                                knobs=predictive_knobs(quantile=s.demo.quantile, **bounds),
                                reactive=reactive_knobs(**bounds))
     cfg = AutoscalerSettings(interval_s=s.demo.autoscale_interval_s * tt.speedup, poll_s=1.0, services=[config],
-                             history_minutes=history_minutes, stale_intervals=6)
+                             history_minutes=history_minutes,
+                             # stale once no window landed for 3 windows' time (each closes after its length and
+                             # the allowed lateness), not after 6 one-second rounds
+                             stale_intervals=math.ceil(3 * s.streams.window_s / s.demo.autoscale_interval_s))
     rates = TraceTimeRates(ClickHouseRates(clickhouse_client(s.clickhouse), s.clickhouse.database), tt,
                            history_window_s(s))
     return Autoscaler([ScaledService(config, build_scaler(config))], rates,

@@ -460,6 +460,11 @@ class PoolSettings(Section):
     drain_quiet_s: float = Field(1.0, ge=0, description="A draining instance is idle once it got no request for "
                                  "this long and has none in flight.")
     stop_timeout_s: float = Field(10.0, gt=0, description="SIGTERM to SIGKILL for an instance being stopped.")
+    retire_drained_after_s: float = Field(120.0, gt=0, description="An instance the health controller drained and "
+                                          "did not re-admit within this long is stopped (its replacement already "
+                                          "runs): kept, it would hold a place of `health.max_drained_fraction` "
+                                          "forever. Above `health.horizon_s`, before which no re-admission "
+                                          "happens. An operator's drain is never retired.")
     services: list[PoolServiceSettings] = Field(
         default_factory=lambda: [
             PoolServiceSettings(name="web"),

@@ -77,6 +77,9 @@ class PoolManager:
         self._tasks: list[asyncio.Task[None]] = []
         self._crashes = {svc.name: 0 for svc in cfg.services}  # quick exits in a row, for the restart backoff
         self._next_spawn = {svc.name: 0.0 for svc in cfg.services}
+        # (service, instance) -> when the pool first saw it drained by a controller
+        self._drained_since: dict[tuple[str, str], float] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
         self._http = httpx.AsyncClient(timeout=2.0)
 
     # -- the API ------------------------------------------------------------------------------
@@ -177,9 +180,30 @@ class PoolManager:
         except RegistryError:
             return set()
         mine = self.instances[service]
+        self._retire_drained(service, entries)
         return {e.instance for e in entries if e.record is not None
                 and (e.record.state != "ready" or e.record.replacement_requested)
                 and e.instance in mine and not mine[e.instance].stopping}
+
+    def _retire_drained(self, service: str, entries: list[RegistryEntry]) -> None:
+        """Stop what a controller drained and did not re-admit within `retire_drained_after_s`."""
+        mine = self.instances[service]
+        now = time.monotonic()
+        drained = {e.instance for e in entries if e.record is not None and e.record.state in ("draining", "drained")
+                   and e.record.metadata.get("set_by") == "controller" and e.instance in mine}
+        for key in [k for k in self._drained_since if k[0] == service and k[1] not in drained]:
+            del self._drained_since[key]  # re-admitted, gone, or an operator took it over
+        for name in drained:
+            since = self._drained_since.setdefault((service, name), now)
+            inst = mine[name]
+            if now - since >= self.cfg.retire_drained_after_s and not inst.stopping:
+                inst.stopping = True
+                self._drained_since.pop((service, name), None)
+                task = asyncio.get_running_loop().create_task(self._stop(
+                    inst, f"drained by the health controller {now - since:.0f} s ago and not re-admitted: retired "
+                          "(its replacement already runs)"))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
 
     def _reap(self, service: str) -> None:
         for name, inst in list(self.instances[service].items()):

@@ -5,6 +5,7 @@ the pool on free ports."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from infra.benches.registry_rig import Rig, rig_settings
@@ -43,6 +44,32 @@ def test_a_marked_instance_is_replaced_while_it_serves_and_counts_again_once_unm
         assert registry.request_replacement(SERVICE, marked, None, now.mod_revision)  # withdrawn
         wait_for("back to two: the extra one drained and stopped", lambda: len(registry.list(SERVICE)) == 2
                  and scaler.current() == Replicas(2, 2), 30)
+    finally:
+        registry.close()
+        rig.close()
+
+
+def test_an_instance_drained_by_the_controller_and_not_readmitted_is_retired(tmp_path: Path) -> None:
+    service = PoolServiceSettings(name=SERVICE, replicas=2, startup_delay_s=0.5, capacity_rps=10, workers=2,
+                                  min_replicas=1, max_replicas=4)
+    s = rig_settings(tmp_path / "rig", service)
+    s = s.model_copy(update={"pool": s.pool.model_copy(update={"retire_drained_after_s": 3.0})})
+    rig = Rig(s)
+    registry = Registry(rig.s.registry_endpoint, rig.s.registry.prefix, rig.s.registry.timeout_s)
+    try:
+        rig.start("etcd", "pool")
+        scaler = PoolScaler(f"http://127.0.0.1:{rig.s.pool.admin_port}", SERVICE)
+        wait_for("two ready instances", lambda: scaler.current() == Replicas(2, 2))
+        first, second = sorted(registry.list(SERVICE), key=lambda e: e.instance)
+        assert registry.set_state(SERVICE, first.instance, "draining", first.mod_revision, set_by="controller")
+        assert registry.set_state(SERVICE, second.instance, "draining", second.mod_revision, set_by="operator")
+        wait_for("both replaced", lambda: scaler.current() == Replicas(2, 2) and len(registry.list(SERVICE)) == 4, 30)
+        wait_for("the controller's drain retired", lambda: first.instance not in
+                 {e.instance for e in registry.list(SERVICE)}, 30)
+        time.sleep(1.0)  # a few more reconcile rounds: the operator's drain stays
+        names = {e.instance for e in registry.list(SERVICE)}
+        assert second.instance in names and len(names) == 3
+        assert first.instance not in {i["instance"] for i in rig.pool_status()["instances"]}  # type: ignore[attr-defined]
     finally:
         registry.close()
         rig.close()
