@@ -237,6 +237,7 @@ class FeatureStream:
         Until that recovery completed, the timer must not load (and so freeze) a half-read table.
         A rebalance is also when a broker that lost the group (and its topics) shows: check them."""
         self._settled = False
+        self.metrics.assigned.set(0)
         self._doubt_topics("the group rebalances")
         async with self._lock:
             self._instances.clear()
@@ -253,6 +254,9 @@ class FeatureStream:
     async def _on_settled(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         self.last_event_wall = self.clock()  # a rebalance is a pause, not an idle stream
         self._settled = True
+        # what this worker now consumes: a second worker of the group is only useful once it holds some
+        inputs = (self.topic_access, self.topic_metrics)
+        self.metrics.assigned.set(sum(1 for tp in self.app.consumer.assignment() if tp.topic in inputs))
 
     # -- stage 1: instance windows -------------------------------------------------------------
 

@@ -8,8 +8,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 class StreamMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.ready = Gauge("foresight_stream_ready", "1 once partitions are assigned and the agent runs.",
-                           registry=r)
+        self.ready = Gauge("foresight_stream_ready", "1 once the worker started (its agents run); it may hold no "
+                           "partition yet: see foresight_stream_assigned_partitions.", registry=r)
+        self.assigned = Gauge("foresight_stream_assigned_partitions",
+                              "Input partitions (access and metrics topics) this worker consumes: set once a "
+                              "rebalance completed (tables recovered), 0 while one is under way.", registry=r)
         self.startup_seconds = Gauge("foresight_stream_startup_seconds",
                                      "Seconds from process start to ready.", registry=r)
         self.first_event_seconds = Gauge("foresight_stream_first_event_seconds",

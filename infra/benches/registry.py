@@ -26,6 +26,7 @@ import httpx
 
 from infra.benches.registry_rig import ClientLoop, RegistryClock, Rig, rig_settings, wait_until
 from infra.benches.streams import percentile
+from infra.stack.probes import http_ok
 from lb_adapters.actuators.haproxy import HAProxyRuntime
 
 Say = Callable[[str], None]
@@ -45,6 +46,9 @@ def run_registry_bench(folder: Path, rounds: int = 2, grow: int = 3, burst: int 
         rig.ensure_database()
         rig.start("etcd", "haproxy", "nginx", "pool", "registry-sync")
         wait_until("the first instance", lambda: rig.pool_status()["ready"] == 1 and len(servers()) == 1, 60)
+        # and served through nginx by its only worker: until the reload ends, the old one (empty upstream)
+        # still takes connections and answers 502, which the client failures would count
+        wait_until("nginx serving it", lambda: http_ok(rig.nginx_url)() and rig.nginx_settled(), 30)
         clock = RegistryClock(rig.s, service)
         via_h, via_n = ClientLoop(rig.haproxy_url).start(), ClientLoop(rig.nginx_url).start()
         new: set[str] = set()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import psutil
 
 from infra.core.kafka_admin import kafka_admin_client, kafka_consumer
 from infra.core.ports import free_port, free_ports
@@ -208,6 +209,25 @@ class Rig:
     def pool_status(self) -> dict[str, object]:
         data: dict[str, object] = httpx.get(self.pool_url, timeout=10).json()
         return data
+
+    def nginx_settled(self) -> bool:
+        """True when a single nginx worker takes connections: no worker of an earlier configuration is left.
+        After a reload the master starts the new worker and tells the old one to stop accepting only about
+        100 ms later (more on a busy host; it then calls itself "worker process is shutting down"), so for a
+        while after the new upstreams first answer, a request may still meet the old ones. The template runs
+        `worker_processes 1`."""
+        record = self.records.get("nginx")
+        master = record.process() if record is not None else None
+        if master is None:
+            return False
+        accepting = 0
+        for child in master.children():
+            try:
+                title = child.cmdline()
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue  # an old worker that has just exited
+            accepting += bool(title) and title[0] == "nginx: worker process"
+        return accepting == 1
 
     def nginx_upstream(self) -> str:
         path = self.s.state / "nginx" / "upstreams" / f"{self.svc.name}.conf"

@@ -37,6 +37,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         # first test would count against the scale-up
         wait_for("first pool instance answering through HAProxy and nginx",
                  lambda: http_ok(r.haproxy_url)() and http_ok(r.nginx_url)(), 30)
+        # An answer through nginx comes from its new worker; the old one, with the empty upstream, still
+        # accepts until the master tells it to stop (~100 ms later, more on a busy host): one more 502
+        wait_for("nginx's old worker gone", r.nginx_settled, 30)
         yield r
     finally:
         r.close()

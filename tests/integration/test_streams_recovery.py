@@ -139,6 +139,12 @@ class Traffic:
         self.producer = KafkaProducer(bootstrap_servers=run.s.kafka.bootstrap_servers, linger_ms=5,
                                       compression_type="zstd")
         self.seq = 0
+        # Each key's partition, chosen rather than hashed: the keys go round the partitions, so every one gets
+        # some (service a's four instances one each): however two workers split them, each gets records and
+        # a's instances meet across them. A hash of the run's random key names leaves half of 4 partitions
+        # without any key in about 1 run in 64.
+        keys = [(short, inst) for short, instances in SERVICES.items() for inst in instances]
+        self.partition = {key: n % run.s.kafka.partitions for n, key in enumerate(keys)}
 
     def tick(self, per_key: int) -> None:
         now = int(time.time() * 1000)
@@ -157,12 +163,13 @@ class Traffic:
                     c["requests"] += 1
                     c[f"status_{status // 100}xx"] += 1
                     c["bytes_sent"] += 100 + k
-                key = f"{service}/{inst}".encode()
-                self.producer.send(self.run.topic("access"), key=key, value=encode_batch(events))
+                key, partition = f"{service}/{inst}".encode(), self.partition[(short, inst)]
+                self.producer.send(self.run.topic("access"), key=key, value=encode_batch(events), partition=partition)
                 sessions = float((self.seq + n) % 37)
                 sample = MetricSample(ts=now, service=service, instance=inst, name="haproxy_server_current_sessions",
                                       value=sessions)
-                self.producer.send(self.run.topic("metrics"), key=key, value=encode_batch([sample]))
+                self.producer.send(self.run.topic("metrics"), key=key, value=encode_batch([sample]),
+                                   partition=partition)
                 c = self.run.counts[(service, inst, now - now % (WINDOW_S * 1000))]
                 c["sessions_max"] = max(c["sessions_max"], int(sessions))
 
@@ -245,6 +252,15 @@ def ready(port: int) -> bool:
     return metric(port, "foresight_stream_ready") == 1.0
 
 
+def split_between(run: Run, ports: tuple[int, ...]) -> bool:
+    """Every input partition (access and metrics) held, by each of the workers some: one settled assignment.
+    `ready` alone does not say it: a worker is ready once its first rebalance completed, and the group can
+    rebalance again after that (a member that joined late or missed the join), leaving one with none
+    meanwhile. A stale count of a worker that has not yet heard of a newer rebalance would not add up."""
+    held = [metric(p, "foresight_stream_assigned_partitions") for p in ports]
+    return all(h > 0 for h in held) and sum(held) == 2 * run.s.kafka.partitions
+
+
 PORTS = (20911, 20912)
 
 
@@ -316,7 +332,7 @@ def test_two_workers_produce_the_same_windows_as_one(core: Settings) -> None:
     try:
         for port in PORTS:
             run.start_worker(port)
-        wait_for(lambda: all(ready(p) for p in PORTS), 60, "both workers")
+        wait_for(lambda: split_between(run, PORTS), 60, "the input partitions split between both workers")
         traffic.stream(10)
         traffic.close()
         assert_windows_match(run)
