@@ -40,6 +40,7 @@ class Risk:
 @dataclass
 class Registry:
     states: dict[str, InstanceState] = field(default_factory=lambda: dict.fromkeys(NAMES, "ready"))
+    replacements: list[str] = field(default_factory=list)
 
     def list(self, service: str) -> list[RegistryEntry]:
         return [RegistryEntry(service, n, InstanceRecord(address="127.0.0.1", port=9000 + i, state=s, started_at=0),
@@ -48,6 +49,11 @@ class Registry:
     def set_state(self, service: str, instance: str, state: InstanceState, mod_revision: int, set_by: str,
                   leader: object = None) -> bool:
         self.states[instance] = state
+        return True
+
+    def request_replacement(self, service: str, instance: str, by: str | None, mod_revision: int,
+                            leader: object = None) -> bool:
+        self.replacements.append(instance)
         return True
 
 
@@ -107,5 +113,8 @@ def test_the_overload_guard_reads_the_windows_mean_busy_share(mean: float, drain
                                   features_max_age_s=30, window_s=2.0, interval_s=5.0)
     controller.step("shop")
     assert (registry.states["b"] == "draining") is drained
-    (decision,) = sink.decisions
+    decision, *replace = sink.decisions
     assert ("would be overloaded" in decision.reason) is not drained, decision.reason
+    # refused for capacity: its replacement is asked for, so that the drain can follow
+    assert [d.action for d in replace] == ([] if drained else ["replace"])
+    assert registry.replacements == ([] if drained else ["b"])
