@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Protocol
 
 from infra.core.service_registry import REPLACE, InstanceState, Leadership, Registry, RegistryEntry, RegistryError
@@ -147,17 +148,8 @@ class HealthController:
             decision = Decision(ts=now_ms, service=service, actuator="etcd", target=f"{service}/{name}",
                                 action="replace" if by else "keep", before=None, after=None, reason=why,
                                 prediction_ref=refs.get(name, ""), dry_run=self.dry_run)
-            if self.dry_run:
-                decision.outcome = "dry_run"
-            else:
-                try:
-                    done = self.registry.request_replacement(service, name, by, entry.mod_revision, leader)
-                except (RegistryError, ValueError) as exc:
-                    decision.outcome = f"failed: {exc}"
-                else:
-                    decision.outcome = "applied" if done else "skipped: the instance changed meanwhile; next round"
-            metrics.DECISIONS.labels("etcd", decision.outcome.split(":")[0]).inc()
-            log.info("%s %s: %s (%s)", decision.action, decision.target, decision.outcome, decision.reason)
+            self._apply(decision, partial(self.registry.request_replacement, service, name, by, entry.mod_revision,
+                                          leader))
             out.append(decision)
         return out
 
@@ -172,16 +164,25 @@ class HealthController:
                             prediction_ref=ref, dry_run=self.dry_run)
         if d.action in ("refuse", "hold"):
             decision.outcome = "skipped: guardrail"
-        elif self.dry_run:
+            return self._record(decision)
+        return self._apply(decision, lambda: self.registry.set_state(service, d.instance, after, entry.mod_revision,
+                                                                     set_by="controller", leader=leader))
+
+    def _apply(self, decision: Decision, change: Callable[[], bool]) -> Decision:
+        """Carry out `decision`'s compare-and-set in the registry (not in a dry run) and record the outcome."""
+        if self.dry_run:
             decision.outcome = "dry_run"
         else:
             try:
-                done = self.registry.set_state(service, d.instance, after, entry.mod_revision, set_by="controller",
-                                               leader=leader)
+                done = change()
             except (RegistryError, ValueError) as exc:
                 decision.outcome = f"failed: {exc}"
             else:
                 decision.outcome = "applied" if done else "skipped: the instance changed meanwhile; next round"
+        return self._record(decision)
+
+    @staticmethod
+    def _record(decision: Decision) -> Decision:
         metrics.DECISIONS.labels("etcd", decision.outcome.split(":")[0]).inc()
         log.info("%s %s: %s (%s)", decision.action, decision.target, decision.outcome, decision.reason)
         return decision
