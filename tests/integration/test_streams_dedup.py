@@ -127,25 +127,26 @@ def test_spool_replay_overlapping_delivered_events_equals_the_reference(kc: Sett
 
 
 class CopyingTraffic(Traffic):
-    """Traffic whose every access record is sent again one tick later: the reference counts it once."""
+    """Traffic whose every access record is sent again one tick later, to the same partition: the reference
+    counts it once."""
 
     def __init__(self, run: Run) -> None:
         super().__init__(run)
-        self.previous: list[tuple[bytes, bytes]] = []
-        self.current: list[tuple[bytes, bytes]] = []
+        self.previous: list[tuple[bytes, bytes, int | None]] = []
+        self.current: list[tuple[bytes, bytes, int | None]] = []
         self.send_once = self.producer.send
         self.producer.send = self._send_noting
 
-    def _send_noting(self, topic: str, key: bytes, value: bytes) -> object:
+    def _send_noting(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> object:
         if topic == self.run.topic("access"):
-            self.current.append((key, value))
-        return self.send_once(topic, key=key, value=value)
+            self.current.append((key, value, partition))
+        return self.send_once(topic, key=key, value=value, partition=partition)
 
     def tick(self, per_key: int) -> None:
         self.current = []
         super().tick(per_key)
-        for key, value in self.previous:
-            self.send_once(self.run.topic("access"), key=key, value=value)
+        for key, value, partition in self.previous:
+            self.send_once(self.run.topic("access"), key=key, value=value, partition=partition)
         self.previous = self.current
 
 
