@@ -1290,12 +1290,12 @@ def demo(
         err.print(f"[red]demo failed:[/] {exc}")
         raise typer.Exit(1) from exc
     table = Table(title=f"closed loop, {summary.wall_s:g} s of traffic")
-    for column in ("", "predictive", "shadow HPA", "oracle", "measured (predictive)"):
+    for column in ("", "predictive", "shadow HPA", "oracle", "informed bound", "measured (predictive)"):
         table.add_column(column)
     table.add_row("under-provisioned s", *(str(summary.underprov_s.get(k)) for k in ("predictive", "hpa_shadow")),
-                  "0", str(summary.underprov_s.get("predictive_measured")))
-    table.add_row("replica-seconds", *(str(summary.replica_seconds.get(k)) for k in ("predictive", "hpa_shadow",
-                                                                                     "oracle", "predictive_measured")))
+                  "0", *(str(summary.underprov_s.get(k)) for k in ("informed", "predictive_measured")))
+    table.add_row("replica-seconds", *(str(summary.replica_seconds.get(k)) for k in (
+        "predictive", "hpa_shadow", "oracle", "informed", "predictive_measured")))
     console.print(table)
     if summary.hpa_whatif:
         whatif = Table(title="the reactive policy again on the recorded load, at other HPA targets (offline)")

@@ -35,7 +35,7 @@ from infra.core.contracts import SERVICE_WIDE
 from infra.core.datasets import NASA_RPS, dataset_path
 from infra.core.db import client as clickhouse_client
 from infra.core.features_table import ServiceWindow, recent_service_windows
-from infra.core.scaling import predictive_knobs, reactive_knobs
+from infra.core.scaling import predictive_knobs, reactive_knobs, ready, resize
 from infra.core.settings import (
     AutoscaledService,
     AutoscalerSettings,
@@ -46,6 +46,7 @@ from infra.core.settings import (
 )
 from infra.demo_forecaster import ensure_forecaster, minute_at
 from infra.hpa_whatif import cheapest_at_least_as_safe, simulate_reactive
+from infra.informed_bound import fit_headroom, informed_counts, informed_schedule
 from infra.trace_time import TraceTime, TraceTimeRates, WallTimeSink
 from infra.workers import build_health_controller, build_scaler, decision_log
 from ingest.replay import ReplaySummary, replay
@@ -56,6 +57,7 @@ from training.series import RateSeries, load_trace
 
 Say = Callable[[str], None]
 HPA_TARGETS = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3)  # the what-if's HPA targets: 0.8 is HPA's usual, the shadow's
+SMOOTH_MIN = 60  # the informed policy is told the coming hour's mean (centred, in trace minutes)
 
 
 class LoopSummary(BaseModel):
@@ -87,6 +89,7 @@ class Timeline:
     drains: list[tuple[float, str, str]] = field(default_factory=list)  # (t, instance, outcome)
     fault: tuple[float, str] | None = None  # (t injected, instance)
     trace: TraceTime | None = None  # the autoscaler's clock
+    informed: list[tuple[float, int]] = field(default_factory=list)  # `infra.informed_bound`'s schedule
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -164,6 +167,30 @@ def backfill_history(s: Settings, svc: PoolServiceSettings, series: RateSeries, 
     return len(rows)
 
 
+def informed_plan(s: Settings, svc: PoolServiceSettings, series: RateSeries, first: int, t0: float,
+                  notes: list[str]) -> list[tuple[float, int]]:
+    """The informed policy's schedule over the slice (`infra.informed_bound`), its headroom fit on the rest
+    of the trace for the predictive policy's SLO; empty (and a note) when the trace cannot fit one."""
+    window_min = max(1, round(s.streams.window_s / history_window_s(s)))
+    n_windows = math.ceil(s.demo.duration_s / s.streams.window_s)
+    rate_factor = s.demo.scale * s.demo.speedup
+    slo = predictive_knobs(quantile=s.demo.quantile).slo
+    try:
+        headroom = fit_headroom(series.values, SMOOTH_MIN, window_min, first,
+                                (first, first + n_windows * window_min), slo, rate_factor, svc.capacity_rps)
+    except ValueError as exc:
+        notes.append(f"no informed bound: {exc}")
+        return []
+    counts = informed_counts(series.values, SMOOTH_MIN, first, n_windows, window_min, headroom, rate_factor,
+                             svc.capacity_rps, svc.min_replicas, svc.max_replicas)
+    bands = ", ".join(f"x{f:.2f}" for f in headroom.factors)
+    edges = "/".join(f"{e:g}" for e in headroom.edges)
+    notes.append(f"informed bound: told each window's coming-hour mean, with the headroom that keeps all but "
+                 f"{slo:.1%} of {window_min}-minute windows covered on the rest of the trace ({bands} for loads "
+                 f"split at {edges} req/s)")
+    return informed_schedule(counts, t0, s.streams.window_s, svc.startup_delay_s)
+
+
 def _pool_status(s: Settings, service: str) -> dict[str, Any]:
     answer = httpx.get(f"http://127.0.0.1:{s.pool.admin_port}/v1/pools/{service}", timeout=5)
     answer.raise_for_status()
@@ -226,15 +253,11 @@ def replay_schedule(decided: list[tuple[float, int]], initial: int, startup_s: f
     t = start
     while t < end:
         while k < len(pending) and pending[k][0] <= t:
-            want = pending[k][1]
-            while len(ready_at) < want:
-                ready_at.append(t + startup_s)
-            if len(ready_at) > want:
-                ready_at = sorted(ready_at)[:want]  # the latest to be ready go first
+            ready_at = resize(ready_at, pending[k][1], t, startup_s)
             k += 1
         replica_s += len(ready_at)
         rate = next((w.rate for w in windows if w.start_s <= t < w.end_s), None)
-        if rate is not None and rate > capacity_rps * sum(1 for r in ready_at if r <= t):
+        if rate is not None and rate > capacity_rps * ready(ready_at, t):
             under_s += 1
         t += 1.0
     return replica_s, under_s
@@ -297,6 +320,7 @@ def run_closed_loop(s: Settings, say: Say, report_dir: Path, progress: bool = Tr
                    scale=s.demo.scale)
     autoscaler = trace_autoscaler(s, svc, tt, history_minutes)
     tl.trace = tt
+    tl.informed = informed_plan(s, svc, series, first, wall0, notes)
     written = backfill_history(s, svc, series, first, history_minutes, wall0)
     notes.append(f"the autoscaler runs on the trace's clock and units (1995; x{s.demo.speedup:g} time, rates / "
                  f"{tt.rate_factor:g}); its history: the {written} trace minutes before the slice, written to "
@@ -357,6 +381,8 @@ def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: Repl
     pred_rs, pred_under = replay_schedule(tl.desired, initial, svc.startup_delay_s, windows, svc.capacity_rps,
                                           t0, t1)
     hpa_rs, hpa_under = replay_schedule(tl.shadow, initial, svc.startup_delay_s, windows, svc.capacity_rps, t0, t1)
+    inf_rs, inf_under = (replay_schedule(tl.informed, initial, svc.startup_delay_s, windows, svc.capacity_rps, t0,
+                                         t1) if tl.informed else (None, None))
     started = _integrate([(t, c) for t, c, _ in tl.pool], t0, t1)
     sweep: dict[float, tuple[float, float]] = {}
     if tl.trace is not None and tl.shadow:
@@ -381,9 +407,11 @@ def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: Repl
         notes.append("no fault was injected (the demo ended first, or no instance was ready)")
     summary = LoopSummary(
         wall_s=round(t1 - t0, 1),
-        underprov_s={"predictive": pred_under, "hpa_shadow": hpa_under, "predictive_measured": measured_under},
+        underprov_s={"predictive": pred_under, "hpa_shadow": hpa_under, "predictive_measured": measured_under,
+                     "informed": inf_under},
         replica_seconds={"predictive": round(pred_rs), "hpa_shadow": round(hpa_rs),
-                         "oracle": round(oracle), "predictive_measured": round(started)},
+                         "oracle": round(oracle), "predictive_measured": round(started),
+                         "informed": None if inf_rs is None else round(inf_rs)},
         client_p99_ms=None if (p99 := traffic.latency_ms(0.99)) is None else round(p99, 1),
         client_error_pct=round(100 * failed / max(1, len(traffic.answers)), 3),
         drain_lead_s=lead, decisions=int(decisions[0][0]), report=str(report_dir / "index.html"), notes=notes,

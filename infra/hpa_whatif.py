@@ -4,9 +4,8 @@ The shadow HPA decides live at HPA's default target (0.8 of each replica's capac
 cheaper than the predictive policy because it is under-provisioned more often. To compare at the same
 SLO, the reactive policy is run again here, offline, on the feature windows the demo recorded, at
 lower targets: each at the shadow's round times, on the same clock (trace seconds) and knobs, reading
-the windows that had landed by then, and with its own replica count (its own counterfactual pool,
-where the live shadow reads the predictive pool's). Each schedule then goes through the same
-`replay_schedule` as the live ones. Pure: no I/O.
+the windows that had landed by then, and with its own pool on paper, as the live shadow keeps one.
+Each schedule then goes through the same `replay_schedule` as the live ones. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import math
 from dataclasses import replace
 
 from infra.core.features_table import ServiceWindow
-from infra.core.scaling import ScalingContext, ScalingKnobs, ScalingState, decide, reactive
+from infra.core.scaling import ScalingContext, ScalingKnobs, ScalingState, decide, reactive, ready, resize
 from infra.trace_time import TraceTime
 
 
@@ -41,16 +40,12 @@ def simulate_reactive(rounds: list[float], windows: list[ServiceWindow], tt: Tra
             observed = sum(w.requests for w in fresh) / seconds if seconds > 0 else fresh[-1].rate
         if k == 0:  # as the live loop seeds a first round: the current count as just recommended
             state = replace(state, recommendations=((tt.trace(t), current),))
-        ready = sum(1 for r in ready_at if r <= t)
         decision = decide(reactive, ScalingContext(
             now_s=tt.trace(t), interval_s=interval_s * tt.speedup, startup_s=startup_s * tt.speedup,
-            capacity=capacity_rps, current=current, ready=ready, observed_rate=observed, forecast=None,
-            knobs=knobs, state=state))
+            capacity=capacity_rps, current=current, ready=ready(ready_at, t), observed_rate=observed,
+            forecast=None, knobs=knobs, state=state))
         state = decision.state
-        if decision.desired > current:
-            ready_at += [t + startup_s] * (decision.desired - current)
-        elif decision.desired < current:
-            ready_at = sorted(ready_at)[:decision.desired]
+        ready_at = resize(ready_at, decision.desired, t, startup_s)
         current = decision.desired
         decided.append((t, current))
     return decided

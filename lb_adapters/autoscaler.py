@@ -8,7 +8,9 @@ Fail-static: predictions built on features older than `stale_intervals` interval
 unreachable, hand the decision to the reactive policy on observed load (`fallback=True`, which
 also keeps it from going below the ready count while load rises), and the reason says why.
 ClickHouse unreachable: hold (nothing scaled, the hold recorded). The reactive policy also runs
-in shadow every round; its count goes into the reason and a metric.
+in shadow every round; its count goes into the reason and a metric. The shadow keeps its own pool
+on paper (`infra.core.scaling.paper_pool`), started from the real one: HPA alone on the same load,
+not HPA's next step from the pool the acting policy built.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from infra.core.scaling import (
     decide,
     policy_by_name,
     reactive,
+    ready,
+    resize,
 )
 from infra.core.settings import AutoscaledService, AutoscalerSettings
 from lb_adapters import autoscaler_metrics as metrics
@@ -89,6 +93,7 @@ class Memory:
 
     state: ScalingState = field(default_factory=ScalingState)
     shadow: ScalingState = field(default_factory=ScalingState)
+    shadow_pool: list[float] | None = None  # when each of the shadow's own instances is ready
     last_window_end: int = 0
 
 
@@ -176,8 +181,12 @@ class Autoscaler:
                              observed_rate=observed, forecast=forecast, knobs=knobs, state=mem.state,
                              fallback=fallback is not None)
         decision = decide(policy, ctx)
-        shadow = decide(reactive, replace(ctx, knobs=svc.fallback_knobs, state=mem.shadow, fallback=False))
+        if mem.shadow_pool is None:  # HPA alone starts from the pool as it is
+            mem.shadow_pool = resize([-math.inf] * replicas.ready, replicas.current, now, svc.config.startup_s)
+        shadow = decide(reactive, replace(ctx, knobs=svc.fallback_knobs, state=mem.shadow, fallback=False,
+                                          current=len(mem.shadow_pool), ready=ready(mem.shadow_pool, now)))
         mem.state, mem.shadow = decision.state, shadow.state
+        mem.shadow_pool = resize(mem.shadow_pool, shadow.desired, now, svc.config.startup_s)
         report.shadow = shadow.desired
         reason = self._reason(decision, fallback, quantile_note, shadow.desired)
         ref = report.predictions[0].ref() if report.predictions else FALLBACK_REF

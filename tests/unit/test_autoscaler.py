@@ -144,6 +144,26 @@ def metric(name: str, **labels: str) -> float | None:
     return REGISTRY.get_sample_value(name, labels)
 
 
+def shadow_count(sink: Recorder) -> float:
+    return next(p.value for p in sink.published[-1][1] if p.kind == "hpa_shadow")
+
+
+def test_the_shadow_hpa_judges_from_its_own_pool_not_the_acting_one() -> None:
+    """HPA's tolerance is relative to its own count: 21 req/s is within 10% of 2 replicas at 10 req/s each,
+    so HPA alone holds 2, where judged from the 7 or more the predictive policy runs it would ask for 3."""
+    auto, rates, _forecasts, scaler, sink, clock = make()
+    feed(rates, clock, 15.0)
+    auto.step("api")
+    assert scaler.replicas == 7 and shadow_count(sink) == 2
+    # 40 req/s: 4 replicas, and one more from the feedback correction its own miss at 21 raised (21 > 2 x 10)
+    for rate, alone in ((21.0, 2), (40.0, 5)):
+        clock.t += 15
+        feed(rates, clock, rate, minutes=1)
+        auto.step("api")
+        assert scaler.replicas >= 7  # the acting pool stays the predictive policy's
+        assert shadow_count(sink) == alone, rate
+
+
 def test_predictive_round_scales_to_the_forecast_and_records_the_forecast_it_used() -> None:
     auto, rates, forecasts, scaler, sink, clock = make()
     feed(rates, clock, 15.0)

@@ -16,6 +16,7 @@ from infra.core.scaling.context import (
     reactive_knobs,
 )
 from infra.core.scaling.guardrails import decide, feedback, removable
+from infra.core.scaling.paper_pool import ready, resize
 from infra.core.scaling.policies import Policy, policy_by_name, predictive, reactive, static
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "predictive_knobs",
     "reactive",
     "reactive_knobs",
+    "ready",
     "removable",
+    "resize",
     "static",
 ]
