@@ -353,14 +353,16 @@ def test_partitions_move_between_workers_without_loss(core: Settings) -> None:
     try:
         run.start_worker(PORTS[0])
         second = run.start_worker(PORTS[1])
-        wait_for(lambda: all(ready(p) for p in PORTS), 60, "both workers")
+        wait_for(lambda: split_between(run, PORTS), 60, "both workers holding partitions")
         traffic.stream(4)
         wait_for(lambda: metric(PORTS[1], "foresight_stream_records_total") > 0, 30, "the second worker busy")
         second.send_signal(signal.SIGKILL)
         second.wait(timeout=10)
         traffic.stream(6)  # the survivor takes over once the group notices (session timeout)
         run.start_worker(PORTS[1])
-        traffic.stream(5)
+        traffic.stream(1)  # the group rebalances while events keep coming
+        wait_for(lambda: split_between(run, PORTS), 60, "the restarted worker holding partitions again")
+        traffic.stream(4)
         traffic.close()
         assert_windows_match(run)
         assert metric(PORTS[1], "foresight_stream_records_total") > 0  # the restarted one took partitions back
