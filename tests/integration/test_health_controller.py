@@ -19,6 +19,7 @@ from infra.core.kafka_admin import ensure_topics
 from infra.core.service_registry import InstanceLease, InstanceRecord, Registry
 from infra.core.settings import Settings
 from infra.workers import decision_log
+from lb_adapters.decision_log import DecisionLog
 from lb_adapters.features import LatestFeatures
 from lb_adapters.health import HealthController
 from lb_adapters.policies.drain import DrainKnobs
@@ -122,6 +123,22 @@ def test_an_operator_drain_is_left_alone_and_serving_down_holds(rig: tuple[Setti
     sink.close()
 
 
+def _outlier_without_spare(s: Settings, cl: Client, registry: Registry,
+                           log: str) -> tuple[HealthController, DecisionLog]:
+    """Three instances at 10 req/s each, the outlier d among them, and a controller that takes each to carry
+    12 req/s: a and b alone (24) cannot carry the 30 req/s x 1.15; with a third they can (36)."""
+    db = s.clickhouse.database
+    registry.deregister(SERVICE, "c")
+    for name in ("a", "b", "d"):
+        _window(cl, db, name, p99=400.0 if name == "d" else 20.0 + INSTANCES.index(name), errors=3 if name == "d"
+                else 0)
+    sink = decision_log(s, log)
+    controller = HealthController(LatestFeatures(clickhouse_client(s.clickhouse), db),
+                                  RiskClient(s.serving_url, s.serving_token), registry, sink,
+                                  DrainKnobs(readmit_after=1, capacity_rps=12.0), features_max_age_s=60)
+    return controller, sink
+
+
 def test_a_drain_refused_for_capacity_asks_for_a_replacement_then_drains_once_it_is_ready(
         rig: tuple[Settings, Client, Registry]) -> None:
     """Surge, then drain: with no spare capacity the outlier is not drained but marked for replacement (the
@@ -129,15 +146,7 @@ def test_a_drain_refused_for_capacity_asks_for_a_replacement_then_drains_once_it
     mark goes when the instance is re-admitted."""
     s, cl, registry = rig
     db = s.clickhouse.database
-    registry.deregister(SERVICE, "c")  # three left: a, b and the outlier d, 10 req/s each
-    for name in ("a", "b", "d"):
-        _window(cl, db, name, p99=400.0 if name == "d" else 20.0 + INSTANCES.index(name), errors=3 if name == "d"
-                else 0)
-    sink = decision_log(s, "test-health-surge")
-    # 12 req/s each: a and b alone (24) cannot carry the 30 req/s x 1.15; with a third they can (36)
-    controller = HealthController(LatestFeatures(clickhouse_client(s.clickhouse), db),
-                                  RiskClient(s.serving_url, s.serving_token), registry, sink,
-                                  DrainKnobs(readmit_after=1, capacity_rps=12.0), features_max_age_s=60)
+    controller, sink = _outlier_without_spare(s, cl, registry, "test-health-surge")
     report = controller.step(SERVICE)
     assert [(d.target, d.action, d.outcome) for d in report.decisions] == [
         ("web/d", "drain", "skipped: guardrail"), ("web/d", "replace", "applied")]
@@ -167,14 +176,7 @@ def test_a_replacement_asked_for_is_withdrawn_when_the_instance_recovers_first(
         rig: tuple[Settings, Client, Registry]) -> None:
     s, cl, registry = rig
     db = s.clickhouse.database
-    registry.deregister(SERVICE, "c")
-    for name in ("a", "b", "d"):
-        _window(cl, db, name, p99=400.0 if name == "d" else 20.0 + INSTANCES.index(name), errors=3 if name == "d"
-                else 0)
-    sink = decision_log(s, "test-health-withdraw")
-    controller = HealthController(LatestFeatures(clickhouse_client(s.clickhouse), db),
-                                  RiskClient(s.serving_url, s.serving_token), registry, sink,
-                                  DrainKnobs(readmit_after=1, capacity_rps=12.0), features_max_age_s=60)
+    controller, sink = _outlier_without_spare(s, cl, registry, "test-health-withdraw")
     assert [x.action for x in controller.step(SERVICE).decisions] == ["drain", "replace"]
     _window(cl, db, "d", p99=21.0, errors=0, age_s=0)
     kept = controller.step(SERVICE).decisions

@@ -1,12 +1,12 @@
 """The demo autoscaler's trace clock: wall windows relabelled into trace minutes, records relabelled back."""
 
-from collections.abc import Sequence
 
 import pytest
 
 from infra.core.features_table import ServiceWindow
 from infra.trace_time import TraceTime, WallTimeSink, spread_minutes, trace_windows
 from lb_adapters.schemas import Decision, PredictionRecord
+from tests.unit.decision_sinks import RecordingSink
 
 TT = TraceTime(wall0=1000.0, trace0=807_782_400.0, speedup=60.0, scale=2.0)  # 1995-08-07 08:00 UTC
 
@@ -42,16 +42,6 @@ def test_spreading_splits_a_window_by_overlap_and_leaves_uncovered_minutes_out()
     assert spread_minutes([], 0, 240) == []
 
 
-class Recorded:
-    def __init__(self) -> None:
-        self.decisions: list[Decision] = []
-        self.predictions: list[PredictionRecord] = []
-
-    def publish(self, decisions: list[Decision], predictions: Sequence[PredictionRecord] = ()) -> None:
-        self.decisions += decisions
-        self.predictions += predictions
-
-
 def test_records_go_back_to_wall_time_and_forecast_rates_to_wall_units() -> None:
     now_ms = round(TT.trace(1100.0) * 1000)
     forecast = PredictionRecord(ts=now_ms, kind="forecast", service="shop", model="m", model_version="v",
@@ -60,7 +50,7 @@ def test_records_go_back_to_wall_time_and_forecast_rates_to_wall_units() -> None
                               value=4)
     decision = Decision(ts=now_ms, service="shop", actuator="scaler", target="pool/shop", action="scale", before=3,
                         after=4, reason="r", prediction_ref=forecast.ref())
-    out = Recorded()
+    out = RecordingSink()
     WallTimeSink(out, TT).publish([decision], [forecast, shadow])
     [d] = out.decisions
     assert d.ts == 1_100_000 and (d.before, d.after) == (3, 4)

@@ -4,14 +4,12 @@ tests/integration/test_adapt_round_errors.py and test_bench_lb.py."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from infra.core.settings import AdapterSettings
 from lb_adapters.controller import WeightController
 from lb_adapters.features import WindowFeatures
 from lb_adapters.policies.drain import DrainKnobs
-from lb_adapters.schemas import Decision, PredictionRecord
 from serving.schemas import InstanceFeatures, InstanceWeight, WeightsRequest, WeightsResponse
+from tests.unit.decision_sinks import RecordingSink
 
 
 class Features:
@@ -44,18 +42,8 @@ class Balancer:
         self.current[server] = weight
 
 
-class Record:
-    def __init__(self) -> None:
-        self.decisions: list[Decision] = []
-        self.predictions: list[PredictionRecord] = []
-
-    def publish(self, decisions: list[Decision], predictions: Sequence[PredictionRecord] = ()) -> None:
-        self.decisions += decisions
-        self.predictions += predictions
-
-
 def test_rounds_aim_at_smoothed_predictions_and_record_the_raw_ones() -> None:
-    predictor, balancer, record = Predictor(), Balancer(), Record()
+    predictor, balancer, record = Predictor(), Balancer(), RecordingSink()
     cfg = AdapterSettings(smoothing=0.5, max_step=256, deadband=1, unknown_weight=100)
     controller = WeightController(Features(), predictor, balancer, record, cfg, backend="web")
     predictor.rounds = [{"a": 200, "b": 100}, {"a": 100, "b": 0}]
@@ -84,7 +72,7 @@ class Busy:
 
 
 def test_the_window_length_is_sent_and_a_zero_the_rest_cannot_carry_is_held_not_drained() -> None:
-    predictor, balancer, record = Predictor(), Balancer(), Record()
+    predictor, balancer, record = Predictor(), Balancer(), RecordingSink()
     balancer.current = {"a": 100, "b": 100}
     cfg = AdapterSettings(smoothing=1.0, max_step=256, deadband=1)
     controller = WeightController(Busy(), predictor, balancer, record, cfg, backend="web", window_s=2.0,
@@ -118,7 +106,7 @@ def test_a_zero_is_weighed_against_the_capacity_of_the_windows_mean_busy_share()
     for mean in (0.55, 0.0):
         predictor, balancer = Predictor(), Balancer()
         balancer.current = {"a": 100, "b": 100, "c": 100}
-        controller = WeightController(Shop(mean), predictor, balancer, Record(),
+        controller = WeightController(Shop(mean), predictor, balancer, RecordingSink(),
                                       AdapterSettings(smoothing=1.0, max_step=256, deadband=1), backend="web",
                                       window_s=2.0, overload=DrainKnobs())
         predictor.rounds = [{"a": 100, "b": 0, "c": 100}]
