@@ -16,6 +16,7 @@ from rich.table import Table
 from infra.core.settings import ConfigFileError, Settings, load_settings
 
 if TYPE_CHECKING:
+    from infra.closed_loop import LoopSummary
     from infra.core.service_registry import Registry, RegistryEntry
     from infra.pool.faults import FaultKind
 
@@ -1308,11 +1309,33 @@ def demo(
     lead = "none (not drained)" if summary.drain_lead_s is None else f"{summary.drain_lead_s} s before the crash"
     console.print(f"clients: p99 {summary.client_p99_ms} ms, errors {summary.client_error_pct} %; drain lead "
                   f"{lead}; {summary.decisions} decisions")
+    _print_demo_checks(console, summary)
     for note in summary.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"report: {summary.report}")
     if as_json:
         print(summary.model_dump_json())
+
+
+def _print_demo_checks(out: Console, summary: LoopSummary) -> None:
+    """The demo's claims, each with its verdict and the figures it was read from."""
+    c = summary.checks
+    if not c:
+        return
+
+    def mark(key: str) -> str:
+        ok = c.get(key)
+        return "[dim]unknown[/]" if ok is None else ("[green]yes[/]" if ok else "[red]no[/]")
+
+    under = summary.underprov_s
+    pred, hpa = summary.replica_seconds.get("predictive"), summary.replica_seconds.get("hpa_shadow")
+    ratio = f"{pred / hpa:.2f} x" if pred is not None and hpa else "unknown"
+    out.print(f"within the SLO (under-provisioned at most {summary.slo_allowed_s:g} s of {summary.wall_s:g} s): "
+              f"predictive {mark('predictive_within_slo')} ({under.get('predictive')} s), shadow HPA "
+              f"{mark('hpa_shadow_within_slo')} ({under.get('hpa_shadow')} s)")
+    out.print(f"predictive cheaper than the shadow HPA: {mark('predictive_cheaper_than_hpa_shadow')} ({ratio} its "
+              f"replica-seconds); within the SLO and cheaper: {mark('predictive_meets_slo_cheaper_than_hpa')}")
+    out.print(f"faulty instance drained before it failed: {mark('drained_before_failure')}")
 
 
 @app.command()

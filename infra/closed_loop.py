@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +77,32 @@ class LoopSummary(BaseModel):
         "policy run again offline on the recorded load at lower targets (`infra.hpa_whatif`)")
     hpa_at_predictive_slo: str | None = Field(None, description="The cheapest of those targets under-provisioned "
                                                "no longer than the predictive policy; None: none was")
+    slo_allowed_s: float | None = Field(None, description="Seconds of the demo a policy may be under-provisioned "
+                                        "and meet its SLO (the predictive policy's `slo` share of `wall_s`)")
+    checks: dict[str, bool | None] = Field(
+        default_factory=dict, description="What the demo is meant to show, read from the figures above "
+        "(`demo_checks`): each policy within its SLO, predictive cheaper than the shadow HPA, both at once, and "
+        "the faulty instance drained before it failed; None: not known (no fault, or not drained)")
+
+
+def demo_checks(underprov_s: Mapping[str, float | None], replica_seconds: Mapping[str, float | None], allowed_s: float,
+                drain_lead_s: float | None, fault_injected: bool) -> dict[str, bool | None]:
+    """The demo's claims as yes/no from its figures, so a reader (or a script) need not do the arithmetic.
+    `predictive_meets_slo_cheaper_than_hpa` is the headline: both halves on the same run."""
+    def within(key: str) -> bool | None:
+        under = underprov_s.get(key)
+        return None if under is None else under <= allowed_s + 1e-9
+
+    pred_rs, hpa_rs = replica_seconds.get("predictive"), replica_seconds.get("hpa_shadow")
+    cheaper = None if pred_rs is None or hpa_rs is None else pred_rs < hpa_rs
+    meets = within("predictive")
+    return {
+        "predictive_within_slo": meets,
+        "hpa_shadow_within_slo": within("hpa_shadow"),
+        "predictive_cheaper_than_hpa_shadow": cheaper,
+        "predictive_meets_slo_cheaper_than_hpa": None if meets is None or cheaper is None else meets and cheaper,
+        "drained_before_failure": (None if not fault_injected or drain_lead_s is None else drain_lead_s > 0),
+    }
 
 
 @dataclass
@@ -405,18 +431,21 @@ def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: Repl
             notes.append(f"the faulty instance {tl.fault[1]} was not drained before the demo ended")
     elif tl.fault is None:
         notes.append("no fault was injected (the demo ended first, or no instance was ready)")
+    underprov = {"predictive": pred_under, "hpa_shadow": hpa_under, "predictive_measured": measured_under,
+                 "informed": inf_under}
+    replica_seconds = {"predictive": round(pred_rs), "hpa_shadow": round(hpa_rs), "oracle": round(oracle),
+                       "predictive_measured": round(started), "informed": None if inf_rs is None else round(inf_rs)}
+    allowed = predictive_knobs(quantile=s.demo.quantile).slo * (t1 - t0)
     summary = LoopSummary(
         wall_s=round(t1 - t0, 1),
-        underprov_s={"predictive": pred_under, "hpa_shadow": hpa_under, "predictive_measured": measured_under,
-                     "informed": inf_under},
-        replica_seconds={"predictive": round(pred_rs), "hpa_shadow": round(hpa_rs),
-                         "oracle": round(oracle), "predictive_measured": round(started),
-                         "informed": None if inf_rs is None else round(inf_rs)},
+        underprov_s=underprov,
+        replica_seconds=replica_seconds,
         client_p99_ms=None if (p99 := traffic.latency_ms(0.99)) is None else round(p99, 1),
         client_error_pct=round(100 * failed / max(1, len(traffic.answers)), 3),
         drain_lead_s=lead, decisions=int(decisions[0][0]), report=str(report_dir / "index.html"), notes=notes,
         hpa_whatif={f"{t:g}": {"replica_seconds": round(rs), "underprov_s": u} for t, (rs, u) in sweep.items()},
-        hpa_at_predictive_slo=None if iso is None else f"{iso:g}")
+        hpa_at_predictive_slo=None if iso is None else f"{iso:g}", slo_allowed_s=round(allowed, 1),
+        checks=demo_checks(underprov, replica_seconds, allowed, lead, tl.fault is not None))
     from infra.closed_loop_report import write_report
 
     write_report(report_dir, summary, tl, windows, traffic, svc.capacity_rps, t0, t1)
