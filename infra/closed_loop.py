@@ -34,8 +34,8 @@ from pydantic import BaseModel, Field
 from infra.core.contracts import SERVICE_WIDE
 from infra.core.datasets import NASA_RPS, dataset_path
 from infra.core.db import client as clickhouse_client
-from infra.core.features_table import ServiceWindow, recent_service_windows
-from infra.core.scaling import predictive_knobs, reactive_knobs, ready, resize
+from infra.core.features_table import recent_service_windows
+from infra.core.scaling import predictive_knobs, reactive_knobs, replay_schedule
 from infra.core.settings import (
     AutoscaledService,
     AutoscalerSettings,
@@ -44,7 +44,7 @@ from infra.core.settings import (
     PoolServiceSettings,
     Settings,
 )
-from infra.demo_forecaster import ensure_forecaster, minute_at
+from infra.demo_forecaster import demo_horizon_min, ensure_forecaster, minute_at
 from infra.hpa_whatif import cheapest_at_least_as_safe, simulate_reactive
 from infra.informed_bound import fit_headroom, informed_counts, informed_schedule
 from infra.trace_time import TraceTime, TraceTimeRates, WallTimeSink
@@ -149,7 +149,7 @@ def trace_autoscaler(s: Settings, svc: PoolServiceSettings, tt: TraceTime, histo
     config = AutoscaledService(name=svc.name, scaler=PoolScalerSettings(url=f"http://127.0.0.1:{s.pool.admin_port}"),
                                capacity_rps=svc.capacity_rps / tt.rate_factor,
                                startup_s=svc.startup_delay_s * tt.speedup,
-                               knobs=predictive_knobs(quantile=s.demo.quantile, **bounds),
+                               knobs=predictive_knobs(quantile=s.demo.quantile, headroom=s.demo.headroom, **bounds),
                                reactive=reactive_knobs(**bounds))
     cfg = AutoscalerSettings(interval_s=s.demo.autoscale_interval_s * tt.speedup, poll_s=1.0, services=[config],
                              history_minutes=history_minutes,
@@ -265,30 +265,6 @@ def _integrate(samples: list[tuple[float, int]], start: float, end: float) -> fl
     return total
 
 
-def replay_schedule(decided: list[tuple[float, int]], initial: int, startup_s: float, windows: list[ServiceWindow],
-                    capacity_rps: float, start: float, end: float) -> tuple[float, float]:
-    """(replica-seconds, under-provisioned seconds) of a policy whose counts `decided` (time, desired) had
-    been applied from `start` to `end`, second by second: an added replica counts from its decision and
-    serves `startup_s` later; a removal takes a starting replica first. A second is under-provisioned when
-    its window's rate is above the ready replicas' capacity. The predictive autoscaler's and the shadow
-    HPA's decisions go through this same function, so their figures compare like for like."""
-    pending = sorted(decided)
-    ready_at: list[float] = [-math.inf] * initial
-    replica_s = under_s = 0.0
-    k = 0
-    t = start
-    while t < end:
-        while k < len(pending) and pending[k][0] <= t:
-            ready_at = resize(ready_at, pending[k][1], t, startup_s)
-            k += 1
-        replica_s += len(ready_at)
-        rate = next((w.rate for w in windows if w.start_s <= t < w.end_s), None)
-        if rate is not None and rate > capacity_rps * ready(ready_at, t):
-            under_s += 1
-        t += 1.0
-    return replica_s, under_s
-
-
 def run_closed_loop(s: Settings, say: Say, report_dir: Path, progress: bool = True) -> LoopSummary:
     svc = s.pool.service(s.demo.loop_service)
     if svc is None:
@@ -336,10 +312,7 @@ def run_closed_loop(s: Settings, say: Say, report_dir: Path, progress: bool = Tr
         time.sleep(1)
     series = load_trace(dataset_path(NASA_RPS))
     first = minute_at(series, s.demo.trace_start)
-    # a round's forecast starts at the newest whole window (up to ~3 windows back) and covers startup + a round
-    reach_s = svc.startup_delay_s + s.demo.autoscale_interval_s + 3 * s.streams.window_s
-    horizon_min = math.ceil(reach_s * s.demo.speedup / 60)
-    _version, history_minutes = ensure_forecaster(s, series, first, horizon_min, say)
+    _version, history_minutes = ensure_forecaster(s, series, first, demo_horizon_min(s, svc.startup_delay_s), say)
     # The replay's first second is a window boundary, so no live window holds history seconds.
     wall0 = math.ceil((time.time() + 5) / s.streams.window_s) * s.streams.window_s
     tt = TraceTime(wall0=wall0, trace0=float(series.unix_of(np.array(first))), speedup=s.demo.speedup,

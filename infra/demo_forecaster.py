@@ -10,6 +10,7 @@ the version by its data fingerprint. It takes about ten seconds on two cores.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -19,7 +20,7 @@ import numpy as np
 from infra.core.datasets import NASA_RPS
 from infra.core.model_registry import list_versions, read_manifest, registry_root
 from infra.core.settings import Settings
-from training.fit import TrainConfig, script, train
+from training.fit import TrainConfig, TrainResult, script, train
 from training.publish import data_fingerprint, publish
 from training.series import RateSeries
 from training.train_command import record_in_clickhouse
@@ -37,9 +38,25 @@ def minute_at(series: RateSeries, trace_second: int) -> int:
     return m
 
 
+def demo_horizon_min(s: Settings, startup_s: float) -> int:
+    """Trace minutes the demo's forecasts must reach: a round's forecast starts at the newest whole window (up
+    to ~3 windows back) and covers a service's startup (`startup_s`, wall) and a round."""
+    reach_s = startup_s + s.demo.autoscale_interval_s + 3 * s.streams.window_s
+    return math.ceil(reach_s * s.demo.speedup / 60)
+
+
 def demo_config(horizon_min: int) -> TrainConfig:
     """The product's defaults (`foresight train`), with a horizon that covers the demo's startup and rounds."""
     return TrainConfig(horizon=horizon_min)
+
+
+def train_before(series: RateSeries, first_minute: int, horizon_min: int) -> TrainResult:
+    """The demo's forecaster for a slice starting at `first_minute`: the product's defaults, trained on the
+    minutes before it only, the last `VALIDATION_DAYS` of them for the epoch choice."""
+    if first_minute < (VALIDATION_DAYS + 2) * DAY_MIN:
+        raise ValueError(f"the slice starts {first_minute} minutes into the trace: too little before it to train on")
+    val = (first_minute - VALIDATION_DAYS * DAY_MIN, first_minute)
+    return train(series, (0, val[0]), val, demo_config(horizon_min))
 
 
 def ensure_forecaster(s: Settings, series: RateSeries, first_minute: int, horizon_min: int,
@@ -48,8 +65,6 @@ def ensure_forecaster(s: Settings, series: RateSeries, first_minute: int, horizo
     trained and published unless it is the registry's newest already (serving answers with the newest);
     serving is asked to load it now."""
     cfg = demo_config(horizon_min)
-    if first_minute < (VALIDATION_DAYS + 2) * DAY_MIN:
-        raise ValueError(f"the slice starts {first_minute} minutes into the trace: too little before it to train on")
     description = {"trace": NASA_RPS, "until_minute": first_minute, "purpose": "demo"}
     fp = data_fingerprint(series, description)
     root = registry_root(s.state)
@@ -60,15 +75,14 @@ def ensure_forecaster(s: Settings, series: RateSeries, first_minute: int, horizo
         say(f"forecaster: {version}, trained on the trace before the slice (found in the registry)")
     else:
         t = time.monotonic()
-        val = (first_minute - VALIDATION_DAYS * DAY_MIN, first_minute)
-        fitted = train(series, (0, val[0]), val, cfg)
+        fitted = train_before(series, first_minute, horizon_min)
         path, manifest = publish(root, script(fitted.module), fitted.module.history_len, cfg, fp,
                                  {"train_loss": fitted.train_loss, "val_loss": fitted.val_loss}, series)
         version, history_len = manifest.version, fitted.module.history_len
         why_not = record_in_clickhouse(s.clickhouse, manifest, path)
-        say(f"forecaster: trained {version} on {val[0]:,} minutes of the trace before the slice "
-                  f"({VALIDATION_DAYS} more days for the epoch choice) in {time.monotonic() - t:.0f} s"
-                  + (f"; model_versions not written: {why_not}" if why_not else ""))
+        say(f"forecaster: trained {version} on {first_minute - VALIDATION_DAYS * DAY_MIN:,} minutes of the trace "
+            f"before the slice ({VALIDATION_DAYS} more days for the epoch choice) in {time.monotonic() - t:.0f} s"
+            + (f"; model_versions not written: {why_not}" if why_not else ""))
     _load(s, version)
     return version, history_len
 

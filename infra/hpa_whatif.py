@@ -10,45 +10,18 @@ Each schedule then goes through the same `replay_schedule` as the live ones. Pur
 
 from __future__ import annotations
 
-import math
-from dataclasses import replace
-
 from infra.core.features_table import ServiceWindow
-from infra.core.scaling import ScalingContext, ScalingKnobs, ScalingState, decide, reactive, ready, resize
+from infra.core.scaling import ScalingKnobs, reactive
+from infra.policy_replay import simulate_rounds
 from infra.trace_time import TraceTime
 
 
 def simulate_reactive(rounds: list[float], windows: list[ServiceWindow], tt: TraceTime, knobs: ScalingKnobs,
                       capacity_rps: float, startup_s: float, interval_s: float, initial: int,
                       landed_after_s: float) -> list[tuple[float, int]]:
-    """(wall time, desired) of the reactive policy deciding at each of `rounds` (wall times) on the windows
-    that ended `landed_after_s` before it (the live autoscaler reads what has reached ClickHouse), as the
-    live one does: the mean rate of the windows closed since its last round, else the newest."""
-    state = ScalingState()
-    current = initial
-    ready_at: list[float] = [-math.inf] * initial
-    last_end = 0
-    decided: list[tuple[float, int]] = []
-    ordered = sorted(windows, key=lambda w: w.end_s)
-    for k, t in enumerate(rounds):
-        seen = [w for w in ordered if w.end_s <= t - landed_after_s]
-        fresh = [w for w in seen if w.end_s > last_end] or seen[-1:]
-        observed = None
-        if fresh:
-            last_end = max(w.end_s for w in fresh)
-            seconds = sum(w.end_s - w.start_s for w in fresh)
-            observed = sum(w.requests for w in fresh) / seconds if seconds > 0 else fresh[-1].rate
-        if k == 0:  # as the live loop seeds a first round: the current count as just recommended
-            state = replace(state, recommendations=((tt.trace(t), current),))
-        decision = decide(reactive, ScalingContext(
-            now_s=tt.trace(t), interval_s=interval_s * tt.speedup, startup_s=startup_s * tt.speedup,
-            capacity=capacity_rps, current=current, ready=ready(ready_at, t), observed_rate=observed,
-            forecast=None, knobs=knobs, state=state))
-        state = decision.state
-        ready_at = resize(ready_at, decision.desired, t, startup_s)
-        current = decision.desired
-        decided.append((t, current))
-    return decided
+    """(wall time, desired) of the reactive policy at each of `rounds` (`infra.policy_replay.simulate_rounds`)."""
+    return simulate_rounds(reactive, rounds, windows, tt, knobs, capacity_rps, startup_s, interval_s, initial,
+                           landed_after_s)
 
 
 def cheapest_at_least_as_safe(sweep: dict[float, tuple[float, float]], underprov_s: float) -> float | None:

@@ -20,7 +20,7 @@ from infra.pool.faults import Scenario
 # results a script reads: each must accept --json
 SCRIPT_READ = {
     "doctor", "config", "replay", "verify", "decisions", "adapt", "health", "autoscale", "whatif", "backtest",
-    "train", "demo",
+    "train", "demo", "demo-days",
     "stack up", "stack down", "stack status",
     "db migrate", "db retain",
     "ingest file",

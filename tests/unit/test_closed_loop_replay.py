@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infra.closed_loop import replay_schedule
 from infra.core.features_table import ServiceWindow
+from infra.core.scaling import replay_schedule
 from infra.core.settings import load_settings
 
 

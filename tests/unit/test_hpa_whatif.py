@@ -1,8 +1,7 @@
 """The demo's offline HPA what-if: the reactive policy on recorded windows, as the live loop runs it."""
 
-from infra.closed_loop import replay_schedule
 from infra.core.features_table import ServiceWindow
-from infra.core.scaling import reactive_knobs
+from infra.core.scaling import reactive_knobs, replay_schedule
 from infra.hpa_whatif import cheapest_at_least_as_safe, simulate_reactive
 from infra.trace_time import TraceTime
 

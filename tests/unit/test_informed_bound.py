@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from infra.closed_loop import replay_schedule
 from infra.core.features_table import ServiceWindow
+from infra.core.scaling import replay_schedule
 from infra.informed_bound import Headroom, blocks, centred_mean, fit_headroom, informed_counts, informed_schedule
 
 

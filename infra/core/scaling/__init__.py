@@ -16,7 +16,7 @@ from infra.core.scaling.context import (
     reactive_knobs,
 )
 from infra.core.scaling.guardrails import decide, feedback, removable
-from infra.core.scaling.paper_pool import ready, resize
+from infra.core.scaling.paper_pool import ready, replay_schedule, resize
 from infra.core.scaling.policies import Policy, policy_by_name, predictive, reactive, static
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "reactive_knobs",
     "ready",
     "removable",
+    "replay_schedule",
     "resize",
     "static",
 ]

@@ -7,6 +7,12 @@ startup after it was asked for, and a removal takes the one that would be ready 
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # settings imports this package, and features_table imports settings
+    from infra.core.features_table import ServiceWindow
+
 
 def resize(ready_at: list[float], want: int, now: float, startup_s: float) -> list[float]:
     """`ready_at` once `want` instances are asked for at `now`."""
@@ -18,3 +24,27 @@ def resize(ready_at: list[float], want: int, now: float, startup_s: float) -> li
 def ready(ready_at: list[float], now: float) -> int:
     """Instances ready at `now`."""
     return sum(1 for r in ready_at if r <= now)
+
+
+def replay_schedule(decided: list[tuple[float, int]], initial: int, startup_s: float, windows: list[ServiceWindow],
+                    capacity_rps: float, start: float, end: float) -> tuple[float, float]:
+    """(replica-seconds, under-provisioned seconds) of a policy whose counts `decided` (time, desired) had
+    been applied from `start` to `end`, second by second: an added replica counts from its decision and
+    serves `startup_s` later; a removal takes a starting replica first. A second is under-provisioned when
+    its window's rate is above the ready replicas' capacity. The predictive autoscaler's and the shadow
+    HPA's decisions go through this same function, so their figures compare like for like."""
+    pending = sorted(decided)
+    ready_at: list[float] = [-math.inf] * initial
+    replica_s = under_s = 0.0
+    k = 0
+    t = start
+    while t < end:
+        while k < len(pending) and pending[k][0] <= t:
+            ready_at = resize(ready_at, pending[k][1], t, startup_s)
+            k += 1
+        replica_s += len(ready_at)
+        rate = next((w.rate for w in windows if w.start_s <= t < w.end_s), None)
+        if rate is not None and rate > capacity_rps * ready(ready_at, t):
+            under_s += 1
+        t += 1.0
+    return replica_s, under_s
