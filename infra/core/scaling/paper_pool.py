@@ -3,7 +3,9 @@
 A policy that does not act (the shadow HPA, a what-if, a replayed schedule) still needs its own
 replica count and ready instances, or it judges its next step by another policy's pool. The
 instances are the times each becomes ready; the rules are the pool's: an added instance serves a
-startup after it was asked for, and a removal takes the one that would be ready last."""
+startup after it was asked for, and a removal takes the one that would be ready last. `replay_schedule`
+plays a schedule of counts on such a pool against recorded windows: what it would have cost, and how long
+it would have been short."""
 
 from __future__ import annotations
 
