@@ -35,7 +35,7 @@ from infra.core.contracts import SERVICE_WIDE
 from infra.core.datasets import NASA_RPS, dataset_path
 from infra.core.db import client as clickhouse_client
 from infra.core.features_table import recent_service_windows
-from infra.core.scaling import predictive_knobs, reactive_knobs, replay_schedule
+from infra.core.scaling import reactive_knobs, replay_schedule
 from infra.core.settings import (
     AutoscaledService,
     AutoscalerSettings,
@@ -149,7 +149,7 @@ def trace_autoscaler(s: Settings, svc: PoolServiceSettings, tt: TraceTime, histo
     config = AutoscaledService(name=svc.name, scaler=PoolScalerSettings(url=f"http://127.0.0.1:{s.pool.admin_port}"),
                                capacity_rps=svc.capacity_rps / tt.rate_factor,
                                startup_s=svc.startup_delay_s * tt.speedup,
-                               knobs=predictive_knobs(quantile=s.demo.quantile, headroom=s.demo.headroom, **bounds),
+                               knobs=s.demo.predictive_knobs(**bounds),
                                reactive=reactive_knobs(**bounds))
     cfg = AutoscalerSettings(interval_s=s.demo.autoscale_interval_s * tt.speedup, poll_s=1.0, services=[config],
                              history_minutes=history_minutes,
@@ -200,7 +200,7 @@ def informed_plan(s: Settings, svc: PoolServiceSettings, series: RateSeries, fir
     window_min = max(1, round(s.streams.window_s / history_window_s(s)))
     n_windows = math.ceil(s.demo.duration_s / s.streams.window_s)
     rate_factor = s.demo.scale * s.demo.speedup
-    slo = predictive_knobs(quantile=s.demo.quantile).slo
+    slo = s.demo.predictive_knobs().slo
     try:
         headroom = fit_headroom(series.values, SMOOTH_MIN, window_min, first,
                                 (first, first + n_windows * window_min), slo, rate_factor, svc.capacity_rps)
@@ -408,7 +408,7 @@ def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: Repl
                  "informed": inf_under}
     replica_seconds = {"predictive": round(pred_rs), "hpa_shadow": round(hpa_rs), "oracle": round(oracle),
                        "predictive_measured": round(started), "informed": None if inf_rs is None else round(inf_rs)}
-    allowed = predictive_knobs(quantile=s.demo.quantile).slo * (t1 - t0)
+    allowed = s.demo.predictive_knobs().slo * (t1 - t0)
     summary = LoopSummary(
         wall_s=round(t1 - t0, 1),
         underprov_s=underprov,

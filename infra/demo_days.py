@@ -91,7 +91,7 @@ def demo_shape(s: Settings, svc: PoolServiceSettings, horizon_min: int) -> DemoS
                      initial=max(svc.min_replicas, svc.replicas), min_replicas=svc.min_replicas,
                      max_replicas=svc.max_replicas, speedup=s.demo.speedup, scale=s.demo.scale,
                      quantile=s.demo.quantile, headroom=s.demo.headroom,
-                     slo=predictive_knobs(quantile=s.demo.quantile).slo,
+                     slo=s.demo.predictive_knobs().slo,
                      horizon_min=horizon_min)
 
 

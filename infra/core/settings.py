@@ -241,6 +241,12 @@ class DemoSettings(Section):
     headroom: float = Field(0.1, gt=-1, description="Extra share over that quantile the demo's predictive policy "
                             "provisions for (0.1 = 10% more).")
 
+    def predictive_knobs(self, min_replicas: int = 1, max_replicas: int = 100_000) -> ScalingKnobs:
+        """The demo's predictive policy: the preset at `quantile` and `headroom`, with the service's bounds. Its
+        `slo` is the one the demo's summary and `foresight demo-days` judge by."""
+        return predictive_knobs(quantile=self.quantile, headroom=self.headroom, min_replicas=min_replicas,
+                                max_replicas=max_replicas)
+
 
 class RouteRule(Section):
     """Names the service/instance of log lines that do not carry them (Common/Combined, JSON)."""

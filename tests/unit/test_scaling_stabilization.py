@@ -102,7 +102,8 @@ def test_the_demo_runs_both_policies_as_configured_on_the_trace_clock(tmp_path: 
     assert isinstance(scaled, AutoscaledService)
     bounds = {"min_replicas": svc.min_replicas, "max_replicas": svc.max_replicas}
     # the presets as an operator runs them, in trace seconds: HPA's 300 s stabilization is 300 trace seconds
-    assert scaled.knobs == predictive_knobs(quantile=s.demo.quantile, headroom=s.demo.headroom, **bounds)
+    assert scaled.knobs == s.demo.predictive_knobs(**bounds)
+    assert scaled.knobs.quantile == s.demo.quantile and scaled.knobs.headroom == s.demo.headroom
     assert scaled.reactive == reactive_knobs(**bounds)
     assert scaled.startup_s == svc.startup_delay_s * s.demo.speedup
     assert scaled.capacity_rps == pytest.approx(svc.capacity_rps / (s.demo.speedup * s.demo.scale))
