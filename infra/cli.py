@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -20,16 +21,19 @@ if TYPE_CHECKING:
     from infra.core.service_registry import Registry, RegistryEntry
     from infra.pool.faults import FaultKind
 
-app = typer.Typer(
+# Help is Markdown: paragraphs reflow to the terminal, `code` stands out, an indented block stays as written
+_typer = functools.partial(typer.Typer, rich_markup_mode="markdown")
+
+app = _typer(
     help="Foresight: a predictive high-availability control plane.\n\n"
     "Start with `foresight doctor`, then `foresight stack up` and `foresight demo`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-stack_app = typer.Typer(help="Start, stop and inspect the local stack of real servers.", no_args_is_help=True)
-db_app = typer.Typer(help="ClickHouse schema.", no_args_is_help=True)
-ingest_app = typer.Typer(help="Ingest sources: files, syslog, HTTP, Prometheus scrape.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks: figures against a baseline measured in the same run.", no_args_is_help=True)
+stack_app = _typer(help="Start, stop and inspect the local stack of real servers.", no_args_is_help=True)
+db_app = _typer(help="ClickHouse schema.", no_args_is_help=True)
+ingest_app = _typer(help="Ingest sources: files, syslog, HTTP, Prometheus scrape.", no_args_is_help=True)
+bench_app = _typer(help="Benchmarks: figures against a baseline measured in the same run.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(db_app, name="db")
 app.add_typer(ingest_app, name="ingest")
@@ -815,12 +819,11 @@ def autoscale(
     (`<prefix>/leaders/<service>/replicas`) scales it; another stands by (`--dry-run` needs none).
     Example foresight.toml:
 
-    \b
-    \\[\\[autoscaler.services]]
-    name = "api"
-    capacity_rps = 20
-    startup_s = 20
-    scaler = { kind = "pool", url = "http://127.0.0.1:19110" }
+        [[autoscaler.services]]
+        name = "api"
+        capacity_rps = 20
+        startup_s = 20
+        scaler = { kind = "pool", url = "http://127.0.0.1:19110" }
     """
     import os
     import signal
@@ -1094,7 +1097,7 @@ def train(
                                       "inverse-latency baseline) or `risk` (the instance-failure classifier, "
                                       "from a `foresight faults record` dataset's TRAIN seeds).")] = "forecast",
     dataset: Annotated[Path | None, typer.Option(help="--kind risk: the dataset folder (default "
-                                                 "<state>/datasets/risk); only its TRAIN seeds are read.")] = None,
+                                                 "`<state>/datasets/risk`); only its TRAIN seeds are read.")] = None,
     source: Annotated[str, typer.Option(help="`file:PATH` (per-second trace), `clickhouse` (feature windows "
                                         "of --service) or `clickhouse:access_events` (its raw events). "
                                         "--kind latency: `clickhouse` or `file:DIR`, a fault dataset folder "
@@ -1199,7 +1202,7 @@ def train(
         raise typer.Exit(2) from exc
 
 
-evaluate_app = typer.Typer(help="Evaluate trained models on held-out data against the baselines.",
+evaluate_app = _typer(help="Evaluate trained models on held-out data against the baselines.",
                            no_args_is_help=True)
 app.add_typer(evaluate_app, name="evaluate")
 
@@ -1207,7 +1210,7 @@ app.add_typer(evaluate_app, name="evaluate")
 @evaluate_app.command("risk")
 def evaluate_risk(
     ctx: typer.Context,
-    dataset: Annotated[Path | None, typer.Option(help="Dataset folder (default <state>/datasets/risk); only its "
+    dataset: Annotated[Path | None, typer.Option(help="Dataset folder (default `<state>/datasets/risk`); only its "
                                                  "HELD-OUT seeds are evaluated on.")] = None,
     version: Annotated[str | None, typer.Option(help="Risk model version (default: the newest).")] = None,
     error_limit: Annotated[int, typer.Option(help="HAProxy `error-limit` (consecutive errors before mark-down; "
@@ -1445,9 +1448,9 @@ def demo_backend(
 
 # -- foresight registry: instances in etcd ----------------------------------------------------------------
 
-registry_app = typer.Typer(
+registry_app = _typer(
     help="Service registry in etcd: list instances, drain or undrain one, deregister one, see the leaders.\n\n"
-    "Keys: <prefix>/services/<service>/instances/<instance> (JSON, under the instance's lease). "
+    "Keys: `<prefix>/services/<service>/instances/<instance>` (JSON, under the instance's lease). "
     "drain/undrain/deregister are refused (exit status 2) when they would leave a service without a "
     "ready instance or take more than registry.max_unavailable of it out of service at once; each "
     "change is recorded as a decision (actuator etcd) on the decisions topic.",
@@ -1627,7 +1630,7 @@ def registry_deregister(ctx: typer.Context, service: _SERVICE_ARG, instance: _IN
 
 # -- foresight pool / registry-sync: the instance pool and balancer membership ---------------------------
 
-pool_app = typer.Typer(
+pool_app = _typer(
     help="The local instance pool: real backend processes per service (pool.services), scaled with graceful "
     "drain.\n\n`foresight pool run` is the stack component `pool`; `status` and `scale` talk to its admin API "
     "(pool.admin_port, loopback).",
@@ -1740,7 +1743,7 @@ def pool_backend(
                    on_faults=record_truth)
 
 
-faults_app = typer.Typer(help="Fault scenarios for the pool's backends (slowdown, capacity loss, errors, hang, "
+faults_app = _typer(help="Fault scenarios for the pool's backends (slowdown, capacity loss, errors, hang, "
                                 "crash, leak).", no_args_is_help=True)
 app.add_typer(faults_app, name="faults")
 
@@ -1802,7 +1805,7 @@ def faults_record(
     ctx: typer.Context,
     seeds: Annotated[str, typer.Option(help="Scenario seeds, e.g. `1-20` (train) or `1000-1007` (held out: at "
                                        "or above health.heldout_seed_from). One service `health-s<seed>` each.")],
-    out: Annotated[Path | None, typer.Option(help="Dataset folder (default <state>/datasets/risk).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Dataset folder (default `<state>/datasets/risk`).")] = None,
     duration: Annotated[float, typer.Option(min=30, help="Seconds of load per batch; faults start in its middle "
                                             "half, leaks fail 30-120 s after their onset.")] = 240.0,
     batch: Annotated[int, typer.Option(min=1, help="Services recorded at once on one private stack (2 cores: 4 "
