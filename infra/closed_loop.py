@@ -35,7 +35,7 @@ from infra.core.contracts import SERVICE_WIDE
 from infra.core.datasets import NASA_RPS, dataset_path
 from infra.core.db import client as clickhouse_client
 from infra.core.features_table import recent_service_windows
-from infra.core.scaling import reactive_knobs, replay_schedule
+from infra.core.scaling import hpa_knobs, reactive_knobs, replay_schedule
 from infra.core.settings import (
     AutoscaledService,
     AutoscalerSettings,
@@ -45,7 +45,7 @@ from infra.core.settings import (
     Settings,
 )
 from infra.demo_forecaster import demo_horizon_min, ensure_forecaster, minute_at
-from infra.hpa_whatif import cheapest_at_least_as_safe, simulate_reactive
+from infra.hpa_whatif import HPA_TARGETS, cheapest_at_least_as_safe, simulate_reactive
 from infra.informed_bound import fit_headroom, informed_counts, informed_schedule
 from infra.trace_time import TraceTime, TraceTimeRates, WallTimeSink
 from infra.workers import build_health_controller, build_scaler, decision_log
@@ -56,7 +56,6 @@ from lb_adapters.rates import ClickHouseRates
 from training.series import RateSeries, load_trace
 
 Say = Callable[[str], None]
-HPA_TARGETS = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3)  # the what-if's HPA targets: 0.8 is HPA's usual, the shadow's
 SMOOTH_MIN = 60  # the informed policy is told the coming hour's mean (centred, in trace minutes)
 
 
@@ -143,8 +142,8 @@ def history_window_s(s: Settings) -> int:
 
 
 def trace_autoscaler(s: Settings, svc: PoolServiceSettings, tt: TraceTime, history_minutes: int) -> Autoscaler:
-    """`svc`'s autoscaler on the trace's clock and units (`infra.trace_time`): the predictive preset with the
-    reactive HPA-style policy in shadow, both with their usual durations, in trace seconds."""
+    """`svc`'s autoscaler on the trace's clock and units (`infra.trace_time`): the predictive preset with
+    Kubernetes' HPA in shadow, both with their usual durations, in trace seconds."""
     bounds = {"min_replicas": svc.min_replicas, "max_replicas": svc.max_replicas}
     config = AutoscaledService(name=svc.name, scaler=PoolScalerSettings(url=f"http://127.0.0.1:{s.pool.admin_port}"),
                                capacity_rps=svc.capacity_rps / tt.rate_factor,
@@ -387,8 +386,8 @@ def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: Repl
     if tl.trace is not None and tl.shadow:
         rounds = [t for t, _ in tl.shadow]
         for target in HPA_TARGETS:
-            knobs = reactive_knobs(target_utilization=target, min_replicas=svc.min_replicas,
-                                   max_replicas=svc.max_replicas)
+            knobs = hpa_knobs(target_utilization=target, min_replicas=svc.min_replicas,
+                              max_replicas=svc.max_replicas)
             decided = simulate_reactive(rounds, windows, tl.trace, knobs, svc.capacity_rps, svc.startup_delay_s,
                                         s.demo.autoscale_interval_s, initial, s.streams.allowed_lateness_s + 1)
             sweep[target] = replay_schedule(decided, initial, svc.startup_delay_s, windows, svc.capacity_rps, t0,

@@ -34,14 +34,15 @@ from infra.core.scaling import (
     Policy,
     QuantileForecast,
     ScalingKnobs,
+    hpa_knobs,
     predictive,
     predictive_knobs,
     reactive,
-    reactive_knobs,
     replay_schedule,
 )
 from infra.core.settings import PoolServiceSettings, Settings
 from infra.demo_forecaster import DAY_MIN, VALIDATION_DAYS, demo_config, demo_horizon_min, minute_at, train_before
+from infra.hpa_whatif import HPA_TARGETS
 from infra.policy_replay import ForecastAt, simulate_rounds
 from infra.trace_time import TraceTime
 from training.fit import forecast
@@ -49,7 +50,6 @@ from training.forecaster import QuantileForecaster
 from training.series import RateSeries, load_trace
 
 HPA_USUAL = 0.8
-HPA_TARGETS = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 HEADROOMS = (0.0, 0.1, 0.2)
 MIN_SHARE = 0.8  # a window with less of its minutes in the trace is missing: neither seen nor judged
 HISTORY_WINDOWS_MIN = 60  # minutes before the slice given as 1-minute windows (the first rounds' observed load)
@@ -104,7 +104,8 @@ class Variant:
 
 def variants(shape: DemoShape, levels: tuple[float, ...]) -> list[Variant]:
     """The demo's own predictive setting, the predictive policy at each served quantile (0.9 and up) and
-    headroom, and the reactive one at each HPA target, all with the demo's bounds and usual guardrails."""
+    headroom, and Kubernetes' HPA at each target (`hpa_knobs`: no feedback), all with the demo's bounds and
+    usual guardrails."""
     bounds = {"min_replicas": shape.min_replicas, "max_replicas": shape.max_replicas}
     out = [Variant(f"predictive q{shape.quantile:g} +{shape.headroom:.0%} (the demo's)", predictive,
                    predictive_knobs(quantile=shape.quantile, headroom=shape.headroom, **bounds))]
@@ -114,7 +115,7 @@ def variants(shape: DemoShape, levels: tuple[float, ...]) -> list[Variant]:
                 out.append(Variant(f"predictive q{q:g} +{h:.0%}", predictive,
                                    predictive_knobs(quantile=q, headroom=h, **bounds)))
     out += [Variant(f"hpa {t:g}" + (" (the shadow's)" if t == HPA_USUAL else ""), reactive,
-                    reactive_knobs(target_utilization=t, **bounds)) for t in HPA_TARGETS]
+                    hpa_knobs(target_utilization=t, **bounds)) for t in HPA_TARGETS]
     return out
 
 
@@ -229,6 +230,8 @@ class DemoDays(BaseModel):
     """`foresight demo-days --json`: the demo's autoscaling on the weekdays before its slice, and on the slice."""
 
     slice_first_minute: int
+    startup_s: float = Field(description="Wall seconds an instance took to start in the replay (at the demo's "
+                             "speed-up, one wall second is `speedup` trace seconds).")
     days: list[int] = Field(description="First minute of each weekday's slice (series minutes).")
     slo_pct: float = Field(description="The SLO: most under-provisioned share of the seconds judged, in %.")
     scores: dict[str, VariantScore] = Field(description="Over the weekdays before the slice.")
@@ -299,7 +302,8 @@ def demo_days(series: RateSeries, first: int, days: int, shape: DemoShape,
         if tick is not None:
             tick(f"minute {day}")
     scores = score([results[d] for d in chosen_days], shape.slo, shape.duration_s)
-    return DemoDays(slice_first_minute=first, days=chosen_days, slo_pct=100 * shape.slo, scores=scores,
+    return DemoDays(slice_first_minute=first, startup_s=shape.startup_s, days=chosen_days, slo_pct=100 * shape.slo,
+                    scores=scores,
                     within_slo=within_slo(scores, 100 * shape.slo), hpa_as_safe=hpa_as_safe(scores),
                     demo_slice=score([results[first]], shape.slo, shape.duration_s),
                     per_day={str(d): {n: (round(rs), under) for n, (rs, under) in runs.items()}
@@ -307,11 +311,16 @@ def demo_days(series: RateSeries, first: int, days: int, shape: DemoShape,
                     beyond_reach_s={str(d): beyond for d, (_, beyond) in results.items()})
 
 
-def demo_days_for(s: Settings, days: int, tick: Callable[[str], None] | None = None) -> DemoDays:
-    """`demo_days` for the settings' demo: its service, slice and shape."""
+def demo_days_for(s: Settings, days: int, tick: Callable[[str], None] | None = None,
+                  startup_s: float | None = None) -> DemoDays:
+    """`demo_days` for the settings' demo: its service, slice and shape; `startup_s` (wall) in place of the
+    service's startup delay, to see the comparison with faster or slower instances (the forecaster's horizon
+    follows it)."""
     svc = s.pool.service(s.demo.loop_service)
     if svc is None:
         raise ValueError(f"demo.loop_service {s.demo.loop_service!r} is not in pool.services")
+    if startup_s is not None:
+        svc = svc.model_copy(update={"startup_delay_s": startup_s})
     series = load_trace(dataset_path(NASA_RPS))
     first = minute_at(series, s.demo.trace_start)
     return demo_days(series, first, days, demo_shape(s, svc, demo_horizon_min(s, svc.startup_delay_s)), tick)

@@ -3,8 +3,8 @@
 The shadow HPA decides live at HPA's default target (0.8 of each replica's capacity), which is
 cheaper than the predictive policy because it is under-provisioned more often. To compare at the same
 SLO, the reactive policy is run again here, offline, on the feature windows the demo recorded, at
-lower targets: each at the shadow's round times, on the same clock (trace seconds) and knobs, reading
-the windows that had landed by then, and with its own pool on paper, as the live shadow keeps one.
+lower targets: each at the shadow's round times, on the same clock (trace seconds) and knobs (`hpa_knobs`),
+reading the windows that had landed by then, and with its own pool on paper, as the live shadow keeps one.
 Each schedule then goes through the same `replay_schedule` as the live ones. Pure: no I/O.
 """
 
@@ -14,6 +14,10 @@ from infra.core.features_table import ServiceWindow
 from infra.core.scaling import ScalingKnobs, reactive
 from infra.policy_replay import simulate_rounds
 from infra.trace_time import TraceTime
+
+# the what-if's HPA targets: 0.8 is HPA's usual, the shadow's; HPA as it ships (no feedback) needs the low ones
+# to approach the SLO on the demo's load
+HPA_TARGETS = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2)
 
 
 def simulate_reactive(rounds: list[float], windows: list[ServiceWindow], tt: TraceTime, knobs: ScalingKnobs,

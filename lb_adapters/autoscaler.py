@@ -8,7 +8,8 @@ Fail-static: predictions built on features older than `stale_intervals` interval
 unreachable, hand the decision to the reactive policy on observed load (`fallback=True`, which
 also keeps it from going below the ready count while load rises), and the reason says why.
 ClickHouse unreachable: hold (nothing scaled, the hold recorded). The reactive policy also runs
-in shadow every round; its count goes into the reason and a metric. The shadow keeps its own pool
+in shadow every round, as Kubernetes' HPA (no feedback); its count goes into the reason and a metric.
+The shadow keeps its own pool
 on paper (`infra.core.scaling.paper_pool`), started from the real one: HPA alone on the same load,
 not HPA's next step from the pool the acting policy built.
 """
@@ -85,6 +86,12 @@ class ScaledService:
         k = self.config.knobs
         return self.config.reactive.model_copy(update={"min_replicas": k.min_replicas, "max_replicas": k.max_replicas,
                                                        "max_unavailable": k.max_unavailable})
+
+    @property
+    def shadow_knobs(self) -> ScalingKnobs:
+        """The fallback's knobs without the feedback: the shadow answers what Kubernetes' HPA would have done,
+        and HPA does not raise its headroom after misses (left in, it made the shadow a costlier, safer HPA)."""
+        return self.fallback_knobs.model_copy(update={"feedback_gain": 0.0})
 
 
 @dataclass
@@ -183,7 +190,7 @@ class Autoscaler:
         decision = decide(policy, ctx)
         if mem.shadow_pool is None:  # HPA alone starts from the pool as it is
             mem.shadow_pool = resize([-math.inf] * replicas.ready, replicas.current, now, svc.config.startup_s)
-        shadow = decide(reactive, replace(ctx, knobs=svc.fallback_knobs, state=mem.shadow, fallback=False,
+        shadow = decide(reactive, replace(ctx, knobs=svc.shadow_knobs, state=mem.shadow, fallback=False,
                                           current=len(mem.shadow_pool), ready=ready(mem.shadow_pool, now)))
         mem.state, mem.shadow = decision.state, shadow.state
         mem.shadow_pool = resize(mem.shadow_pool, shadow.desired, now, svc.config.startup_s)

@@ -532,7 +532,8 @@ class AutoscaledService(Section):
                                             "predictive preset (down only to the highest recommendation of the "
                                             "last 300 s, and by max(1, 10%) a minute).")
     reactive: ScalingKnobs = Field(default_factory=reactive_knobs,
-                                   description="Knobs of the reactive policy (shadow and fallback), overrides of HPA's "
+                                   description="Knobs of the reactive policy (the fallback; the shadow HPA runs them "
+                                               "without the feedback, as Kubernetes' HPA), overrides of HPA's "
                                                "defaults; min/max replicas and max_unavailable come from `knobs`.")
 
     @field_validator("knobs", mode="before")

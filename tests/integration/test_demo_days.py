@@ -13,7 +13,7 @@ def test_demo_days_replays_every_variant_on_a_weekday_before_the_slice_and_on_th
     scores, own = result["scores"], result["demo_slice"]
     assert set(scores) == set(own)
     assert "predictive q0.99 +10% (the demo's)" in scores and "hpa 0.8 (the shadow's)" in scores
-    assert result["slo_pct"] == 0.5
+    assert result["slo_pct"] == 0.5 and result["startup_s"] == 20  # the demo service's startup_delay_s
     for table in (scores, own):
         hpa = [table[f"hpa {t:g}" + (" (the shadow's)" if t == 0.8 else "")]["replica_seconds"]
                for t in (0.8, 0.6, 0.4, 0.3)]
@@ -28,3 +28,11 @@ def test_demo_days_replays_every_variant_on_a_weekday_before_the_slice_and_on_th
     beyond = result["beyond_reach_s"][day]
     assert scores["hpa 0.5"]["replica_seconds"] == rs
     assert scores["hpa 0.5"]["underprov_pct"] == round(100 * (under - beyond) / (480 - beyond), 3)
+
+
+def test_demo_days_replays_with_another_startup_when_asked() -> None:
+    proc = foresight("demo-days", "--days", "1", "--startup", "5", "--json", timeout=600)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["startup_s"] == 5
+    assert "instances start in 5 s" in proc.stdout
+    assert foresight("demo-days", "--startup", "-1", check=False).returncode == 2  # refused, with typer's message

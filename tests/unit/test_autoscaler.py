@@ -155,8 +155,10 @@ def test_the_shadow_hpa_judges_from_its_own_pool_not_the_acting_one() -> None:
     feed(rates, clock, 15.0)
     auto.step("api")
     assert scaler.replicas == 7 and shadow_count(sink) == 2
-    # 40 req/s: 4 replicas, and one more from the feedback correction its own miss at 21 raised (21 > 2 x 10)
-    for rate, alone in ((21.0, 2), (40.0, 5)):
+    # 40 req/s: 4 replicas, after its own miss at 21 (21 > 2 x 10): the shadow is HPA, which has no feedback
+    # (the fallback's knobs have it: with it the shadow asked for 5)
+    assert auto.services["api"].fallback_knobs.feedback_gain > 0
+    for rate, alone in ((21.0, 2), (40.0, 4)):
         clock.t += 15
         feed(rates, clock, rate, minutes=1)
         auto.step("api")

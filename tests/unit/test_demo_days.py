@@ -117,3 +117,6 @@ def test_the_variants_cover_the_demos_preset_the_served_quantiles_and_the_hpa_ta
     assert "predictive q0.9 +0%" in other and len(other) == 6 + len(HPA_TARGETS)
     assert not any(n.startswith("predictive q0.5") for n in names)  # below the SLO's reach, not offered
     assert "hpa 0.8 (the shadow's)" in names and "hpa 0.3" in names
+    # HPA is Kubernetes' (no feedback), the predictive policy keeps its feedback
+    gains = {v.name: v.knobs.feedback_gain for v in variants(SHAPE, (0.9, 0.99))}
+    assert all(g == 0 for n, g in gains.items() if n.startswith("hpa")) and gains[names[0]] > 0

@@ -17,6 +17,7 @@ from infra.core.scaling import (
     ScalingDecision,
     ScalingState,
     decide,
+    hpa_knobs,
     predictive,
     predictive_knobs,
     reactive_knobs,
@@ -105,6 +106,8 @@ def test_the_demo_runs_both_policies_as_configured_on_the_trace_clock(tmp_path: 
     assert scaled.knobs == s.demo.predictive_knobs(**bounds)
     assert scaled.knobs.quantile == s.demo.quantile and scaled.knobs.headroom == s.demo.headroom
     assert scaled.reactive == reactive_knobs(**bounds)
+    # its shadow is Kubernetes' HPA: the same knobs without the feedback the fallback keeps
+    assert auto.services[svc.name].shadow_knobs == hpa_knobs(**bounds)
     assert scaled.startup_s == svc.startup_delay_s * s.demo.speedup
     assert scaled.capacity_rps == pytest.approx(svc.capacity_rps / (s.demo.speedup * s.demo.scale))
     assert auto.cfg.interval_s == s.demo.autoscale_interval_s * s.demo.speedup and auto.cfg.history_minutes == 1470

@@ -12,6 +12,7 @@ from infra.core.scaling.context import (
     ScalingDecision,
     ScalingKnobs,
     ScalingState,
+    hpa_knobs,
     predictive_knobs,
     reactive_knobs,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "ScalingState",
     "decide",
     "feedback",
+    "hpa_knobs",
     "policy_by_name",
     "predictive",
     "predictive_knobs",
