@@ -1338,7 +1338,12 @@ def _print_demo_checks(out: Console, summary: LoopSummary) -> None:
               f"{mark('hpa_shadow_within_slo')} ({under.get('hpa_shadow')} s)")
     out.print(f"predictive cheaper than the shadow HPA: {mark('predictive_cheaper_than_hpa_shadow')} ({ratio} its "
               f"replica-seconds); within the SLO and cheaper: {mark('predictive_meets_slo_cheaper_than_hpa')}")
-    out.print(f"faulty instance drained before it failed: {mark('drained_before_failure')}")
+    lead, before = summary.drain_lead_s, summary.drain_before_errors_s
+    when = "" if lead is None else f" ({lead:g} s before its crash, " + (
+        "no client error before it" if before is None else
+        f"{before:g} s before its first failed request" if before > 0 else
+        f"{-before:g} s after its first failed request") + ")"
+    out.print(f"faulty instance drained before it failed: {mark('drained_before_failure')}{when}")
 
 
 @app.command()

@@ -31,6 +31,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel, Field
 
+from infra.client_errors import error_onset_ms
 from infra.core.contracts import SERVICE_WIDE
 from infra.core.datasets import NASA_RPS, dataset_path
 from infra.core.db import client as clickhouse_client
@@ -49,7 +50,7 @@ from infra.hpa_whatif import HPA_TARGETS, cheapest_at_least_as_safe, simulate_re
 from infra.informed_bound import fit_headroom, informed_counts, informed_schedule
 from infra.trace_time import TraceTime, TraceTimeRates, WallTimeSink
 from infra.workers import build_health_controller, build_scaler, decision_log
-from ingest.replay import ReplaySummary, replay
+from ingest.replay import REQUEST_TIMEOUT_S, ReplaySummary, replay
 from lb_adapters.autoscaler import Autoscaler, ScaledService
 from lb_adapters.predictions import ForecastClient
 from lb_adapters.rates import ClickHouseRates
@@ -69,6 +70,10 @@ class LoopSummary(BaseModel):
     client_error_pct: float
     drain_lead_s: float | None
     decisions: int
+    drain_before_errors_s: float | None = Field(
+        None, description="Seconds from the faulty instance's drain to the first request of it that failed for "
+        "its client (5xx, or slower than the client waits) where those passed 1 % (`infra.client_errors`); "
+        "negative: drained after; None: not drained, or its clients saw no such errors")
     report: str
     notes: list[str]
     hpa_whatif: dict[str, dict[str, float]] = Field(
@@ -85,9 +90,11 @@ class LoopSummary(BaseModel):
 
 
 def demo_checks(underprov_s: Mapping[str, float | None], replica_seconds: Mapping[str, float | None], allowed_s: float,
-                drain_lead_s: float | None, fault_injected: bool) -> dict[str, bool | None]:
+                drain_lead_s: float | None, fault_injected: bool,
+                drain_before_errors_s: float | None = None) -> dict[str, bool | None]:
     """The demo's claims as yes/no from its figures, so a reader (or a script) need not do the arithmetic.
-    `predictive_meets_slo_cheaper_than_hpa` is the headline: both halves on the same run."""
+    `predictive_meets_slo_cheaper_than_hpa` is the headline: both halves on the same run. The faulty instance
+    failed at its crash, or earlier at its clients' error onset when it had one (`drain_before_errors_s`)."""
     def within(key: str) -> bool | None:
         under = underprov_s.get(key)
         return None if under is None else under <= allowed_s + 1e-9
@@ -100,7 +107,8 @@ def demo_checks(underprov_s: Mapping[str, float | None], replica_seconds: Mappin
         "hpa_shadow_within_slo": within("hpa_shadow"),
         "predictive_cheaper_than_hpa_shadow": cheaper,
         "predictive_meets_slo_cheaper_than_hpa": None if meets is None or cheaper is None else meets and cheaper,
-        "drained_before_failure": (None if not fault_injected or drain_lead_s is None else drain_lead_s > 0),
+        "drained_before_failure": (None if not fault_injected or drain_lead_s is None else drain_lead_s > 0
+                                   and (drain_before_errors_s is None or drain_before_errors_s > 0)),
     }
 
 
@@ -362,6 +370,10 @@ def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: Repl
         truth = (cl.execute(f"SELECT failure_ms FROM {db}.fault_events FINAL WHERE service = %(s)s "
                             "AND instance = %(i)s ORDER BY start_ms DESC LIMIT 1",
                             {"s": svc.name, "i": tl.fault[1]}) if tl.fault else [])
+        faulty_requests = (cl.execute(f"SELECT ts_ms, status, latency_ms FROM {db}.access_events WHERE service = "
+                                      "%(s)s AND instance = %(i)s AND ts_ms >= %(t0)s",
+                                      {"s": svc.name, "i": tl.fault[1], "t0": int(tl.fault[0] * 1000)})
+                           if tl.fault else [])
     finally:
         cl.disconnect()
     # measured: each window's load against the ready instances' capacity
@@ -394,11 +406,13 @@ def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: Repl
                                             t1)
     iso = cheapest_at_least_as_safe(sweep, pred_under)
     failed = sum(1 for _, _, f in traffic.answers if f)
-    lead = None
+    lead = before_errors = None
+    onset = error_onset_ms(faulty_requests, REQUEST_TIMEOUT_S * 1000, round(s.streams.window_s * 1000))
     if tl.fault and truth and truth[0][0] is not None:
         drained = [t for t, inst, outcome in tl.drains if inst == tl.fault[1] and outcome.startswith("drain: applied")]
         if drained:
             lead = round(truth[0][0] / 1000 - drained[0], 1)
+            before_errors = None if onset is None else round(onset / 1000 - drained[0], 1)
         else:
             notes.append(f"the faulty instance {tl.fault[1]} was not drained before the demo ended")
     elif tl.fault is None:
@@ -414,10 +428,11 @@ def summarise(s: Settings, svc: PoolServiceSettings, tl: Timeline, traffic: Repl
         replica_seconds=replica_seconds,
         client_p99_ms=None if (p99 := traffic.latency_ms(0.99)) is None else round(p99, 1),
         client_error_pct=round(100 * failed / max(1, len(traffic.answers)), 3),
-        drain_lead_s=lead, decisions=int(decisions[0][0]), report=str(report_dir / "index.html"), notes=notes,
+        drain_lead_s=lead, drain_before_errors_s=before_errors, decisions=int(decisions[0][0]),
+        report=str(report_dir / "index.html"), notes=notes,
         hpa_whatif={f"{t:g}": {"replica_seconds": round(rs), "underprov_s": u} for t, (rs, u) in sweep.items()},
         hpa_at_predictive_slo=None if iso is None else f"{iso:g}", slo_allowed_s=round(allowed, 1),
-        checks=demo_checks(underprov, replica_seconds, allowed, lead, tl.fault is not None))
+        checks=demo_checks(underprov, replica_seconds, allowed, lead, tl.fault is not None, before_errors))
     from infra.closed_loop_report import write_report
 
     write_report(report_dir, summary, tl, windows, traffic, svc.capacity_rps, t0, t1)

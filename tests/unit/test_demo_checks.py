@@ -32,6 +32,13 @@ def test_what_the_demo_did_not_measure_is_unknown_not_false() -> None:
     assert demo_checks({}, {}, 2.4, -3.0, True)["drained_before_failure"] is False
 
 
+def test_drained_before_the_crash_but_after_its_clients_saw_errors_is_a_miss() -> None:
+    # the fresh clone's run: drained 9.3 s before the crash, while requests sent ~15 s before the drain timed out
+    assert demo_checks({}, {}, 2.4, 9.3, True, -15.2)["drained_before_failure"] is False
+    assert demo_checks({}, {}, 2.4, 29.3, True, 12.0)["drained_before_failure"] is True
+    assert demo_checks({}, {}, 2.4, 29.3, True, None)["drained_before_failure"] is True  # no client error at all
+
+
 def test_the_printed_verdicts_carry_their_figures() -> None:
     under = {"predictive": 6.0, "hpa_shadow": 55.0}
     rs: dict[str, float | None] = {"predictive": 2136, "hpa_shadow": 2041, "oracle": 1380}
@@ -43,5 +50,11 @@ def test_the_printed_verdicts_carry_their_figures() -> None:
     text = out.export_text()
     assert "at most 2.4 s of 480 s): predictive no (6.0 s), shadow HPA no (55.0 s)" in text
     assert "cheaper than the shadow HPA: no (1.05 x its replica-seconds); within the SLO and cheaper: no" in text
-    assert "drained before it failed: yes" in text
+    assert "drained before it failed: yes (44.5 s before its crash, no client error before it)" in text
+    late = summary.model_copy(update={"drain_lead_s": 9.3, "drain_before_errors_s": -15.2,
+                                      "checks": demo_checks(under, rs, 2.4, 9.3, True, -15.2)})
+    out = Console(record=True, width=200)
+    _print_demo_checks(out, late)
+    assert "drained before it failed: no (9.3 s before its crash, 15.2 s after its first failed request)" in (
+        out.export_text())
     assert '"checks"' in summary.model_dump_json()
