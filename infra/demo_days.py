@@ -13,8 +13,8 @@ same hours of the weekdays before the slice, and on the slice itself (reported a
 - a round each `demo.autoscale_interval_s`, the same policies, guardrails, paper pool and `replay_schedule`
   as the demo (`infra.policy_replay`).
 
-Each variant (the predictive policy at each served quantile and headroom, the reactive one at each HPA
-target) is scored by how many days it met the SLO, its share of under-provisioned seconds, and its
+Each variant (the predictive policy at each served quantile and headroom, Kubernetes' HPA at each target)
+is scored by how many days it met the SLO, its share of under-provisioned seconds, and its
 replica-seconds against HPA at its usual target.
 """
 
@@ -49,7 +49,7 @@ from training.fit import forecast
 from training.forecaster import QuantileForecaster
 from training.series import RateSeries, load_trace
 
-HPA_USUAL = 0.8
+HPA_USUAL = hpa_knobs().target_utilization  # HPA's usual target, the shadow's
 HEADROOMS = (0.0, 0.1, 0.2)
 MIN_SHARE = 0.8  # a window with less of its minutes in the trace is missing: neither seen nor judged
 HISTORY_WINDOWS_MIN = 60  # minutes before the slice given as 1-minute windows (the first rounds' observed load)
