@@ -5,8 +5,8 @@ Every detector turns the same recordings into alarms (instance, time):
 - `model`: the registered `risk` model scores each round of windows; the drain policy (`decide_drains`:
   hysteresis, at most `max_drained_fraction` out, cooldown, never the last instance) turns the scores
   into drains, as the health controller would. A drain is an alarm.
-- `peer_deviation`: the baseline `/v1/risk` answers today (p99, error rate, queue against the peers),
-  through the same drain policy.
+- `peer_deviation`: the baseline `/v1/risk` answers today (p99, error rate, queue and the resource
+  gauge against the peers), through the same drain policy.
 - `haproxy_layer7`: `observe layer7` + `error-limit N` + `on-error mark-down` on HAProxy's own log of
   each server (N consecutive 5xx/timeouts mark it down, it comes back after `rise` good checks), plus
   the active check `inter 2s fall 3`, which sees a crash `fall x inter` after it (a hang answers
@@ -113,6 +113,11 @@ def drain_alarms(scored: Any, knobs: DrainKnobs, delay_s: float, gone_after_s: f
     return out
 
 
+# The `features` column each of the baseline's signals (`peer_risk.SIGNALS`) is read from.
+PEER_SIGNAL_COLUMNS = {"latency_p99_ms": "latency_p99_ms", "error_rate": "error_rate", "queue": "queue_max",
+                       "resource": "resource_max"}
+
+
 def peer_deviation_scores(windows: Any) -> Any:
     """The served baseline's risk, per round: its peers are the other instances of the same window."""
     import torch
@@ -121,9 +126,13 @@ def peer_deviation_scores(windows: Any) -> Any:
 
     w = windows.copy()
     w["error_rate"] = w["status_5xx"] / w["requests"].clip(lower=1)
+    columns = [PEER_SIGNAL_COLUMNS[name] for name, _, _ in peer_risk.SIGNALS]
+    for column in columns:  # recordings from before a gauge existed read 0, as serving does
+        if column not in w:
+            w[column] = 0.0
     risks = np.zeros(len(w))
     for _key, idx in w.groupby(["service", "window_start"]).indices.items():
-        feats = torch.tensor(w.iloc[idx][["latency_p99_ms", "error_rate", "queue_max"]].to_numpy(np.float32))
+        feats = torch.tensor(w.iloc[idx][columns].to_numpy(np.float32))
         risks[idx] = peer_risk.risk_scores(peer_risk.deviation_z(feats)).numpy()
     w["risk"] = risks
     return w

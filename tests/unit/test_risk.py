@@ -174,6 +174,17 @@ def test_a_failure_after_the_recording_is_not_counted_in_recall() -> None:
     assert m["all"]["failures"] == 0 and m["all"]["recall"] is None
 
 
+def test_the_evaluated_baseline_reads_the_served_signals_from_the_windows() -> None:
+    from infra.risk_eval import peer_deviation_scores
+
+    gauges = (("a", 0.0), ("b", 0.0), ("c", 0.5))
+    peers = frame([{"window_start": 0, "instance": i, "resource_max": r} for i, r in gauges])
+    assert peer_deviation_scores(peers)["risk"].tolist()[:2] == [0.0, 0.0]
+    assert peer_deviation_scores(peers)["risk"].iloc[2] > 0.9  # the leak's gauge alone, as `/v1/risk` scores it
+    old = peers.drop(columns=["resource_max"])  # recorded before the gauge: read as 0, not refused
+    assert peer_deviation_scores(old)["risk"].tolist() == [0.0, 0.0, 0.0]
+
+
 def test_precursors_bound_the_recall_at_a_lead() -> None:
     from infra.risk_eval import precursors
 

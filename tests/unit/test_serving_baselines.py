@@ -65,6 +65,22 @@ def test_risk_flags_the_instance_that_deviates_from_its_peers() -> None:
     assert {reason.split()[0] for reason in why[3]} == {"latency_p99_ms", "error_rate", "queue"}
 
 
+def test_a_leak_is_flagged_by_its_resource_gauge_before_its_latency_moves() -> None:
+    """Peers near 0 of the resource: 0.03 is one unit of deviation, so 0.29 above them is risk 0.8."""
+    def leaking(resource: float) -> list[float]:
+        rows = [InstanceFeatures(instance=f"i{n}", latency_p99_ms=p99, resource=r)
+                for n, (p99, r) in enumerate([(20.0, 0.0), (20.0, 0.0), (20.0, resource)])]
+        x = torch.from_numpy(risk_array(rows))
+        return peer_risk.risk_scores(peer_risk.deviation_z(x)).tolist()
+
+    assert leaking(0.0)[2] == 0.0
+    assert 0.7 < leaking(0.25)[2] < 0.8 < leaking(0.3)[2]
+    assert leaking(0.3)[:2] == [0.0, 0.0]  # its peers are not blamed for it
+    rows = [InstanceFeatures(instance=f"i{n}", latency_p99_ms=20.0, resource=r) for n, r in enumerate([0.0, 0.01, 0.5])]
+    x = torch.from_numpy(risk_array(rows))
+    assert peer_risk.reasons(x, peer_risk.deviation_z(x))[2][0].startswith("resource 0.5 vs peers' median 0.01")
+
+
 def test_identical_peers_and_lone_instances_are_not_at_risk() -> None:
     same = features((30.0, 0.5, 2.0), (30.0, 0.5, 2.0), (30.0, 0.5, 2.0))
     assert peer_risk.risk_scores(peer_risk.deviation_z(same)).tolist() == [0.0, 0.0, 0.0]
