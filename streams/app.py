@@ -38,6 +38,14 @@ also re-creates its own topics the broker lost, and retries refused changelog wr
 asks the broker for its topics only after a sign that they may be gone (a rebalance, a restarted log,
 a refused changelog write or send; `_doubt_topics`), and otherwise once every `TOPICS_BACKSTOP_S`:
 listing every topic through a new admin client every few seconds for the worker's life is waste.
+
+A worker the group expelled (it missed heartbeats) goes on folding and writing until it learns it,
+as a zombie. Its changelog writes are fenced by epoch (`streams.fencing`): a later recovery keeps the
+new owner's states over them. Its commits are refused, so the committed offsets noted above are
+only those the broker accepted (or read from it at an assignment). After standing still it closes no
+window by the wall clock until the group had time to tell it (`_note_stall`). And since Tansu lists a
+partition's end as its last record batch's first record + 1, each recovery is completed with the rest
+of that batch (`_read_changelog_tails`).
 """
 
 from __future__ import annotations
@@ -46,9 +54,10 @@ import asyncio
 import logging
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -62,6 +71,7 @@ from ingest.schemas import Rejection, decode_access_record, truncate_raw
 from streams.access_columns import AccessColumns, access_columns
 from streams.compat import faust as faust_internals
 from streams.event_ids import id_key
+from streams.fencing import FencedTable, highest_epoch, payload, stamp
 from streams.metrics import StreamMetrics
 from streams.schemas import FeatureWindow, WindowPartial
 from streams.sinks.clickhouse import FeatureSink
@@ -100,6 +110,12 @@ class _Fold:
 
 def _mark_key(partition: int) -> bytes:
     return MARK_PREFIX + str(partition).encode()
+
+
+def _changelog_event(record: Any) -> Any:
+    """A kafka-python record of a changelog as Faust's recovery hands one to a table's store."""
+    return SimpleNamespace(key=record.key, value=record.value,
+                           message=SimpleNamespace(value=record.value, partition=record.partition))
 
 
 def faust_broker_url(bootstrap_servers: str) -> str:
@@ -160,6 +176,9 @@ class FeatureStream:
         # Why the broker may have lost the worker's topics (None: no sign since the last good check).
         self._topics_doubt: str | None = None
         self._topics_checked_at = time.monotonic()  # Faust declared them at start
+        self._epoch = 0  # stamps this worker's changelog writes (`streams.fencing`); raised at each assignment
+        self._last_tick: float | None = None  # monotonic time of the last tick (`_note_stall`)
+        self._closes_held_until = 0.0  # after a stall (`_note_stall`); a new assignment confirms ownership
         self.app = faust.App(
             cfg.app_id,
             broker=faust_broker_url(kafka.bootstrap_servers),
@@ -173,6 +192,11 @@ class FeatureStream:
             broker_heartbeat_interval=cfg.heartbeat_interval_s,
             broker_rebalance_timeout=cfg.rebalance_timeout_s,
             table_standby_replicas=0,  # recovery replays the changelog; standbys would double the reads
+            # Faust crashes the worker when a changelog ends below where it last read it: a broker that lost
+            # it (the worker keeps what it holds and writes it again, `_rebase_if_restarted`), and on Tansu
+            # whenever the last batch holds several records (its listed end is the batch's first record + 1;
+            # `_read_changelog_tails`).
+            recovery_consistency_check=False,
             producer_max_batch_size=cfg.producer_batch_bytes,
             producer_linger=cfg.producer_linger_s,
         )
@@ -183,16 +207,20 @@ class FeatureStream:
         self.partials = self.app.topic(f"{cfg.app_id}-service-partials", partitions=kafka.partitions,
                                        internal=True, **raw)
         table: dict[str, Any] = {"partitions": kafka.partitions, "key_type": bytes, "value_type": bytes}
-        self.instance_table = self.app.Table("instance-windows", **table)
-        self.service_table = self.app.Table("service-windows", **table)
+        beacon = self.app.tables.beacon
+        self.instance_table = FencedTable(self.app, name="instance-windows", beacon=beacon, **table)
+        self.service_table = FencedTable(self.app, name="service-windows", beacon=beacon, **table)
+        for t in (self.instance_table, self.service_table):
+            self.app.tables.add(t)
         self.app.agent(source, name=f"{cfg.app_id}.windows")(self._process)
         self.app.agent(self.partials, name=f"{cfg.app_id}.services")(self._merge_services)
         self.app.timer(interval=0.5, name=f"{cfg.app_id}.tick")(self._tick)
         self.app.timer(interval=TOPICS_EVERY_S, name=f"{cfg.app_id}.topics")(self._ensure_topics)
         self.kafka = kafka
         self.app.task(self._on_start)
+        faust_internals.on_accepted_commits(self.app, self._note_committed)
         self.app.on_partitions_revoked.connect(self._on_revoked)
-        self.app.on_partitions_assigned.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.on_rebalance_complete.connect(self._on_settled)
 
     async def _on_start(self) -> None:
@@ -251,7 +279,42 @@ class FeatureStream:
             self._published.clear()
             self._republish.clear()
 
+    async def _on_assigned(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """A new epoch for the new assignment: above the last one and the wall clock (`streams.fencing`)."""
+        self._epoch = max(int(self.clock() * 1000), self._epoch + 1)
+        await self._on_revoked(sender, *args, signal=signal, **kwargs)
+
+    async def _read_changelog_tails(self) -> None:
+        """Apply the rest of each owned changelog partition's last record batch. Faust's recovery reads to
+        the end offset the broker lists, and Tansu lists the last batch as ending after its first record
+        (`read_last_batches`): a batch of states and their position mark lost all but its first state,
+        leaving the new owner with some states newer than the mark and others older. Applied again in
+        order through the fenced apply, the records Faust did read change nothing."""
+        from infra.core.kafka_admin import read_last_batches
+
+        tables = {t.changelog_topic.get_topic_name(): t for t in (self.instance_table, self.service_table)}
+        try:
+            owned = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in tables]
+        except Exception:  # consumer not started: nothing was recovered either
+            return
+        if not owned:
+            return
+        try:
+            tails = await asyncio.get_running_loop().run_in_executor(None, read_last_batches, self.kafka, owned)
+        except Exception as exc:
+            log.error("reading the last record batches of %d changelog partitions failed (%s): the states just "
+                      "recovered may lack the last writes of their previous owner", len(owned), exc)
+            return
+        for (topic, _), records in tails.items():
+            if records:
+                tables[topic].apply_changelog_batch([_changelog_event(r) for r in records])
+
     async def _on_settled(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await self._read_changelog_tails()
+        # ... and above every epoch just recovered, so a clock behind another worker's cannot go back
+        recovered = highest_epoch([*self.instance_table.data.values(), *self.service_table.data.values()])
+        self._epoch = max(self._epoch, recovered + 1)
+        self._closes_held_until = 0.0
         self.last_event_wall = self.clock()  # a rebalance is a pause, not an idle stream
         self._settled = True
         # what this worker now consumes: a second worker of the group is only useful once it holds some
@@ -267,7 +330,7 @@ class FeatureStream:
             for key, raw in list(self.instance_table.data.items()):
                 if key.startswith(MARK_PREFIX):
                     continue
-                st = InstanceState.loads(raw)
+                st = InstanceState.loads(payload(raw))
                 if st.partition == partition:
                     states[key] = st
                     self._tracked[st.service] += 1
@@ -313,7 +376,7 @@ class FeatureStream:
         marks = self._marks.get(partition)
         if marks is None:
             raw = self.instance_table.data.get(_mark_key(partition))
-            marks = self._marks[partition] = orjson.loads(raw) if raw else {}
+            marks = self._marks[partition] = orjson.loads(payload(raw)) if raw else {}
         return marks
 
     def _persist_marks(self, batch: dict[int, dict[str, int]]) -> list[Any]:
@@ -322,7 +385,7 @@ class FeatureStream:
             marks = self._marks_of(partition)
             for tp_key, offset in offsets.items():
                 marks[tp_key] = max(marks.get(tp_key, -1), offset)
-            raw = orjson.dumps(marks)
+            raw = stamp(self._epoch, orjson.dumps(marks))
             self.instance_table.data[_mark_key(partition)] = raw
             futures.append(self._durable(self.instance_table, partition, _mark_key(partition),
                                          self.instance_table.send_changelog(partition, _mark_key(partition), raw)))
@@ -351,9 +414,11 @@ class FeatureStream:
                     expected)
         return True
 
-    def _note_committed(self) -> None:
-        """Remember the highest offset the group committed per owned input partition."""
-        for tp, offset in faust_internals.committed_offsets(self.app.consumer).items():
+    def _note_committed(self, offsets: Mapping[TP, int | None]) -> None:
+        """Remember the highest offset the group committed per input partition: of the commits the
+        broker accepted, and as read from it at an assignment. Not every offset Faust tried to commit:
+        a worker the group expelled still tries, is refused, and would note offsets ahead of the group's."""
+        for tp, offset in offsets.items():
             if offset is not None and tp.topic in (self.topic_access, self.topic_metrics):
                 self._committed_seen[tp] = max(offset, self._committed_seen.get(tp, offset))
 
@@ -380,6 +445,7 @@ class FeatureStream:
         self._log_checked.add(tp)
         why = self._log_restarted(tp)
         if why is None:
+            self._note_committed({tp: faust_internals.committed_offsets(self.app.consumer).get(tp)})
             return None
         tp_key = f"{tp.topic}:{tp.partition}"
         self.metrics.log_restarts.inc()
@@ -568,7 +634,7 @@ class FeatureStream:
         """Write each state to the table once, its changelog on the state's own partition."""
         futures = []
         for st in states:
-            raw = st.dumps()
+            raw = stamp(self._epoch, st.dumps())
             table.data[st.key] = raw
             futures.append(self._durable(table, st.partition, st.key, table.send_changelog(st.partition, st.key, raw)))
         return futures
@@ -576,14 +642,19 @@ class FeatureStream:
     def _durable(self, table: Any, partition: int, key: bytes, sent: Any) -> asyncio.Future[None]:
         """A changelog write that completes once the broker acknowledged it: a failed one (the broker
         gone or just restarted, its topics not yet answering) is sent again, with what the table
-        holds for the key by then, until it is acknowledged. The batch is acked only after that."""
+        holds for the key by then, until it is acknowledged. The batch is acked only after that.
+        A key the table no longer holds is not written again: it was deleted on purpose (its tombstone
+        sent then), or its partition went to another worker, whose state a tombstone would wipe."""
         async def settle() -> None:
             pending = sent
             async for attempt in retry.until_accepted(log, f"changelog write of {key!r} (partition {partition})",
                                                       lambda _: self._doubt_topics("a changelog write failed")):
                 with attempt:
-                    if pending is None:  # the last try failed: the key's current value (None: deleted)
-                        pending = table.send_changelog(partition, key, table.data.get(key), value_serializer="raw")
+                    if pending is None:  # the last try failed: the key's current value
+                        value = table.data.get(key)
+                        if value is None:
+                            return
+                        pending = table.send_changelog(partition, key, value, value_serializer="raw")
                     current, pending = pending, None
                     await current
         return asyncio.ensure_future(settle())
@@ -595,7 +666,7 @@ class FeatureStream:
         if states is None:
             states = self._services[partition] = {}
             for key, raw in list(self.service_table.data.items()):
-                st = ServiceWindow.loads(raw)
+                st = ServiceWindow.loads(payload(raw))
                 if st.partition == partition:
                     states[key] = st
                     if st.pending is not None:
@@ -698,17 +769,31 @@ class FeatureStream:
                 if pos is not None and done is not None and done > pos and self._gap(tp, pos, done):
                     seeks[tp] = pos
                     self._next_offset[tp] = pos
-            self._note_committed()
         if futures:
             await asyncio.gather(*futures)
         if seeks:
             await consumer.seek_wait(seeks)
 
+    def _note_stall(self) -> None:
+        """A tick far later than its 0.5 s means the process stood still (paused, starved): long enough,
+        and the group may have expelled it without its knowing yet. Until the group had time to tell it
+        (a session timeout), it must not close windows by the wall clock: a zombie that closes a window
+        it no longer owns publishes it short, and later than the new owner's complete one, which the
+        features table would then keep."""
+        now = time.monotonic()
+        gap, self._last_tick = now - (self._last_tick or now), now
+        if gap > self.cfg.session_timeout_s / 2:
+            self._closes_held_until = now + self.cfg.session_timeout_s
+            self.metrics.stalls.inc()
+            log.warning("the worker stood still for %.1f s; closing windows by the wall clock waits %.0f s for "
+                        "the group to confirm it still owns its partitions", gap, self.cfg.session_timeout_s)
+
     async def _tick(self) -> None:
         """Load every owned partition's state (pending windows of a recovered one must go out), close
         windows by wall clock when the input is idle, and emit settled service-wide windows."""
-        if not self._settled:
-            return
+        self._note_stall()
+        if not self._settled or self.app.rebalancing:  # settled is signalled before Faust reads the committed
+            return  # offsets again (`_rebase_if_restarted` would take "none yet" for a lost log)
         try:
             owned_in = self._owned({self.topic_access, self.topic_metrics})
             owned_partials = self._owned({self.partials.get_topic_name()})
@@ -724,12 +809,14 @@ class FeatureStream:
         if again:
             await self._finish([], again, [])
         now = self.clock()
-        if now - self.last_event_wall >= self.cfg.idle_close_s and self._caught_up():
+        held = time.monotonic() < self._closes_held_until
+        if not held and now - self.last_event_wall >= self.cfg.idle_close_s and self._caught_up():
             async with self._lock:
                 closed_states, closed = self._close(list(self._instances), int(now * 1000))
                 futures = self._persist(self.instance_table, closed_states)
             await self._finish(futures, closed, [])
-        await self._emit_services()
+        if not held:
+            await self._emit_services()
         async with self._lock:
             self._forget_idle_instances()
         if any(pending_windows(self._all_states())):

@@ -43,5 +43,9 @@ class StreamMetrics:
                                     "Input partitions found restarted under the worker (the broker lost its log "
                                     "and the group's offsets, e.g. an in-memory Tansu restarted): positions "
                                     "rebased to the new log.", registry=r)
+        self.stalls = Counter("foresight_stream_stalls",
+                              "Times the worker stood still for over half the session timeout (paused, starved): "
+                              "the group may have expelled it, so it closed no window by the wall clock until a "
+                              "session timeout later or a rebalance.", registry=r)
         self.unsent = Gauge("foresight_stream_unsent_windows", "Closed windows waiting for ClickHouse.",
                             registry=r)

@@ -68,31 +68,64 @@ def ensure_topics(kafka: KafkaSettings, extra: Mapping[str, Mapping[str, str]] |
         admin.close()
 
 
+def _reader(kafka: KafkaSettings, client_id: str) -> KafkaConsumer:
+    """A consumer outside any group, for reading partitions to their end."""
+    return kafka_consumer(kafka, enable_auto_commit=False, client_id=client_id,
+                          max_partition_fetch_bytes=8 * 1024 * 1024)
+
+
+def _to_the_end(consumer: KafkaConsumer, parts: list[TopicPartition], timeout_s: float, poll_ms: int,
+                what: str) -> Iterator[tuple[TopicPartition, Any]]:
+    """The assigned partitions' records from where the consumer stands to the end, as (partition, record).
+
+    The end is where a poll comes back empty once past the listed end offsets: Tansu lists a partition's
+    end as its last record batch's base offset + 1, so stopping there would miss the rest of that batch.
+    """
+    ends = consumer.end_offsets(parts)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"could not read {what} to the end in {timeout_s:.0f} s")
+        polled = consumer.poll(timeout_ms=poll_ms)
+        if not polled and all(consumer.position(tp) >= ends[tp] for tp in parts):
+            return
+        for tp, records in polled.items():
+            for r in records:
+                yield tp, r
+
+
+def read_last_batches(kafka: KafkaSettings, partitions: list[tuple[str, int]], timeout_s: float = 10.0,
+                      client_id: str = "foresight-tail-reader") -> dict[tuple[str, int], list[Any]]:
+    """Each partition's records from its listed end offset minus one to its real end: the whole last
+    record batch, which Tansu lists as ending after its first record (`_to_the_end`). A reader that
+    stopped at the listed end (Faust's changelog recovery does) misses the rest of it."""
+    out: dict[tuple[str, int], list[Any]] = {p: [] for p in partitions}
+    if not partitions:
+        return out
+    consumer = _reader(kafka, client_id)
+    try:
+        parts = [TopicPartition(topic, p) for topic, p in partitions]
+        consumer.assign(parts)
+        for tp, end in consumer.end_offsets(parts).items():
+            consumer.seek(tp, max(0, end - 1))
+        for tp, record in _to_the_end(consumer, parts, timeout_s, 200, f"the last batches of {len(parts)} partitions"):
+            out[(tp.topic, tp.partition)].append(record)
+        return out
+    finally:
+        consumer.close()
+
+
 def iter_topic(kafka: KafkaSettings, topic: str, timeout_s: float = 120.0, client_id: str = "foresight-reader"
                ) -> Iterator[bytes]:
-    """Every record value of `topic`, each partition from its start to its end, outside any group.
-
-    The end is where a poll comes back empty once past the listed end offsets: Tansu lists the last
-    batch's base offset as the end, so stopping there would miss the rest of that batch.
-    """
-    consumer = kafka_consumer(kafka, enable_auto_commit=False, client_id=client_id,
-                              max_partition_fetch_bytes=8 * 1024 * 1024)
+    """Every record value of `topic`, each partition from its start to its end, outside any group."""
+    consumer = _reader(kafka, client_id)
     try:
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
         if not parts:
             raise ValueError(f"topic {topic} does not exist on {kafka.bootstrap_servers}")
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
-        ends = consumer.end_offsets(parts)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic} to its end in {timeout_s:.0f} s")
-            polled = consumer.poll(timeout_ms=1000)
-            if not polled and all(consumer.position(tp) >= ends[tp] for tp in parts):
-                return
-            for records in polled.values():
-                for r in records:
-                    yield r.value
+        for _, record in _to_the_end(consumer, parts, timeout_s, 1000, topic):
+            yield record.value
     finally:
         consumer.close()

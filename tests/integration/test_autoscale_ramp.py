@@ -8,8 +8,8 @@ frontend counted against the instances the pool reported ready times their capac
 (`ingest.replay`) runs in processes of its own and stays open-loop (up to 3,000 requests in flight), so
 an under-provisioned run's backlog does not throttle the arrivals and hide the demand.
 
-Time compression. The load replays Monday 7 August 1995, 06:30-08:00 EDT, at 60 trace seconds per
-wall second, so one wall second carries one trace minute of requests (about 18 req/s at 06:30,
+Time compression. The load replays Monday 7 August 1995, 06:50-08:00 EDT, at 60 trace seconds per
+wall second, so one wall second carries one trace minute of requests (about 18 req/s at 06:50,
 50 at 08:00). The forecaster is trained on per-minute rates and sees the previous day in its
 input, so the autoscaler runs in trace time: its clock is the trace's (1995) clock, the feature
 windows the test writes (as the stream worker would) are one trace minute per wall second, and
@@ -62,11 +62,11 @@ from training.series import RateSeries, nasa_layout, read_rps, seconds_to_minute
 
 SERVICE = "web"
 SPEEDUP = 60  # trace seconds per wall second: one wall second = one trace minute
-REPLAY_FROM = datetime.fromisoformat("1995-08-07T06:30:00-04:00")  # a Monday; the morning ramp follows
-REPLAY_WALL_S = 90  # 1.5 trace hours
+REPLAY_FROM = datetime.fromisoformat("1995-08-07T06:50:00-04:00")  # a Monday; the morning ramp follows
+REPLAY_WALL_S = 70  # 70 trace minutes: the capacity is passed about half-way
 CAPACITY_RPS = 15.0  # per instance, wall requests per second
 STARTUP_S = 20.0  # wall seconds from a scale-up to a ready instance
-START_REPLICAS = 2  # enough for 06:30 (about 18 req/s), not for 07:30 (about 40)
+START_REPLICAS = 2  # enough for 06:50 (about 18 req/s), not for 07:30 (about 40)
 MAX_REPLICAS = 8
 ROUND_WALL_S = 2.0  # the autoscaler's interval, in wall seconds
 RAMP_MEAN_S = 10  # the ramp's level: the mean of this many seconds (trace minutes), not one second's burst

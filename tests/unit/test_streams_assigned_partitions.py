@@ -32,7 +32,7 @@ def settle_with(stream: FeatureStream, tps: set[TP]) -> None:
     async def run() -> None:
         await stream._on_revoked(None, signal=None)
         assert assigned(stream) == 0  # during the rebalance
-        await stream._on_revoked(None, tps, signal=None)  # on_partitions_assigned: tables not recovered yet
+        await stream._on_assigned(None, tps, signal=None)  # tables not recovered yet
         assert assigned(stream) == 0
         await stream._on_settled(None, signal=None)
     asyncio.run(run())
