@@ -16,7 +16,11 @@ from streams.app import FeatureStream
 
 
 @pytest.fixture
-def stream(tmp_path: Path) -> FeatureStream:
+def stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FeatureStream:
+    import infra.core.kafka_admin as kafka_admin
+
+    # no broker here: the rest of the changelogs' last batches (read after each recovery) is none
+    monkeypatch.setattr(kafka_admin, "read_last_batches", lambda kafka, partitions: {})
     return FeatureStream(StreamSettings(), KafkaSettings(bootstrap_servers="127.0.0.1:1"), sink=None,  # type: ignore[arg-type]
                          data_dir=tmp_path)
 
