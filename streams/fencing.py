@@ -8,10 +8,11 @@ recovery, where the changelog's rule is "last write wins": the zombie's older st
 the owner's newer one, and the records between the two would be counted by neither.
 
 So each value carries an epoch: the wall-clock ms when its writer took its assignment, raised above
-every epoch it recovered (a Lamport clock, so a skewed clock cannot go back). A new owner's epoch is
-above the zombie's: it was assigned after the group expelled the zombie, a session timeout after the
-zombie's last heartbeat, and after reading whatever the zombie wrote before. On recovery a value
-replaces the one held only if its epoch is not lower. Deletions (tombstones) always apply: only an
+every epoch it recovered (a Lamport clock). A new owner's epoch is above the zombie's: it recovered
+whatever the zombie wrote before, and was assigned after the group expelled the zombie, a session
+timeout after the zombie's last heartbeat (for a partition the zombie had not written yet, this assumes
+the hosts' clocks agree within that). On recovery a value replaces the one held only if its epoch is
+not lower. Deletions (tombstones) always apply: only an
 idle instance or a long-retired window is deleted, by whichever worker holds it.
 
 A value is `b"<epoch>|" + payload`; a value without the prefix (written before) has epoch 0.
