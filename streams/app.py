@@ -361,7 +361,8 @@ class FeatureStream:
             self.metrics.records.inc(len(events))
             gaps: dict[TP, int] = {}
             async with self._lock:
-                rejects, touched, marks = self._apply(events, gaps)
+                owned = self._owned({self.topic_access, self.topic_metrics})
+                rejects, touched, marks = self._apply(events, gaps, owned)
                 closed_states, closed = self._close({st.partition for st in touched}, None)
                 futures = self._persist(self.instance_table, touched | closed_states)
                 futures += self._persist_marks(marks)  # after the states: same changelog partition, in order
@@ -490,13 +491,19 @@ class FeatureStream:
         for raw, reason, detail in rejects:
             await self._reject(raw, reason, detail)
 
-    def _apply(self, events: Iterable[Any], gaps: dict[TP, int]
+    def _apply(self, events: Iterable[Any], gaps: dict[TP, int], owned: set[int] | None = None
                ) -> tuple[list[tuple[bytes, str, str]], set[InstanceState], dict[int, dict[str, int]]]:
         """Fold a batch in. A partition that shows a gap is left alone for the rest of the batch, and
-        `gaps` says where to read it again."""
+        `gaps` says where to read it again. A record of a partition this worker no longer holds (`owned`,
+        None: all) is left to its owner: an expelled worker hears of its expulsion as a revocation of an
+        assignment it no longer has, so Faust does not wait for its agents, whose batches in hand would
+        otherwise load that partition's states again, and fold, close and publish them."""
         fold = _Fold()
         for event in events:
             msg = event.message
+            if owned is not None and msg.partition not in owned:
+                self.metrics.not_owned.inc()
+                continue
             tp_key = self._admit(msg, gaps, fold)
             if tp_key is None:
                 continue
@@ -689,7 +696,11 @@ class FeatureStream:
             now = self.clock()
             async with self._lock:
                 touched = []
+                owned = self._owned({self.partials.get_topic_name()})
                 for event in events:
+                    if event.message.partition not in owned:  # its owner merges it (see `_apply`)
+                        self.metrics.not_owned.inc()
+                        continue
                     try:
                         partial = WindowPartial.model_validate_json(event.value)
                     except ValueError as exc:  # not ours to fix here; never stop the merge for it
@@ -705,11 +716,13 @@ class FeatureStream:
             if futures:
                 await asyncio.gather(*futures)
 
-    async def _emit_services(self) -> None:
+    async def _emit_services(self, owned: set[int]) -> None:
         now = self.clock()
         async with self._lock:
             out, changed = [], []
-            for states in self._services.values():
+            for partition, states in self._services.items():
+                if partition not in owned:
+                    continue
                 for key in [k for k, st in states.items() if st.done and now - st.updated > FORGET_DONE_S]:
                     st = states.pop(key)
                     self.service_table.data.pop(key, None)
@@ -812,11 +825,11 @@ class FeatureStream:
         held = time.monotonic() < self._closes_held_until
         if not held and now - self.last_event_wall >= self.cfg.idle_close_s and self._caught_up():
             async with self._lock:
-                closed_states, closed = self._close(list(self._instances), int(now * 1000))
+                closed_states, closed = self._close([p for p in self._instances if p in owned_in], int(now * 1000))
                 futures = self._persist(self.instance_table, closed_states)
             await self._finish(futures, closed, [])
         if not held:
-            await self._emit_services()
+            await self._emit_services(owned_partials)
         async with self._lock:
             self._forget_idle_instances()
         if any(pending_windows(self._all_states())):

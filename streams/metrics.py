@@ -47,5 +47,9 @@ class StreamMetrics:
                               "Times the worker stood still for over half the session timeout (paused, starved): "
                               "the group may have expelled it, so it closed no window by the wall clock until a "
                               "session timeout later or a rebalance.", registry=r)
+        self.not_owned = Counter("foresight_stream_not_owned_records",
+                                 "Records (input and service partials) left to their partition's owner: this worker "
+                                 "no longer held the partition when it came to them (expelled by the group).",
+                                 registry=r)
         self.unsent = Gauge("foresight_stream_unsent_windows", "Closed windows waiting for ClickHouse.",
                             registry=r)

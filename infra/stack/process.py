@@ -92,14 +92,34 @@ def stop(record: ProcessRecord, timeout_s: float = 15.0) -> list[int]:
         os.killpg(record.pid, signal.SIGTERM)
     for p in family:
         _signal(p, signal.SIGTERM)
-    _, alive = psutil.wait_procs(family, timeout=timeout_s)
+    alive = _wait_gone(family, timeout_s)
     # Children started after the first look (a worker respawning during shutdown).
     alive += [c for p in alive for c in _descendants(p) if c not in alive]
     for p in alive:
         _signal(p, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=5)
+    _wait_gone(alive, 5.0)
     _reap(record.pid)
     return [p.pid for p in alive]
+
+
+def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """The processes still running after up to `timeout_s`. Polled every 50 ms: `psutil.wait_procs` waits
+    on a process that is not our child (a stack component, started by an earlier `stack up`) in sleeps
+    that grow, and took 1.5-2 s for each one that had exited at once (42 s for a `stack down`)."""
+    deadline = time.monotonic() + timeout_s
+    alive = list(procs)
+    while True:
+        alive = [p for p in alive if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _descendants(proc: psutil.Process) -> list[psutil.Process]:

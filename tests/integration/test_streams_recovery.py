@@ -370,10 +370,6 @@ def test_partitions_move_between_workers_without_loss(core: Settings) -> None:
         run.stop_workers()
 
 
-@pytest.mark.skipif(os.environ.get("FORESIGHT_TEST_EXPELLED_WORKER") != "1", reason=(
-    "opt-in (FORESIGHT_TEST_EXPELLED_WORKER=1): a known hole remains. Its instance windows hold, but on a slow "
-    "machine a service-wide (*) window was written with 2 of its 4 instances (README: partitions moving "
-    "between workers)"))
 @pytest.mark.timeout(300)
 def test_an_expelled_worker_that_wakes_up_loses_nothing(core: Settings) -> None:
     """One of two workers stands still (SIGSTOP) past the session timeout: the group expels it and the

@@ -192,3 +192,46 @@ def test_each_recovery_is_completed_with_the_rest_of_the_last_batch(
     monkeypatch.setattr(kafka_admin, "read_last_batches", unreachable)
     asyncio.run(stream._on_settled(None, signal=None))  # logged, not raised: the worker goes on
     assert stream._settled
+
+
+def test_records_of_a_partition_no_longer_held_are_left_to_its_owner(stream: FeatureStream) -> None:
+    """An expelled worker hears of it as the revocation of an assignment it no longer has: Faust does not
+    wait for its agents, and their batch in hand must not load and fold the partition's states again."""
+    import orjson
+
+    def record(partition: int, offset: int, instance: str) -> Any:
+        event = {"v": 1, "id": f"{instance}-{offset}", "ts": 1_700_000_000_000 + offset, "service": "web",
+                 "instance": instance, "method": "GET", "route": "/", "status": 200, "latency_ms": 1.0,
+                 "bytes_sent": 10, "source": "t"}
+        msg = SimpleNamespace(topic=stream.topic_access, partition=partition, offset=offset,
+                              tp=TP(stream.topic_access, partition))
+        return SimpleNamespace(message=msg, value=orjson.dumps({"v": 1, "count": 1, "events": [event]}))
+
+    _, touched, marks = stream._apply([record(0, 0, "i0"), record(1, 0, "i1")], {}, owned={1})
+    assert {st.instance for st in touched} == {"i1"} and set(marks) == {1}
+    assert 0 not in stream._instances  # the revoked partition's states were not loaded again
+    assert stream.metrics.registry.get_sample_value("foresight_stream_not_owned_records_total") == 1.0
+
+
+def test_service_windows_of_a_partition_no_longer_held_are_not_emitted(
+        stream: FeatureStream, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.state import ServiceWindow
+    from streams.windows import WindowAcc
+
+    def due_window(partition: int) -> ServiceWindow:
+        st = ServiceWindow("web", 0, partition=partition)
+        st.parts, st.version, st.updated = {"i1": {"late": 0, "acc": WindowAcc().to_dict()}}, 1, 0.0
+        return st
+
+    held, stale = due_window(1), due_window(2)
+    stream._services = {1: {held.key: held}, 2: {stale.key: stale}}
+    published: list[Any] = []
+
+    async def finish(futures: list[Any], closed: list[Any], rejects: list[Any]) -> None:
+        published.extend(window for window, _ in closed)
+
+    monkeypatch.setattr(stream, "_finish", finish)
+    monkeypatch.setattr(stream, "_persist", lambda table, states: [])
+    asyncio.run(stream._emit_services(owned={0, 1}))
+    assert [w.window_start for w in published] == [0] and held.pending is not None  # the held one only
+    assert stale.emitted_version == 0 and stale.pending is None
