@@ -529,10 +529,11 @@ def run_fault(s: Settings, component: str, rate: float, down_s: float, after_s: 
 
 
 @contextlib.contextmanager
-def private_stack(only: set[str] | None, say: Say) -> Iterator[Settings]:
-    """A stack of its own on free ports under a temp folder (its components read the same file); stopped after."""
+def private_stack(only: set[str] | None, say: Say, overrides: dict[str, Any] | None = None) -> Iterator[Settings]:
+    """A stack of its own on free ports under a temp folder (its components read the same file); stopped after.
+    `overrides`: settings tables to set in that file (see `private_config`)."""
     folder = Path(tempfile.mkdtemp(prefix="fs-chaos-", dir="/tmp"))  # short: Ray's socket paths live under it
-    config = private_config(folder)
+    config = private_config(folder, overrides)
     s = load_settings(config, state_dir=folder)
     try:
         timings = up(s, say, config, only=only)
@@ -571,12 +572,15 @@ def controllers(s: Settings, config: Path | None, rate: float, say: Say) -> Iter
 
 
 def run_chaos(base: Settings, faults: list[str], rate: float, down_s: float, after_s: float, settle_s: float,
-              say: Say, this_stack: bool = False, with_controllers: bool = True) -> list[FaultResult]:
+              say: Say, this_stack: bool = False, with_controllers: bool = True,
+              stack_overrides: dict[str, Any] | None = None) -> list[FaultResult]:
+    """Crash each of `faults` in turn under a replay and measure what was lost, doubled or unsafe. On a private
+    stack (with `stack_overrides` in its settings file) unless `this_stack`."""
     needed = PIPELINE | set().union(*(FAULT_NEEDS.get(f, {f}) for f in faults)) | \
         (CONTROLLED if with_controllers else set())
     only = None if this_stack else needed
     results: list[FaultResult] = []
-    with (contextlib.nullcontext(base) if this_stack else private_stack(only, say)) as s:
+    with (contextlib.nullcontext(base) if this_stack else private_stack(only, say, stack_overrides)) as s:
         config = None if this_stack else s.state / "foresight.toml"
         with controllers(s, config, rate, say) if with_controllers else contextlib.nullcontext():
             for component in faults:
