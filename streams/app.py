@@ -57,7 +57,6 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -71,7 +70,7 @@ from ingest.schemas import Rejection, decode_access_record, truncate_raw
 from streams.access_columns import AccessColumns, access_columns
 from streams.compat import faust as faust_internals
 from streams.event_ids import id_key
-from streams.fencing import FencedTable, highest_epoch, payload, stamp
+from streams.fencing import FencedTable, changelog_event, highest_epoch, payload, stamp
 from streams.metrics import StreamMetrics
 from streams.schemas import FeatureWindow, WindowPartial
 from streams.sinks.clickhouse import FeatureSink
@@ -110,12 +109,6 @@ class _Fold:
 
 def _mark_key(partition: int) -> bytes:
     return MARK_PREFIX + str(partition).encode()
-
-
-def _changelog_event(record: Any) -> Any:
-    """A kafka-python record of a changelog as Faust's recovery hands one to a table's store."""
-    return SimpleNamespace(key=record.key, value=record.value,
-                           message=SimpleNamespace(value=record.value, partition=record.partition))
 
 
 def faust_broker_url(bootstrap_servers: str) -> str:
@@ -307,7 +300,7 @@ class FeatureStream:
             return
         for (topic, _), records in tails.items():
             if records:
-                tables[topic].apply_changelog_batch([_changelog_event(r) for r in records])
+                tables[topic].apply_changelog_batch([changelog_event(r.key, r.value, r.partition) for r in records])
 
     async def _on_settled(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         await self._read_changelog_tails()

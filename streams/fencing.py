@@ -21,11 +21,18 @@ A value is `b"<epoch>|" + payload`; a value without the prefix (written before) 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import faust
 
 SEPARATOR = b"|"
+
+
+def changelog_event(key: bytes | None, value: bytes | None, partition: int = 0) -> Any:
+    """A changelog record shaped as Faust's recovery hands one to a table's store (only the fields `fenced`
+    and the store read), for records read outside that recovery."""
+    return SimpleNamespace(key=key, value=value, message=SimpleNamespace(value=value, partition=partition))
 
 
 def stamp(epoch: int, payload: bytes) -> bytes:

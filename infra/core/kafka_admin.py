@@ -8,6 +8,7 @@ may need them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -15,12 +16,26 @@ from typing import TYPE_CHECKING, Any
 import kafka as kafka_python
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import Cancelled, TopicAlreadyExistsError
 
 from infra.core.settings import KafkaSettings
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
+
+
+class _CancelledByClose(logging.Filter):
+    """kafka-python 3.0 logs ERROR "Metadata refresh: failed Cancelled" whenever a client closes while its
+    metadata refresh is in flight: the close cancelled the request, nothing failed. A short-lived reader (the
+    stream worker's changelog tail reader, on every rebalance) closes that way each time, and the ERROR would
+    send an operator looking for a fault. Every other metadata failure still logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "Metadata refresh: failed %s" and isinstance(record.args, tuple)
+                    and len(record.args) == 1 and isinstance(record.args[0], Cancelled))
+
+
+logging.getLogger("kafka.cluster").addFilter(_CancelledByClose())
 
 
 def client_config(kafka: KafkaSettings, **options: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,15 @@ def test_the_aiokafka_factory_passes_the_cluster_security() -> None:
         return client._security_protocol, client._sasl_mechanism, list(client._bootstrap_servers)
 
     assert asyncio.run(build()) == ("SASL_SSL", "SCRAM-SHA-512", ["kafka-0:9093", "kafka-1:9093"])
+
+
+def test_only_a_close_cancelling_the_metadata_refresh_is_kept_out_of_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    from kafka.errors import Cancelled, KafkaConnectionError
+
+    log = logging.getLogger("kafka.cluster")  # as kafka-python 3.0 logs it; kafka_admin (imported) filters it
+    with caplog.at_level(logging.ERROR, logger="kafka.cluster"):
+        log.error("Metadata refresh: failed %s", Cancelled())
+        log.error("Metadata refresh: failed %s", KafkaConnectionError("111 ECONNREFUSED"))
+        log.error("Metadata refresh loop error: %s", Cancelled())
+    assert [r.getMessage() for r in caplog.records] == [
+        "Metadata refresh: failed KafkaConnectionError: 111 ECONNREFUSED", "Metadata refresh loop error: Cancelled"]

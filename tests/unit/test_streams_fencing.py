@@ -18,11 +18,7 @@ from faust.types import TP
 
 from infra.core.settings import KafkaSettings, StreamSettings
 from streams.app import FeatureStream
-from streams.fencing import epoch_of, fenced, stamp, unstamp
-
-
-def changelog_event(key: bytes, value: bytes | None, partition: int = 0) -> Any:
-    return SimpleNamespace(key=key, value=value, message=SimpleNamespace(value=value, partition=partition))
+from streams.fencing import changelog_event, epoch_of, fenced, stamp, unstamp
 
 
 @pytest.fixture
