@@ -10,6 +10,7 @@ ones. Pure: no I/O.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -42,9 +43,10 @@ def simulate_rounds(policy: Policy, rounds: list[float], windows: list[ServiceWi
     newest: float | None = None
     decided: list[tuple[float, int]] = []
     ordered = sorted(windows, key=lambda w: w.end_s)
+    ends = [w.end_s for w in ordered]
     for k, t in enumerate(rounds):
-        seen = [w for w in ordered if w.end_s <= t - landed_after_s]
-        fresh = [w for w in seen if w.end_s > last_end] or seen[-1:]
+        landed = bisect.bisect_right(ends, t - landed_after_s)  # ordered[:landed] had landed by t
+        fresh = ordered[bisect.bisect_right(ends, last_end, hi=landed):landed] or ordered[max(0, landed - 1):landed]
         observed = None
         if fresh:
             last_end = max(w.end_s for w in fresh)

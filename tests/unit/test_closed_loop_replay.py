@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from infra.core.features_table import ServiceWindow
 from infra.core.scaling import replay_schedule
@@ -39,6 +41,39 @@ def test_a_removal_takes_a_starting_replica_first() -> None:
 def test_no_decisions_keeps_the_initial_count_and_seconds_without_a_window_are_not_judged() -> None:
     rs, under = replay_schedule([], 4, 20.0, windows([50.0]), 10.0, 1000.0, 1020.0)  # 1010..1019: no window
     assert (rs, under) == (80, 10)
+
+
+def plain_replay(decided: list[tuple[float, int]], initial: int, startup_s: float, ws: list[ServiceWindow],
+                 capacity: float, start: float, end: float) -> tuple[float, float]:
+    """The schedule replayed the obvious way: every window asked about every second."""
+    ready_at, replica_s, under_s, t = [-math.inf] * initial, 0.0, 0.0, start
+    pending = sorted(decided)
+    while t < end:
+        while pending and pending[0][0] <= t:
+            _, want = pending.pop(0)
+            ready_at = ready_at + [t + startup_s] * (want - len(ready_at)) if want > len(ready_at) \
+                else sorted(ready_at)[:want]
+        replica_s += len(ready_at)
+        rate = next((w.rate for w in ws if w.start_s <= t < w.end_s), None)
+        under_s += rate is not None and rate > capacity * sum(1 for r in ready_at if r <= t)
+        t += 1.0
+    return replica_s, under_s
+
+
+spans = st.tuples(st.floats(990, 1060, allow_nan=False), st.floats(0, 25, allow_nan=False), st.floats(0, 40))
+
+
+@given(st.lists(spans, max_size=12), st.lists(st.tuples(st.floats(990, 1060), st.integers(0, 5)), max_size=6),
+       st.floats(990, 1010), st.integers(0, 4), st.floats(0, 20))
+@settings(database=None, max_examples=200, deadline=None)
+def test_the_schedule_replay_equals_the_obvious_one_with_overlapping_gapped_windows(
+        raw: list[tuple[float, float, float]], decided: list[tuple[float, int]], start: float, initial: int,
+        startup_s: float) -> None:
+    """Each second's rate comes from the first window (in the given order) that holds it, as before
+    `replay_schedule` looked windows up per second: windows here overlap, leave gaps, start off the second."""
+    ws = [ServiceWindow(a, a + width, int(rate * width), rate) for a, width, rate in raw]  # type: ignore[arg-type]
+    assert replay_schedule(decided, initial, startup_s, ws, 10.0, start, start + 60.5) == \
+        plain_replay(decided, initial, startup_s, ws, 10.0, start, start + 60.5)
 
 
 def test_history_rows_are_one_closed_window_per_trace_minute_ending_at_the_replay() -> None:

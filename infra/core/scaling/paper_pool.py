@@ -9,6 +9,7 @@ it would have been short."""
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import TYPE_CHECKING
 
@@ -36,17 +37,31 @@ def replay_schedule(decided: list[tuple[float, int]], initial: int, startup_s: f
     its window's rate is above the ready replicas' capacity. The predictive autoscaler's and the shadow
     HPA's decisions go through this same function, so their figures compare like for like."""
     pending = sorted(decided)
+    seconds: list[float] = []
+    t = start
+    while t < end:
+        seconds.append(t)
+        t += 1.0
+    rates = _rate_each_second(seconds, windows)
     ready_at: list[float] = [-math.inf] * initial
     replica_s = under_s = 0.0
     k = 0
-    t = start
-    while t < end:
+    for t, rate in zip(seconds, rates, strict=True):
         while k < len(pending) and pending[k][0] <= t:
             ready_at = resize(ready_at, pending[k][1], t, startup_s)
             k += 1
         replica_s += len(ready_at)
-        rate = next((w.rate for w in windows if w.start_s <= t < w.end_s), None)
         if rate is not None and rate > capacity_rps * ready(ready_at, t):
             under_s += 1
-        t += 1.0
     return replica_s, under_s
+
+
+def _rate_each_second(seconds: list[float], windows: list[ServiceWindow]) -> list[float | None]:
+    """The rate of the first window (in `windows`' order) that holds each of `seconds` (ascending), None where
+    none does. Each window fills the seconds it holds, the last window first so that earlier ones overwrite:
+    O(seconds + windows x log seconds) where asking every window for every second was their product."""
+    rates: list[float | None] = [None] * len(seconds)
+    for w in reversed(windows):
+        first, stop = bisect.bisect_left(seconds, w.start_s), bisect.bisect_left(seconds, w.end_s)
+        rates[first:stop] = [w.rate] * max(0, stop - first)
+    return rates
