@@ -1163,13 +1163,14 @@ def train(
         raise typer.BadParameter("--split must be time or service", param_hint="--split")
     s = _ctx(ctx).settings
     if kind == "risk":
-        from infra.risk_eval import TARGETS, policy_knobs
+        from infra.risk_eval import TARGETS
         from infra.risk_tuning import operating_point
+        from lb_adapters.policies.drain import health_knobs
         from training.risk_command import train_risk_command
 
         def choose(oof: Any) -> dict[str, Any]:
-            return operating_point(oof, policy_knobs(s), s.health.horizon_s, s.streams.allowed_lateness_s,
-                                   false_drain_budget, TARGETS["lead_s_p50"])
+            return operating_point(oof, health_knobs(s.health, s.streams.window_s), s.health.horizon_s,
+                                   s.streams.allowed_lateness_s, false_drain_budget, TARGETS["lead_s_p50"])
 
         try:
             train_risk_command(dataset or s.state / "datasets" / "risk", s.state, s.clickhouse,

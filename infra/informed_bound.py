@@ -21,9 +21,10 @@ BAND_EDGES = (1.5, 2.5, 3.5)  # load bands' edges, in instances' capacity
 MIN_SHARE = 0.8  # a block's mean counts when at least this share of its minutes holds data
 
 
-def centred_mean(values: np.ndarray, span: int) -> np.ndarray:
-    """Each minute's mean over the `span` minutes centred on it, minutes without data left out (NaN where
-    the whole span has none)."""
+def centred_window_mean(values: np.ndarray, span: int) -> np.ndarray:
+    """Each minute's mean over the `span` minutes centred on it, itself included (unlike
+    `training.metrics.centred_mean`, which leaves the minute out to judge how well its neighbours explain it);
+    minutes without data left out, NaN where the whole span has none."""
     ok = np.isfinite(values)
     kernel = np.ones(span)
     total = np.convolve(np.where(ok, values, 0.0), kernel, "same")
@@ -61,7 +62,7 @@ def fit_headroom(values: np.ndarray, smooth: int, window: int, offset: int, excl
     """The (1 - slo) quantile of block mean / smooth mean per load band, over the blocks whose minutes and
     smooth mean lie outside `exclude` (minutes [a, b): the slice judged). Rates are `values` x `rate_factor`,
     bands in `capacity` units."""
-    mu = centred_mean(values, smooth)
+    mu = centred_window_mean(values, smooth)
     starts, means = blocks(values, offset, window)
     smooth_at = mu[starts + window // 2]
     keep = np.isfinite(means) & np.isfinite(smooth_at) & (smooth_at > 0)
@@ -85,7 +86,7 @@ def informed_counts(values: np.ndarray, smooth: int, first: int, n_windows: int,
                     rate_factor: float, capacity: float, min_replicas: int, max_replicas: int) -> list[int]:
     """Instances for each of the `n_windows` windows from minute `first`: the smooth mean at its middle, with
     its band's headroom, in instances."""
-    mu = centred_mean(values, smooth)
+    mu = centred_window_mean(values, smooth)
     counts = []
     for j in range(n_windows):
         rate = float(mu[min(len(mu) - 1, first + j * window + window // 2)]) * rate_factor

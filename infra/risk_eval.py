@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from infra.core.service_registry import InstanceRecord, InstanceState
-from lb_adapters.policies.drain import DrainKnobs, DrainState, decide_drains
+from lb_adapters.policies.drain import DrainKnobs, DrainState, decide_drains, health_knobs
 from lb_adapters.policies.membership import SET_BY
 
 Alarm = tuple[str, str, float]  # (service, instance, seconds)
@@ -247,17 +247,6 @@ def evaluate(windows: Any, requests: Any, model_scores: Any | None, knobs: Drain
 TARGETS = {"recall": 0.9, "lead_s_p50": 30.0, "false_drains_per_instance_hour": 0.1}
 
 
-def policy_knobs(s: Any) -> DrainKnobs:
-    """The health controller's knobs, its round counts rescaled from `health.interval_s` rounds to one round
-    per feature window (the replay judges every window)."""
-    rounds = s.health.interval_s / s.streams.window_s
-    return DrainKnobs(drain_above=s.health.drain_above, readmit_below=s.health.readmit_below,
-                      readmit_after=s.health.readmit_rounds(s.streams.window_s),
-                      max_drained_fraction=s.health.max_drained_fraction,
-                      cooldown_rounds=round(s.health.cooldown_rounds * rounds),
-                      drain_after=max(1, round(s.health.drain_after * rounds)))
-
-
 def model_knobs(base: DrainKnobs, metrics: dict[str, Any]) -> tuple[DrainKnobs, str]:
     """`base` at the operating point the model's training chose (its manifest's `metrics.operating_point`:
     threshold and consecutive windows), and where the knobs came from."""
@@ -307,7 +296,7 @@ def evaluate_command(s: Any, dataset: Any, version: str | None, error_limit: int
     heldout = sorted(int(x) for x in windows["seed"].unique())
     if trained_on & set(heldout):
         raise ValueError(f"risk {manifest.version} was trained on seeds {sorted(trained_on & set(heldout))}")
-    settings_knobs = policy_knobs(s)
+    settings_knobs = health_knobs(s.health, s.streams.window_s)
     knobs, knobs_from = settings_knobs, "settings"
     if at == "model":
         knobs, knobs_from = model_knobs(settings_knobs, manifest.metrics)

@@ -20,7 +20,7 @@ from lb_adapters.actuators.haproxy import HAProxyRuntime
 from lb_adapters.controller import WeightController
 from lb_adapters.decision_log import DecisionLog
 from lb_adapters.features import LatestFeatures
-from lb_adapters.policies.drain import DrainKnobs
+from lb_adapters.policies.drain import health_knobs
 from lb_adapters.predictions import WeightsClient
 
 if TYPE_CHECKING:
@@ -126,17 +126,8 @@ def build_weight_controller(s: Settings, name: str = "adapt") -> WeightControlle
         cfg=s.adapter,
         backend=s.haproxy.backend,
         window_s=s.streams.instance_window,
-        overload=health_knobs(s),
+        overload=health_knobs(s.health),
     )
-
-
-def health_knobs(s: Settings) -> DrainKnobs:
-    """The drain policy's knobs (and its overload guard, which the weight controller applies too)."""
-    h = s.health
-    return DrainKnobs(h.drain_above, h.readmit_below, h.readmit_rounds(h.interval_s), h.max_drained_fraction,
-                      h.capacity_rps,
-                      h.cooldown_rounds, drain_after=h.drain_after, capacity_margin=h.capacity_margin,
-                      min_utilisation=h.min_utilisation)
 
 
 def build_health_controller(s: Settings, leadership: bool = True, name: str = "health") -> HealthController:
@@ -167,7 +158,7 @@ def build_health_controller(s: Settings, leadership: bool = True, name: str = "h
         predictor=RiskClient(s.serving_url, s.serving_token),
         registry=registry,
         sink=decision_log(s, name),
-        knobs=health_knobs(s),
+        knobs=health_knobs(s.health),
         features_max_age_s=h.features_max_age_s, window_s=s.streams.instance_window, dry_run=h.dry_run, leadership=lead,
         interval_s=h.interval_s, model_point=h.drain_at == "model",
     )

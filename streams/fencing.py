@@ -12,8 +12,8 @@ every epoch it recovered (a Lamport clock). A new owner's epoch is above the zom
 whatever the zombie wrote before, and was assigned after the group expelled the zombie, a session
 timeout after the zombie's last heartbeat (for a partition the zombie had not written yet, this assumes
 the hosts' clocks agree within that). On recovery a value replaces the one held only if its epoch is
-not lower. Deletions (tombstones) always apply: only an
-idle instance or a long-retired window is deleted, by whichever worker holds it.
+not lower. Deletions (tombstones) always apply: only an idle instance or a long-retired window is
+deleted, by whichever worker holds it.
 
 A value is `b"<epoch>|" + payload`; a value without the prefix (written before) has epoch 0.
 """

@@ -17,8 +17,9 @@ here too, so a decision that comes out is one the controller may carry out.
   that is a scaling problem, and the autoscaler's. A drain refused so says which share of the load the
   instance keeps (`hold_share`): the controller holds it at a low weight instead of draining it. A hold
   has the drain's hysteresis: it lasts (action `hold`, each round) until the instance's risk stays at or
-  below `readmit_below` for `readmit_after` rounds, or until the others can carry the load; else a held
-  instance, now sending fewer errors, would look healthier, lose its hold and take its full share again.
+  below `readmit_below` for `readmit_after` rounds; else a held instance, now sending fewer errors, would
+  look healthier, lose its hold and take its full share again. Once the others can carry the load, the
+  drain the hold put off goes ahead (the replacement the controller asked for has arrived).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from infra.core.service_registry import InstanceRecord
+from infra.core.settings import HealthSettings
 from lb_adapters.policies.capacity import check_capacity
 from lb_adapters.policies.membership import Verdict, check_drain, may_change_state, set_by
 
@@ -51,6 +53,19 @@ class DrainKnobs:
             raise ValueError("readmit_after and drain_after must be at least 1 round")
         if self.capacity_margin < 1:
             raise ValueError(f"capacity_margin ({self.capacity_margin}) below 1 would drain into overload")
+
+
+def health_knobs(h: HealthSettings, round_s: float | None = None) -> DrainKnobs:
+    """The knobs `health.*` sets. Its round counts are rounds of `health.interval_s`; a caller that judges
+    every `round_s` seconds instead (the risk replay, one round per window) gets them rescaled to the same
+    seconds. Re-admission never comes before the risk's horizon either way (`readmit_rounds`)."""
+    round_s = round_s or h.interval_s
+    per_round = h.interval_s / round_s
+    return DrainKnobs(drain_above=h.drain_above, readmit_below=h.readmit_below,
+                      readmit_after=h.readmit_rounds(round_s), max_drained_fraction=h.max_drained_fraction,
+                      capacity_rps=h.capacity_rps, cooldown_rounds=round(h.cooldown_rounds * per_round),
+                      drain_after=max(1, round(h.drain_after * per_round)), capacity_margin=h.capacity_margin,
+                      min_utilisation=h.min_utilisation)
 
 
 @dataclass(frozen=True)
@@ -102,19 +117,26 @@ def decide_drains(risk: Mapping[str, float | None], records: Mapping[str, Instan
     for name in sorted((n for n, rec in records.items() if rec.state == "ready"),
                        key=lambda n: -(risk.get(n) or 0.0)):
         r = risk.get(name)
-        if r is None or r < knobs.drain_above or risky[name] < knobs.drain_after:
-            if name in state.held:
-                healthy = state.held[name] + 1 if r is not None and r <= knobs.readmit_below else 0
-                left = [n for n, rec in out_now.items() if rec.state == "ready" and n != name]
-                fits = check_capacity(name, left, capacity or {}, load_rps, knobs.capacity_margin, knobs.capacity_rps)
-                if healthy < knobs.readmit_after and not fits.allowed:
-                    held[name] = healthy
-                    shown = "unknown" if r is None else f"{r:.2f}"
-                    decisions.append(DrainDecision(
-                        name, "hold", r, f"held, not drained: risk {shown}, not yet <= {knobs.readmit_below:g} for "
-                                         f"{knobs.readmit_after} rounds ({healthy} so far), and {fits.reason}",
-                        fits.hold_share))
-            continue
+        shown = "unknown" if r is None else f"{r:.2f}"
+        why_drain, put_off = f"risk {shown} >= {knobs.drain_above:g}", None
+        if r is None or r < knobs.drain_above or risky.get(name, 0) < knobs.drain_after:
+            if name not in state.held:
+                continue
+            healthy = state.held[name] + 1 if r is not None and r <= knobs.readmit_below else 0
+            if healthy >= knobs.readmit_after:
+                continue  # recovered while held: the hold ends, the drain is off
+            left = [n for n, rec in out_now.items() if rec.state == "ready" and n != name]
+            fits = check_capacity(name, left, capacity or {}, load_rps, knobs.capacity_margin, knobs.capacity_rps)
+            if not fits.allowed:
+                held[name] = healthy
+                decisions.append(DrainDecision(
+                    name, "hold", r, f"held, not drained: risk {shown}, not yet <= {knobs.readmit_below:g} for "
+                                     f"{knobs.readmit_after} rounds ({healthy} so far), and {fits.reason}",
+                    fits.hold_share))
+                continue
+            # the others can carry the load now: the drain the hold put off goes ahead, through the same guardrails
+            why_drain, put_off = (f"held for capacity, risk {shown} not yet <= {knobs.readmit_below:g} for "
+                                  f"{knobs.readmit_after} rounds ({healthy} so far)"), healthy
         pinned = may_change_state(records[name], "draining", "controller")
         verdict = pinned if not pinned.allowed else check_drain(out_now, [name], knobs.max_drained_fraction)
         if verdict.allowed and cooling > 0:
@@ -127,16 +149,16 @@ def decide_drains(risk: Mapping[str, float | None], records: Mapping[str, Instan
             verdict = Verdict(fits.allowed, f"{verdict.reason}; {fits.reason}" if fits.allowed else fits.reason)
             hold = fits.hold_share
         if not verdict.allowed:
-            decisions.append(DrainDecision(name, "refuse", r, f"risk {r:.2f} >= {knobs.drain_above:g}, "
-                                                              f"but {verdict.reason}", hold))
+            decisions.append(DrainDecision(name, "refuse", r, f"{why_drain}, but {verdict.reason}", hold))
             if hold is not None:
                 held[name] = 0
+            elif put_off is not None:
+                held[name] = put_off  # refused by the budget, a cooldown or a pin: tried again next round
             continue
-        rounds = f" for {risky[name]} rounds" if knobs.drain_after > 1 else ""
-        decisions.append(DrainDecision(name, "drain", r, f"risk {r:.2f} >= {knobs.drain_above:g}{rounds}; "
-                                                         f"{verdict.reason}"))
+        rounds = f" for {risky[name]} rounds" if knobs.drain_after > 1 and name in risky else ""
+        decisions.append(DrainDecision(name, "drain", r, f"{why_drain}{rounds}; {verdict.reason}"))
         out_now[name] = records[name].model_copy(update={"state": "draining"})
-        del risky[name]
+        risky.pop(name, None)
         drained = True
         cooling = knobs.cooldown_rounds
     return decisions, DrainState(streak, knobs.cooldown_rounds if drained else max(0, cooling - 1), risky, held)

@@ -187,9 +187,32 @@ def test_a_hold_lasts_until_the_instance_is_healthy_for_readmit_after_rounds() -
     assert decisions == [] and state.held == {}  # 2 healthy rounds: the hold is lifted
 
 
-def test_a_hold_is_lifted_once_the_others_can_carry_the_load() -> None:
+def test_once_the_others_can_carry_the_load_the_drain_a_hold_put_off_goes_ahead() -> None:
+    """`bench lb` scenario 9001 with the live controller's round counts: b0's hold ended when its peers could
+    carry the load, and b0 (risk 0.67, held at a low weight) took its full share again and answered 500s for
+    11 s, until its risk reached the threshold again."""
     _, state = decide_drains({"b2": 0.98}, B4, DrainState(), GUARD, load_rps=140, capacity=UNEQUAL)
     decisions, state = decide_drains({"b2": 0.6}, B4, state, GUARD, load_rps=100, capacity=UNEQUAL)
+    assert [(d.instance, d.action) for d in decisions] == [("b2", "drain")]
+    assert "held for capacity, risk 0.60" in decisions[0].reason and decisions[0].hold_share is None
+    assert state.held == {} and state.cooldown == GUARD.cooldown_rounds
+    # through the same guardrails: with the budget used up it is refused, and tried again next round
+    spent = {**B4, "b0": rec("draining", by="controller", started=0), "b1": rec("draining", by="controller")}
+    _, state = decide_drains({"b2": 0.98}, B4, DrainState(), GUARD, load_rps=140, capacity=UNEQUAL)
+    decisions, state = decide_drains({"b2": 0.6}, spent, state, GUARD, load_rps=10, capacity=UNEQUAL)
+    assert [(d.instance, d.action) for d in decisions] == [("b2", "refuse")] and decisions[0].hold_share is None
+    assert "held for capacity" in decisions[0].reason and state.held == {"b2": 0}
+    freed = {**B4, "b0": rec("draining", by="controller", started=0)}
+    decisions, state = decide_drains({"b2": 0.6}, freed, state, GUARD, load_rps=10, capacity=UNEQUAL)
+    assert [(d.instance, d.action) for d in decisions] == [("b2", "drain")] and state.held == {}
+
+
+def test_a_held_instance_healthy_for_readmit_after_rounds_is_not_drained_when_the_load_falls() -> None:
+    knobs = DrainKnobs(max_drained_fraction=0.5, capacity_margin=1.1, readmit_after=2)
+    _, state = decide_drains({"b2": 0.98}, B4, DrainState(), knobs, load_rps=140, capacity=UNEQUAL)
+    _, state = decide_drains({"b2": 0.1}, B4, state, knobs, load_rps=140, capacity=UNEQUAL)
+    assert state.held == {"b2": 1}
+    decisions, state = decide_drains({"b2": 0.1}, B4, state, knobs, load_rps=100, capacity=UNEQUAL)
     assert decisions == [] and state.held == {}
 
 
@@ -230,14 +253,13 @@ def test_a_drained_instance_waits_out_the_risk_horizon_before_readmission() -> N
     """Drained, it gets no traffic and its risk reads low whether it is sick or not: the failure it was
     drained for comes within the horizon, so re-admission waits that long."""
     from infra.core.settings import HealthSettings
-    from infra.workers import health_knobs
+    from lb_adapters.policies.drain import health_knobs
 
     h = HealthSettings(interval_s=5.0, readmit_after=3, horizon_s=60.0)
     assert h.readmit_rounds(5.0) == 12  # 60 s of 5 s rounds, not 3 rounds (15 s)
     assert h.readmit_rounds(10.0) == 6  # in 10 s feature windows, as the held-out replay counts them
     assert HealthSettings(interval_s=5.0, readmit_after=20, horizon_s=60.0).readmit_rounds(5.0) == 20
-    s = type("S", (), {"health": h})()
-    knobs = health_knobs(s)
+    knobs = health_knobs(h)
     assert knobs.readmit_after == 12
     drained = {**FOUR, "i0": rec("draining", by="controller", started=0)}
     state = DrainState()
@@ -245,3 +267,21 @@ def test_a_drained_instance_waits_out_the_risk_horizon_before_readmission() -> N
         decisions, state = decide_drains({"i0": 0.0, "i1": 0.1, "i2": 0.1, "i3": 0.1}, drained, state, knobs)
         readmitted = [d.instance for d in decisions if d.action == "readmit"]
         assert readmitted == ([] if round_no < 11 else ["i0"])
+
+
+def test_the_health_settings_give_every_caller_the_same_seconds() -> None:
+    """The live controller counts rounds of `health.interval_s`; the risk replay, judging every window, keeps
+    the same seconds (and `bench lb`, faster rounds on shorter windows, the same rounds)."""
+    from infra.core.settings import HealthSettings
+    from lb_adapters.policies.drain import health_knobs
+
+    h = HealthSettings(interval_s=5.0, drain_after=2, cooldown_rounds=6, readmit_after=3, horizon_s=60.0,
+                       capacity_rps=30.0, capacity_margin=1.3, min_utilisation=0.4)
+    live = health_knobs(h)
+    assert (live.drain_after, live.cooldown_rounds, live.readmit_after) == (2, 6, 12)
+    assert (live.capacity_rps, live.capacity_margin, live.min_utilisation) == (30.0, 1.3, 0.4)
+    per_window = health_knobs(h, 10.0)
+    assert (per_window.drain_after, per_window.cooldown_rounds, per_window.readmit_after) == (1, 3, 6)
+    per_second = health_knobs(h, 1.0)
+    assert (per_second.drain_after, per_second.cooldown_rounds, per_second.readmit_after) == (10, 30, 60)
+    assert per_second.drain_above == live.drain_above == h.drain_above

@@ -9,12 +9,12 @@ import pytest
 
 from infra.core.features_table import ServiceWindow
 from infra.core.scaling import replay_schedule
-from infra.informed_bound import Headroom, blocks, centred_mean, fit_headroom, informed_counts, informed_schedule
+from infra.informed_bound import Headroom, blocks, centred_window_mean, fit_headroom, informed_counts, informed_schedule
 
 
-def test_centred_mean_leaves_out_missing_minutes() -> None:
+def test_centred_window_mean_leaves_out_missing_minutes() -> None:
     values = np.array([1.0, np.nan, 3.0, 5.0, np.nan, np.nan, np.nan])
-    mu = centred_mean(values, 3)
+    mu = centred_window_mean(values, 3)
     assert mu[0] == 1.0  # (1) : the edge and the NaN are left out
     assert mu[1] == 2.0  # (1 + 3) / 2
     assert mu[3] == 4.0  # (3 + 5) / 2
@@ -40,7 +40,7 @@ def test_headroom_is_the_quantile_of_bursts_outside_the_slice() -> None:
     assert len(head.factors) == 4
     # a mean of ~20 req/s lies in the band between 1.5 and 2.5 instances of 10 req/s
     starts, means = blocks(values, 0, 10)
-    mu = centred_mean(values, 60)[starts + 5]
+    mu = centred_window_mean(values, 60)[starts + 5]
     outside = (starts + 10 <= 10_000) | (starts >= 10_600)
     ratios = (means / mu)[outside & np.isfinite(means)]
     assert head.at(20.0) == pytest.approx(float(np.quantile(ratios, 0.95)), rel=0.02)
