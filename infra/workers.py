@@ -117,7 +117,11 @@ def decision_log(s: Settings, name: str) -> DecisionLog:
 
 
 def build_weight_controller(s: Settings, name: str = "adapt") -> WeightController:
-    """`name`: whose decision spool (one process writes a spool: `adapt`, `demo`, a test's own)."""
+    """`name`: whose decision spool (one process writes a spool: `adapt`, `demo`, a test's own). Holds (drains
+    the health controller refused for capacity) are read from the registry each round."""
+    from infra.core.service_registry import Registry
+    from lb_adapters.health import RegistryHolds
+
     return WeightController(
         features=LatestFeatures(clickhouse_client(s.clickhouse), s.clickhouse.database),
         predictor=WeightsClient(s.serving_url, s.serving_token),
@@ -127,6 +131,7 @@ def build_weight_controller(s: Settings, name: str = "adapt") -> WeightControlle
         backend=s.haproxy.backend,
         window_s=s.streams.instance_window,
         overload=health_knobs(s.health),
+        holds=RegistryHolds(Registry(s.registry_endpoint, s.registry.prefix, s.registry.timeout_s)),
     )
 
 

@@ -11,11 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from infra.core.contracts import HAPROXY_MAX_WEIGHT
+from infra.core.service_registry import RegistryError
 from infra.core.settings import AdapterSettings
 from lb_adapters import metrics
 from lb_adapters.actuators.base import ActuatorError, WeightActuator
 from lb_adapters.features import mean_busy
-from lb_adapters.policies.capacity import ALPHA, Served, capacities, guard_load, observe, update_served
+from lb_adapters.policies.capacity import ALPHA, Served, capacities, guard_load, hold_weight, observe, update_served
 from lb_adapters.policies.drain import DrainKnobs
 from lb_adapters.policies.weights import OverloadGuard, decide_weights, smooth
 from lb_adapters.schemas import Decision, DecisionSink, PredictionRecord
@@ -32,6 +34,12 @@ class WeightPredictor(Protocol):
     def weights(self, request: WeightsRequest) -> WeightsResponse: ...
 
 
+class HoldSource(Protocol):
+    def hold_shares(self, service: str) -> dict[str, float]:
+        """Instance -> the share of the load a drain refused for capacity leaves it (the health controller's)."""
+        ...
+
+
 @dataclass
 class StepReport:
     features: list[InstanceFeatures] = field(default_factory=list)
@@ -46,13 +54,14 @@ class WeightController:
     def __init__(self, features: FeatureSource, predictor: WeightPredictor, actuator: WeightActuator,
                  sink: DecisionSink, cfg: AdapterSettings, backend: str,
                  clock: Callable[[], float] = time.time, window_s: float | None = None,
-                 overload: DrainKnobs | None = None) -> None:
+                 overload: DrainKnobs | None = None, holds: HoldSource | None = None) -> None:
         """`window_s`: length of the feature windows (sent with each request: a model trained on
         another length is refused); `overload`: the drain knobs whose capacity guard a predicted 0 passes
-        (None: no guard; it needs `window_s` to turn windows into rates)."""
+        (None: no guard; it needs `window_s` to turn windows into rates); `holds`: where the health
+        controller's holds are read (the registry), each round."""
         self.features, self.predictor, self.actuator, self.sink = features, predictor, actuator, sink
         self.cfg, self.backend, self.clock = cfg, backend, clock
-        self.window_s, self.overload = window_s, overload
+        self.window_s, self.overload, self.holds = window_s, overload, holds
         self.aimed: dict[str, dict[str, float]] = {}  # per service: the smoothed weights of the last round
         self.served: dict[str, dict[str, Served]] = {}  # per service: the capacity estimate's averages
 
@@ -66,8 +75,22 @@ class WeightController:
                              self.overload.capacity_margin,
                              self.overload.capacity_rps)
 
+    def _held(self, service: str, weights: dict[str, int], report: StepReport) -> dict[str, int]:
+        """The most weight each held instance may have: the weight that gives it its share beside the others."""
+        if self.holds is None:
+            return {}
+        try:
+            shares = self.holds.hold_shares(service)
+        except (RegistryError, OSError) as exc:  # the registry away: the weights follow the model; the note says so
+            report.note = f"holds unknown ({exc}): weights not capped this round"
+            return {}
+        return {name: hold_weight(share, {n: w for n, w in weights.items() if n != name and n not in shares},
+                                  self.cfg.min_weight, HAPROXY_MAX_WEIGHT)
+                for name, share in shares.items() if name in weights}
+
     def step(self, service: str, holds: dict[str, int] | None = None) -> StepReport:
-        """`holds`: instance -> the most weight it may have (a drain the health policy refused for capacity)."""
+        """`holds`: instance -> the most weight it may have (a drain the health policy refused for capacity);
+        None: from the hold source."""
         report = StepReport(features=self.features.for_service(service, self.cfg.features_max_age_s))
         if not report.features:
             report.note = f"no feature windows for {service} in the last {self.cfg.features_max_age_s} s"
@@ -85,6 +108,8 @@ class WeightController:
         predictions = [PredictionRecord(ts=asked_ms, kind="weights", service=service, instance=w.instance,
                                         model=report.response.model, model_version=report.response.model_version,
                                         value=float(w.weight)) for w in report.response.weights]
+        if holds is None:
+            holds = self._held(service, report.before, report)
         for change in decide_weights(predicted, report.before, self.cfg, guard, holds):
             reason = change.reason
             if change.instance in raw and raw[change.instance] != predicted[change.instance]:

@@ -55,6 +55,25 @@ def at_operating_point(knobs: DrainKnobs, op: OperatingPoint, interval_s: float)
             f"drain point from the model: risk >= {op.drain_above:g} for {rounds} round(s) ({op.sustained_s:g} s)")
 
 
+class RegistryHolds:
+    """The holds `HealthController` writes, read back for the weight adapter (`WeightController(holds=...)`)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def hold_shares(self, service: str) -> dict[str, float]:
+        return {e.instance: share for e in self.registry.list(service)
+                if e.record is not None and e.record.state == "ready" and (share := e.record.hold_share) is not None}
+
+
+HOLD_STEP = 0.05  # a hold's share moves with the load each round; the registry is written when a step is crossed
+
+
+def hold_step(share: float) -> float:
+    """`share` rounded up to a `HOLD_STEP`: never less than the others cannot take."""
+    return round(min(1.0, math.ceil(share / HOLD_STEP - 1e-9) * HOLD_STEP), 2)  # as the registry stores it
+
+
 class HealthController:
     def __init__(self, features: FeatureSource, predictor: RiskPredictor, registry: Registry, sink: DecisionSink,
                  knobs: DrainKnobs, features_max_age_s: int, window_s: float = 10.0, dry_run: bool = False,
@@ -118,6 +137,7 @@ class HealthController:
             report.decisions.append(self._act(service, records[d.instance], d, now_ms, refs.get(d.instance, ""),
                                                leader))
         report.decisions += self._replacements(service, records, decisions, report.risk, knobs, now_ms, refs, leader)
+        report.decisions += self._holds(service, records, decisions, now_ms, refs, leader)
         if report.decisions:
             self.sink.publish(report.decisions, [p for p in predictions if p.instance in
                                                  {d.instance for d in decisions}])
@@ -153,11 +173,37 @@ class HealthController:
             out.append(decision)
         return out
 
+    def _holds(self, service: str, records: dict[str, RegistryEntry], decisions: list[DrainDecision], now_ms: int,
+               refs: dict[str, str], leader: Leadership | None) -> list[Decision]:
+        """Each hold's share of the load into the registry (`hold_share`, in steps of `HOLD_STEP`, rounded up),
+        where the weight adapter caps the instance's weight to it; lifted once the hold is over (a drain or
+        a state change lifts it too)."""
+        want = {d.instance: hold_step(d.hold_share) for d in decisions
+                if d.action in ("refuse", "hold") and d.hold_share is not None}
+        moved = {d.instance for d in decisions if d.action in ("drain", "readmit")}  # its state change lifts it
+        out = []
+        for name, entry in sorted(records.items()):
+            rec = entry.record
+            if rec is None or rec.state != "ready" or name in moved or want.get(name) == rec.hold_share:
+                continue
+            share = want.get(name)
+            why = (f"held at {share:.0%} of the load: a drain refused because the others cannot carry it"
+                   if share is not None else "the hold is over: the weight is the model's again")
+            decision = Decision(ts=now_ms, service=service, actuator="etcd", target=f"{service}/{name}",
+                                action="hold", before=rec.hold_share, after=share, reason=why,
+                                prediction_ref=refs.get(name, ""), dry_run=self.dry_run)
+            out.append(self._apply(decision, partial(self._set_hold, service, name, share, leader)))
+        return out
+
+    def _set_hold(self, service: str, name: str, share: float | None, leader: Leadership | None) -> bool:
+        entry = self.registry.get(service, name)  # read again: a replacement mark may have moved it this round
+        return entry is not None and self.registry.set_hold(service, name, share, entry.mod_revision, leader)
+
     def _act(self, service: str, entry: RegistryEntry, d: DrainDecision, now_ms: int, ref: str,
              leader: Leadership | None) -> Decision:
         before: InstanceState = entry.record.state if entry.record else "ready"
         after: InstanceState = {"drain": "draining", "readmit": "ready"}.get(d.action, before)  # type: ignore[assignment]
-        # a hold is a drain refused for capacity, still in force: audited as one (the weight is not held here yet)
+        # a hold is a drain refused for capacity, still in force: audited as one (its share: `_holds`)
         decision = Decision(ts=now_ms, service=service, actuator="etcd", target=f"{service}/{d.instance}",
                             action="undrain" if d.action == "readmit" else "drain",
                             before=None, after=None, reason=f"{before} -> {after}: {d.reason}",

@@ -38,6 +38,7 @@ class RegistryError(RuntimeError):
 
 
 REPLACE = "replace"  # metadata key: a replacement was asked for (value: who asked)
+HOLD = "hold_share"  # metadata key: a drain refused for capacity, in force (value: the share of the load kept)
 
 
 class InstanceRecord(BaseModel):
@@ -52,12 +53,23 @@ class InstanceRecord(BaseModel):
     started_at: int = Field(ge=0, description="Epoch milliseconds when the instance started.")
     version: str = ""
     metadata: dict[str, str] = Field(default_factory=dict, description="Free-form; `set_by` says who set `state`; "
-                                     "`replace` (who asked) that the instance is to be replaced before it is drained.")
+                                     "`replace` (who asked) that the instance is to be replaced before it is drained; "
+                                     "`hold_share` the share of the load a drain refused for capacity leaves it.")
 
     @property
     def replacement_requested(self) -> bool:
         """Still serving, but out of the count: its replacement is (being) started, so that it can be drained."""
         return REPLACE in self.metadata
+
+    @property
+    def hold_share(self) -> float | None:
+        """The share of the service's load a held instance keeps (its drain was refused because the others
+        could not carry the load): the weight adapter caps its weight to that. None: not held."""
+        try:
+            share = float(self.metadata[HOLD])
+        except (KeyError, ValueError):
+            return None
+        return share if 0.0 <= share <= 1.0 else None
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -379,9 +391,9 @@ class Registry:
     def set_state(self, service: str, instance: str, state: InstanceState, expect_mod_revision: int,
                   set_by: str = "controller", leader: Leadership | None = None) -> bool:
         """Compare-and-set the state (recording `set_by` in metadata); False if the key changed meanwhile. Back to
-        `ready`, a replacement asked for is withdrawn: the instance counts again."""
+        `ready`, a replacement asked for is withdrawn: the instance counts again. A hold ends with any change."""
         def change(r: InstanceRecord) -> InstanceRecord:
-            meta = {k: v for k, v in r.metadata.items() if not (state == "ready" and k == REPLACE)}
+            meta = {k: v for k, v in r.metadata.items() if not (state == "ready" and k == REPLACE) and k != HOLD}
             return r.model_copy(update={"state": state, "metadata": {**meta, "set_by": set_by}})
         return self._update(service, instance, expect_mod_revision, leader, change)
 
@@ -392,6 +404,18 @@ class Registry:
         def change(r: InstanceRecord) -> InstanceRecord:
             meta = {k: v for k, v in r.metadata.items() if k != REPLACE}
             return r.model_copy(update={"metadata": meta if by is None else {**meta, REPLACE: by}})
+        return self._update(service, instance, expect_mod_revision, leader, change)
+
+    def set_hold(self, service: str, instance: str, share: float | None, expect_mod_revision: int,
+                 leader: Leadership | None = None) -> bool:
+        """Compare-and-set the hold (`share` of the load the instance keeps, 0..1; None lifts it). False if the
+        key changed meanwhile."""
+        if share is not None and not 0.0 <= share <= 1.0:
+            raise ValueError(f"hold share {share} outside 0..1")
+
+        def change(r: InstanceRecord) -> InstanceRecord:
+            meta = {k: v for k, v in r.metadata.items() if k != HOLD}
+            return r.model_copy(update={"metadata": meta if share is None else {**meta, HOLD: f"{share:g}"}})
         return self._update(service, instance, expect_mod_revision, leader, change)
 
     def set_weight(self, service: str, instance: str, weight: int, expect_mod_revision: int,

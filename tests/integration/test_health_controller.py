@@ -21,7 +21,7 @@ from infra.core.settings import Settings
 from infra.workers import decision_log
 from lb_adapters.decision_log import DecisionLog
 from lb_adapters.features import LatestFeatures
-from lb_adapters.health import HealthController
+from lb_adapters.health import HealthController, RegistryHolds
 from lb_adapters.policies.drain import DrainKnobs
 from lb_adapters.predictions import RiskClient
 
@@ -149,12 +149,15 @@ def test_a_drain_refused_for_capacity_asks_for_a_replacement_then_drains_once_it
     controller, sink = _outlier_without_spare(s, cl, registry, "test-health-surge")
     report = controller.step(SERVICE)
     assert [(d.target, d.action, d.outcome) for d in report.decisions] == [
-        ("web/d", "drain", "skipped: guardrail"), ("web/d", "replace", "applied")]
+        ("web/d", "drain", "skipped: guardrail"), ("web/d", "replace", "applied"), ("web/d", "hold", "applied")]
     assert "would be overloaded" in report.decisions[0].reason
     d = registry.get(SERVICE, "d")
     assert d is not None and d.record is not None
     assert d.record.state == "ready" and d.record.replacement_requested  # still serving, out of the count
-    assert controller.step(SERVICE).decisions[1:] == []  # asked once, not every round
+    # the share a and b cannot take (30 - 24 / 1.15 of 30 req/s), for the weight adapter to cap d's weight to
+    assert d.record.hold_share == report.decisions[2].after == 0.35
+    assert RegistryHolds(registry).hold_shares(SERVICE) == {"d": 0.35}
+    assert controller.step(SERVICE).decisions[1:] == []  # asked once, written once: not every round
 
     lease = registry.register(SERVICE, "e", InstanceRecord(address="127.0.0.1", port=20009,
                                                            started_at=int(time.time() * 1000)), 30)
@@ -167,6 +170,7 @@ def test_a_drain_refused_for_capacity_asks_for_a_replacement_then_drains_once_it
         d = registry.get(SERVICE, "d")
         assert d is not None and d.record is not None
         assert d.record.state == "ready" and not d.record.replacement_requested  # it counts again
+        assert d.record.hold_share is None and RegistryHolds(registry).hold_shares(SERVICE) == {}
     finally:
         lease.revoke()
         sink.close()
@@ -177,10 +181,12 @@ def test_a_replacement_asked_for_is_withdrawn_when_the_instance_recovers_first(
     s, cl, registry = rig
     db = s.clickhouse.database
     controller, sink = _outlier_without_spare(s, cl, registry, "test-health-withdraw")
-    assert [x.action for x in controller.step(SERVICE).decisions] == ["drain", "replace"]
+    assert [x.action for x in controller.step(SERVICE).decisions] == ["drain", "replace", "hold"]
     _window(cl, db, "d", p99=21.0, errors=0, age_s=0)
     kept = controller.step(SERVICE).decisions
-    assert [(x.target, x.action, x.outcome) for x in kept if x.action == "keep"] == [("web/d", "keep", "applied")]
+    assert [(x.target, x.action, x.outcome) for x in kept if x.action != "drain"] == [
+        ("web/d", "keep", "applied"), ("web/d", "hold", "applied")]  # the mark withdrawn, the hold lifted
     d = registry.get(SERVICE, "d")
     assert d is not None and d.record is not None and not d.record.replacement_requested
+    assert d.record.hold_share is None
     sink.close()

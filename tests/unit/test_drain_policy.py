@@ -285,3 +285,16 @@ def test_the_health_settings_give_every_caller_the_same_seconds() -> None:
     per_second = health_knobs(h, 1.0)
     assert (per_second.drain_after, per_second.cooldown_rounds, per_second.readmit_after) == (10, 30, 60)
     assert per_second.drain_above == live.drain_above == h.drain_above
+
+
+def test_a_hold_share_is_written_in_steps_rounded_up_as_the_registry_reads_it_back() -> None:
+    from infra.core.service_registry import HOLD
+    from lb_adapters.health import hold_step
+
+    assert [hold_step(x) for x in (0.0001, 0.05, 0.051, 0.13, 0.15, 0.99, 1.0)] == [
+        0.05, 0.05, 0.1, 0.15, 0.15, 1.0, 1.0]
+    for share in (0.05, 0.15, 0.35, 0.7):
+        stored = rec().model_copy(update={"metadata": {HOLD: f"{hold_step(share):g}"}})
+        assert stored.hold_share == hold_step(share)  # equal: no write every round for the same step
+    assert rec().hold_share is None
+    assert rec().model_copy(update={"metadata": {HOLD: "lots"}}).hold_share is None

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from infra.core.service_registry import InstanceRecord, InstanceState, RegistryEntry
+from infra.core.service_registry import HOLD, InstanceRecord, InstanceState, RegistryEntry
 from lb_adapters.features import WindowFeatures
 from lb_adapters.health import HealthController
 from lb_adapters.policies.drain import DrainKnobs
@@ -41,10 +41,24 @@ class Risk:
 class Registry:
     states: dict[str, InstanceState] = field(default_factory=lambda: dict.fromkeys(NAMES, "ready"))
     replacements: list[str] = field(default_factory=list)
+    holds: dict[str, float] = field(default_factory=dict)
 
     def list(self, service: str) -> list[RegistryEntry]:
-        return [RegistryEntry(service, n, InstanceRecord(address="127.0.0.1", port=9000 + i, state=s, started_at=0),
+        return [RegistryEntry(service, n, InstanceRecord(address="127.0.0.1", port=9000 + i, state=s, started_at=0,
+                                                         metadata={HOLD: f"{self.holds[n]:g}"} if n in self.holds
+                                                         else {}),
                               None, 1) for i, (n, s) in enumerate(self.states.items())]
+
+    def get(self, service: str, instance: str) -> RegistryEntry | None:
+        return next((e for e in self.list(service) if e.instance == instance), None)
+
+    def set_hold(self, service: str, instance: str, share: float | None, mod_revision: int,
+                 leader: object = None) -> bool:
+        if share is None:
+            self.holds.pop(instance, None)
+        else:
+            self.holds[instance] = share
+        return True
 
     def set_state(self, service: str, instance: str, state: InstanceState, mod_revision: int, set_by: str,
                   leader: object = None) -> bool:
@@ -116,5 +130,7 @@ def test_the_overload_guard_reads_the_windows_mean_busy_share(mean: float, drain
     decision, *replace = sink.decisions
     assert ("would be overloaded" in decision.reason) is not drained, decision.reason
     # refused for capacity: its replacement is asked for, so that the drain can follow
-    assert [d.action for d in replace] == ([] if drained else ["replace"])
+    # and its share of the load goes to the registry, where the weight adapter caps its weight to it
+    assert [d.action for d in replace] == ([] if drained else ["replace", "hold"])
     assert registry.replacements == ([] if drained else ["b"])
+    assert (registry.holds == {}) is drained and all(0 < v <= 1 for v in registry.holds.values())

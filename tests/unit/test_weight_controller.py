@@ -115,3 +115,39 @@ def test_a_zero_is_weighed_against_the_capacity_of_the_windows_mean_busy_share()
         assert "busy_mean" not in predictor.requests[0].model_dump()["instances"][0]  # not sent to serving
     # with the mean a and c carry ~42 req/s >= 31 x 1.15: b is drained; by the peak (no mean) only 23: held
     assert weights[0.55] == 0 and weights[0.0] > 0
+
+
+class Holds:
+    """The health controller's holds as the registry would answer them (`lb_adapters.health.RegistryHolds`
+    reads the real one: tests/integration/test_health_controller.py)."""
+
+    def __init__(self, shares: dict[str, float] | Exception) -> None:
+        self.shares = shares
+
+    def hold_shares(self, service: str) -> dict[str, float]:
+        if isinstance(self.shares, Exception):
+            raise self.shares
+        return dict(self.shares)
+
+
+def test_a_hold_from_the_health_controller_caps_the_weight_to_its_share_of_the_load() -> None:
+    predictor, balancer, record = Predictor(), Balancer(), RecordingSink()
+    balancer.current = {"a": 100, "b": 100}
+    cfg = AdapterSettings(smoothing=1.0, max_step=256, deadband=1)
+    controller = WeightController(Features(), predictor, balancer, record, cfg, backend="web",
+                                  holds=Holds({"a": 0.2, "gone": 0.5}))
+    predictor.rounds = [{"a": 200, "b": 100}]
+    report = controller.step("web")
+    assert balancer.current == {"a": 25, "b": 100}  # 25 / (25 + 100): a keeps 20 % of the traffic
+    assert "held at 25" in {d.target: d.reason for d in report.decisions}["web/a"]
+
+
+def test_holds_unknown_leave_the_weights_to_the_model_and_say_so() -> None:
+    predictor, balancer, record = Predictor(), Balancer(), RecordingSink()
+    balancer.current = {"a": 100, "b": 100}
+    cfg = AdapterSettings(smoothing=1.0, max_step=256, deadband=1)
+    controller = WeightController(Features(), predictor, balancer, record, cfg, backend="web",
+                                  holds=Holds(ConnectionError("etcd away")))
+    predictor.rounds = [{"a": 200, "b": 100}]
+    report = controller.step("web")
+    assert balancer.current == {"a": 200, "b": 100} and "holds unknown (etcd away)" in report.note
