@@ -64,6 +64,7 @@ class WeightController:
         self.window_s, self.overload, self.holds = window_s, overload, holds
         self.aimed: dict[str, dict[str, float]] = {}  # per service: the smoothed weights of the last round
         self.served: dict[str, dict[str, Served]] = {}  # per service: the capacity estimate's averages
+        self.known_holds: dict[str, dict[str, float]] = {}  # per service: the holds last read
 
     def _guard(self, service: str, features: list[InstanceFeatures]) -> OverloadGuard | None:
         if self.overload is None or not self.window_s:
@@ -80,10 +81,10 @@ class WeightController:
         if self.holds is None:
             return {}
         try:
-            shares = self.holds.hold_shares(service)
-        except (RegistryError, OSError) as exc:  # the registry away: the weights follow the model; the note says so
-            report.note = f"holds unknown ({exc}): weights not capped this round"
-            return {}
+            shares = self.known_holds[service] = self.holds.hold_shares(service)
+        except (RegistryError, OSError) as exc:  # the registry away: fail-static, the holds last read stand
+            shares = self.known_holds.get(service, {})
+            report.note = f"holds unknown ({exc}): the {len(shares)} last read stand"
         return {name: hold_weight(share, {n: w for n, w in weights.items() if n != name and n not in shares},
                                   self.cfg.min_weight, HAPROXY_MAX_WEIGHT)
                 for name, share in shares.items() if name in weights}

@@ -142,12 +142,17 @@ def test_a_hold_from_the_health_controller_caps_the_weight_to_its_share_of_the_l
     assert "held at 25" in {d.target: d.reason for d in report.decisions}["web/a"]
 
 
-def test_holds_unknown_leave_the_weights_to_the_model_and_say_so() -> None:
+def test_with_the_holds_unreadable_the_last_read_stand_and_the_round_says_so() -> None:
     predictor, balancer, record = Predictor(), Balancer(), RecordingSink()
     balancer.current = {"a": 100, "b": 100}
     cfg = AdapterSettings(smoothing=1.0, max_step=256, deadband=1)
-    controller = WeightController(Features(), predictor, balancer, record, cfg, backend="web",
-                                  holds=Holds(ConnectionError("etcd away")))
-    predictor.rounds = [{"a": 200, "b": 100}]
+    holds = Holds({"a": 0.2})
+    controller = WeightController(Features(), predictor, balancer, record, cfg, backend="web", holds=holds)
+    predictor.rounds = [{"a": 200, "b": 100}, {"a": 220, "b": 100}, {"a": 240, "b": 100}]
+    controller.step("web")
+    holds.shares = ConnectionError("etcd away")
     report = controller.step("web")
-    assert balancer.current == {"a": 200, "b": 100} and "holds unknown (etcd away)" in report.note
+    assert balancer.current == {"a": 25, "b": 100} and "holds unknown (etcd away): the 1 last read" in report.note
+    holds.shares = {}  # the hold is over
+    controller.step("web")
+    assert balancer.current == {"a": 240, "b": 100}
