@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from infra.core.service_registry import InstanceRecord, InstanceState
+from lb_adapters.health import at_operating_point
 from lb_adapters.policies.drain import DrainKnobs, DrainState, decide_drains, health_knobs
 from lb_adapters.policies.membership import SET_BY
+from serving.schemas import OperatingPoint
 
 Alarm = tuple[str, str, float]  # (service, instance, seconds)
 
@@ -249,13 +251,16 @@ TARGETS = {"recall": 0.9, "lead_s_p50": 30.0, "false_drains_per_instance_hour": 
 
 def model_knobs(base: DrainKnobs, metrics: dict[str, Any]) -> tuple[DrainKnobs, str]:
     """`base` at the operating point the model's training chose (its manifest's `metrics.operating_point`:
-    threshold and consecutive windows), and where the knobs came from."""
+    threshold and consecutive windows), as the live controller takes it (`at_operating_point`: not a point at
+    or below `readmit_below`), and where the knobs came from."""
     op = metrics.get("operating_point")
     if not op:
         return base, "settings (the model has no operating point)"
-    above = float(op["drain_above"])
-    return (replace(base, drain_above=above, drain_after=int(op["drain_after"])),
-            "model manifest (chosen on the train seeds' out-of-fold scores)")
+    point = OperatingPoint(drain_above=float(op["drain_above"]), sustained_s=float(op["drain_after"]))
+    knobs, said = at_operating_point(base, point, interval_s=1.0)  # the replay's rounds are windows: 1 unit each
+    if knobs.drain_above != point.drain_above:  # not taken
+        return knobs, f"settings: {said}"
+    return knobs, "model manifest (chosen on the train seeds' out-of-fold scores)"
 
 
 def load_risk_module(state_dir: Any, version: str | None) -> tuple[Any, Any]:

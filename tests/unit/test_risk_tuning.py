@@ -68,3 +68,6 @@ def test_evaluation_drains_at_the_manifests_operating_point() -> None:
     knobs, source = model_knobs(BASE, {"operating_point": {"drain_above": 0.9, "drain_after": 3}})
     assert (knobs.drain_above, knobs.drain_after, knobs.max_drained_fraction) == (0.9, 3, 0.25) and "manifest" in source
     assert model_knobs(BASE, {})[0] == BASE
+    # as the live controller takes it: a point at or below readmit_below (no hysteresis left) is not taken
+    knobs, source = model_knobs(BASE, {"operating_point": {"drain_above": 0.3, "drain_after": 3}})
+    assert knobs == BASE and source.startswith("settings:") and "not above readmit_below" in source
